@@ -1,0 +1,66 @@
+"""The sandbox contract every backend honours: start, exec, upload, download, stop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Container limits, read from a task's [environment] table."""
+
+    cpus: float = 1.0
+    memory_mb: int = 2048
+    pids_limit: int = 512
+    network: bool = False  # no network unless the task asks for it
+
+
+@dataclass
+class ExecResult:
+    """What one command did. `output` is stdout and stderr interleaved, capped head + tail.
+
+    `output_bytes` keeps the raw bytes (non-UTF-8 included); `output` is their text with
+    undecodable bytes shown as \\xNN escapes, so nothing is silently lost.
+    """
+
+    exit_code: int
+    output_bytes: bytes
+    timed_out: bool = False
+    truncated: bool = False
+    original_size: int = 0
+    seconds: float = 0.0
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def output(self) -> str:
+        return self.output_bytes.decode("utf-8", errors="backslashreplace")
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself failed (not the command run inside it)."""
+
+
+class ImageBuildError(SandboxError):
+    """The task's environment did not build. The message carries the build log's tail."""
+
+
+class Sandbox(Protocol):
+    def start(self) -> None: ...
+
+    def exec(self, command: str, timeout_sec: float, *, workdir: str | None = None, env: dict[str, str] | None = None) -> ExecResult: ...
+
+    def upload_dir(self, local_dir: Path, container_dir: str) -> None: ...
+
+    def upload_files(self, files: dict[str, bytes], container_dir: str) -> None: ...
+
+    def read_file(self, container_path: str, max_bytes: int = 1 << 20) -> bytes | None: ...
+
+    def kill_leftovers(self) -> None: ...
+
+    def stop(self) -> None: ...

@@ -1,0 +1,402 @@
+"""Docker sandbox: one container per trial, talking to the engine through the docker SDK.
+
+Speed matters (validation and RL rollouts start thousands of containers), so a trial costs one
+create+start, one exec per command and one forced remove. Every container carries labels naming
+the process that owns it; containers of a process that died (kill -9, a crash) are reaped the
+next time any taskforge process opens the engine.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import io
+import os
+import signal
+import socket
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+
+from taskforge.sandbox.base import ExecResult, ImageBuildError, Resources, SandboxError
+
+LABEL = "taskforge"
+LABEL_OWNER_PID = "taskforge.owner_pid"
+LABEL_OWNER_HOST = "taskforge.owner_host"
+IMAGE_REPO = "taskforge-env"
+
+# Terminal output cap (the paper truncates at 50,000 characters): keep the head and the tail.
+DEFAULT_HEAD_BYTES = 25_000
+DEFAULT_TAIL_BYTES = 25_000
+
+# Runs a command in its own process group under GNU timeout (which signals the whole group, so
+# background children die with it), writes its output to a file rather than the exec stream (a
+# background process holding the stream would block the exec), then prints "rc size\n" and the
+# capped output.
+_EXEC_WRAPPER = r"""
+d=/tmp/.taskforge; mkdir -p "$d" 2>/dev/null; out="$d/out.$$"
+if command -v timeout >/dev/null 2>&1; then
+  timeout -k 2 "$TF_TIMEOUT" bash -c "$TF_CMD" >"$out" 2>&1 </dev/null
+else
+  bash -c "$TF_CMD" >"$out" 2>&1 </dev/null
+fi
+rc=$?
+size=$(wc -c <"$out")
+printf '%s %s\n' "$rc" "$size"
+if [ "$size" -le $((TF_HEAD + TF_TAIL)) ]; then cat "$out"; else head -c "$TF_HEAD" "$out"; tail -c "$TF_TAIL" "$out"; fi
+rm -f "$out"
+"""
+
+# Kills every process except PID 1 (docker-init), its `sleep infinity` child and this shell, in a
+# few passes so processes forked meanwhile die too. Run before the verifier so nothing the agent
+# left behind can rewrite the reward file.
+_KILL_LEFTOVERS = r"""
+for pass in 1 2 3 4 5; do
+  killed=0
+  for d in /proc/[0-9]*; do
+    p=${d#/proc/}
+    if [ "$p" = 1 ] || [ "$p" = $$ ]; then continue; fi
+    read -r stat <"$d/stat" 2>/dev/null || continue
+    comm=${stat#*(}; comm=${comm%%)*}
+    rest=${stat##*) }; rest=${rest#* }; ppid=${rest%% *}
+    if [ "$ppid" = 1 ] && [ "$comm" = sleep ]; then continue; fi
+    if [ "$ppid" = 0 ]; then continue; fi
+    kill -9 "$p" 2>/dev/null && killed=1
+  done
+  [ "$killed" = 0 ] && break
+done
+true
+"""
+
+_client: docker.DockerClient | None = None
+_client_lock = threading.Lock()
+_live_containers: dict[str, Container] = {}
+_live_lock = threading.Lock()
+_build_locks: dict[str, threading.Lock] = {}
+
+
+def docker_client() -> docker.DockerClient:
+    """The process-wide Docker client; reaps containers of dead taskforge processes on first use."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            try:
+                client = docker.from_env(timeout=600)
+                client.ping()
+            except docker.errors.DockerException as exc:
+                raise SandboxError(
+                    "No Docker engine answers. Start it (or run `bash setup.sh env`, which installs and "
+                    f"starts one): {exc}"
+                ) from exc
+            _client = client
+            reap_orphans(client)
+            atexit.register(remove_all_live_containers)
+            _install_signal_handlers()
+        return _client
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_orphans(client: docker.DockerClient) -> int:
+    """Removes containers left by taskforge processes on this host that no longer exist."""
+    removed = 0
+    host = socket.gethostname()
+    for container in client.containers.list(all=True, filters={"label": LABEL}):
+        labels = container.labels
+        if labels.get(LABEL_OWNER_HOST) != host:
+            continue
+        pid = int(labels.get(LABEL_OWNER_PID, "0") or 0)
+        if pid and pid != os.getpid() and _pid_alive(pid):
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            container.remove(force=True)
+            removed += 1
+        except docker.errors.NotFound:
+            pass
+    return removed
+
+
+def remove_all_live_containers() -> None:
+    with _live_lock:
+        containers = list(_live_containers.values())
+        _live_containers.clear()
+    for container in containers:
+        try:
+            container.remove(force=True)
+        except docker.errors.DockerException:
+            pass
+
+
+def _install_signal_handlers() -> None:
+    """SIGTERM and SIGHUP become SystemExit so `finally` blocks and atexit remove containers."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def _exit(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) in (signal.SIG_DFL, None):
+            signal.signal(sig, _exit)
+
+
+def hash_directory(directory: Path) -> str:
+    """Content hash of a directory: relative paths, executable bits and bytes of every file."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        rel = path.relative_to(directory).as_posix()
+        digest.update(rel.encode() + b"\0" + (b"x" if os.access(path, os.X_OK) else b"-") + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def ensure_image(environment_dir: Path, build_timeout_sec: float = 600.0) -> str:
+    """Builds the image of a task's environment/ once per content hash; returns its tag."""
+    client = docker_client()
+    tag = f"{IMAGE_REPO}:{hash_directory(environment_dir)}"
+    lock = _build_locks.setdefault(tag, threading.Lock())
+    with lock:
+        try:
+            client.images.get(tag)
+            return tag
+        except docker.errors.ImageNotFound:
+            pass
+        log_lines: list[str] = []
+        started = time.monotonic()
+        try:
+            for chunk in client.api.build(path=str(environment_dir), tag=tag, rm=True, forcerm=True, decode=True, timeout=build_timeout_sec):
+                if "stream" in chunk:
+                    log_lines.extend(chunk["stream"].rstrip("\n").splitlines())
+                if "error" in chunk:
+                    log_lines.append(chunk["error"].strip())
+                    raise ImageBuildError(_build_failure_message(environment_dir, log_lines))
+                if time.monotonic() - started > build_timeout_sec:
+                    raise ImageBuildError(f"{environment_dir}: build exceeded build_timeout_sec={build_timeout_sec:g}")
+        except docker.errors.APIError as exc:
+            log_lines.append(str(exc))
+            raise ImageBuildError(_build_failure_message(environment_dir, log_lines)) from exc
+        except (docker.errors.DockerException, OSError) as exc:
+            raise ImageBuildError(f"{environment_dir}: build failed: {exc}") from exc
+        return tag
+
+
+def _build_failure_message(environment_dir: Path, log_lines: list[str]) -> str:
+    tail = "\n".join(log_lines[-15:])
+    hint = ""
+    if "pull access denied" in tail or "repository does not exist" in tail or "not found" in tail.lower() and "FROM" in tail:
+        from taskforge import BASE_IMAGE
+
+        hint = f"\nhint: the base image is missing; build it with `bash envs/build-base.sh {BASE_IMAGE}` (or `bash setup.sh env`)."
+    return f"{environment_dir / 'Dockerfile'} failed to build:\n{tail}{hint}"
+
+
+def _tar_of(files: dict[str, tuple[bytes, int]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        made_dirs: set[str] = set()
+        for name, (data, mode) in sorted(files.items()):
+            parts = name.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                directory = "/".join(parts[:i])
+                if directory and directory not in made_dirs:
+                    info = tarfile.TarInfo(directory)
+                    info.type = tarfile.DIRTYPE
+                    info.mode = 0o755
+                    tar.addfile(info)
+                    made_dirs.add(directory)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = mode
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+class DockerSandbox:
+    """A running container for one trial. Use as a context manager: it is always removed."""
+
+    def __init__(
+        self,
+        image: str,
+        resources: Resources = Resources(),
+        *,
+        env: dict[str, str] | None = None,
+        workdir: str | None = None,
+        head_bytes: int = DEFAULT_HEAD_BYTES,
+        tail_bytes: int = DEFAULT_TAIL_BYTES,
+    ):
+        self.image = image
+        self.resources = resources
+        self.env = dict(env or {})
+        self.workdir = workdir
+        self.head_bytes = head_bytes
+        self.tail_bytes = tail_bytes
+        self.container: Container | None = None
+
+    def __enter__(self) -> DockerSandbox:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        client = docker_client()
+        labels = {LABEL: "1", LABEL_OWNER_PID: str(os.getpid()), LABEL_OWNER_HOST: socket.gethostname()}
+        try:
+            container = client.containers.create(
+                self.image,
+                command=["sleep", "infinity"],
+                init=True,
+                detach=True,
+                labels=labels,
+                environment=self.env,
+                working_dir=self.workdir,
+                network_mode="bridge" if self.resources.network else "none",
+                nano_cpus=int(self.resources.cpus * 1e9),
+                mem_limit=f"{self.resources.memory_mb}m",
+                memswap_limit=f"{self.resources.memory_mb}m",
+                pids_limit=self.resources.pids_limit,
+            )
+        except docker.errors.ImageNotFound as exc:
+            raise SandboxError(f"image {self.image} is not built: {exc}") from exc
+        except docker.errors.APIError as exc:
+            raise SandboxError(f"could not create a container from {self.image}: {exc}") from exc
+        with _live_lock:
+            _live_containers[container.id] = container
+        self.container = container
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            self.stop()
+            raise SandboxError(f"could not start a container from {self.image}: {exc}") from exc
+
+    def _require(self) -> Container:
+        if self.container is None:
+            raise SandboxError("sandbox is not started")
+        return self.container
+
+    def _raw_exec(self, argv: list[str], env: dict[str, str] | None = None, workdir: str | None = None, user: str | None = None) -> bytes:
+        container = self._require()
+        api = container.client.api
+        try:
+            exec_id = api.exec_create(container.id, argv, stdout=True, stderr=True, environment=env, workdir=workdir, user=user or "")["Id"]
+            return api.exec_start(exec_id, stream=False, demux=False) or b""
+        except docker.errors.APIError as exc:
+            raise SandboxError(f"exec failed in {container.short_id}: {exc.explanation or exc}") from exc
+
+    def exec(
+        self,
+        command: str,
+        timeout_sec: float,
+        *,
+        workdir: str | None = None,
+        env: dict[str, str] | None = None,
+        user: str | None = None,
+    ) -> ExecResult:
+        """Runs `command` with bash; kills its whole process group after `timeout_sec`."""
+        started = time.monotonic()
+        wrapper_env = {
+            **(env or {}),
+            "TF_CMD": command,
+            "TF_TIMEOUT": f"{max(timeout_sec, 0.1):.3f}",
+            "TF_HEAD": str(self.head_bytes),
+            "TF_TAIL": str(self.tail_bytes),
+        }
+        raw = self._raw_exec(["bash", "-c", _EXEC_WRAPPER], env=wrapper_env, workdir=workdir, user=user)
+        seconds = time.monotonic() - started
+        header, _, body = raw.partition(b"\n")
+        try:
+            exit_code_text, size_text = header.split()
+            exit_code, size = int(exit_code_text), int(size_text)
+        except ValueError:
+            # The wrapper itself could not run to the end (for example a fork bomb has used up
+            # the pids limit): report what came back as the command's failure.
+            return ExecResult(
+                exit_code=-1,
+                output_bytes=raw[-(self.head_bytes + self.tail_bytes):],
+                seconds=seconds,
+                notices=["the sandbox could not run the command to completion (process limit or OOM?)"],
+            )
+        timed_out = exit_code in (124, 137) and seconds >= timeout_sec * 0.95
+        truncated = size > self.head_bytes + self.tail_bytes
+        notices = []
+        if truncated:
+            omitted = size - self.head_bytes - self.tail_bytes
+            marker = f"\n[... output truncated: {omitted} of {size} bytes omitted ...]\n".encode()
+            body = body[: self.head_bytes] + marker + body[self.head_bytes:]
+            notices.append(f"output truncated: showing the first {self.head_bytes} and last {self.tail_bytes} of {size} bytes")
+        if timed_out:
+            notices.append(f"command timed out after {timeout_sec:g} s and was killed")
+        return ExecResult(
+            exit_code=exit_code,
+            output_bytes=body,
+            timed_out=timed_out,
+            truncated=truncated,
+            original_size=size,
+            seconds=seconds,
+            notices=notices,
+        )
+
+    def upload_files(self, files: dict[str, bytes | tuple[bytes, int]], container_dir: str) -> None:
+        """Writes files (relative path -> bytes, or (bytes, mode)) under container_dir."""
+        container = self._require()
+        base = container_dir.strip("/")
+        entries = {}
+        for name, value in files.items():
+            data, mode = value if isinstance(value, tuple) else (value, 0o644)
+            entries[f"{base}/{name}" if base else name] = (data, mode)
+        try:
+            container.put_archive("/", _tar_of(entries))
+        except docker.errors.APIError as exc:
+            raise SandboxError(f"upload to {container_dir} failed: {exc}") from exc
+
+    def upload_dir(self, local_dir: Path, container_dir: str) -> None:
+        files = {}
+        for path in sorted(p for p in Path(local_dir).rglob("*") if p.is_file()):
+            mode = 0o755 if os.access(path, os.X_OK) or path.suffix == ".sh" else 0o644
+            files[path.relative_to(local_dir).as_posix()] = (path.read_bytes(), mode)
+        self.upload_files(files, container_dir)
+
+    def read_file(self, container_path: str, max_bytes: int = 1 << 20) -> bytes | None:
+        """The file's bytes (at most max_bytes), or None when it does not exist."""
+        raw = self._raw_exec(["bash", "-c", 'if [ -f "$1" ]; then printf Y; head -c "$2" "$1"; else printf N; fi', "_", container_path, str(max_bytes)])
+        if not raw.startswith(b"Y"):
+            return None
+        return raw[1:]
+
+    def kill_leftovers(self) -> None:
+        """Kills every process the agent left running (daemons, background jobs)."""
+        try:
+            self._raw_exec(["bash", "-c", _KILL_LEFTOVERS])
+        except SandboxError:
+            pass  # the container may be at its pids limit; removal will kill everything anyway
+
+    def stop(self) -> None:
+        container, self.container = self.container, None
+        if container is None:
+            return
+        with _live_lock:
+            _live_containers.pop(container.id, None)
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if "already in progress" not in str(exc):
+                raise SandboxError(f"could not remove container {container.short_id}: {exc}") from exc
