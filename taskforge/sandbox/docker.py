@@ -52,20 +52,26 @@ if [ "$size" -le $((TF_HEAD + TF_TAIL)) ]; then cat "$out"; else head -c "$TF_HE
 rm -f "$out"
 """
 
-# Kills every process except PID 1 (docker-init), its `sleep infinity` child and this shell, in a
+# Kills every process except PID 1 (docker-init), its `sleep infinity` child (the lowest-numbered
+# child of PID 1: it started first), docker exec sessions (parent outside the namespace) and this
+# shell, in a
 # few passes so processes forked meanwhile die too. Run before the verifier so nothing the agent
 # left behind can rewrite the reward file.
 _KILL_LEFTOVERS = r"""
+keep=""  # the keep-alive `sleep infinity`: the first child PID 1 started
+for d in /proc/[0-9]*; do
+  p=${d#/proc/}; read -r stat <"$d/stat" 2>/dev/null || continue
+  rest=${stat##*) }; rest=${rest#* }; ppid=${rest%% *}
+  if [ "$ppid" = 1 ] && { [ -z "$keep" ] || [ "$p" -lt "$keep" ]; }; then keep=$p; fi
+done
 for pass in 1 2 3 4 5; do
   killed=0
   for d in /proc/[0-9]*; do
     p=${d#/proc/}
     if [ "$p" = 1 ] || [ "$p" = $$ ]; then continue; fi
     read -r stat <"$d/stat" 2>/dev/null || continue
-    comm=${stat#*(}; comm=${comm%%)*}
     rest=${stat##*) }; rest=${rest#* }; ppid=${rest%% *}
-    if [ "$ppid" = 1 ] && [ "$comm" = sleep ]; then continue; fi
-    if [ "$ppid" = 0 ]; then continue; fi
+    if [ "$p" = "$keep" ] || [ "$ppid" = 0 ]; then continue; fi
     kill -9 "$p" 2>/dev/null && killed=1
   done
   [ "$killed" = 0 ] && break
@@ -379,6 +385,23 @@ class DockerSandbox:
         if not raw.startswith(b"Y"):
             return None
         return raw[1:]
+
+    def read_files(self, container_paths: list[str], max_bytes: int = 1 << 20) -> dict[str, bytes | None]:
+        """Several files in one exec: path -> bytes (at most max_bytes), or None when absent."""
+        script = 'for f in "$@"; do if [ -f "$f" ]; then n=$(head -c "$TF_MAX" "$f" | wc -c); printf "Y %s\\n" "$n"; head -c "$TF_MAX" "$f"; else printf "N 0\\n"; fi; done'
+        raw = self._raw_exec(["bash", "-c", script, "_", *container_paths], env={"TF_MAX": str(max_bytes)})
+        result: dict[str, bytes | None] = {}
+        offset = 0
+        for path in container_paths:
+            newline = raw.index(b"\n", offset)
+            flag, size = raw[offset:newline].split()
+            offset = newline + 1
+            if flag == b"Y":
+                result[path] = raw[offset : offset + int(size)]
+                offset += int(size)
+            else:
+                result[path] = None
+        return result
 
     def kill_leftovers(self) -> None:
         """Kills every process the agent left running (daemons, background jobs)."""

@@ -1,0 +1,33 @@
+"""The contract between a trial and whatever acts in the sandbox."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from taskforge.sandbox.docker import DockerSandbox
+from taskforge.tasks import Task
+
+
+class AgentTimeoutError(RuntimeError):
+    """The agent ran past the task's [agent] timeout_sec. The trial is still verified."""
+
+
+@dataclass
+class AgentOutcome:
+    """What an agent reports back; token counts stay None for agents without a model."""
+
+    n_input_tokens: int | None = None
+    n_output_tokens: int | None = None
+    n_cache_tokens: int | None = None
+    cost_usd: float | None = None
+    timed_out: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class Agent(Protocol):
+    name: str
+    version: str
+
+    def run(self, task: Task, sandbox: DockerSandbox, logs_dir: Path, timeout_sec: float) -> AgentOutcome: ...

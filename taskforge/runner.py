@@ -1,0 +1,147 @@
+"""Run directories, the crash-safe JSONL ledger and a concurrent work loop with a progress bar.
+
+A run lives in runs/<run>/: ledger.jsonl (one line per finished trial, appended and fsynced
+before the trial counts as done) and trials/<trial>/ in Harbor's layout. Re-running the same
+command with the same run name reads the ledger and skips what is there, so a run killed at any
+point (Ctrl-C, kill -9, a crash) loses at most the trials that were in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import datetime
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from taskforge.sandbox.docker import remove_all_live_containers
+
+console = Console(stderr=True)
+Record = TypeVar("Record", bound=BaseModel)
+Item = TypeVar("Item")
+
+
+def new_run_name(prefix: str) -> str:
+    return f"{prefix}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def safe_name(name: str) -> str:
+    """A task or trial name made safe as one path component."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "__", name).strip("_") or "task"
+
+
+class Ledger[R: BaseModel]:
+    """Append-only JSONL of records; a torn last line (a crash mid-write) is ignored on load."""
+
+    def __init__(self, path: Path, model: type[R]):
+        self.path = path
+        self.model = model
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def load(self) -> list[R]:
+        if not self.path.exists():
+            return []
+        records: list[R] = []
+        for line_number, line in enumerate(self.path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(self.model.model_validate_json(line))
+            except ValidationError:
+                # Only a torn final line is expected; anything else is a real problem to report.
+                if line_number != len(self.path.read_text().splitlines()):
+                    raise ValueError(f"{self.path}:{line_number}: unreadable ledger line; fix or delete it") from None
+        return records
+
+    def append(self, record: R) -> None:
+        line = record.model_dump_json() + "\n"
+        with self._lock:
+            self._repair_torn_tail()
+            with self.path.open("a") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+
+    def _repair_torn_tail(self) -> None:
+        """After a crash mid-write the file may not end in a newline; start a fresh line."""
+        if self.path.exists() and self.path.stat().st_size:
+            with self.path.open("rb") as handle:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    with self.path.open("a") as append_handle:
+                        append_handle.write("\n")
+
+
+def write_json(path: Path, data) -> None:
+    """Writes JSON atomically (temp file + rename) so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def run_concurrently(
+    items: Iterable[Item],
+    work: Callable[[Item], Record],
+    *,
+    jobs: int,
+    description: str,
+    total: int | None = None,
+    on_done: Callable[[Record, Progress, int], None] | None = None,
+) -> list[Record]:
+    """Runs `work` over items on `jobs` threads with a progress bar; Ctrl-C stops cleanly.
+
+    On Ctrl-C no new work starts, every container is removed (which ends work in flight) and
+    KeyboardInterrupt propagates; what finished is already in the caller's ledger.
+    """
+    items = list(items)
+    results: list[Record] = []
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not items,
+    )
+    with progress:
+        bar = progress.add_task(description, total=total if total is not None else len(items), status="")
+        executor = ThreadPoolExecutor(max_workers=max(1, jobs))
+        pending: set[Future] = set()
+        iterator = iter(items)
+        try:
+            for item in iterator:
+                pending.add(executor.submit(work, item))
+                if len(pending) >= max(1, jobs) * 2:
+                    break
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    record = future.result()
+                    results.append(record)
+                    progress.advance(bar)
+                    if on_done is not None:
+                        on_done(record, progress, bar)
+                    next_item = next(iterator, None)
+                    if next_item is not None:
+                        pending.add(executor.submit(work, next_item))
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            remove_all_live_containers()
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise
+        executor.shutdown(wait=True)
+    return results

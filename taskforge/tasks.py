@@ -1,0 +1,300 @@
+"""Harbor task directories: the TaskSpec a generator produces, rendering, loading and linting.
+
+A task we write goes through Harbor's own TaskConfig model, so it is valid Harbor by construction.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+import jinja2
+from harbor.models.task.config import AgentConfig, EnvironmentConfig, PackageInfo, VerifierConfig
+from harbor.models.task.config import TaskConfig as HarborTaskConfig
+from pydantic import BaseModel, Field, ValidationError
+
+from taskforge import BASE_IMAGE
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+Domain = Literal["data_processing", "system_operations", "development_tooling"]
+Difficulty = Literal["easy", "medium", "hard"]
+
+
+class TaskMetadata(BaseModel):
+    """Provenance a generator records in task.toml's [metadata] table."""
+
+    family: str
+    domain: Domain
+    difficulty: Difficulty
+    seed: int
+    generator_version: str
+    extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class TaskSpec(BaseModel):
+    """What a generator produces before rendering: everything one task directory holds."""
+
+    name: str = Field(description="task name, 'org/name' (lowercase, digits, '-', '_', '.')")
+    instruction: str
+    # Files copied next to the Dockerfile (the build context), relative path -> text.
+    environment_files: dict[str, str] = Field(default_factory=dict)
+    # Dockerfile lines after `FROM <base image>` (RUN/COPY/WORKDIR ...).
+    dockerfile_steps: list[str] = Field(default_factory=list)
+    workdir: str = "/root"
+    # Files under tests/ besides test.sh (usually test_outputs.py), relative path -> text.
+    tests: dict[str, str]
+    # Body of solution/solve.sh (bash).
+    solution: str
+    metadata: TaskMetadata
+    agent_timeout_sec: float = 600.0
+    verifier_timeout_sec: float = 120.0
+    build_timeout_sec: float = 600.0
+    cpus: int = 1
+    memory_mb: int = 1024
+    network: bool = False
+
+
+@cache
+def _jinja() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR / "task"),
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+    )
+
+
+def task_config_for(spec: TaskSpec) -> HarborTaskConfig:
+    return HarborTaskConfig(
+        task=PackageInfo(name=spec.name, description=spec.instruction.strip().splitlines()[0][:200], keywords=[spec.metadata.domain, spec.metadata.family]),
+        metadata=spec.metadata.model_dump(exclude={"extra"}) | dict(spec.metadata.extra),
+        agent=AgentConfig(timeout_sec=spec.agent_timeout_sec),
+        verifier=VerifierConfig(timeout_sec=spec.verifier_timeout_sec),
+        environment=EnvironmentConfig(
+            build_timeout_sec=spec.build_timeout_sec,
+            cpus=max(1, round(spec.cpus)),
+            memory_mb=spec.memory_mb,
+            # Left at Harbor's default unless the task needs network: Harbor's "no-network" mode
+            # needs a sidecar image from a registry, and taskforge's sandbox already defaults to
+            # no network for tasks that do not ask for it.
+            **({"network_mode": "public"} if spec.network else {}),
+        ),
+    )
+
+
+def render_files(spec: TaskSpec, base_image: str = BASE_IMAGE) -> dict[str, tuple[str, int]]:
+    """The task directory as relative path -> (text, mode). Pure: no I/O besides templates."""
+    env = _jinja()
+    files: dict[str, tuple[str, int]] = {
+        "task.toml": (task_config_for(spec).model_dump_toml(), 0o644),
+        "instruction.md": (spec.instruction.rstrip() + "\n", 0o644),
+        "environment/Dockerfile": (
+            env.get_template("Dockerfile.j2").render(base_image=base_image, steps=spec.dockerfile_steps, workdir=spec.workdir, files=sorted(spec.environment_files)),
+            0o644,
+        ),
+        "tests/test.sh": (env.get_template("test.sh.j2").render(test_files=sorted(n for n in spec.tests if n.endswith(".py"))), 0o755),
+        "solution/solve.sh": (env.get_template("solve.sh.j2").render(body=spec.solution.strip()), 0o755),
+    }
+    for rel, text in spec.environment_files.items():
+        files[f"environment/{rel}"] = (text, 0o644)
+    for rel, text in spec.tests.items():
+        files[f"tests/{rel}"] = (text, 0o644)
+    return files
+
+
+def write_task(spec: TaskSpec, out_dir: Path, base_image: str = BASE_IMAGE) -> Path:
+    """Renders `spec` into out_dir (created); returns out_dir."""
+    for rel, (text, mode) in render_files(spec, base_image).items():
+        path = out_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        os.chmod(path, mode)
+    return out_dir
+
+
+class TaskLoadError(ValueError):
+    """A task directory that cannot be read. The message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """A Harbor task directory on disk, parsed through Harbor's TaskConfig."""
+
+    path: Path
+    config: HarborTaskConfig
+    instruction: str
+
+    @property
+    def name(self) -> str:
+        if self.config.task is not None:
+            return self.config.task.name
+        return self.path.name
+
+    @property
+    def short_name(self) -> str:
+        return self.name.split("/")[-1]
+
+    @property
+    def environment_dir(self) -> Path:
+        return self.path / "environment"
+
+    @property
+    def tests_dir(self) -> Path:
+        return self.path / "tests"
+
+    @property
+    def solution_dir(self) -> Path:
+        return self.path / "solution"
+
+    @property
+    def metadata(self) -> dict:
+        return dict(self.config.metadata)
+
+    @property
+    def wants_network(self) -> bool:
+        """True only when task.toml asks for network explicitly (Harbor's default is public)."""
+        env = self.config.environment
+        if env.allow_internet:
+            return True
+        return "network_mode" in env.model_fields_set and env.network_mode.value != "no-network"
+
+
+def load_task(path: Path) -> Task:
+    path = Path(path)
+    toml_path = path / "task.toml"
+    if not toml_path.is_file():
+        raise TaskLoadError(f"{toml_path}: missing. A Harbor task directory needs a task.toml (see `taskforge lint`).")
+    try:
+        config = HarborTaskConfig.model_validate_toml(toml_path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise TaskLoadError(f"{toml_path}: not valid TOML ({exc}). Fix the syntax at that position.") from exc
+    except ValidationError as exc:
+        raise TaskLoadError(f"{toml_path}: does not match Harbor's TaskConfig: {_first_errors(exc)}") from exc
+    instruction_path = path / "instruction.md"
+    if not instruction_path.is_file():
+        raise TaskLoadError(f"{instruction_path}: missing. Write the agent's instruction there.")
+    from harbor.models.task.task import strip_canary
+
+    return Task(path=path.resolve(), config=config, instruction=strip_canary(instruction_path.read_text()))
+
+
+def _first_errors(exc: ValidationError, limit: int = 3) -> str:
+    parts = []
+    for error in exc.errors()[:limit]:
+        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def discover_task_dirs(paths: list[Path]) -> list[Path]:
+    """Task directories named by `paths`: a task dir itself, or any folder holding task dirs."""
+    found: list[Path] = []
+    for root in paths:
+        root = Path(root)
+        if not root.exists():
+            raise TaskLoadError(f"{root}: no such file or directory")
+        if (root / "task.toml").is_file():
+            found.append(root)
+            continue
+        children = sorted(p.parent for p in root.rglob("task.toml"))
+        if not children:
+            raise TaskLoadError(f"{root}: holds no task (no task.toml below it)")
+        found.extend(children)
+    seen: set[Path] = set()
+    unique = []
+    for p in found:
+        if p.resolve() not in seen:
+            seen.add(p.resolve())
+            unique.append(p)
+    return unique
+
+
+# ---------------------------------------------------------------------------------------------
+# Lint
+
+
+@dataclass(frozen=True)
+class LintProblem:
+    path: Path
+    message: str
+    fix: str
+    severity: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.severity}: {self.message} (fix: {self.fix})"
+
+
+_COPY_LINE = re.compile(r"^\s*(COPY|ADD)\s+(.*)$", re.IGNORECASE | re.MULTILINE)
+_TESTS_OR_SOLUTION = re.compile(r"(^|[\s/\"'])(tests|solution)(/|\s|$|[\"'])|solve\.sh|test_outputs\.py|test\.sh")
+
+
+def lint_task(path: Path) -> list[LintProblem]:
+    """Every problem found in one task directory, each with the file and the fix."""
+    path = Path(path)
+    problems: list[LintProblem] = []
+    toml_path = path / "task.toml"
+    config: HarborTaskConfig | None = None
+    if not toml_path.is_file():
+        problems.append(LintProblem(toml_path, "missing", "add a task.toml (schema_version, [agent], [verifier], [environment])"))
+    else:
+        try:
+            config = HarborTaskConfig.model_validate_toml(toml_path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            problems.append(LintProblem(toml_path, f"unparseable TOML: {exc}", "fix the TOML syntax at that line"))
+        except ValidationError as exc:
+            problems.append(LintProblem(toml_path, f"invalid task config: {_first_errors(exc)}", "correct the named fields (see Harbor's TaskConfig)"))
+    if config is not None and config.agent.timeout_sec is None:
+        problems.append(LintProblem(toml_path, "no agent timeout: Harbor runs the agent without a time limit", "set [agent] timeout_sec, e.g. 600.0"))
+
+    instruction_path = path / "instruction.md"
+    if not instruction_path.is_file():
+        problems.append(LintProblem(instruction_path, "missing", "write the task's instruction in instruction.md"))
+    elif not instruction_path.read_text().strip():
+        problems.append(LintProblem(instruction_path, "empty", "write the task's instruction in instruction.md"))
+
+    env_dir = path / "environment"
+    dockerfile = env_dir / "Dockerfile"
+    uses_prebuilt_image = config is not None and bool(config.environment.docker_image)
+    has_compose = (env_dir / "docker-compose.yaml").is_file() or (env_dir / "docker-compose.yml").is_file()
+    if not uses_prebuilt_image and not has_compose and not dockerfile.is_file():
+        problems.append(LintProblem(dockerfile, "missing", "add environment/Dockerfile or set [environment] docker_image"))
+    if dockerfile.is_file():
+        for match in _COPY_LINE.finditer(dockerfile.read_text()):
+            if _TESTS_OR_SOLUTION.search(match.group(2)):
+                problems.append(
+                    LintProblem(dockerfile, f"copies tests or solution into the image: `{match.group(0).strip()}`", "remove that line: Harbor uploads tests/ after the agent and solution/ only for the oracle")
+                )
+    if env_dir.is_dir():
+        for leaked in sorted(env_dir.rglob("*")):
+            if leaked.name in {"test.sh", "solve.sh", "test_outputs.py"} or leaked.name in {"tests", "solution"} and leaked.is_dir():
+                problems.append(LintProblem(leaked, "tests or solution inside the build context (the agent could read them)", "move it to tests/ or solution/ at the task's top level"))
+
+    test_sh = path / "tests" / "test.sh"
+    if not test_sh.is_file():
+        problems.append(LintProblem(test_sh, "missing: Harbor's verifier runs tests/test.sh", "add tests/test.sh that runs the tests and writes /logs/verifier/reward.txt"))
+    else:
+        text = test_sh.read_text()
+        if "reward.txt" not in text and "reward.json" not in text:
+            problems.append(
+                LintProblem(test_sh, "never writes a reward file: every trial would end in a verifier error", "write 1 or 0 to /logs/verifier/reward.txt (or a JSON dict to reward.json)")
+            )
+        _check_executable(test_sh, problems)
+
+    solve_sh = path / "solution" / "solve.sh"
+    if not solve_sh.is_file():
+        problems.append(LintProblem(solve_sh, "missing: the oracle agent cannot solve this task", "add solution/solve.sh that solves the task", "warning"))
+    else:
+        _check_executable(solve_sh, problems)
+    return problems
+
+
+def _check_executable(script: Path, problems: list[LintProblem]) -> None:
+    if not script.stat().st_mode & stat.S_IXUSR:
+        problems.append(LintProblem(script, "not executable", f"chmod +x {script}"))

@@ -1,0 +1,122 @@
+"""The verifier and Harbor's reward contract.
+
+After the agent: kill what it left running, replace /tests with the task's tests, run
+`bash /tests/test.sh > /logs/verifier/test-stdout.txt 2>&1`, then read /logs/verifier/reward.json
+(a flat dict of numbers; wins when both exist) or reward.txt (one number). A missing, empty or
+non-numeric (NaN included) reward is a named verifier error, never a silent 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from taskforge.sandbox.base import SandboxError
+
+REWARD_JSON = "/logs/verifier/reward.json"
+REWARD_TXT = "/logs/verifier/reward.txt"
+TEST_STDOUT = "/logs/verifier/test-stdout.txt"
+
+_PREPARE = "rm -rf /tests /logs/verifier && mkdir -p /logs/verifier /logs/agent /logs/artifacts"
+
+
+class VerifierError(RuntimeError):
+    """The verifier did not produce a usable reward."""
+
+
+class RewardFileNotFoundError(VerifierError):
+    pass
+
+
+class RewardFileEmptyError(VerifierError):
+    pass
+
+
+class InvalidRewardError(VerifierError):
+    pass
+
+
+class VerifierTimeoutError(VerifierError):
+    pass
+
+
+def parse_reward(reward_json: bytes | None, reward_txt: bytes | None) -> dict[str, float]:
+    """Applies Harbor's contract to the two reward files' contents (None: file absent)."""
+    if reward_json is not None:
+        return _parse_reward_json(reward_json)
+    if reward_txt is not None:
+        text = reward_txt.decode("utf-8", errors="replace").strip()
+        if not text:
+            raise RewardFileEmptyError(f"{REWARD_TXT} is empty")
+        try:
+            value = float(text)
+        except ValueError:
+            raise InvalidRewardError(f"{REWARD_TXT} holds {text[:80]!r}, not a number") from None
+        if not math.isfinite(value):
+            raise InvalidRewardError(f"{REWARD_TXT} holds {text!r}, not a finite number")
+        return {"reward": value}
+    raise RewardFileNotFoundError(f"test.sh wrote neither {REWARD_TXT} nor {REWARD_JSON}")
+
+
+def _parse_reward_json(raw: bytes) -> dict[str, float]:
+    text = raw.decode("utf-8", errors="replace").strip()
+    if not text:
+        raise RewardFileEmptyError(f"{REWARD_JSON} is empty")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRewardError(f"{REWARD_JSON} is not JSON: {exc}") from None
+    if not isinstance(data, dict) or not data:
+        raise InvalidRewardError(f"{REWARD_JSON} must be a non-empty flat dict of numbers, got {text[:80]!r}")
+    rewards = {}
+    for key, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InvalidRewardError(f"{REWARD_JSON}: {key!r} is {value!r}, not a finite number")
+        rewards[str(key)] = float(value)
+    return rewards
+
+
+def scalar_reward(rewards: dict[str, float]) -> float:
+    """One number per trial: `reward` when present, else the mean of the keys."""
+    if "reward" in rewards:
+        return rewards["reward"]
+    return sum(rewards.values()) / len(rewards)
+
+
+@dataclass
+class VerifierOutcome:
+    rewards: dict[str, float] | None
+    error: VerifierError | None
+    test_stdout: bytes = b""
+    seconds: float = 0.0
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def reward(self) -> float | None:
+        return None if self.rewards is None else scalar_reward(self.rewards)
+
+
+def run_verifier(sandbox, tests_dir: Path, timeout_sec: float, workdir: str | None = None) -> VerifierOutcome:
+    """Runs the task's verifier in `sandbox` (after the agent) and reads the reward."""
+    started = time.monotonic()
+    sandbox.kill_leftovers()
+    prepared = sandbox.exec(_PREPARE, 30)
+    if prepared.exit_code != 0:
+        raise SandboxError(f"could not prepare /tests and /logs/verifier: {prepared.output[-500:]}")
+    sandbox.upload_dir(tests_dir, "/tests")
+    run = sandbox.exec(f"bash /tests/test.sh > {TEST_STDOUT} 2>&1", timeout_sec, workdir=workdir)
+    files = sandbox.read_files([REWARD_JSON, REWARD_TXT, TEST_STDOUT])
+    stdout = files.get(TEST_STDOUT) or b""
+    seconds = time.monotonic() - started
+    present = {k: v for k, v in files.items() if v is not None}
+    if run.timed_out:
+        error = VerifierTimeoutError(f"tests/test.sh ran past the verifier timeout of {timeout_sec:g} s")
+        return VerifierOutcome(None, error, stdout, seconds, present)
+    try:
+        rewards = parse_reward(files.get(REWARD_JSON), files.get(REWARD_TXT))
+    except VerifierError as error:
+        return VerifierOutcome(None, error, stdout, seconds, present)
+    return VerifierOutcome(rewards, None, stdout, seconds, present)
