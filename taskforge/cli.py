@@ -20,7 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_TASKS = REPO_ROOT / "tasks" / "sample"

@@ -38,6 +38,16 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "__", name).strip("_") or "task"
 
 
+def trial_dir_name(task, agent: str, attempt: int | None = None) -> str:
+    """<task dir name>-<hash of its path>__<agent>[__<attempt>]: unique even when two task
+    directories share a name, readable in `ls`."""
+    import hashlib
+
+    path_hash = hashlib.sha256(str(task.path).encode()).hexdigest()[:6]
+    name = f"{safe_name(task.path.name)}-{path_hash}__{safe_name(agent)}"
+    return name if attempt is None else f"{name}__{attempt}"
+
+
 class Ledger[R: BaseModel]:
     """Append-only JSONL of records; a torn last line (a crash mid-write) is ignored on load."""
 

@@ -89,11 +89,20 @@ def task_config_for(spec: TaskSpec) -> HarborTaskConfig:
     )
 
 
+def _task_toml(spec: TaskSpec) -> str:
+    text = task_config_for(spec).model_dump_toml()
+    if not spec.network:
+        # Harbor writes its default (public) explicitly; leaving it out keeps "this task asked for
+        # network" visible, and taskforge's sandbox gives network only to tasks that ask.
+        text = text.replace('network_mode = "public"\n', "", 1)
+    return text
+
+
 def render_files(spec: TaskSpec, base_image: str = BASE_IMAGE) -> dict[str, tuple[str, int]]:
     """The task directory as relative path -> (text, mode). Pure: no I/O besides templates."""
     env = _jinja()
     files: dict[str, tuple[str, int]] = {
-        "task.toml": (task_config_for(spec).model_dump_toml(), 0o644),
+        "task.toml": (_task_toml(spec), 0o644),
         "instruction.md": (spec.instruction.rstrip() + "\n", 0o644),
         "environment/Dockerfile": (
             env.get_template("Dockerfile.j2").render(base_image=base_image, steps=spec.dockerfile_steps, workdir=spec.workdir, files=sorted(spec.environment_files)),

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from taskforge.agent.simple import NopAgent, OracleAgent
-from taskforge.runner import Ledger, run_concurrently, safe_name, write_json
+from taskforge.runner import Ledger, run_concurrently, trial_dir_name, write_json
 from taskforge.tasks import TaskLoadError, discover_task_dirs, load_task
 from taskforge.trial import TrialRecord, run_trial
 
@@ -95,7 +95,7 @@ def validate_tasks(paths: list[Path], run_dir: Path, *, jobs: int = 2) -> list[T
                 # The same build would fail again; record nop as not run for the same reason.
                 record = records["oracle"].model_copy(update={"agent": "nop", "trial_name": records["oracle"].trial_name.replace("__oracle", "__nop")})
             else:
-                record = run_trial(task, agent, trials_dir / f"{safe_name(task.name)}__{agent.name}")
+                record = run_trial(task, agent, trials_dir / trial_dir_name(task, agent.name))
             ledger.append(record)
             records[agent.name] = record
         status, detail = classify(records.get("oracle"), records.get("nop"))

@@ -20,7 +20,7 @@ REWARD_JSON = "/logs/verifier/reward.json"
 REWARD_TXT = "/logs/verifier/reward.txt"
 TEST_STDOUT = "/logs/verifier/test-stdout.txt"
 
-_PREPARE = "rm -rf /tests /logs/verifier && mkdir -p /logs/verifier /logs/agent /logs/artifacts"
+_PREPARE = "\nrm -rf /tests /logs/verifier && mkdir -p /logs/verifier /logs/agent /logs/artifacts"
 
 
 class VerifierError(RuntimeError):
@@ -102,13 +102,12 @@ class VerifierOutcome:
 def run_verifier(sandbox, tests_dir: Path, timeout_sec: float, workdir: str | None = None) -> VerifierOutcome:
     """Runs the task's verifier in `sandbox` (after the agent) and reads the reward."""
     started = time.monotonic()
-    sandbox.kill_leftovers()
-    prepared = sandbox.exec(_PREPARE, 30)
-    if prepared.exit_code != 0:
-        raise SandboxError(f"could not prepare /tests and /logs/verifier: {prepared.output[-500:]}")
+    prepared = sandbox.kill_leftovers(then=_PREPARE + " && echo TF_PREPARED")
+    if b"TF_PREPARED" not in prepared:
+        raise SandboxError(f"could not prepare /tests and /logs/verifier: {prepared[-500:]!r}")
     sandbox.upload_dir(tests_dir, "/tests")
-    run = sandbox.exec(f"bash /tests/test.sh > {TEST_STDOUT} 2>&1", timeout_sec, workdir=workdir)
-    files = sandbox.read_files([REWARD_JSON, REWARD_TXT, TEST_STDOUT])
+    run = sandbox.exec(f"bash /tests/test.sh > {TEST_STDOUT} 2>&1", timeout_sec, workdir=workdir, collect_files=[REWARD_JSON, REWARD_TXT, TEST_STDOUT])
+    files = run.files
     stdout = files.get(TEST_STDOUT) or b""
     seconds = time.monotonic() - started
     present = {k: v for k, v in files.items() if v is not None}

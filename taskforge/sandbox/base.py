@@ -32,6 +32,7 @@ class ExecResult:
     original_size: int = 0
     seconds: float = 0.0
     notices: list[str] = field(default_factory=list)
+    files: dict[str, bytes | None] = field(default_factory=dict)  # collect_files, read after the command
 
     @property
     def output(self) -> str:

@@ -17,6 +17,7 @@ import socket
 import tarfile
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import docker
@@ -37,7 +38,7 @@ DEFAULT_TAIL_BYTES = 25_000
 # Runs a command in its own process group under GNU timeout (which signals the whole group, so
 # background children die with it), writes its output to a file rather than the exec stream (a
 # background process holding the stream would block the exec), then prints "rc size\n" and the
-# capped output.
+# capped output; then, when asked, the files named in TF_COLLECT (saves an exec per trial).
 _EXEC_WRAPPER = r"""
 d=/tmp/.taskforge; mkdir -p "$d" 2>/dev/null; out="$d/out.$$"
 if command -v timeout >/dev/null 2>&1; then
@@ -50,6 +51,12 @@ size=$(wc -c <"$out")
 printf '%s %s\n' "$rc" "$size"
 if [ "$size" -le $((TF_HEAD + TF_TAIL)) ]; then cat "$out"; else head -c "$TF_HEAD" "$out"; tail -c "$TF_TAIL" "$out"; fi
 rm -f "$out"
+if [ -n "${TF_COLLECT:-}" ]; then
+  IFS=: read -r -a collect <<<"$TF_COLLECT"
+  for f in "${collect[@]}"; do
+    if [ -f "$f" ]; then n=$(head -c "$TF_COLLECT_MAX" "$f" | wc -c); printf 'Y %s\n' "$n"; head -c "$TF_COLLECT_MAX" "$f"; else printf 'N 0\n'; fi
+  done
+fi
 """
 
 # Kills every process except PID 1 (docker-init), its `sleep infinity` child (the lowest-numbered
@@ -84,6 +91,8 @@ _client_lock = threading.Lock()
 _live_containers: dict[str, Container] = {}
 _live_lock = threading.Lock()
 _build_locks: dict[str, threading.Lock] = {}
+_pending_removals: set[Future] = set()
+_remover: ThreadPoolExecutor | None = None
 
 
 def docker_client() -> docker.DockerClient:
@@ -138,6 +147,8 @@ def reap_orphans(client: docker.DockerClient) -> int:
 
 
 def remove_all_live_containers() -> None:
+    """Removes every container this process still has (atexit, Ctrl-C, crash handling)."""
+    wait_for_removals()
     with _live_lock:
         containers = list(_live_containers.values())
         _live_containers.clear()
@@ -208,7 +219,27 @@ def _build_failure_message(environment_dir: Path, log_lines: list[str]) -> str:
         from taskforge import BASE_IMAGE
 
         hint = f"\nhint: the base image is missing; build it with `bash envs/build-base.sh {BASE_IMAGE}` (or `bash setup.sh env`)."
-    return f"{environment_dir / 'Dockerfile'} failed to build:\n{tail}{hint}"
+    error_line = log_lines[-1] if log_lines else "no build output"
+    return f"{environment_dir / 'Dockerfile'} failed to build: {error_line}{hint}\nbuild log (tail):\n{tail}"
+
+
+def _parse_collected(raw: bytes, container_paths: list[str]) -> dict[str, bytes | None]:
+    """Parses 'Y <n>\\n<n bytes>' / 'N 0\\n' records, one per path, in order."""
+    result: dict[str, bytes | None] = {}
+    offset = 0
+    for path in container_paths:
+        newline = raw.find(b"\n", offset)
+        if newline < 0:
+            result[path] = None
+            continue
+        flag, size = raw[offset:newline].split()
+        offset = newline + 1
+        if flag == b"Y":
+            result[path] = raw[offset : offset + int(size)]
+            offset += int(size)
+        else:
+            result[path] = None
+    return result
 
 
 def _tar_of(files: dict[str, tuple[bytes, int]]) -> bytes:
@@ -314,8 +345,13 @@ class DockerSandbox:
         workdir: str | None = None,
         env: dict[str, str] | None = None,
         user: str | None = None,
+        collect_files: list[str] | None = None,
+        collect_max_bytes: int = 1 << 20,
     ) -> ExecResult:
-        """Runs `command` with bash; kills its whole process group after `timeout_sec`."""
+        """Runs `command` with bash; kills its whole process group after `timeout_sec`.
+
+        `collect_files` are read right after the command in the same exec (ExecResult.files).
+        """
         started = time.monotonic()
         wrapper_env = {
             **(env or {}),
@@ -324,6 +360,9 @@ class DockerSandbox:
             "TF_HEAD": str(self.head_bytes),
             "TF_TAIL": str(self.tail_bytes),
         }
+        if collect_files:
+            wrapper_env["TF_COLLECT"] = ":".join(collect_files)
+            wrapper_env["TF_COLLECT_MAX"] = str(collect_max_bytes)
         raw = self._raw_exec(["bash", "-c", _EXEC_WRAPPER], env=wrapper_env, workdir=workdir, user=user)
         seconds = time.monotonic() - started
         header, _, body = raw.partition(b"\n")
@@ -341,6 +380,9 @@ class DockerSandbox:
             )
         timed_out = exit_code in (124, 137) and seconds >= timeout_sec * 0.95
         truncated = size > self.head_bytes + self.tail_bytes
+        shown = min(size, self.head_bytes + self.tail_bytes)
+        body, rest = body[:shown], body[shown:]
+        files = _parse_collected(rest, collect_files) if collect_files else {}
         notices = []
         if truncated:
             omitted = size - self.head_bytes - self.tail_bytes
@@ -357,6 +399,7 @@ class DockerSandbox:
             original_size=size,
             seconds=seconds,
             notices=notices,
+            files=files,
         )
 
     def upload_files(self, files: dict[str, bytes | tuple[bytes, int]], container_dir: str) -> None:
@@ -390,36 +433,68 @@ class DockerSandbox:
         """Several files in one exec: path -> bytes (at most max_bytes), or None when absent."""
         script = 'for f in "$@"; do if [ -f "$f" ]; then n=$(head -c "$TF_MAX" "$f" | wc -c); printf "Y %s\\n" "$n"; head -c "$TF_MAX" "$f"; else printf "N 0\\n"; fi; done'
         raw = self._raw_exec(["bash", "-c", script, "_", *container_paths], env={"TF_MAX": str(max_bytes)})
-        result: dict[str, bytes | None] = {}
-        offset = 0
-        for path in container_paths:
-            newline = raw.index(b"\n", offset)
-            flag, size = raw[offset:newline].split()
-            offset = newline + 1
-            if flag == b"Y":
-                result[path] = raw[offset : offset + int(size)]
-                offset += int(size)
-            else:
-                result[path] = None
-        return result
+        return _parse_collected(raw, container_paths)
 
-    def kill_leftovers(self) -> None:
-        """Kills every process the agent left running (daemons, background jobs)."""
+    def kill_leftovers(self, then: str = "") -> bytes:
+        """Kills every process the agent left running (daemons, background jobs), then runs
+        `then` in the same exec (saves a round trip); returns that exec's output."""
         try:
-            self._raw_exec(["bash", "-c", _KILL_LEFTOVERS])
+            return self._raw_exec(["bash", "-c", _KILL_LEFTOVERS + then])
         except SandboxError:
-            pass  # the container may be at its pids limit; removal will kill everything anyway
+            if then:
+                raise
+            return b""  # the container may be at its pids limit; removal kills everything anyway
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = False) -> None:
+        """Removes the container. By default in the background (it does not change the trial's
+        outcome, and removal costs ~50 ms per trial); `wait_for_removals()` or process exit
+        waits for it."""
         container, self.container = self.container, None
         if container is None:
             return
+        future = _removal_pool().submit(_remove_container, container)
+        with _live_lock:
+            _pending_removals.add(future)
+        future.add_done_callback(lambda f: _discard_pending(f))
+        if wait:
+            future.result()
+
+
+def _removal_pool() -> ThreadPoolExecutor:
+    global _remover
+    with _live_lock:
+        if _remover is None:
+            _remover = ThreadPoolExecutor(max_workers=2, thread_name_prefix="taskforge-remove")
+        return _remover
+
+
+def _discard_pending(future: Future) -> None:
+    with _live_lock:
+        _pending_removals.discard(future)
+
+
+def _remove_container(container: Container) -> None:
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        if "already in progress" not in str(exc) and "is already" not in str(exc):
+            raise SandboxError(f"could not remove container {container.short_id}: {exc}") from exc
+    finally:
         with _live_lock:
             _live_containers.pop(container.id, None)
-        try:
-            container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            if "already in progress" not in str(exc):
-                raise SandboxError(f"could not remove container {container.short_id}: {exc}") from exc
+
+
+def wait_for_removals() -> None:
+    """Blocks until every container handed to the background remover is gone."""
+    while True:
+        with _live_lock:
+            pending = list(_pending_removals)
+        if not pending:
+            return
+        for future in pending:
+            try:
+                future.result()
+            except SandboxError:
+                pass
