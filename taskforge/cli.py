@@ -130,6 +130,34 @@ def _fmt(value: float | None) -> str:
 
 
 @app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (runs/<run>) or Harbor job directories (jobs/<job>).")],
+    out: Annotated[Path | None, typer.Option(help="Where report.md, report.html and the PNG plots go (default: runs/report-<time>).")] = None,
+) -> None:
+    """Compare runs side by side: pass@1 (with CI), timeouts, turns, tokens, env-token CE."""
+    from taskforge.report import RunNotFoundError, comparison_rows, load_run, write_report
+    from taskforge.runner import new_run_name
+
+    try:
+        summaries = [load_run(path) for path in runs]
+    except RunNotFoundError as exc:
+        raise _fail(str(exc)) from None
+    table = Table(title="runs")
+    for column in ("run", "pass@1 (95% CI)", "timeouts", "turns", "tokens in/out", "env CE"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for row in comparison_rows(summaries):
+        env_ce = row["env CE"] if row["env CE before"] == "-" else f"{row['env CE before']} -> {row['env CE']}"
+        table.add_row(row["run"], f"{row['pass@1']} ({row['95% CI']})", row["timeouts"], row["turns"], f"{row['input tokens']}/{row['output tokens']}", env_ce)
+    console.print(table)
+    for s in summaries:
+        for problem in s.missing:
+            err.print(f"[yellow]incomplete[/] {s.name}: {problem}")
+    out_dir = out or Path("runs") / new_run_name("report")
+    md_path, html_path = write_report(summaries, out_dir)
+    console.print(f"report: {html_path} (and {md_path})")
+
+
+@app.command()
 def demo(
     runs_dir: Annotated[Path, typer.Option(help="Where runs are written.")] = Path("runs"),
     jobs: Annotated[int, typer.Option("--jobs", "-j")] = 2,

@@ -1,0 +1,507 @@
+"""Reading runs (ours and Harbor's) into comparable summaries, and writing the report.
+
+A run is any of:
+- a taskforge trials run (validate, filter, eval): runs/<run>/ledger.jsonl of TrialRecord lines;
+- a taskforge training run: runs/<run>/metrics.jsonl (one JSON object per step), optionally with
+  an eval ledger of its own (runs/<run>/eval/ledger.jsonl) and env_ce.json;
+- a Harbor job directory: jobs/<job>/{config.json, result.json, <trial>/result.json}.
+Half-written runs (a crash, a kill) are read for what they hold; what is missing is listed.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import random
+import tomllib
+from collections import defaultdict
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+TIMEOUT_ERRORS = {"AgentTimeoutError"}
+
+
+class RunNotFoundError(ValueError):
+    """A path that is not a run taskforge can read; the message says what a run looks like."""
+
+
+class TrialRow(BaseModel):
+    """One attempt of one task, whichever tool ran it."""
+
+    task_name: str
+    task_path: str | None = None
+    attempt: int = 0
+    reward: float | None = None
+    error_type: str | None = None
+    timed_out: bool = False
+    n_turns: int | None = None
+    n_input_tokens: int | None = None
+    n_output_tokens: int | None = None
+    family: str | None = None
+    domain: str | None = None
+    difficulty: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.reward is not None and self.reward >= 1.0
+
+
+class GroupStats(BaseModel):
+    n_tasks: int
+    n_trials: int
+    pass_at_1: float | None
+    pass_at_1_ci: tuple[float, float] | None = None
+    pass_at_k: dict[int, float] = Field(default_factory=dict)
+    timeout_rate: float | None = None
+    mean_turns: float | None = None
+    mean_input_tokens: float | None = None
+    mean_output_tokens: float | None = None
+    error_rate: float | None = None
+
+
+class RunSummary(BaseModel):
+    name: str
+    path: str
+    kind: str  # "trials", "train" or "harbor-job"
+    overall: GroupStats | None = None
+    by_family: dict[str, GroupStats] = Field(default_factory=dict)
+    by_domain: dict[str, GroupStats] = Field(default_factory=dict)
+    by_difficulty: dict[str, GroupStats] = Field(default_factory=dict)
+    curves: list[dict] = Field(default_factory=list)  # metrics.jsonl rows of a training run
+    env_ce: float | None = None  # held-out environment-token cross-entropy, when measured
+    env_ce_before: float | None = None
+    missing: list[str] = Field(default_factory=list)  # what a half-written run lacks
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k: 1 - C(n-c, k) / C(n, k) (Chen et al. 2021)."""
+    if n < k:
+        raise ValueError(f"pass@{k} needs at least {k} attempts, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def bootstrap_ci(values: list[float], *, samples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean over tasks (deterministic with `seed`)."""
+    if not values:
+        return (math.nan, math.nan)
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
+    lo = means[int((1 - level) / 2 * samples)]
+    hi = means[min(samples - 1, int((1 + level) / 2 * samples))]
+    return (lo, hi)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def group_stats(rows: list[TrialRow]) -> GroupStats:
+    by_task: dict[str, list[TrialRow]] = defaultdict(list)
+    for row in rows:
+        by_task[row.task_path or row.task_name].append(row)
+    per_task_rate = [sum(r.passed for r in attempts) / len(attempts) for attempts in by_task.values()]
+    min_attempts = min((len(a) for a in by_task.values()), default=0)
+    ks = [k for k in (1, 2, 4, 8, 16) if k <= min_attempts]
+    pass_k = {k: sum(pass_at_k(len(a), sum(r.passed for r in a), k) for a in by_task.values()) / len(by_task) for k in ks}
+    return GroupStats(
+        n_tasks=len(by_task),
+        n_trials=len(rows),
+        pass_at_1=_mean(per_task_rate),
+        pass_at_1_ci=bootstrap_ci(per_task_rate) if per_task_rate else None,
+        pass_at_k=pass_k,
+        timeout_rate=_mean([float(r.timed_out) for r in rows]),
+        mean_turns=_mean([r.n_turns for r in rows if r.n_turns is not None]),
+        mean_input_tokens=_mean([r.n_input_tokens for r in rows if r.n_input_tokens is not None]),
+        mean_output_tokens=_mean([r.n_output_tokens for r in rows if r.n_output_tokens is not None]),
+        error_rate=_mean([float(r.reward is None) for r in rows]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# reading runs
+
+
+@cache
+def _task_metadata(task_path: str) -> dict:
+    try:
+        data = tomllib.loads((Path(task_path) / "task.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    metadata = data.get("metadata", {})
+    # Harbor's own sets call the domain "category"
+    return {"family": metadata.get("family"), "domain": metadata.get("domain") or metadata.get("category"), "difficulty": metadata.get("difficulty")}
+
+
+def _with_metadata(row: TrialRow) -> TrialRow:
+    if row.task_path and (row.family is None or row.domain is None or row.difficulty is None):
+        meta = _task_metadata(row.task_path)
+        row = row.model_copy(update={k: getattr(row, k) or meta.get(k) for k in ("family", "domain", "difficulty")})
+    return row
+
+
+def rows_from_ledger(ledger_path: Path, missing: list[str], agents: set[str] | None = None) -> list[TrialRow]:
+    rows = []
+    lines = ledger_path.read_text().splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            missing.append(f"{ledger_path}:{number}: a torn line (the run was killed while writing it); ignored")
+            continue
+        if agents is not None and record.get("agent") not in agents:
+            continue
+        rows.append(
+            _with_metadata(
+                TrialRow(
+                    task_name=record["task_name"],
+                    task_path=record.get("task_path"),
+                    attempt=record.get("attempt", 0),
+                    reward=record.get("reward"),
+                    error_type=record.get("error_type"),
+                    timed_out=bool(record.get("agent_timed_out")) or record.get("error_type") in TIMEOUT_ERRORS,
+                    n_turns=record.get("n_turns"),
+                    n_input_tokens=record.get("n_input_tokens"),
+                    n_output_tokens=record.get("n_output_tokens"),
+                )
+            )
+        )
+    return rows
+
+
+def rows_from_harbor_job(job_dir: Path, missing: list[str]) -> list[TrialRow]:
+    """Trials of a `harbor run` job directory (each <trial>/result.json is Harbor's TrialResult)."""
+    rows = []
+    for trial_dir in sorted(p for p in job_dir.iterdir() if p.is_dir()):
+        result_path = trial_dir / "result.json"
+        if not result_path.is_file():
+            missing.append(f"{trial_dir}: no result.json (trial interrupted or still running)")
+            continue
+        try:
+            result = json.loads(result_path.read_text())
+        except json.JSONDecodeError:
+            missing.append(f"{result_path}: unreadable JSON (written half-way?)")
+            continue
+        rewards = (result.get("verifier_result") or {}).get("rewards") or {}
+        reward = rewards.get("reward", _mean(list(rewards.values())) if rewards else None)
+        exception = (result.get("exception_info") or {}).get("exception_type")
+        agent_result = result.get("agent_result") or {}
+        task_path = ((result.get("config") or {}).get("task") or {}).get("path")
+        rows.append(
+            _with_metadata(
+                TrialRow(
+                    task_name=result.get("task_name", trial_dir.name),
+                    task_path=task_path,
+                    reward=reward,
+                    error_type=exception,
+                    timed_out=exception in TIMEOUT_ERRORS,
+                    n_turns=_harbor_turns(trial_dir),
+                    n_input_tokens=agent_result.get("n_input_tokens"),
+                    n_output_tokens=agent_result.get("n_output_tokens"),
+                )
+            )
+        )
+    return rows
+
+
+def _harbor_turns(trial_dir: Path) -> int | None:
+    """Agent turns from the ATIF trajectory terminus-2 writes (agent/trajectory.json)."""
+    trajectory = trial_dir / "agent" / "trajectory.json"
+    if not trajectory.is_file():
+        return None
+    try:
+        steps = json.loads(trajectory.read_text()).get("steps", [])
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return sum(1 for step in steps if step.get("source") == "agent") or None
+
+
+def load_run(path: Path) -> RunSummary:
+    """Reads any run directory into a summary; raises RunNotFoundError for anything else."""
+    path = Path(path)
+    if not path.exists():
+        raise RunNotFoundError(f"{path}: no such run directory")
+    if not path.is_dir():
+        raise RunNotFoundError(f"{path}: not a directory; pass a run directory (runs/<run>) or a Harbor job directory (jobs/<job>)")
+    missing: list[str] = []
+    summary = RunSummary(name=path.name, path=str(path), kind="trials")
+    rows: list[TrialRow] = []
+    if (path / "metrics.jsonl").is_file():
+        summary.kind = "train"
+        summary.curves = _read_jsonl(path / "metrics.jsonl", missing)
+        _check_training_run(path, summary, missing)
+        for ledger in (path / "eval" / "ledger.jsonl", path / "ledger.jsonl"):
+            if ledger.is_file():
+                rows = rows_from_ledger(ledger, missing)
+                break
+        else:
+            missing.append(f"{path}: no eval ledger (eval/ledger.jsonl): pass@1 is not measured for this run")
+    elif (path / "ledger.jsonl").is_file():
+        # A validate run holds oracle and nop trials: report the oracle's; nop is a control.
+        agents = _ledger_agents(path / "ledger.jsonl")
+        rows = rows_from_ledger(path / "ledger.jsonl", missing, agents=(agents - {"nop"}) or agents)
+        _check_trials_run(path, missing)
+    elif (path / "config.json").is_file() and any(p.is_dir() for p in path.iterdir()):
+        summary.kind = "harbor-job"
+        rows = rows_from_harbor_job(path, missing)
+        if not (path / "result.json").is_file():
+            missing.append(f"{path}: no result.json: the Harbor job did not finish")
+    else:
+        raise RunNotFoundError(
+            f"{path}: not a run: expected ledger.jsonl (validate/filter/eval), metrics.jsonl (train) or a Harbor job (config.json + trial folders)"
+        )
+    env_ce_path = path / "env_ce.json"
+    if env_ce_path.is_file():
+        env = json.loads(env_ce_path.read_text())
+        summary.env_ce, summary.env_ce_before = env.get("after", env.get("env_ce")), env.get("before")
+    elif summary.curves and any("heldout_env_ce" in c for c in summary.curves):
+        measured = [c["heldout_env_ce"] for c in summary.curves if c.get("heldout_env_ce") is not None]
+        summary.env_ce_before, summary.env_ce = measured[0], measured[-1]
+    if rows:
+        summary.overall = group_stats(rows)
+        for attribute, target in (("family", summary.by_family), ("domain", summary.by_domain), ("difficulty", summary.by_difficulty)):
+            groups: dict[str, list[TrialRow]] = defaultdict(list)
+            for row in rows:
+                groups[getattr(row, attribute) or "unknown"].append(row)
+            target.update({k: group_stats(v) for k, v in sorted(groups.items())})
+    elif summary.kind != "train":
+        missing.append(f"{path}: no finished trial yet")
+    summary.missing = missing
+    return summary
+
+
+def _ledger_agents(ledger: Path) -> set[str]:
+    agents = set()
+    for line in ledger.read_text().splitlines():
+        try:
+            agents.add(json.loads(line).get("agent"))
+        except json.JSONDecodeError:
+            continue
+    return agents
+
+
+def _read_jsonl(path: Path, missing: list[str]) -> list[dict]:
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            missing.append(f"{path}:{number}: a torn line (killed while writing); ignored")
+    return rows
+
+
+def _check_trials_run(path: Path, missing: list[str]) -> None:
+    trials = path / "trials"
+    if trials.is_dir():
+        unfinished = [p.name for p in trials.iterdir() if p.is_dir() and not (p / "result.json").is_file()]
+        if unfinished:
+            missing.append(f"{trials}: {len(unfinished)} trial(s) without result.json (interrupted): {', '.join(sorted(unfinished)[:5])}")
+
+
+def _check_training_run(path: Path, summary: RunSummary, missing: list[str]) -> None:
+    config_path = path / "config.json"
+    planned = None
+    if config_path.is_file():
+        try:
+            planned = json.loads(config_path.read_text()).get("steps")
+        except json.JSONDecodeError:
+            missing.append(f"{config_path}: unreadable")
+    else:
+        missing.append(f"{path}: no config.json (the run's settings are unknown)")
+    logged = len(summary.curves)
+    if planned is not None and logged < planned:
+        missing.append(f"{path}: {logged} of {planned} training steps logged (the run stopped early; `taskforge train` with the same --run resumes it)")
+    if not (path / "checkpoints").is_dir() or not any((path / "checkpoints").iterdir()):
+        missing.append(f"{path}: no checkpoint saved")
+
+
+# ---------------------------------------------------------------------------------------------
+# writing the report
+
+
+def _fmt_pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _fmt_num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def comparison_rows(summaries: list[RunSummary]) -> list[dict[str, str]]:
+    """One row per run: the paper's table (pass@1 with CI, timeouts, turns, tokens, env CE)."""
+    rows = []
+    for s in summaries:
+        o = s.overall
+        ci = o.pass_at_1_ci if o and o.pass_at_1_ci else None
+        rows.append(
+            {
+                "run": s.name,
+                "kind": s.kind,
+                "tasks": str(o.n_tasks) if o else "-",
+                "trials": str(o.n_trials) if o else "-",
+                "pass@1": _fmt_pct(o.pass_at_1) if o else "-",
+                "95% CI": f"{_fmt_pct(ci[0])}-{_fmt_pct(ci[1])}" if ci else "-",
+                "timeouts": _fmt_pct(o.timeout_rate) if o else "-",
+                "turns": _fmt_num(o.mean_turns) if o else "-",
+                "input tokens": _fmt_num(o.mean_input_tokens, 0) if o else "-",
+                "output tokens": _fmt_num(o.mean_output_tokens, 0) if o else "-",
+                "env CE": _fmt_num(s.env_ce, 3),
+                "env CE before": _fmt_num(s.env_ce_before, 3),
+            }
+        )
+    return rows
+
+
+def _markdown_table(rows: list[dict[str, str]]) -> str:
+    if not rows:
+        return "_no data_\n"
+    headers = list(rows[0])
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(row[h] for h in headers) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _group_rows(summaries: list[RunSummary], attribute: str) -> list[dict[str, str]]:
+    groups = sorted({g for s in summaries for g in getattr(s, attribute)})
+    rows = []
+    for group in groups:
+        row = {attribute.removeprefix("by_"): group}
+        for s in summaries:
+            stats = getattr(s, attribute).get(group)
+            row[f"{s.name} pass@1"] = _fmt_pct(stats.pass_at_1) if stats else "-"
+        rows.append(row)
+    return rows
+
+
+def make_plots(summaries: list[RunSummary]) -> dict[str, bytes]:
+    """PNG plots: training curves overlaid, and bars per run. Name -> PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots: dict[str, bytes] = {}
+    curves = [s for s in summaries if s.curves]
+    for metric, label in (("reward_mean", "mean reward"), ("pass_rate", "pass rate (rollouts)"), ("env_ce", "env-token cross-entropy (train batch)"), ("heldout_env_ce", "held-out env-token CE")):
+        series = [(s.name, [(c["step"], c[metric]) for c in s.curves if c.get(metric) is not None]) for s in curves]
+        series = [(name, points) for name, points in series if points]
+        if not series:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+        for name, points in series:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=name)
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        plots[f"curve_{metric}.png"] = _png(fig)
+        plt.close(fig)
+    with_stats = [s for s in summaries if s.overall]
+    if with_stats:
+        metrics = [("pass_at_1", "pass@1", 100), ("timeout_rate", "timeouts (%)", 100), ("mean_turns", "turns", 1), ("mean_output_tokens", "output tokens", 1)]
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4), dpi=110)
+        for ax, (attr, label, scale) in zip(axes, metrics):
+            values = [(getattr(s.overall, attr) or 0) * scale for s in with_stats]
+            ax.bar(range(len(values)), values, color=[f"C{i}" for i in range(len(values))])
+            ax.set_xticks(range(len(values)), [s.name for s in with_stats], rotation=30, ha="right", fontsize=7)
+            ax.set_title(label, fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        plots["bars.png"] = _png(fig)
+        plt.close(fig)
+    return plots
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def write_report(summaries: list[RunSummary], out_dir: Path) -> tuple[Path, Path]:
+    """Writes report.md (with PNGs beside it) and a self-contained report.html (PNGs inlined)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = make_plots(summaries)
+    for name, data in plots.items():
+        (out_dir / name).write_bytes(data)
+    comparison = comparison_rows(summaries)
+    sections = [
+        f"# taskforge report\n\n_{datetime.now().strftime('%Y-%m-%d %H:%M')}; runs: {', '.join(s.name for s in summaries)}_\n",
+        "## Comparison\n\npass@1 is the mean over tasks of each task's success rate; the 95% CI is a bootstrap over tasks.\n",
+        _markdown_table(comparison),
+    ]
+    for attribute, title in (("by_domain", "By domain"), ("by_difficulty", "By difficulty"), ("by_family", "By family")):
+        rows = _group_rows(summaries, attribute)
+        if rows:
+            sections += [f"\n## {title}\n", _markdown_table(rows)]
+    if plots:
+        sections.append("\n## Plots\n")
+        sections += [f"![{name}]({name})\n" for name in plots]
+    missing = [(s.name, m) for s in summaries for m in s.missing]
+    if missing:
+        sections.append("\n## Missing or incomplete\n")
+        sections += [f"- {name}: {m}" for name, m in missing]
+        sections.append("")
+    markdown = "\n".join(sections)
+    md_path = out_dir / "report.md"
+    md_path.write_text(markdown)
+    html_path = out_dir / "report.html"
+    html_path.write_text(_html(markdown, plots))
+    (out_dir / "summary.json").write_text(json.dumps([s.model_dump() for s in summaries], indent=2))
+    return md_path, html_path
+
+
+def _html(markdown: str, plots: dict[str, bytes]) -> str:
+    """Minimal Markdown-to-HTML for our own report (tables, headings, lists, images inlined)."""
+    import html as html_lib
+
+    body: list[str] = []
+    table: list[list[str]] = []
+
+    def flush_table() -> None:
+        if not table:
+            return
+        head, *rest = table
+        body.append("<table><thead><tr>" + "".join(f"<th>{html_lib.escape(c)}</th>" for c in head) + "</tr></thead><tbody>")
+        body.extend("<tr>" + "".join(f"<td>{html_lib.escape(c)}</td>" for c in row) + "</tr>" for row in rest)
+        body.append("</tbody></table>")
+        table.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if not all(set(c) <= {"-"} for c in cells):
+                table.append(cells)
+            continue
+        flush_table()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html_lib.escape(line[level:].strip())}</h{level}>")
+        elif line.startswith("![") and "](" in line:
+            name = line[line.index("](") + 2 : -1]
+            if name in plots:
+                data = base64.b64encode(plots[name]).decode()
+                body.append(f'<p><img alt="{html_lib.escape(name)}" src="data:image/png;base64,{data}"></p>')
+        elif line.startswith("- "):
+            body.append(f"<li>{html_lib.escape(line[2:])}</li>")
+        elif line.strip():
+            body.append(f"<p>{html_lib.escape(line.strip('_'))}</p>")
+    flush_table()
+    style = "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>taskforge report</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
