@@ -422,6 +422,7 @@ def make_plots(summaries: list[RunSummary]) -> dict[str, bytes]:
             ax.set_xticks(range(len(values)), [s.name for s in with_stats], rotation=30, ha="right", fontsize=7)
             ax.set_title(label, fontsize=9)
             ax.grid(axis="y", alpha=0.3)
+            ax.set_ylim(bottom=0, top=max(values + [1e-9]) * 1.15 or 1)
         fig.tight_layout()
         plots["bars.png"] = _png(fig)
         plt.close(fig)
