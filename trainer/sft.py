@@ -1,0 +1,146 @@
+"""Expert SFT, the paper's baseline: fine-tune on oracle transcripts executed in real containers.
+
+A demonstration is an episode of `SolutionTextPolicy`: its first action is the task's own
+solve.sh as a ```bash block, its second DONE. It runs through the same agent loop, sandbox and
+verifier as any policy, so the observations are the real terminal output and only episodes the
+verifier scores 1.0 are kept. Training is cross-entropy on the action tokens of those rollouts
+(token mean), optionally plus lambda x the environment CE (ECHO-style SFT).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from taskforge.agent.episode import Episode
+from taskforge.agent.policy import PolicyReply
+from trainer.rollout import collate_rollouts
+from trainer.train import TINY_SYSTEM_PROMPT
+from trainer.transcripts import load_transcripts, rollout_from_episode
+
+
+def solution_action(task_dir: Path) -> str:
+    """solve.sh without its shebang, comments, blank lines and `set -e` boilerplate."""
+    lines = (Path(task_dir) / "solution" / "solve.sh").read_text().splitlines()
+    kept = [line for line in lines if line.strip() and not line.lstrip().startswith("#") and not line.strip().startswith("set -")]
+    return "\n".join(kept)
+
+
+class SolutionTextPolicy:
+    """Types the task's solution as one command, then says DONE (plain-text action format)."""
+
+    name = "oracle-text"
+
+    def __init__(self, task_dir: Path):
+        self.command = solution_action(task_dir)
+
+    def next_action(self, messages: list[dict[str, Any]]) -> PolicyReply:
+        turn = sum(m["role"] == "assistant" for m in messages)
+        return PolicyReply(text=f"```bash\n{self.command}\n```" if turn == 0 else "DONE")
+
+
+@dataclass
+class SFTConfig:
+    tasks: str = "tasks/sample"
+    policy: str = "tiny"
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    env_coef: float = 0.0  # > 0 adds lambda x env CE on the demonstrations' observations
+    max_turns: int = 4
+    command_timeout_sec: float = 30.0
+    max_output_chars: int = 2000
+    system_prompt: str | None = TINY_SYSTEM_PROMPT
+    concurrency: int = 2
+    seed: int = 0
+
+
+def collect_demonstrations(task_dirs: list[Path], out_dir: Path, config: SFTConfig) -> list[Episode]:
+    """Runs the solution of every task through the agent loop in Docker; keeps reward-1.0 episodes.
+    Resumes: tasks whose transcript is already there are not run again."""
+    from taskforge.agent.episode import EpisodeConfig
+    from taskforge.agent.loop import run_episode_trial
+    from taskforge.runner import run_concurrently
+    from taskforge.tasks import load_task
+
+    episode_config = EpisodeConfig(max_turns=config.max_turns, command_timeout_sec=config.command_timeout_sec, max_output_chars=config.max_output_chars, system_prompt=config.system_prompt)
+
+    def demonstrate(task_dir: Path) -> Episode | None:
+        trial_dir = out_dir / task_dir.name
+        transcript = trial_dir / "transcript.json"
+        if transcript.is_file():
+            return Episode.model_validate_json(transcript.read_text())
+        _, episode = run_episode_trial(load_task(task_dir), SolutionTextPolicy(task_dir), trial_dir, episode_config)
+        return episode
+
+    episodes = run_concurrently(task_dirs, demonstrate, jobs=config.concurrency, description="demonstrations")
+    return [e for e in episodes if e is not None and e.reward == 1.0]
+
+
+def sft(config: SFTConfig, run_dir: Path, *, log=print, demonstrations: list[Path] | None = None) -> Path:
+    """Collects (or reads) demonstrations and fine-tunes; returns the checkpoint directory."""
+    from taskforge.tasks import discover_task_dirs
+    from trainer.logprobs import sequence_logprobs
+    from trainer.model import load_policy, save_checkpoint
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps({**asdict(config), "steps": config.epochs, "mode": "sft"}, indent=2))
+    final = run_dir / "checkpoints" / "final"
+    if final.is_dir():
+        log(f"{final} exists: SFT already done")
+        return final
+    if demonstrations:
+        episodes = [e for e in load_transcripts(demonstrations) if e.reward == 1.0]
+    else:
+        episodes = collect_demonstrations(discover_task_dirs([Path(config.tasks)]), run_dir / "demonstrations", config)
+    if not episodes:
+        raise RuntimeError("no demonstration scored 1.0: nothing to fine-tune on")
+    log(f"{len(episodes)} demonstrations")
+
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_policy(config.policy)
+    rollouts = [rollout_from_episode(tokenizer, e) for e in episodes]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    rng = random.Random(config.seed)
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)
+    model.train()
+    for epoch in range(1, config.epochs + 1):
+        started = time.monotonic()
+        order = list(range(len(rollouts)))
+        rng.shuffle(order)
+        losses, env_ces = [], []
+        for start in range(0, len(order), config.batch_size):
+            batch = collate_rollouts([rollouts[i] for i in order[start : start + config.batch_size]], tokenizer.pad_token_id)
+            logprobs = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"])
+            action = batch["action_mask"].float()
+            loss = -(logprobs * action).sum() / action.sum().clamp(min=1)
+            observation = batch["observation_mask"].float()
+            counts = observation.sum(dim=1)
+            env_ce = (-(logprobs * observation).sum(dim=1) / counts.clamp(min=1))[counts > 0].mean() if bool((counts > 0).any()) else logprobs.sum() * 0
+            total = loss + config.env_coef * env_ce if config.env_coef else loss
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            losses.append(loss.item())
+            env_ces.append(env_ce.item())
+        row = {"step": epoch, "mode": "sft", "sft_loss": sum(losses) / len(losses), "env_ce": sum(env_ces) / len(env_ces), "n_demonstrations": len(rollouts), "seconds": round(time.monotonic() - started, 2)}
+        with metrics_path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        log(f"epoch {epoch}/{config.epochs}: action CE {row['sft_loss']:.3f}, env CE {row['env_ce']:.3f}")
+    tmp = final.with_name("final.tmp")
+    save_checkpoint(model, tokenizer, tmp)
+    os.replace(tmp, final)
+    return final

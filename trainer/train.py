@@ -1,0 +1,309 @@
+"""The RL training loop, top to bottom: rollouts in real sandboxes, advantages, ECHO update.
+
+    for step in steps:
+        tasks   <- tasks_per_step tasks (a deterministic function of seed and step)
+        rollouts <- group_size episodes of the current policy per task, in Docker sandboxes
+        advantages <- group-normalised rewards (GRPO)
+        old log-probs <- one no-grad forward pass of the policy that sampled
+        for epoch in epochs_per_batch: for micro-batch: one forward pass -> echo_loss -> backward
+        metrics.jsonl += one line; every checkpoint_every steps: checkpoints/step-N
+
+Modes: "echo" (GRPO + lambda * env CE), "grpo" (lambda 0), "env-only" (verifier-free: the reward
+is never used). A run killed at any point resumes from its last checkpoint with the same command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from trainer.advantages import group_advantages
+from trainer.logprobs import sequence_logprobs
+from trainer.loss import EchoLossConfig, LambdaSchedule, echo_loss
+from trainer.rollout import Rollout, collate_rollouts
+
+Mode = Literal["echo", "grpo", "env-only"]
+
+# A short system prompt: the tiny default model reads every token of it on every turn.
+TINY_SYSTEM_PROMPT = "Solve the task in the Linux shell. Reply with one ```bash block per turn. Reply DONE when finished."
+
+
+@dataclass
+class TrainConfig:
+    """Defaults are sized for the tiny CPU model; `paper()` gives the paper's values for real models."""
+
+    mode: Mode = "echo"
+    tasks: str = "tasks/sample"
+    policy: str = "tiny"  # "tiny", a checkpoint directory (e.g. an SFT run's), or a HF model name
+    steps: int = 10
+    tasks_per_step: int = 2
+    group_size: int = 4
+    env_coef: float | None = None  # lambda; None: 0.05 for echo, 1.0 for env-only
+    lambda_schedule: Literal["constant", "linear", "step"] = "constant"
+    lambda_final: float = 0.0
+    lambda_decay_steps: int = 1000
+    lambda_step_every: int = 100
+    lambda_step_factor: float = 0.5
+    lr: float = 1e-4
+    warmup_steps: int = 0
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    kl_coef: float = 0.0
+    epochs_per_batch: int = 2
+    micro_batch_size: int = 4
+    scale_advantages_by_std: bool = True
+    temperature: float = 1.0
+    max_new_tokens: int = 96  # per turn
+    max_turns: int = 4
+    command_timeout_sec: float = 10.0
+    max_output_chars: int = 2000
+    system_prompt: str | None = TINY_SYSTEM_PROMPT  # None: the agent loop's full prompt
+    concurrency: int = 2  # sandboxes in parallel (generation itself is serial)
+    # GPU route: sample from an OpenAI-compatible server with vLLM's token-id extension (vLLM,
+    # `taskforge serve`) instead of in-process; None = in-process. See docs/gpu.md.
+    sampler_url: str | None = None
+    sampler_model: str | None = None
+    checkpoint_every: int = 5
+    seed: int = 0
+
+    @classmethod
+    def paper(cls, **overrides) -> TrainConfig:
+        """The public hyperparameters of the paper's reference implementation."""
+        values = dict(
+            env_coef=0.05, lr=1e-6, warmup_steps=20, weight_decay=0.01, grad_clip=0.2, clip_eps_low=0.2, clip_eps_high=0.2,
+            kl_coef=0.0, tasks_per_step=16, group_size=16, epochs_per_batch=2, temperature=0.8, max_new_tokens=2048,
+            max_turns=16, max_output_chars=50_000, command_timeout_sec=120.0, system_prompt=None,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: Path, **overrides) -> TrainConfig:
+        """A JSON or TOML file of TrainConfig fields; unknown keys are an error naming them."""
+        import tomllib
+
+        text = Path(path).read_text()
+        data = tomllib.loads(text) if str(path).endswith(".toml") else json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+    def loss_config(self) -> EchoLossConfig:
+        return EchoLossConfig(mode=self.mode, env_coef=None if self.mode == "grpo" else self.env_coef, clip_eps_low=self.clip_eps_low, clip_eps_high=self.clip_eps_high, kl_coef=self.kl_coef)
+
+    def schedule(self) -> LambdaSchedule:
+        initial = self.loss_config().resolved_env_coef
+        return LambdaSchedule(kind=self.lambda_schedule, initial=initial, final=self.lambda_final, decay_steps=self.lambda_decay_steps, step_every=self.lambda_step_every, step_factor=self.lambda_step_factor)
+
+
+@dataclass
+class StepBatch:
+    rollouts: list[Rollout] = field(default_factory=list)
+    records: list = field(default_factory=list)
+
+
+def _task_dirs(config: TrainConfig) -> list[Path]:
+    from taskforge.tasks import discover_task_dirs
+
+    return discover_task_dirs([Path(config.tasks)])
+
+
+def tasks_for_step(task_dirs: list[Path], config: TrainConfig, step: int) -> list[Path]:
+    """Deterministic in (seed, step): a resumed run trains on the same tasks it would have."""
+    rng = random.Random(f"{config.seed}:{step}")
+    return rng.sample(task_dirs, min(config.tasks_per_step, len(task_dirs)))
+
+
+def collect_rollouts(model, tokenizer, task_dirs: list[Path], config: TrainConfig, out_dir: Path, step: int) -> StepBatch:
+    """group_size episodes of the current policy per task, each in its own sandbox."""
+    from taskforge.agent.episode import EpisodeConfig
+    from taskforge.agent.loop import run_episode_trial
+    from taskforge.runner import run_concurrently
+    from taskforge.tasks import load_task
+    from trainer.sampler import LocalModelPolicy, RemoteSampler
+
+    episode_config = EpisodeConfig(max_turns=config.max_turns, command_timeout_sec=config.command_timeout_sec, max_output_chars=config.max_output_chars, system_prompt=config.system_prompt)
+    jobs = [(task_dir, member) for task_dir in task_dirs for member in range(config.group_size)]
+
+    def play(job):
+        task_dir, member = job
+        task = load_task(task_dir)
+        group_id = f"{step}:{task.name}"
+        seed = int.from_bytes(hashlib.sha256(f"{config.seed}:{step}:{task_dir}:{member}".encode()).digest()[:4], "big")
+        sampler = None
+        if config.sampler_url:
+            sampler = RemoteSampler(config.sampler_url, config.sampler_model or config.policy, tokenizer, temperature=config.temperature, seed=seed)
+        policy = LocalModelPolicy(model, tokenizer, temperature=config.temperature, max_new_tokens=config.max_new_tokens, task_name=task.name, group_id=group_id, seed=seed, sampler=sampler)
+        record, episode = run_episode_trial(task, policy, out_dir / f"{task_dir.name}__g{member}", episode_config, attempt=member)
+        reward = record.reward if record.reward is not None else 0.0
+        rollout = policy.rollout(reward, (episode.stop_reason if episode else None) or "error")
+        return record, rollout
+
+    batch = StepBatch()
+    for record, rollout in run_concurrently(jobs, play, jobs=config.concurrency, description=f"step {step} rollouts"):
+        batch.records.append(record)
+        if rollout is not None:
+            batch.rollouts.append(rollout)
+    return batch
+
+
+def update(model, optimizer, scheduler, rollouts: list[Rollout], config: TrainConfig, env_coef: float, pad_token_id: int) -> dict[str, float]:
+    """epochs_per_batch passes over the batch in micro-batches; one forward pass per micro-batch
+    feeds both loss terms. Returns metrics averaged over micro-batches."""
+    rewards = [r.reward for r in rollouts]
+    advantages = group_advantages(rewards, [r.group_id for r in rollouts], scale_by_std=config.scale_advantages_by_std)
+    loss_config = EchoLossConfig(mode=config.mode, env_coef=None if config.mode == "grpo" else env_coef, clip_eps_low=config.clip_eps_low, clip_eps_high=config.clip_eps_high, kl_coef=config.kl_coef)
+    micro = [list(range(i, min(i + config.micro_batch_size, len(rollouts)))) for i in range(0, len(rollouts), config.micro_batch_size)]
+    batches = [collate_rollouts([rollouts[i] for i in idx], pad_token_id) for idx in micro]
+
+    # The policy that sampled, re-scored by the training forward pass (no kernel mismatch).
+    model.eval()
+    with torch.no_grad():
+        old = [sequence_logprobs(model, b["input_ids"], b["attention_mask"], temperature=config.temperature) for b in batches]
+    model.train()
+
+    from trainer.loss import LossNormalizers
+
+    totals = collate_rollouts(rollouts, pad_token_id)
+    normalizers = LossNormalizers.from_masks(totals["action_mask"], totals["observation_mask"])
+    sums: dict[str, float] = {}
+    n = 0
+    for _epoch in range(config.epochs_per_batch):
+        optimizer.zero_grad(set_to_none=True)
+        for idx, batch, old_logprobs in zip(micro, batches, old):
+            logprobs = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], temperature=config.temperature)
+            loss, metrics = echo_loss(logprobs, old_logprobs, advantages[idx], batch["action_mask"], batch["observation_mask"], batch["warning_mask"], config=loss_config, normalizers=normalizers)
+            loss.backward()  # the global normalisers make the micro-batch losses add up to the batch loss
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            n += 1
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * len(micro)
+    scheduler.step()
+    return {k: v / n for k, v in sums.items() if not math.isnan(v)}
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    complete = [p for p in checkpoints if (p / "trainer_state.pt").is_file()]
+    return complete[-1] if complete else None
+
+
+def _save(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler) -> Path:
+    from trainer.model import save_checkpoint
+
+    final = run_dir / "checkpoints" / f"step-{step}"
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(model, tokenizer, tmp)
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch_rng": torch.random.get_rng_state()}, tmp / "trainer_state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)  # a checkpoint exists whole or not at all
+    return final
+
+
+def _append_metrics(path: Path, row: dict) -> None:
+    with path.open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drops metric lines of steps after the checkpoint a resumed run restarts from."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError):
+            continue
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def train(config: TrainConfig, run_dir: Path, *, log=print) -> Path:
+    """Trains and returns the final checkpoint's directory. Resumes from run_dir if it has one."""
+    from trainer.model import load_checkpoint, load_policy
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.json"
+    if config_path.exists():
+        previous = json.loads(config_path.read_text())
+        changed = {k: (previous.get(k), v) for k, v in asdict(config).items() if k in previous and previous[k] != v and k != "steps"}
+        if changed:
+            raise ValueError(f"{run_dir} was started with other settings {changed}; use a new --run, or the same settings to resume")
+    config_path.write_text(json.dumps(asdict(config), indent=2))
+
+    torch.manual_seed(config.seed)
+    latest = _latest_checkpoint(run_dir)
+    model, tokenizer = load_checkpoint(latest) if latest else load_policy(config.policy)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(1, config.warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if config.warmup_steps else 1.0)
+    start = 1
+    metrics_path = run_dir / "metrics.jsonl"
+    if latest is not None:
+        state = torch.load(latest / "trainer_state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.random.set_rng_state(state["torch_rng"])
+        start = state["step"] + 1
+        _truncate_metrics(metrics_path, state["step"])
+        log(f"resuming {run_dir} after step {state['step']} ({latest})")
+    else:
+        metrics_path.unlink(missing_ok=True)
+
+    task_dirs = _task_dirs(config)
+    schedule = config.schedule()
+    pad_id = tokenizer.pad_token_id
+    final = latest
+    for step in range(start, config.steps + 1):
+        started = time.monotonic()
+        env_coef = schedule.lambda_at(step - 1)
+        batch = collect_rollouts(model, tokenizer, tasks_for_step(task_dirs, config, step), config, run_dir / "rollouts" / f"step-{step:05d}", step)
+        rollout_seconds = time.monotonic() - started
+        if not batch.rollouts:
+            raise RuntimeError(f"step {step}: no rollout was produced (see {run_dir / 'rollouts'})")
+        metrics = update(model, optimizer, scheduler, batch.rollouts, config, env_coef, pad_id)
+        records = batch.records
+        row = {
+            "step": step,
+            "mode": config.mode,
+            "lambda": env_coef if config.mode != "grpo" else 0.0,
+            "reward_mean": sum(r.reward or 0.0 for r in records) / len(records),
+            "pass_rate": sum(1 for r in records if (r.reward or 0.0) >= 1.0) / len(records),
+            "timeout_rate": sum(1 for r in records if r.agent_timed_out) / len(records),
+            "turns_mean": sum(r.n_turns or 0 for r in records) / len(records),
+            "tokens": sum(len(r.token_ids) for r in batch.rollouts),
+            "action_tokens": sum(sum(r.action_mask) for r in batch.rollouts),
+            "obs_tokens": sum(sum(r.observation_mask) for r in batch.rollouts),
+            "n_rollouts": len(batch.rollouts),
+            "rollout_seconds": round(rollout_seconds, 2),
+            "seconds": round(time.monotonic() - started, 2),
+            **{k: round(v, 6) for k, v in metrics.items()},
+        }
+        _append_metrics(metrics_path, row)
+        log(f"step {step}/{config.steps}: reward {row['reward_mean']:.3f} pass {row['pass_rate']:.2f} env_ce {row.get('env_ce', float('nan')):.3f} policy_loss {row.get('policy_loss', 0):+.4f} ({row['seconds']:.1f} s)")
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            final = _save(run_dir, step, model, tokenizer, optimizer, scheduler)
+    if final is None:
+        final = _save(run_dir, 0, model, tokenizer, optimizer, scheduler)
+    return final
