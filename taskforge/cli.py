@@ -94,6 +94,15 @@ def validate(
         raise typer.Exit(1)
 
 
+def _register_filter() -> None:
+    from taskforge.filter import filter_command
+
+    app.command("filter")(filter_command)
+
+
+_register_filter()
+
+
 def _run_with_docker(fn):
     from taskforge.sandbox.base import SandboxError
 

@@ -16,7 +16,7 @@ from harbor.models.task.id import LocalTaskId
 from harbor.models.trial.config import AgentConfig as HarborAgentConfig
 from harbor.models.trial.config import TaskConfig as HarborTaskRef
 from harbor.models.trial.config import TrialConfig
-from harbor.models.trial.result import AgentInfo, ExceptionInfo, TimingInfo, TrialResult
+from harbor.models.trial.result import AgentInfo, ExceptionInfo, ModelInfo, TimingInfo, TrialResult
 from harbor.models.verifier.result import VerifierResult
 from pydantic import BaseModel
 
@@ -44,6 +44,8 @@ class TrialRecord(BaseModel):
     agent_timed_out: bool = False
     n_input_tokens: int | None = None
     n_output_tokens: int | None = None
+    stop_reason: str | None = None
+    n_turns: int | None = None
     seconds: float = 0.0
     trial_dir: str
     finished_at: str
@@ -98,6 +100,7 @@ def run_trial(task: Task, agent: Agent, trial_dir: Path, *, attempt: int = 0) ->
                 outcome = agent.run(task, sandbox, trial_dir / "agent", agent_timeout)
             except AgentTimeoutError:
                 agent_timed_out = True  # Harbor grades a timed-out agent all the same
+            agent_timed_out = agent_timed_out or outcome.timed_out
             timings["agent_execution"] = TimingInfo(started_at=phase_start, finished_at=_now())
             phase_start = _now()
             verified = run_verifier(sandbox, task.tests_dir, task.config.verifier.timeout_sec, workdir=task.config.environment.workdir)
@@ -127,6 +130,8 @@ def run_trial(task: Task, agent: Agent, trial_dir: Path, *, attempt: int = 0) ->
         agent_timed_out=agent_timed_out,
         n_input_tokens=outcome.n_input_tokens,
         n_output_tokens=outcome.n_output_tokens,
+        stop_reason=outcome.stop_reason,
+        n_turns=outcome.n_turns,
         seconds=(finished - started).total_seconds(),
         trial_dir=str(trial_dir),
         finished_at=finished.isoformat(),
@@ -140,6 +145,14 @@ def _write_verifier_files(trial_dir: Path, files: dict[str, bytes]) -> None:
     verifier_dir.mkdir(parents=True, exist_ok=True)
     for container_path, data in files.items():
         (verifier_dir / Path(container_path).name).write_bytes(data)
+
+
+def _model_info(agent) -> ModelInfo | None:
+    """Agents driven by a model name it in `model_name` (and optionally `model_provider`)."""
+    model_name = getattr(agent, "model_name", None)
+    if not model_name:
+        return None
+    return ModelInfo(name=model_name, provider=getattr(agent, "model_provider", None))
 
 
 def _write_harbor_result(task, agent, trial_dir, record, outcome, timings, error, started, finished) -> None:
@@ -157,8 +170,8 @@ def _write_harbor_result(task, agent, trial_dir, record, outcome, timings, error
         trial_uri=trial_dir.resolve().as_uri(),
         task_id=LocalTaskId(path=task.path),
         task_checksum=task_checksum(task),
-        config=TrialConfig(task=HarborTaskRef(path=task.path), trial_name=trial_dir.name, trials_dir=trial_dir.parent, agent=HarborAgentConfig(name=agent.name)),
-        agent_info=AgentInfo(name=agent.name, version=agent.version),
+        config=TrialConfig(task=HarborTaskRef(path=task.path), trial_name=trial_dir.name, trials_dir=trial_dir.parent, agent=HarborAgentConfig(name=agent.name, model_name=getattr(agent, "model_name", None))),
+        agent_info=AgentInfo(name=agent.name, version=agent.version, model_info=_model_info(agent)),
         agent_result=AgentContext(
             n_input_tokens=outcome.n_input_tokens,
             n_output_tokens=outcome.n_output_tokens,

@@ -13,6 +13,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# Fixture task dirs hold tests/test_*.py that run inside task containers, not in this suite.
+collect_ignore = ["fixtures"]
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,9 @@ class AgentOutcome:
     n_output_tokens: int | None = None
     n_cache_tokens: int | None = None
     cost_usd: float | None = None
-    timed_out: bool = False
+    timed_out: bool = False  # the agent stopped at its time limit; the trial is still verified
+    stop_reason: str | None = None  # why a multi-turn agent stopped (taskforge.agent.episode.StopReason)
+    n_turns: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
 

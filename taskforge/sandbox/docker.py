@@ -347,10 +347,13 @@ class DockerSandbox:
         user: str | None = None,
         collect_files: list[str] | None = None,
         collect_max_bytes: int = 1 << 20,
+        mark_truncation: bool = True,
     ) -> ExecResult:
         """Runs `command` with bash; kills its whole process group after `timeout_sec`.
 
         `collect_files` are read right after the command in the same exec (ExecResult.files).
+        With mark_truncation=False a truncated output is head + tail bytes with no marker line
+        between them (for callers that report the cut in a field of their own).
         """
         started = time.monotonic()
         wrapper_env = {
@@ -386,8 +389,9 @@ class DockerSandbox:
         notices = []
         if truncated:
             omitted = size - self.head_bytes - self.tail_bytes
-            marker = f"\n[... output truncated: {omitted} of {size} bytes omitted ...]\n".encode()
-            body = body[: self.head_bytes] + marker + body[self.head_bytes:]
+            if mark_truncation:
+                marker = f"\n[... output truncated: {omitted} of {size} bytes omitted ...]\n".encode()
+                body = body[: self.head_bytes] + marker + body[self.head_bytes:]
             notices.append(f"output truncated: showing the first {self.head_bytes} and last {self.tail_bytes} of {size} bytes")
         if timed_out:
             notices.append(f"command timed out after {timeout_sec:g} s and was killed")

@@ -1,0 +1,246 @@
+"""`taskforge filter --backend harbor`: the same filter through Harbor's Job API and terminus-2.
+
+One Harbor job runs every (task, attempt): jobs_dir = runs/<run>, job name "trials", so trials
+land in runs/<run>/trials/<trial>/ in Harbor's own layout (result.json, agent/trajectory.json,
+verifier/). terminus-2 talks to the same OpenAI-compatible endpoint through litellm
+(`openai/<model>` with api_base). Each finished trial is appended to our ledger (trial end hook),
+with the attempt number the next free one for its task.
+
+Resume: Harbor resumes a job with the same config by itself (trials with a result.json are kept,
+half-written ones are deleted and re-run). Before and after the job, the ledger is reconciled with
+the job directory, so a trial Harbor finished just before a crash is recorded exactly once. A trial
+that failed for reasons outside the task (the model server unreachable) is not recorded; its
+directory is removed at the next start so Harbor runs it again.
+
+Containers: the compose overlay (written to runs/<run>/harbor-compose.yaml) adds init, a 1 s stop
+grace period and no network (see reference/harbor.md), and taskforge's owner labels, so the
+containers of a killed run are reaped by the next taskforge process like our own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import threading
+from pathlib import Path
+
+from taskforge.agent.openai_policy import ChatConfig
+from taskforge.agent.policy import PolicyConfigError
+from taskforge.filter import FilterConfig, FilterReport, _default_dataset_name, summarize, write_outputs
+from taskforge.runner import Ledger
+from taskforge.sandbox.docker import LABEL, LABEL_OWNER_HOST, LABEL_OWNER_PID, docker_client
+from taskforge.tasks import Task
+from taskforge.trial import TrialRecord
+from taskforge.verify import scalar_reward
+
+JOB_NAME = "trials"
+AGENT = "terminus-2"
+# litellm / Harbor exception names that mean "every trial will fail like this": stop the run.
+CONFIG_ERRORS = {"AuthenticationError", "PermissionDeniedError", "NotFoundError", "AgentAuthenticationError", "ModelNotFoundError", "BadRequestError"}
+# ... and those that mean "the server was unavailable": retry the trial on the next run.
+UNAVAILABLE_ERRORS = {"APIConnectionError", "RateLimitError", "InternalServerError", "ServiceUnavailableError", "Timeout", "APITimeoutError", "APIError"}
+
+
+class HarborBackendError(ValueError):
+    """A filter option the Harbor backend cannot honour."""
+
+
+def compose_overlay(network: bool) -> str:
+    """The overlay's text. The owner labels are filled in by compose from this process's
+    environment (see `_export_owner`): the file stays the same from run to resume, as Harbor's
+    job lock requires, while the labels name the process that is running now."""
+    lines = [
+        "services:",
+        "  main:",
+        "    init: true",
+        "    stop_grace_period: 1s",
+        *([] if network else ["    network_mode: none"]),
+        "    labels:",
+        f'      {LABEL}: "1"',
+        f'      {LABEL_OWNER_PID}: "${{TASKFORGE_OWNER_PID:-0}}"',
+        f'      {LABEL_OWNER_HOST}: "${{TASKFORGE_OWNER_HOST:-}}"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _export_owner() -> None:
+    os.environ["TASKFORGE_OWNER_PID"] = str(os.getpid())
+    os.environ["TASKFORGE_OWNER_HOST"] = socket.gethostname()
+
+
+def job_config(tasks: list[Task], run_dir: Path, chat: ChatConfig, config: FilterConfig, overlay: Path):
+    from harbor.models.environment_type import EnvironmentType
+    from harbor.models.job.config import JobConfig
+    from harbor.models.trial.config import AgentConfig, EnvironmentConfig
+    from harbor.models.trial.config import TaskConfig as HarborTaskConfig
+
+    kwargs = {
+        "api_base": chat.base_url,
+        "max_turns": config.episode.max_turns,
+        "suppress_max_turns_warning": True,
+        "record_terminal_session": False,  # asciinema is not in the image and cannot be installed offline
+        "enable_summarize": False,  # an episode ends at the context limit, as in taskforge's loop
+    }
+    if chat.temperature is not None:
+        kwargs["temperature"] = chat.temperature
+    if chat.max_tokens is not None:
+        kwargs["llm_call_kwargs"] = {"max_tokens": chat.max_tokens}
+    return JobConfig(
+        job_name=JOB_NAME,
+        jobs_dir=run_dir,
+        n_attempts=config.attempts,
+        n_concurrent_trials=config.concurrency,
+        quiet=True,
+        agents=[AgentConfig(name=AGENT, model_name=f"openai/{chat.model}", kwargs=kwargs)],
+        environment=EnvironmentConfig(type=EnvironmentType.DOCKER, extra_docker_compose=[overlay]),
+        tasks=[HarborTaskConfig(path=task.path) for task in tasks],
+    )
+
+
+class _LedgerSync:
+    """Appends Harbor trial results to the ledger, each trial once, numbering attempts per task."""
+
+    def __init__(self, ledger: Ledger, tasks: list[Task], max_turns: int):
+        self.ledger = ledger
+        self.by_path = {str(task.path): task for task in tasks}
+        self.max_turns = max_turns
+        self.lock = threading.Lock()
+        records = ledger.load()
+        self.recorded = {r.trial_name for r in records}
+        self.next_attempt: dict[str, int] = {}
+        for r in records:
+            self.next_attempt[r.task_path] = max(self.next_attempt.get(r.task_path, 0), r.attempt + 1)
+        self.not_recorded: dict[str, str] = {}  # trial name -> why
+        self.config_error: str | None = None
+
+    def add(self, result, trial_dir: Path) -> None:
+        exception = result.exception_info
+        kind = exception.exception_type if exception else None
+        with self.lock:
+            if result.trial_name in self.recorded:
+                return
+            if kind in CONFIG_ERRORS:
+                self.config_error = self.config_error or f"{kind}: {exception.exception_message.strip()[:500]}"
+                self.not_recorded[result.trial_name] = self.config_error
+                return
+            if kind in UNAVAILABLE_ERRORS:
+                self.not_recorded[result.trial_name] = f"{result.task_name}: {kind}: {exception.exception_message.strip()[:300]}"
+                return
+            task_path = str(Path(result.config.task.path).resolve())
+            if task_path not in self.by_path:
+                return  # not one of this run's tasks
+            attempt = self.next_attempt.get(task_path, 0)
+            record = record_from_result(result, self.by_path[task_path], trial_dir, attempt, self.max_turns)
+            self.ledger.append(record)
+            self.recorded.add(result.trial_name)
+            self.next_attempt[task_path] = attempt + 1
+
+    def sweep(self, job_dir: Path, *, drop_unrecorded: bool) -> None:
+        """Records finished trials the hook missed (a crash in between); with drop_unrecorded,
+        deletes the directories of trials that failed to run, so Harbor runs them again."""
+        from harbor.models.trial.result import TrialResult
+
+        if not job_dir.is_dir():
+            return
+        for result_path in sorted(job_dir.glob("*/result.json")):
+            try:
+                result = TrialResult.model_validate_json(result_path.read_text())
+            except ValueError:
+                continue  # half written: Harbor deletes and re-runs it
+            self.add(result, result_path.parent)
+            if drop_unrecorded and result.trial_name in self.not_recorded:
+                shutil.rmtree(result_path.parent, ignore_errors=True)
+        if drop_unrecorded:
+            self.not_recorded.clear()
+            self.config_error = None
+
+
+def record_from_result(result, task: Task, trial_dir: Path, attempt: int, max_turns: int) -> TrialRecord:
+    """Harbor's TrialResult as a ledger line."""
+    rewards = result.verifier_result.rewards if result.verifier_result is not None else None
+    exception = result.exception_info
+    context = result.agent_result
+    n_turns = (context.metadata or {}).get("n_episodes") if context is not None else None
+    error_type = exception.exception_type if exception else None
+    if error_type == "AgentTimeoutError":
+        stop_reason = "agent_timeout"
+    elif error_type and "ContextLength" in error_type:
+        stop_reason = "context_exceeded"
+    elif error_type is not None:
+        stop_reason = None
+    else:
+        stop_reason = "max_turns" if n_turns is not None and n_turns >= max_turns else "done"
+    started, finished = result.started_at, result.finished_at
+    return TrialRecord(
+        task_name=task.name,
+        task_path=str(task.path),
+        trial_name=result.trial_name,
+        agent=AGENT,
+        attempt=attempt,
+        reward=scalar_reward(rewards) if rewards else None,
+        rewards=rewards or None,
+        error_type=error_type,
+        error_message=exception.exception_message if exception else None,
+        agent_timed_out=error_type == "AgentTimeoutError",
+        n_input_tokens=context.n_input_tokens if context else None,
+        n_output_tokens=context.n_output_tokens if context else None,
+        stop_reason=stop_reason,
+        n_turns=n_turns,
+        seconds=(finished - started).total_seconds() if started and finished else 0.0,
+        trial_dir=str(trial_dir),
+        finished_at=(finished or started).isoformat() if (finished or started) else "",
+    )
+
+
+def filter_tasks_harbor(
+    tasks: list[Task],
+    run_dir: Path,
+    chat: ChatConfig,
+    config: FilterConfig,
+    *,
+    out_dir: Path | None = None,
+    dataset_name: str | None = None,
+) -> FilterReport:
+    """`filter_tasks`, with Harbor running the attempts (terminus-2 against chat's endpoint)."""
+    from harbor.job import Job
+
+    if config.stop_on_success:
+        raise HarborBackendError("--stop-on-success is not available with --backend harbor (Harbor plans every attempt up front)")
+    os.environ.setdefault("HARBOR_TELEMETRY", "0")
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ["OPENAI_API_KEY"] = chat.api_key()  # litellm's openai provider reads it from here
+    docker_client()  # reaps the containers of killed taskforge runs (ours carry their labels)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    overlay = run_dir / "harbor-compose.yaml"
+    overlay.write_text(compose_overlay(network=any(task.wants_network for task in tasks)))
+    _export_owner()
+    ledger = Ledger(run_dir / "ledger.jsonl", TrialRecord)
+    sync = _LedgerSync(ledger, tasks, config.episode.max_turns)
+    job_dir = run_dir / JOB_NAME
+    sync.sweep(job_dir, drop_unrecorded=True)
+
+    async def run_job() -> None:
+        job = await Job.create(job_config(tasks, run_dir, chat, config, overlay))
+
+        async def on_trial_end(event) -> None:
+            if event.result is not None:
+                sync.add(event.result, job_dir / event.result.trial_name)
+
+        job.on_trial_ended(on_trial_end)
+        await job.run()
+
+    try:
+        asyncio.run(run_job())
+    except FileExistsError as exc:  # Harbor resumes a job only with the config it started with
+        raise HarborBackendError(f"{exc} Was --attempts or --concurrency changed? Pass --fresh to start over or --run NAME for a new run.") from None
+    sync.sweep(job_dir, drop_unrecorded=False)
+    if sync.config_error:
+        raise PolicyConfigError(f"terminus-2 could not use {chat.model!r} at {chat.base_url}: {sync.config_error}")
+    report = summarize(tasks, ledger.load(), config, run_dir=run_dir, backend="harbor", model=chat.model)
+    report.n_not_recorded = len(sync.not_recorded)
+    report.not_recorded_errors = list(sync.not_recorded.values())[:20]
+    destination = out_dir or run_dir
+    write_outputs(report, destination, dataset_name or _default_dataset_name(destination))
+    return report

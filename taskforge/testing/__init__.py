@@ -1,0 +1,1 @@
+"""Test helpers other engineers can reuse: a scripted OpenAI-compatible server and agent scripts."""

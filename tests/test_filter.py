@@ -1,0 +1,163 @@
+"""`taskforge filter` over real HTTP (scripted server) and the real Docker engine: a competent model's
+tasks are kept and a hopeless one's dropped, every attempt is written and recorded once, the
+registry runs under `harbor run`, and failures to run exit non-zero without being recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from harbor.models.trial.result import TrialResult
+
+from taskforge.agent.loop import TRANSCRIPT_FILE, read_transcript
+from taskforge.agent.openai_policy import ChatConfig, OpenAIChatPolicy
+from taskforge.filter import FilterConfig, difficulty_of, filter_tasks
+from taskforge.runner import Ledger
+from taskforge.tasks import discover_task_dirs, load_task
+from taskforge.testing.openai_server import ScriptedOpenAIServer
+from taskforge.testing.scripts import competent, hopeless
+from taskforge.trial import TrialRecord
+
+from .conftest import FIXTURES, REPO_ROOT
+
+AGENT_TASKS = FIXTURES / "agent-tasks"
+HARBOR = Path(sys.executable).parent / "harbor"
+
+
+@pytest.fixture
+def task_set(tmp_path) -> Path:
+    """A copy of the fixture tasks as a task set folder (kept.json and registry.json land in it)."""
+    destination = tmp_path / "myset"
+    shutil.copytree(AGENT_TASKS, destination)
+    return destination
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "taskforge.filter", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+
+
+def ledger_of(run_dir: Path) -> list[TrialRecord]:
+    return Ledger(run_dir / "ledger.jsonl", TrialRecord).load()
+
+
+def test_competent_tasks_are_kept_with_every_attempt_written(task_set, tmp_path, base_image):
+    tasks = [load_task(d) for d in discover_task_dirs([task_set])]
+    count_lines = next(t for t in tasks if t.path.name == "count-lines")
+    run_dir = tmp_path / "run"
+    # The script can solve count-lines only; service-config gets a command that fails.
+    with ScriptedOpenAIServer(competent([count_lines.path])) as server:
+        policy = OpenAIChatPolicy(ChatConfig(model="test-model", base_url=server.base_url))
+        config = FilterConfig(attempts=2, concurrency=2, price_input_per_mtok=3.0, price_output_per_mtok=15.0)
+        report = filter_tasks(tasks, run_dir, lambda: policy, config, out_dir=task_set, model="test-model")
+        n_requests = len(server.requests)
+
+        by_name = {t.task_name: t for t in report.tasks}
+        kept, dropped = by_name["taskforge-fixtures/count-lines"], by_name["taskforge-fixtures/service-config"]
+        assert (kept.n_passed, kept.n_attempts, kept.pass_rate, kept.difficulty, kept.kept) == (2, 2, 1.0, "easy", True)
+        assert (dropped.n_passed, dropped.n_attempts, dropped.difficulty, dropped.kept) == (0, 2, "unsolved", False)
+        assert report.n_not_recorded == 0 and report.n_input_tokens > 0 and report.n_output_tokens > 0
+        assert report.cost_usd == pytest.approx(report.n_input_tokens * 3e-6 + report.n_output_tokens * 15e-6)
+
+        # Every attempt: one ledger line, a Harbor TrialResult with tokens, a transcript with the reward.
+        records = ledger_of(run_dir)
+        assert sorted((r.task_name, r.attempt) for r in records) == sorted((t.name, i) for t in tasks for i in range(2))
+        for record in records:
+            result = TrialResult.model_validate_json(Path(record.trial_dir, "result.json").read_text())
+            assert result.agent_result.n_input_tokens == record.n_input_tokens > 0
+            assert result.agent_result.n_output_tokens == record.n_output_tokens > 0
+            assert result.agent_info.model_info.name == "test-model"
+            episode = read_transcript(Path(record.trial_dir, TRANSCRIPT_FILE))
+            assert episode.reward == record.reward and episode.stop_reason == record.stop_reason == "done"
+
+        kept_file = json.loads((task_set / "kept.json").read_text())
+        assert [t["task_name"] for t in kept_file["kept"]] == ["taskforge-fixtures/count-lines"]
+        assert kept_file["dropped"] == ["taskforge-fixtures/service-config"] and kept_file["attempts"] == 2
+
+        # Re-running the finished run resumes it: nothing is repeated, nothing added.
+        again = filter_tasks(tasks, run_dir, lambda: policy, config, out_dir=task_set, model="test-model")
+        assert len(server.requests) == n_requests and len(ledger_of(run_dir)) == 4
+        assert [t.model_dump() for t in again.tasks] == [t.model_dump() for t in report.tasks]
+
+    # Harbor reads the registry: its own client resolves the dataset to the kept task ...
+    from harbor.models.job.config import DatasetConfig
+
+    resolved = asyncio.run(DatasetConfig(name="myset-kept", registry_path=task_set / "registry.json").get_task_configs())
+    assert [Path(c.path) for c in resolved] == [count_lines.path]
+    # ... and `harbor run` runs it.
+    jobs = tmp_path / "jobs"
+    completed = subprocess.run(
+        [str(HARBOR), "run", "--registry-path", str(task_set / "registry.json"), "-d", "myset-kept", "-a", "oracle", "-o", str(jobs), "--job-name", "kept", "-y", "--extra-docker-compose", str(REPO_ROOT / "envs" / "harbor-fast.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HARBOR_TELEMETRY": "0", "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    (trial,) = [json.loads(p.read_text()) for p in (jobs / "kept").glob("*/result.json")]
+    assert trial["exception_info"] is None and trial["verifier_result"]["rewards"] == {"reward": 1.0}
+
+
+def test_hopeless_model_drops_every_task_and_the_command_still_succeeds(task_set, tmp_path, base_image):
+    with ScriptedOpenAIServer(hopeless()) as server:
+        completed = run_cli(str(task_set), "--model", "test-model", "--base-url", server.base_url, "--attempts", "2", "-n", "2", "--runs-dir", str(tmp_path / "runs"), "--price-input", "1", "--price-output", "2")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "kept 0 of 2 tasks" in completed.stdout and "unsolved 2" in completed.stdout
+    assert "cost $" in completed.stdout and "0/4" in completed.stdout
+    kept_file = json.loads((task_set / "kept.json").read_text())
+    assert kept_file["kept"] == [] and len(kept_file["dropped"]) == 2
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    records = ledger_of(run_dir)
+    assert len(records) == 4 and all(r.reward == 0.0 and r.n_turns == 2 for r in records)
+    episode = read_transcript(Path(records[0].trial_dir, TRANSCRIPT_FILE))
+    assert episode.turns[0].command == "ls"
+
+
+def test_stop_on_success_skips_the_remaining_attempts(task_set, tmp_path, base_image):
+    tasks = [load_task(d) for d in discover_task_dirs([task_set])]
+    with ScriptedOpenAIServer(competent([t.path for t in tasks])) as server:
+        policy = OpenAIChatPolicy(ChatConfig(model="test-model", base_url=server.base_url))
+        report = filter_tasks(tasks, tmp_path / "run", lambda: policy, FilterConfig(attempts=6, concurrency=2, stop_on_success=True), out_dir=tmp_path)
+    # At most the attempts already started when the first success landed; never all six.
+    assert all(t.kept and t.n_passed == t.n_attempts and 1 <= t.n_attempts <= 3 for t in report.tasks), report.tasks
+
+
+def test_unreachable_model_records_nothing_and_a_rerun_retries(task_set, tmp_path, base_image):
+    tasks = [load_task(task_set / "count-lines")]
+    run_dir = tmp_path / "run"
+    down = OpenAIChatPolicy(ChatConfig(model="test-model", base_url="http://127.0.0.1:9/v1", max_retries=0, request_timeout_sec=2))
+    report = filter_tasks(tasks, run_dir, lambda: down, FilterConfig(attempts=2, concurrency=2), out_dir=tmp_path)
+    assert report.n_not_recorded == 2 and "cannot reach" in report.not_recorded_errors[0]
+    assert ledger_of(run_dir) == []
+    with ScriptedOpenAIServer(competent([tasks[0].path])) as server:
+        up = OpenAIChatPolicy(ChatConfig(model="test-model", base_url=server.base_url))
+        report = filter_tasks(tasks, run_dir, lambda: up, FilterConfig(attempts=2, concurrency=2), out_dir=tmp_path)
+    assert report.n_not_recorded == 0 and [(r.attempt, r.reward) for r in sorted(ledger_of(run_dir), key=lambda r: r.attempt)] == [(0, 1.0), (1, 1.0)]
+
+
+def test_command_exits_non_zero_when_it_cannot_run(task_set, tmp_path):
+    with ScriptedOpenAIServer(hopeless(), api_key="right") as server:
+        bad_key = run_cli(str(task_set), "--model", "test-model", "--base-url", server.base_url, "--api-key-env", "TF_FILTER_KEY", "--attempts", "1", "--runs-dir", str(tmp_path / "runs"), env={"TF_FILTER_KEY": "wrong"})
+        unknown_model = run_cli(str(task_set), "--model", "nope", "--base-url", server.base_url, "--api-key-env", "TF_FILTER_KEY", "--attempts", "1", "--runs-dir", str(tmp_path / "runs"), env={"TF_FILTER_KEY": "right"})
+    assert bad_key.returncode == 1 and "HTTP 401" in bad_key.stderr and "TF_FILTER_KEY" in bad_key.stderr
+    assert unknown_model.returncode == 1 and "no model 'nope'" in unknown_model.stderr and "test-model" in unknown_model.stderr
+    assert all(ledger_of(run_dir) == [] for run_dir in (tmp_path / "runs").iterdir())
+    missing = run_cli(str(tmp_path / "no-such-dir"), "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--runs-dir", str(tmp_path / "runs"))
+    assert missing.returncode == 2 and "no such file or directory" in missing.stderr
+
+
+@pytest.mark.parametrize(("rate", "bucket"), [(1.0, "easy"), (0.7, "easy"), (0.69, "medium"), (0.4, "medium"), (0.39, "hard"), (0.1, "hard"), (1 / 16, "extreme"), (0.0, "unsolved")])
+def test_difficulty_buckets(rate, bucket):
+    assert difficulty_of(rate) == bucket
