@@ -131,23 +131,24 @@ def _infrastructure_failure(record: TrialRecord, episode: Episode | None) -> str
     return None
 
 
-def filter_tasks(
+def run_attempts(
     tasks: list[Task],
     run_dir: Path,
     policy_factory: Callable[[], Policy],
-    config: FilterConfig,
     *,
-    out_dir: Path | None = None,
-    dataset_name: str | None = None,
-    model: str | None = None,
-) -> FilterReport:
-    """Runs config.attempts episodes of the policy per task (resuming run_dir), writes the
-    outputs and returns the report. Raises PolicyConfigError when the model cannot be used."""
+    attempts: int,
+    concurrency: int,
+    episode: EpisodeConfig,
+    stop_after_passes: int | None = None,
+    description: str = "attempts",
+) -> list[str]:
+    """Runs `attempts` episodes of the policy per task into run_dir (ledger.jsonl + trials/),
+    resuming what is there. With stop_after_passes, a task's remaining attempts are skipped once
+    it has that many passes. Returns the errors of attempts that could not run (not recorded, so
+    running again retries them). Raises PolicyConfigError when the model cannot be used."""
     ledger = Ledger(run_dir / "ledger.jsonl", TrialRecord)
-    paths = {str(task.path) for task in tasks}
-    prior = [r for r in ledger.load() if r.task_path in paths and r.attempt < config.attempts]
-    finished = {(r.task_path, r.attempt) for r in prior}
-    passes = Counter(r.task_path for r in prior if r.passed)
+    done = {(r.task_path, r.attempt) for r in ledger.load()}
+    passes = Counter(r.task_path for r in ledger.load() if r.passed and r.attempt < attempts)
     build_failures: dict[str, TrialRecord] = {}
     lock = threading.Lock()
     policy_name = policy_factory().name
@@ -155,20 +156,20 @@ def filter_tasks(
 
     # Attempt-major order: every task gets its first attempt before any gets its second, so
     # --stop-on-success saves the most and the solve count climbs early.
-    todo = [(task, i) for i in range(config.attempts) for task in tasks if (str(task.path), i) not in finished]
+    todo = [(task, i) for i in range(attempts) for task in tasks if (str(task.path), i) not in done]
 
     def attempt(item: tuple[Task, int]) -> _Attempt:
         task, index = item
         with lock:
-            if config.stop_on_success and passes[str(task.path)] >= config.min_success:
+            if stop_after_passes is not None and passes[str(task.path)] >= stop_after_passes:
                 return _Attempt(task, index)
             failed_build = build_failures.get(str(task.path))
         name = trial_dir_name(task, policy_name, index)
         if failed_build is not None:  # the same image would fail to build again
             record = failed_build.model_copy(update={"attempt": index, "trial_name": name, "trial_dir": str(trials_dir / name), "seconds": 0.0})
         else:
-            record, episode = run_episode_trial(task, policy_factory(), trials_dir / name, config.episode, attempt=index)
-            problem = _infrastructure_failure(record, episode)
+            record, episode_ = run_episode_trial(task, policy_factory(), trials_dir / name, episode, attempt=index)
+            problem = _infrastructure_failure(record, episode_)
             if problem is not None:
                 return _Attempt(task, index, not_recorded=problem)
         ledger.append(record)
@@ -179,7 +180,7 @@ def filter_tasks(
         return _Attempt(task, index, record=record)
 
     solved = {path for path, n in passes.items() if n > 0}
-    tally = Counter(attempts=len(finished), passed=sum(passes.values()))
+    tally = Counter(attempts=len(done), passed=sum(passes.values()))
     not_recorded: list[str] = []
 
     def show(result: _Attempt, progress, bar) -> None:
@@ -195,9 +196,34 @@ def filter_tasks(
             status += f" · [red]{len(not_recorded)} failed to run[/]"
         progress.update(bar, status=status)
 
-    description = "filter" if not finished else f"filter (resuming: {len(finished)} done)"
-    run_concurrently(todo, attempt, jobs=config.concurrency, description=description, on_done=show)
-    report = summarize(tasks, ledger.load(), config, run_dir=run_dir, backend="docker", model=model)
+    label = description if not done else f"{description} (resuming: {len(done)} done)"
+    run_concurrently(todo, attempt, jobs=concurrency, description=label, on_done=show)
+    return not_recorded
+
+
+def filter_tasks(
+    tasks: list[Task],
+    run_dir: Path,
+    policy_factory: Callable[[], Policy],
+    config: FilterConfig,
+    *,
+    out_dir: Path | None = None,
+    dataset_name: str | None = None,
+    model: str | None = None,
+) -> FilterReport:
+    """Runs config.attempts episodes of the policy per task (resuming run_dir), writes the
+    outputs and returns the report. Raises PolicyConfigError when the model cannot be used."""
+    not_recorded = run_attempts(
+        tasks,
+        run_dir,
+        policy_factory,
+        attempts=config.attempts,
+        concurrency=config.concurrency,
+        episode=config.episode,
+        stop_after_passes=config.min_success if config.stop_on_success else None,
+        description="filter",
+    )
+    report = summarize(tasks, Ledger(run_dir / "ledger.jsonl", TrialRecord).load(), config, run_dir=run_dir, backend="docker", model=model)
     report.n_not_recorded, report.not_recorded_errors = len(not_recorded), not_recorded[:20]
     write_outputs(report, out_dir or run_dir, dataset_name or _default_dataset_name(out_dir or run_dir))
     return report
