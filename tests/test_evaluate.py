@@ -69,3 +69,23 @@ def test_eval_rejects_ambiguous_or_missing_policy(tmp_path):
     assert both.returncode == 2 and "exactly one of --policy" in both.stderr
     missing = _cli("eval", str(tmp_path / "nope"), "--policy", "tiny")
     assert missing.returncode == 2 and "no such file or directory" in missing.stderr
+
+
+def test_tool_call_transcripts_become_plain_text_actions(tmp_path, base_image):
+    """Episodes of an API model in tool mode are scored with their commands as actions."""
+    from taskforge.agent.episode import Episode
+    from trainer.model import load_policy
+    from trainer.transcripts import rollout_from_episode
+
+    task_dirs = sorted(p for p in AGENT_TASKS.iterdir() if (p / "task.toml").is_file())
+    with ScriptedOpenAIServer(competent(task_dirs), models=["solver"]) as server:
+        completed = _cli("eval", str(task_dirs[0]), "--model", "solver", "--base-url", server.base_url, "--run", "tools", "--runs-dir", str(tmp_path))
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    (transcript,) = (tmp_path / "tools" / "trials").glob("*/transcript.json")
+    episode = Episode.model_validate_json(transcript.read_text())
+    assert episode.turns[0].tool_call is not None and episode.turns[0].command
+    _, tokenizer = load_policy("tiny")
+    rollout = rollout_from_episode(tokenizer, episode)
+    actions = tokenizer.decode([t for t, a in zip(rollout.token_ids, rollout.action_mask) if a])
+    assert episode.turns[0].command in actions and "DONE" in actions
+    assert any(rollout.observation_mask)

@@ -19,6 +19,20 @@ from trainer.rollout import Rollout, RolloutBuilder, collate_rollouts
 TRANSCRIPT_FILE = "transcript.json"
 
 
+def action_text(turn) -> str:
+    """A turn's action as plain text. Tool-call turns (API models in tool mode) are written in
+    the loop's plain-text action format, so every transcript reads the same to the model."""
+    if turn.tool_call is None:
+        return turn.text
+    if turn.action == "command" and turn.command is not None:
+        action = f"```bash\n{turn.command}\n```"
+    elif turn.action == "done":
+        action = "DONE"
+    else:
+        action = turn.tool_call.arguments
+    return f"{turn.text}\n{action}" if turn.text else action
+
+
 def rollout_from_episode(tokenizer, episode: Episode, *, group_id: str = "") -> Rollout:
     """The episode's conversation as ids + masks for `tokenizer` (actions tokenised once each)."""
     end_of_turn_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -29,7 +43,7 @@ def rollout_from_episode(tokenizer, episode: Episode, *, group_id: str = "") -> 
         group_id=group_id,
     )
     for turn in episode.turns:
-        action_ids = tokenizer.encode(turn.text, add_special_tokens=False, split_special_tokens=True) + [end_of_turn_id]
+        action_ids = tokenizer.encode(action_text(turn), add_special_tokens=False, split_special_tokens=True) + [end_of_turn_id]
         builder.add_action(action_ids, [0.0] * len(action_ids))
         if turn.action == "done":
             break
