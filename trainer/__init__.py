@@ -1,4 +1,11 @@
+"""taskforge's trainer: ECHO (GRPO + lambda * environment cross-entropy) for terminal agents.
 
+- `trainer.model`:      the tiny offline default policy, HF loading, checkpoints
+- `trainer.rollout`:    token-exact multi-turn rollouts with action / observation / warning masks
+- `trainer.logprobs`:   per-token log-probs in chunks, never materialising [T, V] logits
+- `trainer.loss`:       `echo_loss` (pure function of tensors), lambda schedules, normalisers
+- `trainer.advantages`: group-normalised advantages
+"""
 
 import os as _os
 

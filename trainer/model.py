@@ -285,6 +285,4 @@ def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
 
 def load_checkpoint(directory: str | Path, **kwargs) -> Policy:
     """Load a checkpoint written by `save_checkpoint` (same options as `load_policy`)."""
-    if not Path(directory).is_dir():
-        raise PolicyLoadError(f"no checkpoint directory at {directory}")
     return load_policy(Path(directory), **kwargs)

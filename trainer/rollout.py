@@ -177,8 +177,15 @@ class RolloutBuilder:
         prompt_ids = tokenizer.apply_chat_template(
             self.messages, add_generation_prompt=True, tokenize=True, return_dict=False)
         self._append(list(prompt_ids), TokenKind.PROMPT)
-        self._anchor_cut = self._anchor_end_of_turn_position()
+        self._anchor_text = self._anchor_up_to_end_of_turn()
         self._slot = self._locate_content_slot()
+
+    @classmethod
+    def from_instruction(cls, tokenizer: PreTrainedTokenizerBase, instruction: str, system: str | None = None,
+                         **kwargs) -> RolloutBuilder:
+        """Start from an agent system prompt (optional) and the task's instruction as the user turn."""
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": instruction}]
+        return cls(tokenizer, messages, **kwargs)
 
     # ----- public API -------------------------------------------------------------------
 
@@ -248,7 +255,12 @@ class RolloutBuilder:
     # ----- observation delta ------------------------------------------------------------
 
     def _observation_delta_pieces(self, body: str, warning: str | None) -> list[tuple[str, TokenKind]]:
-        """Scaffolding prefix, content pieces, scaffolding suffix, checked by three renders."""
+        """Scaffolding prefix, content pieces, scaffolding suffix.
+
+        The delta is rendered three ways (empty content, warning only, warning + output); each
+        render must share the scaffolding prefix and suffix with the others and hold exactly its
+        content in between, or the template is not inserting content verbatim and we raise.
+        """
         prefix, suffix = self._slot
         layouts = {
             "empty": [],
@@ -258,11 +270,11 @@ class RolloutBuilder:
         for name, pieces in layouts.items():
             content = "".join(text for text, _ in pieces)
             rendered = self._render_after_anchor(content)
-            if _common_prefix_len(rendered, prefix + content) < len(prefix) + len(content) \
-                    or _common_suffix_len(rendered, suffix) < len(suffix) or len(rendered) != len(prefix + content + suffix):
+            if rendered != prefix + content + suffix:
                 raise ObservationTemplateError(
                     f"the chat template does not render the {name!r} observation as scaffolding + content + "
-                    f"scaffolding (got {rendered!r}); it must insert {self.observation_role!r} content verbatim")
+                    f"scaffolding (expected {_clip(prefix + content + suffix)}, got {_clip(rendered)}); "
+                    f"it must insert {self.observation_role!r} message content verbatim")
         return [(prefix, TokenKind.TEMPLATE), *layouts["warning + output"], (suffix, TokenKind.TEMPLATE)]
 
     def _locate_content_slot(self) -> tuple[str, str]:
@@ -278,14 +290,15 @@ class RolloutBuilder:
                 f"empty render {empty!r}, probe render {probe!r}")
         return empty[:prefix_len], empty[prefix_len:]
 
-    def _anchor_end_of_turn_position(self) -> int:
+    def _anchor_up_to_end_of_turn(self) -> str:
+        """The anchor conversation rendered up to and including its assistant's end-of-turn token."""
         anchor = self._render(list(ANCHOR_MESSAGES), add_generation_prompt=False)
         cut = anchor.rfind(self._end_of_turn)
         if cut < 0:
             raise ObservationTemplateError(
                 f"the chat template does not end assistant turns with {self._end_of_turn!r}; "
                 "pass end_of_turn_token= to RolloutBuilder")
-        return cut + len(self._end_of_turn)
+        return anchor[: cut + len(self._end_of_turn)]
 
     def _render_after_anchor(self, content: str | None) -> str:
         """The template's text after an assistant turn's end-of-turn token: followed by one
@@ -294,12 +307,11 @@ class RolloutBuilder:
         if content is not None:
             messages.append({"role": self.observation_role, "content": content})
         rendered = self._render(messages, add_generation_prompt=content is not None)
-        anchor = self._render(list(ANCHOR_MESSAGES), add_generation_prompt=False)[: self._anchor_cut]
-        if not rendered.startswith(anchor):
+        if not rendered.startswith(self._anchor_text):
             raise ObservationTemplateError(
                 "adding an observation changes how earlier turns render, so a delta cannot be appended: "
-                f"{anchor!r} is not a prefix of {rendered!r}")
-        return rendered[self._anchor_cut:]
+                f"{_clip(self._anchor_text)} is not a prefix of {_clip(rendered)}")
+        return rendered[len(self._anchor_text):]
 
     def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(
@@ -330,8 +342,13 @@ class RolloutBuilder:
 
 
 def _default_end_of_turn(tokenizer: PreTrainedTokenizerBase) -> str:
-    vocab = tokenizer.get_vocab()
-    return IM_END if IM_END in vocab else tokenizer.eos_token
+    """ChatML's <|im_end|> when the vocabulary has it, else the tokenizer's EOS token."""
+    token_id = tokenizer.convert_tokens_to_ids(IM_END)
+    return IM_END if token_id is not None and token_id != tokenizer.unk_token_id else tokenizer.eos_token
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def _common_prefix_len(a: str, b: str) -> int:

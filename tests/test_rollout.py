@@ -1,0 +1,212 @@
+"""RolloutBuilder on a hand-written episode with the real tiny tokenizer and chat template."""
+
+import copy
+import itertools
+
+import pytest
+import torch
+
+from trainer.model import load_policy
+from trainer.rollout import (
+    ObservationTemplateError,
+    Rollout,
+    RolloutBuilder,
+    RolloutError,
+    TokenKind,
+    collate_rollouts,
+)
+
+SYSTEM = "You are a terminal agent. Reply with one shell command per turn."
+INSTRUCTION = "Count the lines of /app/data.csv and write the number to /app/answer.txt."
+WARNING = "[harness] output truncated to 50000 characters"
+# Starts with newlines: a BPE merges them with the template's "\n" if tokenised together.
+BODY_1 = "\n\n42 /app/data.csv\n"
+# Starts with "<" next to the template's "<|im_end|>", and prints a literal control token.
+BODY_2 = "<html><|im_end|></html>\n"
+ACTIONS = ["wc -l /app/data.csv", "cat /app/page.html", "echo 42 > /app/answer.txt", "exit"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return load_policy("tiny", cache_dir=tmp_path_factory.getbasetemp() / "tiny-policy").tokenizer
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def decode(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def runs(rollout: Rollout, kind: TokenKind) -> list[list[int]]:
+    """Maximal runs of consecutive ids under one mask."""
+    mask = rollout.masks()[kind]
+    pairs = zip(rollout.token_ids, mask)
+    return [[token for token, _ in run] for keep, run in itertools.groupby(pairs, key=lambda p: p[1]) if keep]
+
+
+def prompt_messages():
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": INSTRUCTION}]
+
+
+def play_episode(tokenizer):
+    """Four actions, three observations. Action 2 is sampled with a non-canonical tokenisation
+    (one token per character); action 3 stopped at the length limit without <|im_end|>."""
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    sampled = [
+        encode(tokenizer, ACTIONS[0]) + [im_end],
+        [token for char in ACTIONS[1] for token in encode(tokenizer, char)] + [im_end],
+        encode(tokenizer, ACTIONS[2]),
+        encode(tokenizer, ACTIONS[3]) + [im_end],
+    ]
+    observations = [(BODY_1, WARNING), (BODY_2, None), ("", None)]
+    builder = RolloutBuilder(tokenizer, prompt_messages(), task_name="count-lines", group_id="step0/task3")
+    snapshots = [builder.token_ids]
+    logprobs = []
+    for turn, action_ids in enumerate(sampled):
+        turn_logprobs = [-0.01 * (turn + 1) * (i + 1) for i in range(len(action_ids))]
+        logprobs.append(turn_logprobs)
+        builder.add_action(action_ids, turn_logprobs)
+        snapshots.append(builder.token_ids)
+        if turn < len(observations):
+            builder.add_observation(*observations[turn])
+            snapshots.append(builder.token_ids)
+    return builder, builder.build(reward=1.0, stop_reason="done"), sampled, logprobs, snapshots
+
+
+def expected_conversation():
+    return prompt_messages() + [
+        {"role": "assistant", "content": ACTIONS[0]},
+        {"role": "tool", "content": WARNING + "\n" + BODY_1},
+        {"role": "assistant", "content": ACTIONS[1]},
+        {"role": "tool", "content": BODY_2},
+        {"role": "assistant", "content": ACTIONS[2]},
+        {"role": "tool", "content": ""},
+        {"role": "assistant", "content": ACTIONS[3]},
+    ]
+
+
+def test_all_ids_decode_to_the_chat_template_rendering(tokenizer):
+    builder, rollout, *_ = play_episode(tokenizer)
+    rendered = tokenizer.apply_chat_template(expected_conversation(), tokenize=False)
+    assert decode(tokenizer, rollout.token_ids) == rendered
+    assert builder.messages == expected_conversation()
+
+
+def test_each_mask_decodes_to_exactly_its_text(tokenizer):
+    _, rollout, *_ = play_episode(tokenizer)
+    text = lambda kind: [decode(tokenizer, run) for run in runs(rollout, kind)]  # noqa: E731
+    assert text(TokenKind.ACTION) == [ACTIONS[0] + "<|im_end|>", ACTIONS[1] + "<|im_end|>", ACTIONS[2],
+                                      ACTIONS[3] + "<|im_end|>"]
+    assert text(TokenKind.OBSERVATION) == [BODY_1, BODY_2]
+    assert text(TokenKind.WARNING) == [WARNING]
+    tool_open, tool_close = "\n<|im_start|>tool\n", "<|im_end|>\n<|im_start|>assistant\n"
+    assert text(TokenKind.TEMPLATE) == [
+        tool_open, "\n", tool_close,                          # turn 1: warning separator in between
+        tool_open, tool_close,                                # turn 2
+        "<|im_end|>" + tool_open + tool_close,                # turn 3: appended end of turn, empty output
+        "\n",                                                 # closing newline after the last turn
+    ]
+    prompt = tokenizer.apply_chat_template(prompt_messages(), add_generation_prompt=True, tokenize=False)
+    assert text(TokenKind.PROMPT) == [prompt]
+
+
+def test_masks_are_disjoint_and_cover_every_token(tokenizer):
+    _, rollout, *_ = play_episode(tokenizer)
+    masks = torch.tensor([rollout.prompt_mask, rollout.template_mask, rollout.action_mask,
+                          rollout.observation_mask, rollout.warning_mask], dtype=torch.int64)
+    assert masks.shape[1] == len(rollout.token_ids)
+    assert torch.equal(masks.sum(dim=0), torch.ones(len(rollout.token_ids), dtype=torch.int64))
+
+
+def test_sampler_ids_and_logprobs_are_kept_verbatim_and_history_is_never_retokenised(tokenizer):
+    _, rollout, sampled, logprobs, snapshots = play_episode(tokenizer)
+    for shorter, longer in itertools.pairwise(snapshots):
+        assert longer[: len(shorter)] == shorter
+    assert runs(rollout, TokenKind.ACTION) == sampled
+    action_logprobs = [lp for lp, keep in zip(rollout.sampler_logprobs, rollout.action_mask) if keep]
+    assert action_logprobs == pytest.approx([lp for turn in logprobs for lp in turn])
+    assert all(lp == 0.0 for lp, keep in zip(rollout.sampler_logprobs, rollout.action_mask) if not keep)
+    prompt_ids = tokenizer.apply_chat_template(prompt_messages(), add_generation_prompt=True, return_dict=False)
+    assert snapshots[0] == list(prompt_ids)
+    assert (rollout.reward, rollout.stop_reason, rollout.task_name, rollout.group_id) == \
+        (1.0, "done", "count-lines", "step0/task3")
+
+
+def test_observation_text_cannot_forge_control_tokens_and_boundaries_are_exact(tokenizer):
+    _, rollout, *_ = play_episode(tokenizer)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert im_end not in rollout.ids_of(TokenKind.OBSERVATION)
+    # The case the piecewise tokenisation exists for: tokenised as one string, the template's
+    # newline and the body's leading newlines merge, so no token boundary would separate them.
+    tool_open = "\n<|im_start|>tool\n"
+    assert encode(tokenizer, tool_open + BODY_1) != encode(tokenizer, tool_open) + encode(tokenizer, BODY_1)
+    assert runs(rollout, TokenKind.OBSERVATION)[0] == tokenizer(BODY_1, add_special_tokens=False,
+                                                                split_special_tokens=True)["input_ids"]
+
+
+def test_episode_ending_after_an_observation_ends_with_the_generation_prompt(tokenizer):
+    builder = RolloutBuilder(tokenizer, prompt_messages())
+    builder.add_action(encode(tokenizer, "ls"), [-0.5])
+    builder.add_observation("answer.txt  data.csv\n", warning="[harness] turn limit reached")
+    rollout = builder.build(reward=0.0, stop_reason="max_turns")
+    conversation = prompt_messages() + [
+        {"role": "assistant", "content": "ls"},
+        {"role": "tool", "content": "[harness] turn limit reached\nanswer.txt  data.csv\n"},
+    ]
+    rendered = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    assert decode(tokenizer, rollout.token_ids) == rendered
+    assert decode(tokenizer, rollout.ids_of(TokenKind.OBSERVATION)) == "answer.txt  data.csv\n"
+
+
+def test_turn_order_and_lengths_are_enforced(tokenizer):
+    builder = RolloutBuilder(tokenizer, prompt_messages())
+    with pytest.raises(RolloutError, match="before the action"):
+        builder.add_observation("out")
+    with pytest.raises(RolloutError, match="log-probs"):
+        builder.add_action([5, 6], [-0.1])
+    builder.add_action([5], [-0.1])
+    with pytest.raises(RolloutError, match="twice"):
+        builder.add_action([5], [-0.1])
+
+
+def test_template_that_alters_content_fails_loudly(tokenizer):
+    trimming = copy.deepcopy(tokenizer)
+    trimming.chat_template = tokenizer.chat_template.replace("message['content']", "(message['content'] | trim)")
+    builder = RolloutBuilder(trimming, prompt_messages())
+    builder.add_action(encode(trimming, "ls"), [-0.1, ] * len(encode(trimming, "ls")))
+    with pytest.raises(ObservationTemplateError, match="verbatim"):
+        builder.add_observation("  padded output  \n")
+
+
+def test_rollout_validates_masks_and_round_trips_through_json(tokenizer):
+    _, rollout, *_ = play_episode(tokenizer)
+    assert Rollout.model_validate_json(rollout.model_dump_json()) == rollout
+    overlapping = rollout.model_dump()
+    overlapping["observation_mask"] = list(overlapping["action_mask"])
+    with pytest.raises(ValueError, match="disjoint"):
+        Rollout(**overlapping)
+
+
+def test_collate_rollouts_right_pads(tokenizer):
+    _, long_rollout, *_ = play_episode(tokenizer)
+    builder = RolloutBuilder(tokenizer, prompt_messages())
+    builder.add_action(encode(tokenizer, "pwd"), [-0.2] * len(encode(tokenizer, "pwd")))
+    short_rollout = builder.build(reward=0.0, stop_reason="done")
+    pad = tokenizer.pad_token_id
+    batch = collate_rollouts([long_rollout, short_rollout], pad_token_id=pad)
+    n_long, n_short = len(long_rollout), len(short_rollout)
+    assert batch["input_ids"].shape == (2, n_long)
+    assert batch["input_ids"][1, n_short:].eq(pad).all()
+    assert batch["attention_mask"].sum(dim=1).tolist() == [n_long, n_short]
+    assert batch["action_mask"][1].tolist() == short_rollout.action_mask + [False] * (n_long - n_short)
+    assert batch["observation_mask"][0].tolist() == long_rollout.observation_mask
+    assert batch["rewards"].tolist() == [1.0, 0.0]
+
+
+def test_from_instruction_renders_system_and_user_turns(tokenizer):
+    builder = RolloutBuilder.from_instruction(tokenizer, INSTRUCTION, system=SYSTEM, task_name="t")
+    expected = tokenizer.apply_chat_template(prompt_messages(), add_generation_prompt=True, return_dict=False)
+    assert builder.token_ids == list(expected)
+    assert builder.build().prompt_mask == [True] * len(expected)
