@@ -347,13 +347,16 @@ def train_sft(
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     policy: Annotated[str, typer.Option(help="Model to start from.")] = "tiny",
     env_coef: Annotated[float, typer.Option("--lambda", help="Add lambda x env CE on the demonstrations' observations.")] = 0.0,
-    run: Annotated[str | None, typer.Option(help="Run name (default: sft-<time>).")] = None,
+    demonstrator: Annotated[str, typer.Option(help="oracle-text (the solution, then DONE) or explorer (ls and head first, then the solution).")] = "oracle-text",
+    run: Annotated[str | None, typer.Option(help="Run name (default derived from the settings, so re-running resumes).")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where runs are written.")] = Path("runs"),
 ) -> None:
     """Expert SFT (the paper's baseline): run every task's solution through the agent loop in Docker, keep the transcripts the verifier scores 1.0, and fine-tune on their action tokens."""
     from trainer.sft import SFTConfig, sft
 
-    config = SFTConfig(tasks=str(tasks), epochs=epochs, lr=lr, policy=policy, env_coef=env_coef)
+    if demonstrator not in ("oracle-text", "explorer"):
+        raise _fail(f"--demonstrator must be oracle-text or explorer, not {demonstrator!r}")
+    config = SFTConfig(tasks=str(tasks), epochs=epochs, lr=lr, policy=policy, env_coef=env_coef, demonstrator=demonstrator)
     run_dir = runs_dir / (run or _settings_run_name("sft", asdict(config)))
     try:
         final = _run_with_docker(lambda: sft(config, run_dir, log=console.print))

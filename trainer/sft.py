@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +47,38 @@ class SolutionTextPolicy:
         return PolicyReply(text=f"```bash\n{self.command}\n```" if turn == 0 else "DONE")
 
 
+_PATH = re.compile(r"(?<![\w.])(/(?:[\w.-]+/)*[\w.-]+)")
+
+
+def look_commands(instruction: str, limit: int = 2) -> list[str]:
+    """Commands a careful engineer runs first: list the first directory the instruction names,
+    then peek at the first file it names (missing files give real error output too)."""
+    paths = list(dict.fromkeys(_PATH.findall(instruction)))
+    commands = []
+    if paths:
+        first = paths[0]
+        directory = first if "." not in first.rsplit("/", 1)[-1] else (first.rsplit("/", 1)[0] or "/")
+        commands.append(f"ls -la {directory}")
+    files = [p for p in paths if "." in p.rsplit("/", 1)[-1]]
+    if files:
+        commands.append(f"head -n 5 {files[0]}")
+    return commands[:limit]
+
+
+class ExplorerPolicy:
+    """Looks around (ls, head), then types the solution, then says DONE. Its episodes carry rich
+    observations: demonstrations that teach exploring, and held-out transcripts for the env CE."""
+
+    name = "explorer"
+
+    def __init__(self, task_dir: Path, instruction: str):
+        self.actions = [*look_commands(instruction), solution_action(task_dir)]
+
+    def next_action(self, messages: list[dict[str, Any]]) -> PolicyReply:
+        turn = sum(m["role"] == "assistant" for m in messages)
+        return PolicyReply(text=f"```bash\n{self.actions[turn]}\n```" if turn < len(self.actions) else "DONE")
+
+
 @dataclass
 class SFTConfig:
     tasks: str = "tasks/sample"
@@ -56,7 +89,8 @@ class SFTConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     env_coef: float = 0.0  # > 0 adds lambda x env CE on the demonstrations' observations
-    max_turns: int = 4
+    demonstrator: str = "oracle-text"  # or "explorer": ls/head first, then the solution
+    max_turns: int = 5
     command_timeout_sec: float = 30.0
     max_output_chars: int = 2000
     system_prompt: str | None = TINY_SYSTEM_PROMPT
@@ -79,7 +113,9 @@ def collect_demonstrations(task_dirs: list[Path], out_dir: Path, config: SFTConf
         transcript = trial_dir / "transcript.json"
         if transcript.is_file():
             return Episode.model_validate_json(transcript.read_text())
-        _, episode = run_episode_trial(load_task(task_dir), SolutionTextPolicy(task_dir), trial_dir, episode_config)
+        task = load_task(task_dir)
+        policy = ExplorerPolicy(task_dir, task.instruction) if config.demonstrator == "explorer" else SolutionTextPolicy(task_dir)
+        _, episode = run_episode_trial(task, policy, trial_dir, episode_config)
         return episode
 
     episodes = run_concurrently(task_dirs, demonstrate, jobs=config.concurrency, description="demonstrations")

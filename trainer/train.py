@@ -190,7 +190,10 @@ def update(model, optimizer, scheduler, rollouts: list[Rollout], config: TrainCo
             loss, metrics = echo_loss(logprobs, old_logprobs, advantages[idx], batch["action_mask"], batch["observation_mask"], batch["warning_mask"], config=loss_config, normalizers=normalizers)
             loss.backward()  # the global normalisers make the micro-batch losses add up to the batch loss
             for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
+                # "loss" is a share of the batch loss (global normalisers): it adds up over micro-
+                # batches; the other metrics are micro-batch means and are averaged.
+                weight = len(micro) if key == "loss" else 1
+                sums[key] = sums.get(key, 0.0) + float(value) * weight
             n += 1
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()

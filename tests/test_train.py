@@ -1,0 +1,108 @@
+"""The training loop with the real tiny model and real Docker sandboxes: one update uses both
+loss terms, metrics and checkpoints are written, and a run killed with SIGKILL resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.model import load_checkpoint, load_policy
+from trainer.sft import SFTConfig, collect_demonstrations
+from trainer.train import TrainConfig, update
+from trainer.transcripts import environment_cross_entropy, rollout_from_episode
+
+from .conftest import FIXTURES, REPO_ROOT
+
+AGENT_TASKS = FIXTURES / "agent-tasks"
+
+
+@pytest.fixture(scope="module")
+def demonstrations(tmp_path_factory, base_image):
+    task_dirs = sorted(p for p in AGENT_TASKS.iterdir() if (p / "task.toml").is_file())
+    episodes = collect_demonstrations(task_dirs, tmp_path_factory.mktemp("demos"), SFTConfig())
+    assert len(episodes) == len(task_dirs), "every fixture task's solution should score 1.0 through the loop"
+    return episodes
+
+
+def _snapshot(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("mode", ["echo", "grpo", "env-only"])
+def test_one_update_trains_the_terms_its_mode_names(demonstrations, mode):
+    torch.manual_seed(0)
+    model, tokenizer = load_policy("tiny")
+    rollouts = []
+    for i, episode in enumerate(demonstrations[:2]):
+        for reward in (1.0, 0.0):  # a group with a success and a failure: non-zero advantages
+            rollouts.append(rollout_from_episode(tokenizer, episode.model_copy(update={"reward": reward}), group_id=f"g{i}"))
+    assert all(any(r.observation_mask) for r in rollouts)
+    config = TrainConfig(mode=mode, epochs_per_batch=1, lr=1e-3, micro_batch_size=2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    before = _snapshot(model)
+    metrics = update(model, optimizer, scheduler, rollouts, config, env_coef=config.schedule().lambda_at(0), pad_token_id=tokenizer.pad_token_id)
+    assert metrics["env_ce"] > 0 and metrics["n_obs_tokens"] > 0  # always measured, whatever the mode
+    assert metrics["grad_norm"] > 0
+    changed = any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert changed
+    if mode == "grpo":
+        assert metrics["env_coef"] == 0.0
+    if mode == "env-only":
+        assert metrics["loss"] == pytest.approx(metrics["env_ce"] * metrics["env_coef"], rel=1e-4)
+
+
+def test_env_only_updates_lower_the_env_cross_entropy(demonstrations):
+    torch.manual_seed(0)
+    model, tokenizer = load_policy("tiny")
+    before = environment_cross_entropy(model, tokenizer, demonstrations)["env_ce"]
+    rollouts = [rollout_from_episode(tokenizer, e, group_id=str(i)) for i, e in enumerate(demonstrations)]
+    config = TrainConfig(mode="env-only", epochs_per_batch=1, lr=3e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    for _ in range(5):
+        update(model, optimizer, scheduler, rollouts, config, env_coef=1.0, pad_token_id=tokenizer.pad_token_id)
+    after = environment_cross_entropy(model, tokenizer, demonstrations)["env_ce"]
+    assert after < before - 0.5, (before, after)
+
+
+def _train_command(run_dir: Path, steps: int) -> list[str]:
+    return [
+        sys.executable, "-m", "taskforge.cli", "train", "echo", "--tasks", str(AGENT_TASKS), "--steps", str(steps), "--tasks-per-step", "1", "-g", "2",
+        "--max-turns", "2", "--max-new-tokens", "24", "--checkpoint-every", "1", "--run", run_dir.name, "--runs-dir", str(run_dir.parent),
+    ]
+
+
+def test_training_writes_metrics_and_checkpoints_and_resumes_after_kill_9(tmp_path, base_image):
+    run_dir = tmp_path / "runs" / "echo-kill"
+    child = subprocess.Popen(_train_command(run_dir, 3), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "step-1").is_dir():
+        assert child.poll() is None, "training exited before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.5)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    steps_logged = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps_logged[0] == 1 and len(steps_logged) < 3
+
+    resumed = subprocess.run(_train_command(run_dir, 3), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]  # each step exactly once
+    for key in ("reward_mean", "pass_rate", "env_ce", "policy_loss", "warning_ce", "clip_fraction", "env_to_policy_ratio", "tokens", "turns_mean", "timeout_rate", "seconds", "lambda"):
+        assert key in rows[-1], key
+    assert rows[-1]["n_rollouts"] == 2
+    model, tokenizer = load_checkpoint(run_dir / "checkpoints" / "step-3")
+    assert model.config.model_type == "qwen3" and tokenizer.chat_template
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["mode"] == "echo" and config["steps"] == 3
