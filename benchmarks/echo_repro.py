@@ -34,92 +34,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from trainer.pipeline import PipelineSize, env_ce, evaluate_checkpoint, generate_corpus, held_out_transcripts, log, sft_start, train_mode
+
 MODES = ("grpo", "echo", "env-only")
 
 
 @dataclass
-class Study:
-    n_train: int
-    n_val: int
-    seeds: tuple[int, ...]
-    steps: int
-    tasks_per_step: int
-    group_size: int
-    sft_epochs: int
-    eval_attempts: int
-    max_turns: int = 5
-    max_new_tokens: int = 160
-    rl_lr: float = 2e-4
-    sft_lr: float = 2e-3
-    env_coef: float = 0.05
-    corpus_seed: int = 2026
+class Study(PipelineSize):
+    seeds: tuple[int, ...] = (1, 2, 3)
 
 
-FULL = Study(n_train=240, n_val=24, seeds=(1, 2, 3), steps=16, tasks_per_step=4, group_size=4, sft_epochs=12, eval_attempts=2)
-QUICK = Study(n_train=60, n_val=8, seeds=(1, 2, 3), steps=2, tasks_per_step=2, group_size=2, sft_epochs=4, eval_attempts=1, max_new_tokens=128)
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def generate_corpus(study: Study, out: Path) -> tuple[Path, Path]:
-    from taskforge.forge.generate import generate
-
-    tasks = out / "tasks"
-    if not (tasks / "summary.json").is_file():
-        generate(study.n_train + study.n_val, study.corpus_seed, tasks, val=study.n_val, progress=False, force=True)
-    return tasks / "train", tasks / "val"
-
-
-def held_out_transcripts(val_dir: Path, out: Path) -> Path:
-    from trainer.sft import SFTConfig, collect_demonstrations
-    from taskforge.tasks import discover_task_dirs
-
-    target = out / "heldout-transcripts"
-    episodes = collect_demonstrations(discover_task_dirs([val_dir]), target, SFTConfig(demonstrator="explorer"))
-    log(f"held-out transcripts: {len(episodes)} explorer episodes scored 1.0 ({target})")
-    return target
-
-
-def sft_start(study: Study, train_dir: Path, out: Path) -> Path:
-    from trainer.sft import SFTConfig, sft
-
-    config = SFTConfig(tasks=str(train_dir), epochs=study.sft_epochs, lr=study.sft_lr, demonstrator="explorer", max_turns=study.max_turns)
-    return sft(config, out / "sft", log=log)
-
-
-def evaluate_policy(checkpoint: Path, val_dir: Path, run_dir: Path, study: Study, seed: int) -> dict:
-    from taskforge.agent.episode import EpisodeConfig
-    from taskforge.evaluate import checkpoint_policy_factory, evaluate
-    from taskforge.tasks import discover_task_dirs, load_task
-    from trainer.train import TINY_SYSTEM_PROMPT
-
-    import torch
-
-    torch.manual_seed(seed)
-    tasks = [load_task(d) for d in discover_task_dirs([val_dir])]
-    factory = checkpoint_policy_factory(str(checkpoint), temperature=0.6, max_new_tokens=study.max_new_tokens)
-    episode = EpisodeConfig(max_turns=study.max_turns, command_timeout_sec=10.0, max_output_chars=2000, system_prompt=TINY_SYSTEM_PROMPT)
-    summary, _ = evaluate(tasks, run_dir, factory, attempts=study.eval_attempts, concurrency=2, episode=episode)
-    return summary.model_dump()
-
-
-def env_ce(checkpoint: Path, transcripts: Path) -> float:
-    from taskforge.evaluate import env_ce_of_checkpoint
-
-    return env_ce_of_checkpoint(str(checkpoint), [transcripts])["after"]
-
-
-def train_mode(mode: str, seed: int, start: Path, train_dir: Path, out: Path, study: Study) -> Path:
-    from trainer.train import TrainConfig, train
-
-    config = TrainConfig(
-        mode=mode, tasks=str(train_dir), policy=str(start), steps=study.steps, tasks_per_step=study.tasks_per_step, group_size=study.group_size,
-        env_coef=None if mode == "grpo" else (study.env_coef if mode == "echo" else 1.0), lr=study.rl_lr, max_turns=study.max_turns,
-        max_new_tokens=study.max_new_tokens, checkpoint_every=max(1, study.steps), seed=seed, epochs_per_batch=2,
-    )
-    return train(config, out, log=log)
+FULL = Study(n_train=240, n_val=24, seeds=(1, 2, 3), rl_steps=12, tasks_per_step=4, group_size=4, sft_epochs=20, eval_attempts=2)
+QUICK = Study(n_train=48, n_val=8, seeds=(1, 2, 3), rl_steps=2, tasks_per_step=2, group_size=2, sft_epochs=12, eval_attempts=1)
 
 
 def mean_ci(values: list[float], seed: int = 0) -> tuple[float, float, float]:
@@ -156,7 +82,7 @@ def main() -> None:
     start = sft_start(study, train_dir, out)
     env_ce_start = env_ce(start, transcripts)
     results: dict = {"study": asdict(study), "start": {"checkpoint": str(start), "env_ce": env_ce_start}, "runs": {}}
-    sft_eval = evaluate_policy(start, val_dir, out / "sft" / "eval", study, seed=0)
+    sft_eval = evaluate_checkpoint(start, val_dir, out / "sft" / "eval", study, seed=0)
     (out / "sft" / "env_ce.json").write_text(json.dumps({"after": env_ce_start}))
     results["start"]["eval"] = sft_eval["overall"]
     log(f"SFT start: held-out pass@1 {sft_eval['overall']['pass_at_1']:.3f}, env CE {env_ce_start:.3f}")
@@ -165,7 +91,7 @@ def main() -> None:
         for mode in MODES:
             run_dir = out / f"{mode}-s{seed}"
             final = train_mode(mode, seed, start, train_dir, run_dir, study)
-            summary = evaluate_policy(final, val_dir, run_dir / "eval", study, seed=seed)
+            summary = evaluate_checkpoint(final, val_dir, run_dir / "eval", study, seed=seed)
             after = env_ce(final, transcripts)
             (run_dir / "env_ce.json").write_text(json.dumps({"before": env_ce_start, "after": after}))
             results["runs"][run_dir.name] = {"mode": mode, "seed": seed, "eval": summary["overall"], "env_ce_after": after, "success_rates": task_success_rates(run_dir / "eval")}
@@ -204,7 +130,7 @@ def aggregate(results: dict) -> list[dict]:
 def render(results: dict, quick: bool) -> str:
     lines = [
         f"Study: {'quick' if quick else 'full'}; {results['study']['n_train']} training tasks, {results['study']['n_val']} held-out tasks; "
-        f"{len(results['study']['seeds'])} seeds x {results['study']['steps']} steps x {results['study']['tasks_per_step']} tasks x {results['study']['group_size']} rollouts per mode; "
+        f"{len(results['study']['seeds'])} seeds x {results['study']['rl_steps']} steps x {results['study']['tasks_per_step']} tasks x {results['study']['group_size']} rollouts per mode; "
         f"wall time {results['wall_seconds'] / 60:.1f} min on {results['machine']}.",
         "",
         "| policy | held-out pass@1 (95% CI) | timeouts | turns | output tokens | held-out env CE (nats/token) | change vs start |",

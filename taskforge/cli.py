@@ -23,8 +23,6 @@ app = typer.Typer(
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_TASKS = REPO_ROOT / "tasks" / "sample"
 
 PathsArg = Annotated[list[Path], typer.Argument(help="Task directories, or folders holding task directories.")]
 
@@ -392,13 +390,13 @@ def serve(
 
 @app.command()
 def demo(
-    runs_dir: Annotated[Path, typer.Option(help="Where runs are written.")] = Path("runs"),
-    jobs: Annotated[int, typer.Option("--jobs", "-j")] = 2,
+    out: Annotated[Path, typer.Option(help="Where the demo's tasks, runs and report go.")] = Path("runs/demo"),
 ) -> None:
-    """The main job on the embedded default: validate the committed sample tasks."""
-    if not SAMPLE_TASKS.is_dir():
-        raise _fail(f"{SAMPLE_TASKS} is missing; this command runs from a taskforge checkout.")
-    validate(paths=[SAMPLE_TASKS], jobs=jobs, run="demo-validate", runs_dir=runs_dir, fresh=False)
+    """The whole pipeline on the embedded default, small: generate tasks, validate them in Docker, expert SFT of the tiny model, a few ECHO steps, held-out eval and env CE, report. Resumes when run again."""
+    from trainer.pipeline import run_demo
+
+    html_path = _run_with_docker(lambda: run_demo(out))
+    console.print(f"report: {html_path.resolve()}")
 
 
 if __name__ == "__main__":

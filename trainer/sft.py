@@ -10,6 +10,7 @@ verifier scores 1.0 are kept. Training is cross-entropy on the action tokens of 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -122,6 +123,26 @@ def collect_demonstrations(task_dirs: list[Path], out_dir: Path, config: SFTConf
     return [e for e in episodes if e is not None and e.reward == 1.0]
 
 
+def _cosine_with_warmup(step: int, total: int, warmup: int = 10, floor: float = 0.1) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _length_bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of similar-length sequences (little padding), in shuffled order."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    pool = batch_size * 8
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 def sft(config: SFTConfig, run_dir: Path, *, log=print, demonstrations: list[Path] | None = None) -> Path:
     """Collects (or reads) demonstrations and fine-tunes; returns the checkpoint directory."""
     from taskforge.tasks import discover_task_dirs
@@ -147,16 +168,16 @@ def sft(config: SFTConfig, run_dir: Path, *, log=print, demonstrations: list[Pat
     rollouts = [rollout_from_episode(tokenizer, e) for e in episodes]
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     rng = random.Random(config.seed)
+    total_steps = config.epochs * math.ceil(len(rollouts) / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine_with_warmup(s, total_steps))
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.unlink(missing_ok=True)
     model.train()
     for epoch in range(1, config.epochs + 1):
         started = time.monotonic()
-        order = list(range(len(rollouts)))
-        rng.shuffle(order)
         losses, env_ces = [], []
-        for start in range(0, len(order), config.batch_size):
-            batch = collate_rollouts([rollouts[i] for i in order[start : start + config.batch_size]], tokenizer.pad_token_id)
+        for batch_indices in _length_bucketed_batches([len(r.token_ids) for r in rollouts], config.batch_size, rng):
+            batch = collate_rollouts([rollouts[i] for i in batch_indices], tokenizer.pad_token_id)
             logprobs = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"])
             action = batch["action_mask"].float()
             loss = -(logprobs * action).sum() / action.sum().clamp(min=1)
@@ -168,6 +189,7 @@ def sft(config: SFTConfig, run_dir: Path, *, log=print, demonstrations: list[Pat
             total.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
+            scheduler.step()
             losses.append(loss.item())
             env_ces.append(env_ce.item())
         row = {"step": epoch, "mode": "sft", "sft_loss": sum(losses) / len(losses), "env_ce": sum(env_ces) / len(env_ces), "n_demonstrations": len(rollouts), "seconds": round(time.monotonic() - started, 2)}
