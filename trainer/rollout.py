@@ -46,8 +46,9 @@ import torch
 from pydantic import BaseModel, model_validator
 from transformers import PreTrainedTokenizerBase
 
+from taskforge.agent.episode import WARNING_SEPARATOR  # one home for the observation layout's separator
+
 IM_END = "<|im_end|>"
-WARNING_SEPARATOR = "\n"
 # Private-use code points: no chat template writes them, so the probe's position is unambiguous.
 SLOT_PROBE = "\ue000\ue001\ue002"
 # A fixed conversation the observation delta is appended to; only the text after its last
