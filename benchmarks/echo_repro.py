@@ -44,8 +44,8 @@ class Study(PipelineSize):
     seeds: tuple[int, ...] = (1, 2, 3)
 
 
-FULL = Study(n_train=240, n_val=24, seeds=(1, 2, 3), rl_steps=12, tasks_per_step=4, group_size=4, sft_epochs=20, eval_attempts=2)
-QUICK = Study(n_train=48, n_val=8, seeds=(1, 2, 3), rl_steps=2, tasks_per_step=2, group_size=2, sft_epochs=12, eval_attempts=1)
+FULL = Study(n_train=120, n_val=24, seeds=(1, 2, 3), rl_steps=8, tasks_per_step=4, group_size=2, sft_epochs=25, rl_lr=1e-3, eval_attempts=1)
+QUICK = Study(n_train=24, n_val=6, seeds=(1, 2, 3), rl_steps=2, tasks_per_step=2, group_size=2, sft_epochs=8, rl_lr=1e-3, eval_attempts=1)
 
 
 def mean_ci(values: list[float], seed: int = 0) -> tuple[float, float, float]:

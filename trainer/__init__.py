@@ -15,5 +15,8 @@ try:
     import transformers as _transformers
 
     _transformers.utils.logging.disable_progress_bar()
+    import huggingface_hub as _hub
+
+    _hub.utils.disable_progress_bars()  # in case huggingface_hub was imported before the env var
 except ImportError:  # the trainer's extra is not installed; trainer.* imports will say so
     pass
