@@ -92,13 +92,15 @@ def validate(
         raise typer.Exit(1)
 
 
-def _register_filter() -> None:
+def _register_commands() -> None:
     from taskforge.filter import filter_command
+    from taskforge.forge.command import generate_command
 
+    app.command("generate")(generate_command)
     app.command("filter")(filter_command)
 
 
-_register_filter()
+_register_commands()
 
 
 def _run_with_docker(fn):

@@ -121,3 +121,24 @@ def test_stage_parsers_name_what_is_wrong():
         parse_dockerfile("```dockerfile\nFROM x\nRUN apt-get install -y jq\n```", "taskforge/base:1")
     steps, workdir = parse_dockerfile("```dockerfile\nFROM anything\nRUN mkdir /a\nWORKDIR /a\n```", "taskforge/base:1")
     assert steps == ["RUN mkdir /a"] and workdir == "/a"
+
+
+def test_generate_llm_cli_summarises_and_resumes(tmp_path, base_image):
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import REPO_ROOT
+
+    out = tmp_path / "cli-set"
+    command = [sys.executable, "-m", "taskforge.cli", "generate", "--llm", "--n", "2", "--seed", "3", "--out", str(out), "--concurrency", "2"]
+    env = {**os.environ, "COLUMNS": "200", "OPENAI_API_KEY": "unused"}
+    with ScriptedOpenAIServer(forge_script(), models=["forge-model"]) as server:
+        completed = subprocess.run([*command, "--model", "forge-model", "--base-url", server.base_url], capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    assert "2 kept, 0 rejected of 2 tasks" in completed.stdout
+    assert "tokens:" in completed.stdout
+    assert len([p for p in out.iterdir() if (p / "task.toml").is_file()]) == 2
+    with ScriptedOpenAIServer(forge_script(), models=["forge-model"]) as server:
+        wrong_model = subprocess.run([*command, "--model", "other-model", "--base-url", server.base_url, "--n", "3"], capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=600)
+    assert wrong_model.returncode == 1 and "other-model" in wrong_model.stderr

@@ -406,3 +406,12 @@ def summarize(records: list[LLMTaskRecord]) -> LLMForgeSummary:
         n_output_tokens=sum(r.n_output_tokens for r in records),
         n_requests=sum(r.n_requests for r in records),
     )
+
+
+def print_summary(records: list[LLMTaskRecord], out_dir: Path, console) -> None:
+    """The one-screen summary `taskforge generate --llm` ends with."""
+    summary = summarize(records)
+    console.print(f"[green]{summary.n_kept} kept[/], [red]{summary.n_rejected} rejected[/] of {len(records)} tasks in {out_dir}")
+    if summary.reasons:
+        console.print("rejected: " + ", ".join(f"{reason} {count}" for reason, count in sorted(summary.reasons.items())) + f" (details: {out_dir / 'rejected.jsonl'})")
+    console.print(f"tokens: {summary.n_input_tokens:,} in, {summary.n_output_tokens:,} out over {summary.n_requests} requests")

@@ -129,20 +129,23 @@ def reap_orphans(client: docker.DockerClient) -> int:
     """Removes containers left by taskforge processes on this host that no longer exist."""
     removed = 0
     host = socket.gethostname()
-    for container in client.containers.list(all=True, filters={"label": LABEL}):
-        labels = container.labels
+    # The low-level list returns labels inline: the high-level one fetches each container again
+    # and fails when another process removes one in between.
+    for summary in client.api.containers(all=True, filters={"label": LABEL}):
+        labels = summary.get("Labels") or {}
         if labels.get(LABEL_OWNER_HOST) != host:
             continue
         pid = int(labels.get(LABEL_OWNER_PID, "0") or 0)
-        if pid and pid != os.getpid() and _pid_alive(pid):
-            continue
-        if pid == os.getpid():
+        if pid == os.getpid() or (pid and _pid_alive(pid)):
             continue
         try:
-            container.remove(force=True)
+            client.api.remove_container(summary["Id"], force=True)
             removed += 1
         except docker.errors.NotFound:
             pass
+        except docker.errors.APIError as exc:
+            if "already in progress" not in str(exc):
+                raise
     return removed
 
 
