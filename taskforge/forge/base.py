@@ -49,6 +49,10 @@ class Draft:
     extra: dict[str, str | int | float | bool] = field(default_factory=dict)
 
 
+class DraftError(ValueError):
+    """A family produced an inconsistent draft (a bug in the family, not in the caller)."""
+
+
 class Family(ABC):
     """A procedural task generator. Subclasses set name, domain, summary and implement build()."""
 
@@ -94,7 +98,7 @@ def to_spec(family: Family, draft: Draft, difficulty: Difficulty, seed: int) -> 
     instruction = draft.instruction.strip() + "\n"
     missing = [p for p in draft.outputs if p not in instruction]
     if missing:
-        raise AssertionError(f"{family.name}: the instruction does not name {missing}")
+        raise DraftError(f"{family.name}: the instruction does not name {missing}; every path the tests check must be in it")
     environment_files, steps = image_layout(draft)
     short_hash = content_hash(instruction, environment_files, steps)[:10]
     extra = {"param_pool": PARAM_POOL, "outputs": " ".join(draft.outputs), **draft.extra}

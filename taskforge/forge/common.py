@@ -24,15 +24,6 @@ def csv_text(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     return buffer.getvalue()
 
 
-def money(rng: random.Random, low: float, high: float) -> float:
-    """A price-like float with two decimals."""
-    return round(rng.uniform(low, high), 2)
-
-
-def r2(value: float) -> float:
-    return round(value + 0.0, 2)
-
-
 def pick(rng: random.Random, pool: Sequence, k: int) -> list:
     """k distinct items of pool, in the pool's order (stable, readable instructions)."""
     chosen = set(rng.sample(range(len(pool)), k))
@@ -53,11 +44,6 @@ def heredoc(path: str, text: str, delimiter: str = "FORGE_EOF") -> str:
     if not text.endswith("\n"):
         text += "\n"
     return f"cat > {path} <<'{delimiter}'\n{text}{delimiter}"
-
-
-def py_string(value: str) -> str:
-    """A Python string literal of value (JSON string syntax is valid Python)."""
-    return json.dumps(value)
 
 
 # ------------------------------------------------------------------------------------------
@@ -143,6 +129,20 @@ def copy_for_nobody(src, dst):
     subprocess.run(["cp", "-a", src, dst], check=True)
     subprocess.run(["chown", "-R", "nobody:nogroup", dst], check=True)
 ''',
+    "stat": '''
+import grp
+import pwd
+import stat as statmod
+
+
+def mode_of(path):
+    return statmod.S_IMODE(os.lstat(path).st_mode)
+
+
+def owner_of(path):
+    st = os.lstat(path)
+    return f"{pwd.getpwuid(st.st_uid).pw_name}:{grp.getgrgid(st.st_gid).gr_name}"
+''',
     "git": '''
 def git(repo, *args):
     """Read-only git with hooks and fsmonitor disabled (the repository is agent-controlled)."""
@@ -165,3 +165,21 @@ def test_module(family: str, expected: object, body: str, helpers: Sequence[str]
         "\n" + textwrap.dedent(body).strip() + "\n",
     ]
     return "\n\n".join(p.strip("\n") for p in parts) + "\n"
+
+
+# ------------------------------------------------------------------------------------------
+# Build-time setup commands
+
+
+def add_group(name: str) -> str:
+    return f"getent group {name} >/dev/null || groupadd {name}"
+
+
+def add_user(name: str, *, system: bool = False, shell: str = "/usr/sbin/nologin", group: str | None = None, home: bool = False) -> str:
+    """useradd for a build script; a no-op when the account exists already."""
+    flags = ["-m" if home else "-M", "-s", shell]
+    if system:
+        flags.append("-r")
+    if group:
+        flags += ["-g", group]
+    return f"id -u {name} >/dev/null 2>&1 || useradd {' '.join(flags)} {name}"

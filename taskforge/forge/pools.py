@@ -9,7 +9,7 @@ from __future__ import annotations
 
 PEOPLE = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "oscar", "peggy", "rupert", "sybil", "trent", "victor", "wendy"]
 SURNAMES = ["Moreau", "Okafor", "Schmidt", "Tanaka", "Silva", "Novak", "Haddad", "Larsen", "Kowalski", "Reyes", "Dubois", "Ivanova"]
-SERVICE_ACCOUNTS = ["deploy", "appsvc", "backup", "webapp", "etl", "monitor", "builder", "reporter"]
+SERVICE_ACCOUNTS = ["deploy", "appsvc", "archiver", "webapp", "etl", "monitor", "builder", "reporter"]  # none exists in Debian's base image
 GROUPS = ["developers", "ops", "analysts", "auditors", "webteam", "dba", "support", "finance"]
 APPS = ["billing", "inventory", "webshop", "reports", "auth", "search", "metrics", "gateway", "scheduler", "mailer", "ledger", "catalog"]
 MAIL_DOMAINS = ["example.com", "example.org", "corp.example", "mail.test", "shop.test", "acme.test"]
