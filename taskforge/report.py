@@ -398,7 +398,9 @@ def make_plots(summaries: list[RunSummary]) -> dict[str, bytes]:
     plots: dict[str, bytes] = {}
     curves = [s for s in summaries if s.curves]
     for metric, label in (("reward_mean", "mean reward"), ("pass_rate", "pass rate (rollouts)"), ("env_ce", "env-token cross-entropy (train batch)"), ("heldout_env_ce", "held-out env-token CE")):
-        series = [(s.name, [(c["step"], c[metric]) for c in s.curves if c.get(metric) is not None]) for s in curves]
+        # A step whose rollouts had no observation token has no env CE (older runs logged 0).
+        has_value = (lambda c: c.get("obs_tokens", 1) and c.get("n_obs_tokens", 1)) if metric == "env_ce" else (lambda c: True)
+        series = [(s.name, [(c["step"], c[metric]) for c in s.curves if c.get(metric) is not None and has_value(c)]) for s in curves]
         series = [(name, points) for name, points in series if points]
         if not series:
             continue

@@ -303,8 +303,10 @@ def train(config: TrainConfig, run_dir: Path, *, log=print) -> Path:
             "seconds": round(time.monotonic() - started, 2),
             **{k: round(v, 6) for k, v in metrics.items()},
         }
+        if not row["obs_tokens"]:
+            row["env_ce"] = None  # no observation token in this batch: nothing was measured
         _append_metrics(metrics_path, row)
-        log(f"step {step}/{config.steps}: reward {row['reward_mean']:.3f} pass {row['pass_rate']:.2f} env_ce {row.get('env_ce', float('nan')):.3f} policy_loss {row.get('policy_loss', 0):+.4f} ({row['seconds']:.1f} s)")
+        log(f"step {step}/{config.steps}: reward {row['reward_mean']:.3f} pass {row['pass_rate']:.2f} env_ce {row['env_ce'] if row['env_ce'] is not None else float('nan'):.3f} policy_loss {row.get('policy_loss', 0):+.4f} ({row['seconds']:.1f} s)")
         if step % config.checkpoint_every == 0 or step == config.steps:
             final = _save(run_dir, step, model, tokenizer, optimizer, scheduler)
     if final is None:
