@@ -18,7 +18,7 @@ class PipelineSize:
     n_train: int = 48
     n_val: int = 8
     corpus_seed: int = 2026
-    sft_epochs: int = 20
+    sft_epochs: int = 12
     sft_lr: float = 3e-3
     rl_steps: int = 3
     tasks_per_step: int = 2

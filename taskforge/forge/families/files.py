@@ -211,6 +211,8 @@ class PermissionAudit(Family):
             setuid = sorted(rng.sample(executables, min(len(executables), rng.randint(1, 3))))
             for p in setuid:
                 modes[p] |= 0o4000
+        if not any(owner[p] == target_user for p in paths):
+            owner[rng.choice(paths)] = target_user
         owned = sorted(p for p in paths if owner[p] == target_user)
         setup = [add_user(u, shell="/bin/bash") for u in users]
         setup += [f"chown {owner[p]}:{owner[p] if owner[p] != 'root' else 'root'} {p}" for p in paths]
@@ -493,6 +495,15 @@ class StaleFileCleanup(Family):
             if difficulty == "hard" and rng.random() < 0.6:
                 files[f"{base}/{sub}/.keep"] = ""
                 mtimes[f"{base}/{sub}/.keep"] = "2023-01-01 00:00:00"
+        # every rule of the task applies to at least one file: an old log to archive, an old file to delete
+        plain_dir = f"{base}/{subdirs[0]}"
+        old_mtime = f"2024-{cutoff_month - 1:02d}-{rng.randint(2, 27):02d} {rng.randint(0, 23):02d}:{rng.randint(1, 59):02d}:00"
+        if difficulty != "easy" and not any(p.endswith(".log") and mtimes[p] < cutoff and "/keep/" not in p for p in files):
+            extra = f"{plain_dir}/stale-{rng.randint(10, 99)}.log"
+            files[extra], mtimes[extra] = f"old log {rng.random():.6f}\n", old_mtime
+        if not any(not p.endswith((".log", "/.keep")) and mtimes[p] < cutoff and "/keep/" not in p for p in files):
+            extra = f"{plain_dir}/leftover-{rng.randint(10, 99)}.tmp"
+            files[extra], mtimes[extra] = f"leftover {rng.random():.6f}\n", old_mtime
         old = sorted(p for p, m in mtimes.items() if m < cutoff)
         if not old or len(old) == len(files):
             first = sorted(files)[0]

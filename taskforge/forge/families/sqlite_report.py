@@ -93,6 +93,8 @@ class SqliteReport(Family):
                 numeric = ["products", "avg_price"]
             elif difficulty == "medium":
                 status = rng.choice(["shipped", "pending"])
+                if not any(o["status"] == status for o in orders):
+                    status = "shipped" if status == "pending" else "pending"
                 header = ["country", "orders", "revenue"]
                 agg: dict[str, list] = {}
                 for o in orders:
@@ -114,20 +116,23 @@ class SqliteReport(Family):
                 )
                 numeric = ["orders", "revenue"]
             else:
-                lo, hi = sorted(rng.sample(range(1, 13), 2))
-                min_orders = rng.choice([1, 2])
                 top = rng.randint(3, 5)
                 header = ["customer", "orders", "revenue"]
-                agg = {}
-                for o in orders:
-                    month = int(o["order_date"][5:7])
-                    if o["status"] != "shipped" or not (lo <= month <= hi):
-                        continue
-                    name = next(c for c in customers if c["id"] == o["customer_id"])["name"]
-                    slot = agg.setdefault(name, [0, 0.0])
-                    slot[0] += 1
-                    slot[1] += order_total[o["id"]]
-                ranked = sorted(([c, n, round(r, 2)] for c, (n, r) in agg.items() if n >= min_orders), key=lambda r: (-r[2], r[0]))
+                for attempt in range(31):  # a window and threshold that leave at least two customers
+                    lo, hi = sorted(rng.sample(range(1, 13), 2)) if attempt < 30 else (1, 12)
+                    min_orders = rng.choice([1, 2]) if attempt < 30 else 1
+                    agg = {}
+                    for o in orders:
+                        month = int(o["order_date"][5:7])
+                        if o["status"] != "shipped" or not (lo <= month <= hi):
+                            continue
+                        name = next(c for c in customers if c["id"] == o["customer_id"])["name"]
+                        slot = agg.setdefault(name, [0, 0.0])
+                        slot[0] += 1
+                        slot[1] += order_total[o["id"]]
+                    ranked = sorted(([c, n, round(r, 2)] for c, (n, r) in agg.items() if n >= min_orders), key=lambda r: (-r[2], r[0]))
+                    if len(ranked) >= 2:
+                        break
                 rows = ranked[:top]
                 question = (
                     f"the top {top} customers (by `name`) by revenue from `shipped` orders dated from 2024-{lo:02d}-01 through the end of 2024-{hi:02d}, counting only customers with at least {min_orders} such order{'s' if min_orders > 1 else ''}: "
@@ -158,6 +163,8 @@ class SqliteReport(Family):
                  "hired_on": f"{rng.randint(2015, 2024)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}", "active": rng.choice([1, 1, 1, 0])}
                 for i, s in enumerate(salaries)
             ]
+            for e in employees[:2]:  # one department with two active people, so every question has rows
+                e.update(department_id=departments[0]["id"], active=1)
             sql = (
                 "CREATE TABLE departments (id INTEGER PRIMARY KEY, name TEXT);\n"
                 "CREATE TABLE employees (id INTEGER PRIMARY KEY, name TEXT, department_id INTEGER REFERENCES departments(id), salary INTEGER, hired_on TEXT, active INTEGER);\n"
@@ -225,7 +232,8 @@ class SqliteReport(Family):
             cols = "`customer_id`, `name`, `revenue` (one row per customer: revenue from its `shipped` orders, 0 when none, rounded to 2 decimals)" if theme == "shop" else "`department`, `headcount`, `payroll` (one row per department: number of active employees and the sum of their salaries, 0 when none)"
             lines.append(f"also create in the database a view named `{view}` with the columns {cols}")
         instruction = f"The SQLite database `{db}` has the tables {tables}.\n\nWrite:\n{bullets(lines)}\n"
-        solution = f"mkdir -p {out.rsplit('/', 1)[0]}\nsqlite3 -header -csv {db} \"{query}\" > {out}\n"
+        # sqlite3 -header prints no header for an empty result, so the header is written here
+        solution = f"mkdir -p {out.rsplit('/', 1)[0]}\n{{ echo '{','.join(header)}'; sqlite3 -csv {db} \"{query}\"; }} > {out}\n"
         if view:
             solution += f"sqlite3 {db} \"{view_sql}\"\n"
         setup = [f"mkdir -p {db.rsplit('/', 1)[0]}", f"sqlite3 {db} < {STAGE_SQL}", "rm -rf /tmp/forge-stage"]
