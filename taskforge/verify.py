@@ -102,8 +102,12 @@ class VerifierOutcome:
 def run_verifier(sandbox, tests_dir: Path, timeout_sec: float, workdir: str | None = None) -> VerifierOutcome:
     """Runs the task's verifier in `sandbox` (after the agent) and reads the reward."""
     started = time.monotonic()
-    prepared = sandbox.kill_leftovers(then=_PREPARE + " && echo TF_PREPARED")
-    if b"TF_PREPARED" not in prepared:
+    for _ in range(3):
+        # Under heavy load an exec has come back empty once in ~1,000 trials: ask again.
+        prepared = sandbox.kill_leftovers(then=_PREPARE + " && echo TF_PREPARED")
+        if b"TF_PREPARED" in prepared:
+            break
+    else:
         raise SandboxError(f"could not prepare /tests and /logs/verifier: {prepared[-500:]!r}")
     sandbox.upload_dir(tests_dir, "/tests")
     run = sandbox.exec(f"bash /tests/test.sh > {TEST_STDOUT} 2>&1", timeout_sec, workdir=workdir, collect_files=[REWARD_JSON, REWARD_TXT, TEST_STDOUT])
