@@ -24,23 +24,52 @@ import os
 import shutil
 import socket
 import threading
+from functools import cache
 from pathlib import Path
+
+import yaml
 
 from taskforge.agent.openai_policy import ChatConfig
 from taskforge.agent.policy import PolicyConfigError
-from taskforge.filter import FilterConfig, FilterReport, _default_dataset_name, summarize, write_outputs
+from taskforge.filter import FilterConfig, FilterReport, dataset_name_for, filter_report, write_outputs
 from taskforge.runner import Ledger
 from taskforge.sandbox.docker import LABEL, LABEL_OWNER_HOST, LABEL_OWNER_PID, docker_client
 from taskforge.tasks import Task
-from taskforge.trial import TrialRecord
+from taskforge.trial import TrialRecord, error_kind
 from taskforge.verify import scalar_reward
 
 JOB_NAME = "trials"
 AGENT = "terminus-2"
-# litellm / Harbor exception names that mean "every trial will fail like this": stop the run.
-CONFIG_ERRORS = {"AuthenticationError", "PermissionDeniedError", "NotFoundError", "AgentAuthenticationError", "ModelNotFoundError", "BadRequestError"}
-# ... and those that mean "the server was unavailable": retry the trial on the next run.
-UNAVAILABLE_ERRORS = {"APIConnectionError", "RateLimitError", "InternalServerError", "ServiceUnavailableError", "Timeout", "APITimeoutError", "APIError"}
+
+
+@cache
+def error_groups() -> tuple[frozenset[str], frozenset[str]]:
+    """(config errors, unavailable errors): exception names in Harbor's result.json that mean
+    "every trial will fail like this, stop the run" and "the server was unavailable, retry the
+    trial on the next run". Built from litellm's and Harbor's classes (imported here, not at
+    module load: litellm is slow to import)."""
+    import litellm.exceptions as litellm_errors
+    import openai
+    from harbor.agents.installed.base import AgentAuthenticationError, ModelNotFoundError
+
+    config = [
+        litellm_errors.AuthenticationError,
+        litellm_errors.PermissionDeniedError,
+        litellm_errors.NotFoundError,
+        litellm_errors.BadRequestError,
+        AgentAuthenticationError,
+        ModelNotFoundError,
+    ]
+    unavailable = [
+        litellm_errors.APIConnectionError,
+        litellm_errors.RateLimitError,
+        litellm_errors.InternalServerError,
+        litellm_errors.ServiceUnavailableError,
+        litellm_errors.Timeout,
+        litellm_errors.APIError,
+        openai.APITimeoutError,  # surfaces under its own name when litellm passes it through
+    ]
+    return frozenset(c.__name__ for c in config), frozenset(c.__name__ for c in unavailable)
 
 
 class HarborBackendError(ValueError):
@@ -51,18 +80,15 @@ def compose_overlay(network: bool) -> str:
     """The overlay's text. The owner labels are filled in by compose from this process's
     environment (see `_export_owner`): the file stays the same from run to resume, as Harbor's
     job lock requires, while the labels name the process that is running now."""
-    lines = [
-        "services:",
-        "  main:",
-        "    init: true",
-        "    stop_grace_period: 1s",
-        *([] if network else ["    network_mode: none"]),
-        "    labels:",
-        f'      {LABEL}: "1"',
-        f'      {LABEL_OWNER_PID}: "${{TASKFORGE_OWNER_PID:-0}}"',
-        f'      {LABEL_OWNER_HOST}: "${{TASKFORGE_OWNER_HOST:-}}"',
-    ]
-    return "\n".join(lines) + "\n"
+    main: dict = {"init": True, "stop_grace_period": "1s"}
+    if not network:
+        main["network_mode"] = "none"
+    main["labels"] = {
+        LABEL: "1",
+        LABEL_OWNER_PID: "${TASKFORGE_OWNER_PID:-0}",
+        LABEL_OWNER_HOST: "${TASKFORGE_OWNER_HOST:-}",
+    }
+    return yaml.safe_dump({"services": {"main": main}}, sort_keys=False)
 
 
 def _export_owner() -> None:
@@ -121,12 +147,15 @@ class _LedgerSync:
         with self.lock:
             if result.trial_name in self.recorded:
                 return
-            if kind in CONFIG_ERRORS:
+            config_errors, unavailable_errors = error_groups()
+            if kind in config_errors:
                 self.config_error = self.config_error or f"{kind}: {exception.exception_message.strip()[:500]}"
                 self.not_recorded[result.trial_name] = self.config_error
                 return
-            if kind in UNAVAILABLE_ERRORS:
-                self.not_recorded[result.trial_name] = f"{result.task_name}: {kind}: {exception.exception_message.strip()[:300]}"
+            if kind in unavailable_errors:
+                self.not_recorded[result.trial_name] = (
+                    f"{result.task_name}: {kind}: {exception.exception_message.strip()[:300]}"
+                )
                 return
             task_path = str(Path(result.config.task.path).resolve())
             if task_path not in self.by_path:
@@ -159,14 +188,16 @@ class _LedgerSync:
 
 def record_from_result(result, task: Task, trial_dir: Path, attempt: int, max_turns: int) -> TrialRecord:
     """Harbor's TrialResult as a ledger line."""
+    from harbor.llms.base import ContextLengthExceededError
+
     rewards = result.verifier_result.rewards if result.verifier_result is not None else None
     exception = result.exception_info
     context = result.agent_result
     n_turns = (context.metadata or {}).get("n_episodes") if context is not None else None
     error_type = exception.exception_type if exception else None
-    if error_type == "AgentTimeoutError":
+    if error_kind(error_type) == "agent_timeout":
         stop_reason = "agent_timeout"
-    elif error_type and "ContextLength" in error_type:
+    elif error_type == ContextLengthExceededError.__name__:
         stop_reason = "context_exceeded"
     elif error_type is not None:
         stop_reason = None
@@ -183,7 +214,7 @@ def record_from_result(result, task: Task, trial_dir: Path, attempt: int, max_tu
         rewards=rewards or None,
         error_type=error_type,
         error_message=exception.exception_message if exception else None,
-        agent_timed_out=error_type == "AgentTimeoutError",
+        agent_timed_out=error_kind(error_type) == "agent_timeout",
         n_input_tokens=context.n_input_tokens if context else None,
         n_output_tokens=context.n_output_tokens if context else None,
         stop_reason=stop_reason,
@@ -207,7 +238,9 @@ def filter_tasks_harbor(
     from harbor.job import Job
 
     if config.stop_on_success:
-        raise HarborBackendError("--stop-on-success is not available with --backend harbor (Harbor plans every attempt up front)")
+        raise HarborBackendError(
+            "--stop-on-success is not available with --backend harbor (Harbor plans every attempt up front)"
+        )
     os.environ.setdefault("HARBOR_TELEMETRY", "0")
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     os.environ["OPENAI_API_KEY"] = chat.api_key()  # litellm's openai provider reads it from here
@@ -234,13 +267,15 @@ def filter_tasks_harbor(
     try:
         asyncio.run(run_job())
     except FileExistsError as exc:  # Harbor resumes a job only with the config it started with
-        raise HarborBackendError(f"{exc} Was --attempts or --concurrency changed? Pass --fresh to start over or --run NAME for a new run.") from None
+        raise HarborBackendError(
+            f"{exc} Was --attempts or --concurrency changed? Pass --fresh to start over or --run NAME for a new run."
+        ) from None
     sync.sweep(job_dir, drop_unrecorded=False)
     if sync.config_error:
         raise PolicyConfigError(f"terminus-2 could not use {chat.model!r} at {chat.base_url}: {sync.config_error}")
-    report = summarize(tasks, ledger.load(), config, run_dir=run_dir, backend="harbor", model=chat.model)
+    report = filter_report(tasks, ledger.load(), config, run_dir=run_dir, backend="harbor", model=chat.model)
     report.n_not_recorded = len(sync.not_recorded)
     report.not_recorded_errors = list(sync.not_recorded.values())[:20]
     destination = out_dir or run_dir
-    write_outputs(report, destination, dataset_name or _default_dataset_name(destination))
+    write_outputs(report, destination, dataset_name or dataset_name_for(destination))
     return report

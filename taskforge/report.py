@@ -21,9 +21,11 @@ from datetime import datetime
 from functools import cache
 from pathlib import Path
 
+import jinja2
 from pydantic import BaseModel, Field
 
-TIMEOUT_ERRORS = {"AgentTimeoutError"}
+from taskforge.tasks import TEMPLATES_DIR
+from taskforge.trial import error_kind
 
 
 class RunNotFoundError(ValueError):
@@ -91,7 +93,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def bootstrap_ci(values: list[float], *, samples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    values: list[float], *, samples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean over tasks (deterministic with `seed`)."""
     if not values:
         return (math.nan, math.nan)
@@ -114,7 +118,9 @@ def group_stats(rows: list[TrialRow]) -> GroupStats:
     per_task_rate = [sum(r.passed for r in attempts) / len(attempts) for attempts in by_task.values()]
     min_attempts = min((len(a) for a in by_task.values()), default=0)
     ks = [k for k in (1, 2, 4, 8, 16) if k <= min_attempts]
-    pass_k = {k: sum(pass_at_k(len(a), sum(r.passed for r in a), k) for a in by_task.values()) / len(by_task) for k in ks}
+    pass_k = {
+        k: sum(pass_at_k(len(a), sum(r.passed for r in a), k) for a in by_task.values()) / len(by_task) for k in ks
+    }
     return GroupStats(
         n_tasks=len(by_task),
         n_trials=len(rows),
@@ -141,7 +147,11 @@ def _task_metadata(task_path: str) -> dict:
         return {}
     metadata = data.get("metadata", {})
     # Harbor's own sets call the domain "category"
-    return {"family": metadata.get("family"), "domain": metadata.get("domain") or metadata.get("category"), "difficulty": metadata.get("difficulty")}
+    return {
+        "family": metadata.get("family"),
+        "domain": metadata.get("domain") or metadata.get("category"),
+        "difficulty": metadata.get("difficulty"),
+    }
 
 
 def _with_metadata(row: TrialRow) -> TrialRow:
@@ -172,7 +182,8 @@ def rows_from_ledger(ledger_path: Path, missing: list[str], agents: set[str] | N
                     attempt=record.get("attempt", 0),
                     reward=record.get("reward"),
                     error_type=record.get("error_type"),
-                    timed_out=bool(record.get("agent_timed_out")) or record.get("error_type") in TIMEOUT_ERRORS,
+                    timed_out=bool(record.get("agent_timed_out"))
+                    or error_kind(record.get("error_type")) == "agent_timeout",
                     n_turns=record.get("n_turns"),
                     n_input_tokens=record.get("n_input_tokens"),
                     n_output_tokens=record.get("n_output_tokens"),
@@ -207,7 +218,7 @@ def rows_from_harbor_job(job_dir: Path, missing: list[str]) -> list[TrialRow]:
                     task_path=task_path,
                     reward=reward,
                     error_type=exception,
-                    timed_out=exception in TIMEOUT_ERRORS,
+                    timed_out=error_kind(exception) == "agent_timeout",
                     n_turns=_harbor_turns(trial_dir),
                     n_input_tokens=agent_result.get("n_input_tokens"),
                     n_output_tokens=agent_result.get("n_output_tokens"),
@@ -235,7 +246,9 @@ def load_run(path: Path) -> RunSummary:
     if not path.exists():
         raise RunNotFoundError(f"{path}: no such run directory")
     if not path.is_dir():
-        raise RunNotFoundError(f"{path}: not a directory; pass a run directory (runs/<run>) or a Harbor job directory (jobs/<job>)")
+        raise RunNotFoundError(
+            f"{path}: not a directory; pass a run directory (runs/<run>) or a Harbor job directory (jobs/<job>)"
+        )
     missing: list[str] = []
     summary = RunSummary(name=path.name, path=str(path), kind="trials")
     rows: list[TrialRow] = []
@@ -261,7 +274,8 @@ def load_run(path: Path) -> RunSummary:
             missing.append(f"{path}: no result.json: the Harbor job did not finish")
     else:
         raise RunNotFoundError(
-            f"{path}: not a run: expected ledger.jsonl (validate/filter/eval), metrics.jsonl (train) or a Harbor job (config.json + trial folders)"
+            f"{path}: not a run: expected ledger.jsonl (validate/filter/eval), metrics.jsonl (train) "
+            "or a Harbor job (config.json + trial folders)"
         )
     env_ce_path = path / "env_ce.json"
     if env_ce_path.is_file():
@@ -272,7 +286,11 @@ def load_run(path: Path) -> RunSummary:
         summary.env_ce_before, summary.env_ce = measured[0], measured[-1]
     if rows:
         summary.overall = group_stats(rows)
-        for attribute, target in (("family", summary.by_family), ("domain", summary.by_domain), ("difficulty", summary.by_difficulty)):
+        for attribute, target in (
+            ("family", summary.by_family),
+            ("domain", summary.by_domain),
+            ("difficulty", summary.by_difficulty),
+        ):
             groups: dict[str, list[TrialRow]] = defaultdict(list)
             for row in rows:
                 groups[getattr(row, attribute) or "unknown"].append(row)
@@ -310,7 +328,10 @@ def _check_trials_run(path: Path, missing: list[str]) -> None:
     if trials.is_dir():
         unfinished = [p.name for p in trials.iterdir() if p.is_dir() and not (p / "result.json").is_file()]
         if unfinished:
-            missing.append(f"{trials}: {len(unfinished)} trial(s) without result.json (interrupted): {', '.join(sorted(unfinished)[:5])}")
+            missing.append(
+                f"{trials}: {len(unfinished)} trial(s) without result.json (interrupted): "
+                f"{', '.join(sorted(unfinished)[:5])}"
+            )
 
 
 def _check_training_run(path: Path, summary: RunSummary, missing: list[str]) -> None:
@@ -325,7 +346,10 @@ def _check_training_run(path: Path, summary: RunSummary, missing: list[str]) -> 
         missing.append(f"{path}: no config.json (the run's settings are unknown)")
     logged = len(summary.curves)
     if planned is not None and logged < planned:
-        missing.append(f"{path}: {logged} of {planned} training steps logged (the run stopped early; `taskforge train` with the same --run resumes it)")
+        missing.append(
+            f"{path}: {logged} of {planned} training steps logged "
+            "(the run stopped early; `taskforge train` with the same --run resumes it)"
+        )
     if not (path / "checkpoints").is_dir() or not any((path / "checkpoints").iterdir()):
         missing.append(f"{path}: no checkpoint saved")
 
@@ -334,11 +358,18 @@ def _check_training_run(path: Path, summary: RunSummary, missing: list[str]) -> 
 # writing the report
 
 
-def _fmt_pct(value: float | None) -> str:
+PASS_AT_1_NOTE = "pass@1 is the mean over tasks of each task's success rate; the 95% CI is a bootstrap over tasks."
+# Per-group tables after the comparison: RunSummary attribute, section title.
+BREAKDOWNS = (("by_domain", "By domain"), ("by_difficulty", "By difficulty"), ("by_family", "By family"))
+
+
+def format_percent(value: float | None) -> str:
+    """A rate as the report and the CLI tables show it ("43.8%"); "-" when not measured."""
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def _fmt_num(value: float | None, digits: int = 1) -> str:
+def format_number(value: float | None, digits: int = 1) -> str:
+    """A mean as the report and the CLI tables show it ("1,234.5"); "-" when not measured."""
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
@@ -354,14 +385,14 @@ def comparison_rows(summaries: list[RunSummary]) -> list[dict[str, str]]:
                 "kind": s.kind,
                 "tasks": str(o.n_tasks) if o else "-",
                 "trials": str(o.n_trials) if o else "-",
-                "pass@1": _fmt_pct(o.pass_at_1) if o else "-",
-                "95% CI": f"{_fmt_pct(ci[0])}-{_fmt_pct(ci[1])}" if ci else "-",
-                "timeouts": _fmt_pct(o.timeout_rate) if o else "-",
-                "turns": _fmt_num(o.mean_turns) if o else "-",
-                "input tokens": _fmt_num(o.mean_input_tokens, 0) if o else "-",
-                "output tokens": _fmt_num(o.mean_output_tokens, 0) if o else "-",
-                "env CE": _fmt_num(s.env_ce, 3),
-                "env CE before": _fmt_num(s.env_ce_before, 3),
+                "pass@1": format_percent(o.pass_at_1) if o else "-",
+                "95% CI": f"{format_percent(ci[0])}-{format_percent(ci[1])}" if ci else "-",
+                "timeouts": format_percent(o.timeout_rate) if o else "-",
+                "turns": format_number(o.mean_turns) if o else "-",
+                "input tokens": format_number(o.mean_input_tokens, 0) if o else "-",
+                "output tokens": format_number(o.mean_output_tokens, 0) if o else "-",
+                "env CE": format_number(s.env_ce, 3),
+                "env CE before": format_number(s.env_ce_before, 3),
             }
         )
     return rows
@@ -383,7 +414,7 @@ def _group_rows(summaries: list[RunSummary], attribute: str) -> list[dict[str, s
         row = {attribute.removeprefix("by_"): group}
         for s in summaries:
             stats = getattr(s, attribute).get(group)
-            row[f"{s.name} pass@1"] = _fmt_pct(stats.pass_at_1) if stats else "-"
+            row[f"{s.name} pass@1"] = format_percent(stats.pass_at_1) if stats else "-"
         rows.append(row)
     return rows
 
@@ -397,10 +428,20 @@ def make_plots(summaries: list[RunSummary]) -> dict[str, bytes]:
 
     plots: dict[str, bytes] = {}
     curves = [s for s in summaries if s.curves]
-    for metric, label in (("reward_mean", "mean reward"), ("pass_rate", "pass rate (rollouts)"), ("env_ce", "env-token cross-entropy (train batch)"), ("heldout_env_ce", "held-out env-token CE")):
+    for metric, label in (
+        ("reward_mean", "mean reward"),
+        ("pass_rate", "pass rate (rollouts)"),
+        ("env_ce", "env-token cross-entropy (train batch)"),
+        ("heldout_env_ce", "held-out env-token CE"),
+    ):
         # A step whose rollouts had no observation token has no env CE (older runs logged 0).
-        has_value = (lambda c: c.get("obs_tokens", 1) and c.get("n_obs_tokens", 1)) if metric == "env_ce" else (lambda c: True)
-        series = [(s.name, [(c["step"], c[metric]) for c in s.curves if c.get(metric) is not None and has_value(c)]) for s in curves]
+        has_value = (
+            (lambda c: c.get("obs_tokens", 1) and c.get("n_obs_tokens", 1)) if metric == "env_ce" else (lambda c: True)
+        )
+        series = [
+            (s.name, [(c["step"], c[metric]) for c in s.curves if c.get(metric) is not None and has_value(c)])
+            for s in curves
+        ]
         series = [(name, points) for name, points in series if points]
         if not series:
             continue
@@ -416,9 +457,14 @@ def make_plots(summaries: list[RunSummary]) -> dict[str, bytes]:
         plt.close(fig)
     with_stats = [s for s in summaries if s.overall]
     if with_stats:
-        metrics = [("pass_at_1", "pass@1", 100), ("timeout_rate", "timeouts (%)", 100), ("mean_turns", "turns", 1), ("mean_output_tokens", "output tokens", 1)]
+        metrics = [
+            ("pass_at_1", "pass@1", 100),
+            ("timeout_rate", "timeouts (%)", 100),
+            ("mean_turns", "turns", 1),
+            ("mean_output_tokens", "output tokens", 1),
+        ]
         fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4), dpi=110)
-        for ax, (attr, label, scale) in zip(axes, metrics):
+        for ax, (attr, label, scale) in zip(axes, metrics, strict=True):
             values = [(getattr(s.overall, attr) or 0) * scale for s in with_stats]
             ax.bar(range(len(values)), values, color=[f"C{i}" for i in range(len(values))])
             ax.set_xticks(range(len(values)), [s.name for s in with_stats], rotation=30, ha="right", fontsize=7)
@@ -443,68 +489,60 @@ def write_report(summaries: list[RunSummary], out_dir: Path) -> tuple[Path, Path
     plots = make_plots(summaries)
     for name, data in plots.items():
         (out_dir / name).write_bytes(data)
-    comparison = comparison_rows(summaries)
-    sections = [
-        f"# taskforge report\n\n_{datetime.now().strftime('%Y-%m-%d %H:%M')}; runs: {', '.join(s.name for s in summaries)}_\n",
-        "## Comparison\n\npass@1 is the mean over tasks of each task's success rate; the 95% CI is a bootstrap over tasks.\n",
-        _markdown_table(comparison),
-    ]
-    for attribute, title in (("by_domain", "By domain"), ("by_difficulty", "By difficulty"), ("by_family", "By family")):
-        rows = _group_rows(summaries, attribute)
-        if rows:
-            sections += [f"\n## {title}\n", _markdown_table(rows)]
-    if plots:
-        sections.append("\n## Plots\n")
-        sections += [f"![{name}]({name})\n" for name in plots]
-    missing = [(s.name, m) for s in summaries for m in s.missing]
-    if missing:
-        sections.append("\n## Missing or incomplete\n")
-        sections += [f"- {name}: {m}" for name, m in missing]
-        sections.append("")
-    markdown = "\n".join(sections)
+    contents = {
+        "generated": datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "run_names": [s.name for s in summaries],
+        "pass_at_1_note": PASS_AT_1_NOTE,
+        "comparison": comparison_rows(summaries),
+        "breakdowns": [(title, rows) for attribute, title in BREAKDOWNS if (rows := _group_rows(summaries, attribute))],
+        "missing": [(s.name, m) for s in summaries for m in s.missing],
+    }
     md_path = out_dir / "report.md"
-    md_path.write_text(markdown)
+    md_path.write_text(_markdown(plot_names=list(plots), **contents))
     html_path = out_dir / "report.html"
-    html_path.write_text(_html(markdown, plots))
+    plots_base64 = {name: base64.b64encode(data).decode() for name, data in plots.items()}
+    html_path.write_text(_report_template().render(plots=plots_base64, **contents))
     (out_dir / "summary.json").write_text(json.dumps([s.model_dump() for s in summaries], indent=2))
     return md_path, html_path
 
 
-def _html(markdown: str, plots: dict[str, bytes]) -> str:
-    """Minimal Markdown-to-HTML for our own report (tables, headings, lists, images inlined)."""
-    import html as html_lib
+def _markdown(
+    *,
+    generated: str,
+    run_names: list[str],
+    pass_at_1_note: str,
+    comparison: list[dict[str, str]],
+    breakdowns: list[tuple[str, list[dict[str, str]]]],
+    plot_names: list[str],
+    missing: list[tuple[str, str]],
+) -> str:
+    """report.md: the same tables as the HTML, readable as text and on GitHub (the PNGs sit beside it)."""
+    sections = [
+        f"# taskforge report\n\n_{generated}; runs: {', '.join(run_names)}_\n",
+        f"## Comparison\n\n{pass_at_1_note}\n",
+        _markdown_table(comparison),
+    ]
+    for title, rows in breakdowns:
+        sections += [f"\n## {title}\n", _markdown_table(rows)]
+    if plot_names:
+        sections.append("\n## Plots\n")
+        sections += [f"![{name}]({name})\n" for name in plot_names]
+    if missing:
+        sections.append("\n## Missing or incomplete\n")
+        sections += [f"- {run_name}: {note}" for run_name, note in missing]
+        sections.append("")
+    return "\n".join(sections)
 
-    body: list[str] = []
-    table: list[list[str]] = []
 
-    def flush_table() -> None:
-        if not table:
-            return
-        head, *rest = table
-        body.append("<table><thead><tr>" + "".join(f"<th>{html_lib.escape(c)}</th>" for c in head) + "</tr></thead><tbody>")
-        body.extend("<tr>" + "".join(f"<td>{html_lib.escape(c)}</td>" for c in row) + "</tr>" for row in rest)
-        body.append("</tbody></table>")
-        table.clear()
-
-    for line in markdown.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if not all(set(c) <= {"-"} for c in cells):
-                table.append(cells)
-            continue
-        flush_table()
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html_lib.escape(line[level:].strip())}</h{level}>")
-        elif line.startswith("![") and "](" in line:
-            name = line[line.index("](") + 2 : -1]
-            if name in plots:
-                data = base64.b64encode(plots[name]).decode()
-                body.append(f'<p><img alt="{html_lib.escape(name)}" src="data:image/png;base64,{data}"></p>')
-        elif line.startswith("- "):
-            body.append(f"<li>{html_lib.escape(line[2:])}</li>")
-        elif line.strip():
-            body.append(f"<p>{html_lib.escape(line.strip('_'))}</p>")
-    flush_table()
-    style = "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>taskforge report</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+@cache
+def _report_template() -> jinja2.Template:
+    """Autoescaped: run names, task names and paths in the report come from directory names."""
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR / "report"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    return environment.get_template("report.html.j2")

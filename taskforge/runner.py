@@ -8,15 +8,14 @@ point (Ctrl-C, kill -9, a crash) loses at most the trials that were in flight.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
@@ -25,12 +24,32 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from taskforge.sandbox.docker import remove_all_live_containers
 
 console = Console(stderr=True)
-Record = TypeVar("Record", bound=BaseModel)
-Item = TypeVar("Item")
 
 
-def new_run_name(prefix: str) -> str:
-    return f"{prefix}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+def run_name(prefix: str, settings: dict) -> str:
+    """The one run-name rule: <prefix>-<hash of the settings>. Same inputs and settings, same run,
+    so running an interrupted command again resumes it."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{prefix}-{digest}"
+
+
+def run_settings_mismatch(
+    run_dir: Path, settings: dict, *, file: str = "run-settings.json", ignore: tuple[str, ...] = ()
+) -> str | None:
+    """A run resumes only with the settings it was started with: records them on first use;
+    afterwards names what differs (keys in `ignore` may change), or returns None."""
+    path = run_dir / file
+    if not path.exists():
+        write_json(path, settings)
+        return None
+    before = json.loads(path.read_text())
+    keys = sorted((set(before) | set(settings)) - set(ignore))
+    changed = [
+        f"{key}: {before.get(key)!r} -> {settings.get(key)!r}" for key in keys if before.get(key) != settings.get(key)
+    ]
+    if not changed:
+        write_json(path, settings)  # keeps ignored keys (e.g. a longer step count) current
+    return "; ".join(changed) or None
 
 
 def safe_name(name: str) -> str:
@@ -41,8 +60,6 @@ def safe_name(name: str) -> str:
 def trial_dir_name(task, agent: str, attempt: int | None = None) -> str:
     """<task dir name>-<hash of its path>__<agent>[__<attempt>]: unique even when two task
     directories share a name, readable in `ls`."""
-    import hashlib
-
     path_hash = hashlib.sha256(str(task.path).encode()).hexdigest()[:6]
     name = f"{safe_name(task.path.name)}-{path_hash}__{safe_name(agent)}"
     return name if attempt is None else f"{name}__{attempt}"
@@ -73,13 +90,9 @@ class Ledger[R: BaseModel]:
         return records
 
     def append(self, record: R) -> None:
-        line = record.model_dump_json() + "\n"
         with self._lock:
             self._repair_torn_tail()
-            with self.path.open("a") as handle:
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
+            append_line(self.path, record.model_dump_json())
 
     def _repair_torn_tail(self) -> None:
         """After a crash mid-write the file may not end in a newline; start a fresh line."""
@@ -91,6 +104,19 @@ class Ledger[R: BaseModel]:
                         append_handle.write("\n")
 
 
+def append_line(path: Path, line: str) -> None:
+    """Appends one line and fsyncs it: once this returns, the line survives a crash."""
+    with path.open("a") as handle:
+        handle.write(line.rstrip("\n") + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    """One JSON object as one durable line (metrics.jsonl and the like)."""
+    append_line(path, json.dumps(row, default=str))
+
+
 def write_json(path: Path, data) -> None:
     """Writes JSON atomically (temp file + rename) so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,22 +125,22 @@ def write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def run_concurrently(
+def run_concurrently[Item, Result](
     items: Iterable[Item],
-    work: Callable[[Item], Record],
+    work: Callable[[Item], Result],
     *,
     jobs: int,
     description: str,
     total: int | None = None,
-    on_done: Callable[[Record, Progress, int], None] | None = None,
-) -> list[Record]:
+    on_done: Callable[[Result, Progress, int], None] | None = None,
+) -> list[Result]:
     """Runs `work` over items on `jobs` threads with a progress bar; Ctrl-C stops cleanly.
 
     On Ctrl-C no new work starts, every container is removed (which ends work in flight) and
     KeyboardInterrupt propagates; what finished is already in the caller's ledger.
     """
     items = list(items)
-    results: list[Record] = []
+    results: list[Result] = []
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

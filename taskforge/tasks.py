@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, ValidationError
 from taskforge import BASE_IMAGE
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+DEFAULT_AGENT_TIMEOUT_SEC = 600.0  # when task.toml sets no [agent] timeout_sec
 
 Domain = Literal["data_processing", "system_operations", "development_tooling"]
 Difficulty = Literal["easy", "medium", "hard"]
@@ -73,7 +74,11 @@ def _jinja() -> jinja2.Environment:
 
 def task_config_for(spec: TaskSpec) -> HarborTaskConfig:
     return HarborTaskConfig(
-        task=PackageInfo(name=spec.name, description=spec.instruction.strip().splitlines()[0][:200], keywords=[spec.metadata.domain, spec.metadata.family]),
+        task=PackageInfo(
+            name=spec.name,
+            description=spec.instruction.strip().splitlines()[0][:200],
+            keywords=[spec.metadata.domain, spec.metadata.family],
+        ),
         metadata=spec.metadata.model_dump(exclude={"extra"}) | dict(spec.metadata.extra),
         agent=AgentConfig(timeout_sec=spec.agent_timeout_sec),
         verifier=VerifierConfig(timeout_sec=spec.verifier_timeout_sec),
@@ -105,10 +110,18 @@ def render_files(spec: TaskSpec, base_image: str = BASE_IMAGE) -> dict[str, tupl
         "task.toml": (_task_toml(spec), 0o644),
         "instruction.md": (spec.instruction.rstrip() + "\n", 0o644),
         "environment/Dockerfile": (
-            env.get_template("Dockerfile.j2").render(base_image=base_image, steps=spec.dockerfile_steps, workdir=spec.workdir, files=sorted(spec.environment_files)),
+            env.get_template("Dockerfile.j2").render(
+                base_image=base_image,
+                steps=spec.dockerfile_steps,
+                workdir=spec.workdir,
+                files=sorted(spec.environment_files),
+            ),
             0o644,
         ),
-        "tests/test.sh": (env.get_template("test.sh.j2").render(test_files=sorted(n for n in spec.tests if n.endswith(".py"))), 0o755),
+        "tests/test.sh": (
+            env.get_template("test.sh.j2").render(test_files=sorted(n for n in spec.tests if n.endswith(".py"))),
+            0o755,
+        ),
         "solution/solve.sh": (env.get_template("solve.sh.j2").render(body=spec.solution.strip()), 0o755),
     }
     for rel, text in spec.environment_files.items():
@@ -167,12 +180,24 @@ class Task:
         return dict(self.config.metadata)
 
     @property
+    def agent_timeout_sec(self) -> float:
+        return self.config.agent.timeout_sec or DEFAULT_AGENT_TIMEOUT_SEC
+
+    @property
     def wants_network(self) -> bool:
         """True only when task.toml asks for network explicitly (Harbor's default is public)."""
         env = self.config.environment
         if env.allow_internet:
             return True
         return "network_mode" in env.model_fields_set and env.network_mode.value != "no-network"
+
+
+def task_checksum(task_dir: Path) -> str:
+    """sha256 of the task directory's file names and contents, computed as Harbor's own task
+    checksum is (dirhash), so a trial's result.json carries the same value under both tools."""
+    from dirhash import dirhash
+
+    return dirhash(task_dir, "sha256")
 
 
 def load_task(path: Path) -> Task:
@@ -251,16 +276,30 @@ def lint_task(path: Path) -> list[LintProblem]:
     toml_path = path / "task.toml"
     config: HarborTaskConfig | None = None
     if not toml_path.is_file():
-        problems.append(LintProblem(toml_path, "missing", "add a task.toml (schema_version, [agent], [verifier], [environment])"))
+        problems.append(
+            LintProblem(toml_path, "missing", "add a task.toml (schema_version, [agent], [verifier], [environment])")
+        )
     else:
         try:
             config = HarborTaskConfig.model_validate_toml(toml_path.read_text())
         except tomllib.TOMLDecodeError as exc:
             problems.append(LintProblem(toml_path, f"unparseable TOML: {exc}", "fix the TOML syntax at that line"))
         except ValidationError as exc:
-            problems.append(LintProblem(toml_path, f"invalid task config: {_first_errors(exc)}", "correct the named fields (see Harbor's TaskConfig)"))
+            problems.append(
+                LintProblem(
+                    toml_path,
+                    f"invalid task config: {_first_errors(exc)}",
+                    "correct the named fields (see Harbor's TaskConfig)",
+                )
+            )
     if config is not None and config.agent.timeout_sec is None:
-        problems.append(LintProblem(toml_path, "no agent timeout: Harbor runs the agent without a time limit", "set [agent] timeout_sec, e.g. 600.0"))
+        problems.append(
+            LintProblem(
+                toml_path,
+                "no agent timeout: Harbor runs the agent without a time limit",
+                "set [agent] timeout_sec, e.g. 600.0",
+            )
+        )
 
     instruction_path = path / "instruction.md"
     if not instruction_path.is_file():
@@ -273,32 +312,65 @@ def lint_task(path: Path) -> list[LintProblem]:
     uses_prebuilt_image = config is not None and bool(config.environment.docker_image)
     has_compose = (env_dir / "docker-compose.yaml").is_file() or (env_dir / "docker-compose.yml").is_file()
     if not uses_prebuilt_image and not has_compose and not dockerfile.is_file():
-        problems.append(LintProblem(dockerfile, "missing", "add environment/Dockerfile or set [environment] docker_image"))
+        problems.append(
+            LintProblem(dockerfile, "missing", "add environment/Dockerfile or set [environment] docker_image")
+        )
     if dockerfile.is_file():
         for match in _COPY_LINE.finditer(dockerfile.read_text()):
             if _TESTS_OR_SOLUTION.search(match.group(2)):
                 problems.append(
-                    LintProblem(dockerfile, f"copies tests or solution into the image: `{match.group(0).strip()}`", "remove that line: Harbor uploads tests/ after the agent and solution/ only for the oracle")
+                    LintProblem(
+                        dockerfile,
+                        f"copies tests or solution into the image: `{match.group(0).strip()}`",
+                        "remove that line: Harbor uploads tests/ after the agent and solution/ only for the oracle",
+                    )
                 )
     if env_dir.is_dir():
         for leaked in sorted(env_dir.rglob("*")):
-            if leaked.name in {"test.sh", "solve.sh", "test_outputs.py"} or leaked.name in {"tests", "solution"} and leaked.is_dir():
-                problems.append(LintProblem(leaked, "tests or solution inside the build context (the agent could read them)", "move it to tests/ or solution/ at the task's top level"))
+            if (
+                leaked.name in {"test.sh", "solve.sh", "test_outputs.py"}
+                or leaked.name in {"tests", "solution"}
+                and leaked.is_dir()
+            ):
+                problems.append(
+                    LintProblem(
+                        leaked,
+                        "tests or solution inside the build context (the agent could read them)",
+                        "move it to tests/ or solution/ at the task's top level",
+                    )
+                )
 
     test_sh = path / "tests" / "test.sh"
     if not test_sh.is_file():
-        problems.append(LintProblem(test_sh, "missing: Harbor's verifier runs tests/test.sh", "add tests/test.sh that runs the tests and writes /logs/verifier/reward.txt"))
+        problems.append(
+            LintProblem(
+                test_sh,
+                "missing: Harbor's verifier runs tests/test.sh",
+                "add tests/test.sh that runs the tests and writes /logs/verifier/reward.txt",
+            )
+        )
     else:
         text = test_sh.read_text()
         if "reward.txt" not in text and "reward.json" not in text:
             problems.append(
-                LintProblem(test_sh, "never writes a reward file: every trial would end in a verifier error", "write 1 or 0 to /logs/verifier/reward.txt (or a JSON dict to reward.json)")
+                LintProblem(
+                    test_sh,
+                    "never writes a reward file: every trial would end in a verifier error",
+                    "write 1 or 0 to /logs/verifier/reward.txt (or a JSON dict to reward.json)",
+                )
             )
         _check_executable(test_sh, problems)
 
     solve_sh = path / "solution" / "solve.sh"
     if not solve_sh.is_file():
-        problems.append(LintProblem(solve_sh, "missing: the oracle agent cannot solve this task", "add solution/solve.sh that solves the task", "warning"))
+        problems.append(
+            LintProblem(
+                solve_sh,
+                "missing: the oracle agent cannot solve this task",
+                "add solution/solve.sh that solves the task",
+                "warning",
+            )
+        )
     else:
         _check_executable(solve_sh, problems)
     return problems

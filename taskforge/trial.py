@@ -1,15 +1,18 @@
 """One trial: environment up, an agent acts, the verifier grades, everything is written down.
 
 Results are written in Harbor's TrialResult shape (trial_dir/result.json, agent/, verifier/) so
-Harbor's tooling and ours read the same files.
+Harbor's tooling and ours read the same files. A policy (a model, or a scripted player) becomes a
+trial's agent through `EpisodeAgent`, the one adapter from the agent loop to a trial; its episode
+is written beside result.json as transcript.json.
 """
 
 from __future__ import annotations
 
-import hashlib
+import shutil
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from harbor.models.agent.context import AgentContext
 from harbor.models.task.id import LocalTaskId
@@ -20,13 +23,47 @@ from harbor.models.trial.result import AgentInfo, ExceptionInfo, ModelInfo, Timi
 from harbor.models.verifier.result import VerifierResult
 from pydantic import BaseModel
 
+from taskforge import __version__
 from taskforge.agent.base import Agent, AgentOutcome, AgentTimeoutError
-from taskforge.sandbox.base import ImageBuildError, Resources, SandboxError
+from taskforge.agent.episode import Episode, EpisodeConfig
+from taskforge.agent.loop import run_episode
+from taskforge.agent.policy import Policy
+from taskforge.sandbox.base import ImageBuildError, Resources, Sandbox, SandboxError
 from taskforge.sandbox.docker import DockerSandbox, ensure_image
-from taskforge.tasks import Task
-from taskforge.verify import VerifierError, run_verifier, scalar_reward
+from taskforge.tasks import Task, task_checksum
+from taskforge.verify import (
+    InvalidRewardError,
+    RewardFileEmptyError,
+    RewardFileNotFoundError,
+    VerifierError,
+    VerifierTimeoutError,
+    run_verifier,
+    scalar_reward,
+)
 
-DEFAULT_AGENT_TIMEOUT_SEC = 600.0
+TRANSCRIPT_FILE = "transcript.json"
+
+# What a recorded error type means. Trial records carry exception class names (ours, or Harbor's
+# from its result.json, which uses the same names); the groups are built from the classes, so a
+# renamed exception cannot silently fall out of its group.
+ErrorKind = Literal["agent_timeout", "verifier_timeout", "build_failed", "sandbox_error", "verifier_error", "other"]
+_ERROR_KINDS: dict[str, ErrorKind] = {
+    AgentTimeoutError.__name__: "agent_timeout",
+    VerifierTimeoutError.__name__: "verifier_timeout",
+    ImageBuildError.__name__: "build_failed",
+    SandboxError.__name__: "sandbox_error",
+    **{
+        cls.__name__: "verifier_error"
+        for cls in (VerifierError, RewardFileNotFoundError, RewardFileEmptyError, InvalidRewardError)
+    },
+}
+
+
+def error_kind(error_type: str | None) -> ErrorKind | None:
+    """The kind of a recorded error type (None when the trial had no error)."""
+    if error_type is None:
+        return None
+    return _ERROR_KINDS.get(error_type, "other")
 
 
 class TrialRecord(BaseModel):
@@ -54,9 +91,13 @@ class TrialRecord(BaseModel):
     def passed(self) -> bool:
         return self.reward is not None and self.reward >= 1.0
 
+    @property
+    def error_kind(self) -> ErrorKind | None:
+        return error_kind(self.error_type)
+
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def resources_for(task: Task) -> Resources:
@@ -72,13 +113,6 @@ def image_for(task: Task) -> str:
     return ensure_image(task.environment_dir, env.build_timeout_sec)
 
 
-def task_checksum(task: Task) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(p for p in task.path.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(task.path).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
 def run_trial(task: Task, agent: Agent, trial_dir: Path, *, attempt: int = 0) -> TrialRecord:
     """Runs one trial and writes trial_dir/result.json; never raises for a failing task."""
     trial_dir.mkdir(parents=True, exist_ok=True)
@@ -88,12 +122,14 @@ def run_trial(task: Task, agent: Agent, trial_dir: Path, *, attempt: int = 0) ->
     rewards: dict[str, float] | None = None
     error: BaseException | None = None
     agent_timed_out = False
-    agent_timeout = task.config.agent.timeout_sec or DEFAULT_AGENT_TIMEOUT_SEC
+    agent_timeout = task.agent_timeout_sec
 
     phase_start = _now()
     try:
         image = image_for(task)
-        with DockerSandbox(image, resources_for(task), env=dict(task.config.environment.env), workdir=task.config.environment.workdir) as sandbox:
+        with DockerSandbox(
+            image, resources_for(task), env=dict(task.config.environment.env), workdir=task.config.environment.workdir
+        ) as sandbox:
             timings["environment_setup"] = TimingInfo(started_at=phase_start, finished_at=_now())
             phase_start = _now()
             try:
@@ -103,14 +139,16 @@ def run_trial(task: Task, agent: Agent, trial_dir: Path, *, attempt: int = 0) ->
             agent_timed_out = agent_timed_out or outcome.timed_out
             timings["agent_execution"] = TimingInfo(started_at=phase_start, finished_at=_now())
             phase_start = _now()
-            verified = run_verifier(sandbox, task.tests_dir, task.config.verifier.timeout_sec, workdir=task.config.environment.workdir)
+            verified = run_verifier(
+                sandbox, task.tests_dir, task.config.verifier.timeout_sec, workdir=task.config.environment.workdir
+            )
             timings["verifier"] = TimingInfo(started_at=phase_start, finished_at=_now())
             _write_verifier_files(trial_dir, verified.files)
             rewards, error = verified.rewards, verified.error
     except (ImageBuildError, SandboxError, VerifierError) as exc:
         error = exc
     if error is None and agent_timed_out:
-        error_type, error_message = "AgentTimeoutError", f"agent ran past {agent_timeout:g} s"
+        error_type, error_message = AgentTimeoutError.__name__, f"agent ran past {agent_timeout:g} s"
     elif error is not None:
         error_type, error_message = type(error).__name__, str(error)
     else:
@@ -169,8 +207,13 @@ def _write_harbor_result(task, agent, trial_dir, record, outcome, timings, error
         trial_name=trial_dir.name,
         trial_uri=trial_dir.resolve().as_uri(),
         task_id=LocalTaskId(path=task.path),
-        task_checksum=task_checksum(task),
-        config=TrialConfig(task=HarborTaskRef(path=task.path), trial_name=trial_dir.name, trials_dir=trial_dir.parent, agent=HarborAgentConfig(name=agent.name, model_name=getattr(agent, "model_name", None))),
+        task_checksum=task_checksum(task.path),
+        config=TrialConfig(
+            task=HarborTaskRef(path=task.path),
+            trial_name=trial_dir.name,
+            trials_dir=trial_dir.parent,
+            agent=HarborAgentConfig(name=agent.name, model_name=getattr(agent, "model_name", None)),
+        ),
         agent_info=AgentInfo(name=agent.name, version=agent.version, model_info=_model_info(agent)),
         agent_result=AgentContext(
             n_input_tokens=outcome.n_input_tokens,
@@ -186,3 +229,67 @@ def _write_harbor_result(task, agent, trial_dir, record, outcome, timings, error
         **timings,
     )
     (trial_dir / "result.json").write_text(result.model_dump_json(indent=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# A policy's episode as a trial
+
+
+class EpisodeAgent:
+    """Runs a policy through the agent loop as a trial's agent; keeps the Episode in `.episode`."""
+
+    version = __version__
+
+    def __init__(self, policy: Policy, config: EpisodeConfig | None = None):
+        self.policy = policy
+        self.config = config or EpisodeConfig()
+        self.name = policy.name
+        self.model_name = getattr(policy, "model_name", None)
+        self.model_provider = getattr(policy, "model_provider", None)
+        self.episode: Episode | None = None
+
+    def run(self, task: Task, sandbox: Sandbox, logs_dir: Path, timeout_sec: float) -> AgentOutcome:
+        self.episode = episode = run_episode(task, sandbox, self.policy, self.config, timeout_sec=timeout_sec)
+        usage = episode.usage
+        return AgentOutcome(
+            n_input_tokens=usage.input_tokens,
+            n_output_tokens=usage.output_tokens,
+            n_cache_tokens=usage.cached_tokens,
+            timed_out=episode.stop_reason == "agent_timeout",
+            stop_reason=episode.stop_reason,
+            n_turns=len(episode.turns),
+            metadata={
+                "stop_reason": episode.stop_reason,
+                "n_turns": len(episode.turns),
+                "policy_seconds": round(episode.policy_seconds, 3),
+                "error_type": episode.error_type,
+                "error_message": episode.error_message,
+            },
+        )
+
+
+def run_episode_trial(
+    task: Task, policy: Policy, trial_dir: Path, config: EpisodeConfig | None = None, *, attempt: int = 0
+) -> tuple[TrialRecord, Episode | None]:
+    """One full trial (sandbox, episode, verifier) written to trial_dir: result.json in Harbor's
+    shape and transcript.json (the Episode, reward included). Episode is None when the agent
+    never ran (the image did not build, the sandbox did not start)."""
+    if trial_dir.exists():
+        shutil.rmtree(trial_dir)  # what an interrupted earlier try of this trial left
+    agent = EpisodeAgent(policy, config)
+    record = run_trial(task, agent, trial_dir, attempt=attempt)
+    episode = agent.episode
+    if episode is not None:
+        episode.reward, episode.rewards = record.reward, record.rewards
+        write_transcript(trial_dir / TRANSCRIPT_FILE, episode)
+    return record, episode
+
+
+def write_transcript(path: Path, episode: Episode) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(episode.model_dump_json(indent=2))
+    tmp.replace(path)
+
+
+def read_transcript(path: Path) -> Episode:
+    return Episode.model_validate_json(path.read_text())

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tenacity import retry, retry_if_not_result, stop_after_attempt
+
 from taskforge.sandbox.base import SandboxError
 
 REWARD_JSON = "/logs/verifier/reward.json"
@@ -21,6 +23,22 @@ REWARD_TXT = "/logs/verifier/reward.txt"
 TEST_STDOUT = "/logs/verifier/test-stdout.txt"
 
 _PREPARE = "\nrm -rf /tests /logs/verifier && mkdir -p /logs/verifier /logs/agent /logs/artifacts"
+
+
+def _is_prepared(output: bytes) -> bool:
+    return b"TF_PREPARED" in output
+
+
+# Under heavy load an exec has come back empty once in ~1,000 trials: ask again at once, 3 times in all.
+# An exception is not retried; after the last attempt its output is returned, prepared or not.
+@retry(
+    stop=stop_after_attempt(3),
+    retry=retry_if_not_result(_is_prepared),
+    retry_error_callback=lambda state: state.outcome.result(),
+)
+def _prepare(sandbox) -> bytes:
+    """Kills what the agent left running and empties /tests and /logs/verifier for the verifier."""
+    return sandbox.kill_leftovers(then=_PREPARE + " && echo TF_PREPARED")
 
 
 class VerifierError(RuntimeError):
@@ -102,15 +120,16 @@ class VerifierOutcome:
 def run_verifier(sandbox, tests_dir: Path, timeout_sec: float, workdir: str | None = None) -> VerifierOutcome:
     """Runs the task's verifier in `sandbox` (after the agent) and reads the reward."""
     started = time.monotonic()
-    for _ in range(3):
-        # Under heavy load an exec has come back empty once in ~1,000 trials: ask again.
-        prepared = sandbox.kill_leftovers(then=_PREPARE + " && echo TF_PREPARED")
-        if b"TF_PREPARED" in prepared:
-            break
-    else:
+    prepared = _prepare(sandbox)
+    if not _is_prepared(prepared):
         raise SandboxError(f"could not prepare /tests and /logs/verifier: {prepared[-500:]!r}")
     sandbox.upload_dir(tests_dir, "/tests")
-    run = sandbox.exec(f"bash /tests/test.sh > {TEST_STDOUT} 2>&1", timeout_sec, workdir=workdir, collect_files=[REWARD_JSON, REWARD_TXT, TEST_STDOUT])
+    run = sandbox.exec(
+        f"bash /tests/test.sh > {TEST_STDOUT} 2>&1",
+        timeout_sec,
+        workdir=workdir,
+        collect_files=[REWARD_JSON, REWARD_TXT, TEST_STDOUT],
+    )
     files = run.files
     stdout = files.get(TEST_STDOUT) or b""
     seconds = time.monotonic() - started

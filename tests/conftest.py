@@ -40,7 +40,16 @@ def our_containers() -> list[str]:
     """Full IDs of taskforge containers owned by this process or by processes that are gone
     (containers of other live taskforge processes on the machine are theirs to clean)."""
     out = subprocess.run(
-        ["docker", "ps", "-a", "--no-trunc", "--filter", "label=taskforge", "--format", '{{.ID}} {{.Label "taskforge.owner_pid"}}'],
+        [
+            "docker",
+            "ps",
+            "-a",
+            "--no-trunc",
+            "--filter",
+            "label=taskforge",
+            "--format",
+            '{{.ID}} {{.Label "taskforge.owner_pid"}}',
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -78,10 +87,11 @@ def no_containers_left_behind():
     yield
     from taskforge.sandbox import docker as sandbox_docker
 
-    if sandbox_docker._client is None:
+    client = sandbox_docker.started_docker_client()
+    if client is None:
         return
     sandbox_docker.wait_for_removals()
-    sandbox_docker.reap_orphans(sandbox_docker._client)
+    sandbox_docker.reap_orphans(client)
     left = our_containers()
     assert not left, f"containers left behind after the suite: {left}"
 
@@ -103,7 +113,9 @@ def hello_spec(**overrides):
             )
         },
         solution="echo forged > /app/out.txt",
-        metadata=TaskMetadata(family="hello", domain="data_processing", difficulty="easy", seed=0, generator_version="test"),
+        metadata=TaskMetadata(
+            family="hello", domain="data_processing", difficulty="easy", seed=0, generator_version="test"
+        ),
         agent_timeout_sec=60.0,
         verifier_timeout_sec=60.0,
     )

@@ -9,13 +9,21 @@ from typing import Any
 
 import pytest
 
-from taskforge.agent.episode import EpisodeConfig, TokenUsage, ToolCall, api_messages, render_observation
-from taskforge.agent.loop import TRANSCRIPT_FILE, parse_action, read_transcript, run_episode, run_episode_trial
-from taskforge.agent.policies import NopPolicy, OraclePolicy, bash_reply, done_reply
+from taskforge.agent.episode import (
+    EpisodeConfig,
+    TokenUsage,
+    ToolCall,
+    api_messages,
+    observation_layout,
+    render_observation,
+)
+from taskforge.agent.loop import parse_action, run_episode
 from taskforge.agent.policy import PolicyError, PolicyReply
+from taskforge.agent.scripted import NopPolicy, OraclePolicy, bash_reply, done_reply
 from taskforge.agent.shell import PersistentShell
 from taskforge.sandbox.docker import DockerSandbox
 from taskforge.tasks import load_task
+from taskforge.trial import TRANSCRIPT_FILE, read_transcript, run_episode_trial
 
 from .conftest import FIXTURES
 
@@ -54,7 +62,10 @@ def hello_task():
 def test_shell_keeps_directory_and_exported_variables_but_not_plain_ones(sandbox):
     shell = PersistentShell(sandbox)
     shell.reset()
-    assert shell.run("mkdir -p /tmp/work/sub && cd /tmp/work/sub && export GREETING='hi there' && PLAIN=1", 10).exit_code == 0
+    assert (
+        shell.run("mkdir -p /tmp/work/sub && cd /tmp/work/sub && export GREETING='hi there' && PLAIN=1", 10).exit_code
+        == 0
+    )
     result = shell.run('pwd; echo "$GREETING"; echo "[${PLAIN:-}]"', 10)
     assert result.output == "/tmp/work/sub\nhi there\n[]\n"
     # `exit N` ends the command but the state is still saved; the exit code comes back.
@@ -88,7 +99,9 @@ def test_loop_runs_commands_and_keeps_warnings_out_of_the_output(sandbox, hello_
     assert seq.output_truncated and seq.output.startswith("1\n2\n3\n") and seq.output.endswith("4999\n5000\n")
     assert len(seq.output) == 200 and "truncated" not in seq.output  # the cut is reported, not spliced in
     assert seq.output_chars == len("".join(f"{i}\n" for i in range(1, 5001)))
-    assert seq.warnings == [f"[harness] output truncated: showing the first 100 and last 100 characters of {seq.output_chars} characters"]
+    assert seq.warnings == [
+        f"[harness] output truncated: showing the first 100 and last 100 characters of {seq.output_chars} characters"
+    ]
 
     assert sleep.timed_out and sleep.exit_code == 124
     assert sleep.warnings == ["[harness] the command timed out after 1 s and was killed"]
@@ -113,22 +126,29 @@ def test_loop_runs_commands_and_keeps_warnings_out_of_the_output(sandbox, hello_
     assert chatter_observation["content"] == chatter.warnings[0] + "\n"
 
 
-def test_message_layout_matches_the_trainers_observation_layout():
-    from trainer.rollout import observation_content
-
+def test_observation_content_is_its_layout_joined():
+    assert observation_layout("out\n[exit code: 0]", None) == [("out\n[exit code: 0]", "body")]
+    assert observation_layout("", "[harness] w") == [("[harness] w", "warning"), ("\n", "separator"), ("", "body")]
     for body, warning in [("out\n[exit code: 0]", None), ("", "[harness] w"), ("x", "[harness] a\n[harness] b")]:
-        assert render_observation(body, warning) == observation_content(body, warning)
+        assert render_observation(body, warning) == "".join(text for text, _ in observation_layout(body, warning))
+    assert render_observation("x", "[harness] a") == "[harness] a\nx"
 
 
 def test_message_layout_roles_and_api_view(sandbox, hello_task):
-    policy = ScriptedPolicy(["echo hi", PolicyReply(text="Checking.\n```bash\ncat /etc/hostname >/dev/null; echo ok\n```")])
+    policy = ScriptedPolicy(
+        ["echo hi", PolicyReply(text="Checking.\n```bash\ncat /etc/hostname >/dev/null; echo ok\n```")]
+    )
     episode = run_episode(hello_task, sandbox, policy, EpisodeConfig(max_turns=5), timeout_sec=60)
     messages = episode.messages()
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant", "user", "assistant"]
     assert messages[0]["content"] == episode.system_prompt and "at most 5 replies" in episode.system_prompt
     assert messages[1]["content"] == hello_task.instruction
     assert messages[2]["tool_calls"][0]["function"]["name"] == "bash" and messages[2]["content"] is None
-    assert messages[4] == {"role": "assistant", "content": "Checking.\n```bash\ncat /etc/hostname >/dev/null; echo ok\n```", "turn": 1}
+    assert messages[4] == {
+        "role": "assistant",
+        "content": "Checking.\n```bash\ncat /etc/hostname >/dev/null; echo ok\n```",
+        "turn": 1,
+    }
     assert messages[5]["observation"] == "ok\n[exit code: 0]" and messages[5]["warning"] is None
     assert messages[6]["tool_calls"][0]["function"]["name"] == "done"
     # What goes over the wire carries only the API's own keys.
@@ -138,12 +158,32 @@ def test_message_layout_roles_and_api_view(sandbox, hello_task):
 @pytest.mark.parametrize(
     ("reply", "kind", "command", "warning"),
     [
-        (PolicyReply(tool_call=ToolCall(id="a", name="bash", arguments='{"command": "ls -la", "timeout_sec": 5}')), "command", "ls -la", None),
+        (
+            PolicyReply(tool_call=ToolCall(id="a", name="bash", arguments='{"command": "ls -la", "timeout_sec": 5}')),
+            "command",
+            "ls -la",
+            None,
+        ),
         (PolicyReply(tool_call=ToolCall(id="a", name="done")), "done", None, None),
-        (PolicyReply(tool_call=ToolCall(id="a", name="python", arguments="{}")), "none", None, "there is no tool 'python'"),
-        (PolicyReply(tool_call=ToolCall(id="a", name="bash", arguments='{"cmd": "ls"}')), "none", None, 'needs a non-empty "command"'),
+        (
+            PolicyReply(tool_call=ToolCall(id="a", name="python", arguments="{}")),
+            "none",
+            None,
+            "there is no tool 'python'",
+        ),
+        (
+            PolicyReply(tool_call=ToolCall(id="a", name="bash", arguments='{"cmd": "ls"}')),
+            "none",
+            None,
+            'needs a non-empty "command"',
+        ),
         (PolicyReply(text="Let me look.\n```bash\nls /app\n```\n"), "command", "ls /app", None),
-        (PolicyReply(text="```sh\necho a\n```\nthen\n```bash\necho b\n```"), "command", "echo a", "2 command blocks; only the first ran"),
+        (
+            PolicyReply(text="```sh\necho a\n```\nthen\n```bash\necho b\n```"),
+            "command",
+            "echo a",
+            "2 command blocks; only the first ran",
+        ),
         (PolicyReply(text="All set.\n\nDONE"), "done", None, None),
         (PolicyReply(text="```bash\necho final\n```\nDONE"), "command", "echo final", "DONE was ignored"),
         (PolicyReply(text="```python\nprint(1)\n```"), "none", None, "no action found"),
@@ -179,7 +219,9 @@ class CountingUsagePolicy:
 
 def test_stop_reasons(sandbox, hello_task):
     endless = ScriptedPolicy(["true"] * 10)
-    assert run_episode(hello_task, sandbox, endless, EpisodeConfig(max_turns=3), timeout_sec=60).stop_reason == "max_turns"
+    assert (
+        run_episode(hello_task, sandbox, endless, EpisodeConfig(max_turns=3), timeout_sec=60).stop_reason == "max_turns"
+    )
 
     slow = ScriptedPolicy(["sleep 20", "true"])
     timed = run_episode(hello_task, sandbox, slow, EpisodeConfig(max_turns=5), timeout_sec=2)
@@ -190,7 +232,9 @@ def test_stop_reasons(sandbox, hello_task):
     assert (failing.stop_reason, failing.error_type, failing.turns) == ("policy_error", "PolicyError", [])
     assert failing.error_message == "the model server is on fire"
 
-    full = run_episode(hello_task, sandbox, CountingUsagePolicy(), EpisodeConfig(max_turns=10, max_context_tokens=1000), timeout_sec=60)
+    full = run_episode(
+        hello_task, sandbox, CountingUsagePolicy(), EpisodeConfig(max_turns=10, max_context_tokens=1000), timeout_sec=60
+    )
     assert full.stop_reason == "context_exceeded" and len(full.turns) == 3  # 410, 810, 1210 >= 1000
 
 

@@ -24,18 +24,26 @@ CONFIG = EchoLossConfig(mode="echo", env_coef=0.3)  # a large lambda so the env 
 
 def tiny_model() -> Qwen3ForCausalLM:
     torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, pad_token_id=0)
+    config = Qwen3Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        pad_token_id=0,
+    )
     return Qwen3ForCausalLM(config)
 
 
 def make_batch() -> dict[str, torch.Tensor]:
     """4 sequences of up to 12 tokens. Kinds: P prompt, A action, O observation, - padding."""
     layouts = [
-        "PPAAAAAAOOA-",   # rank 0: long actions
-        "PPAAAAAAAA--",   # rank 0: no observation at all
-        "PPAOOOOOOOAO",   # rank 1: short actions, long observations
-        "PPAOOAOO----",   # rank 1
+        "PPAAAAAAOOA-",  # rank 0: long actions
+        "PPAAAAAAAA--",  # rank 0: no observation at all
+        "PPAOOOOOOOAO",  # rank 1: short actions, long observations
+        "PPAOOAOO----",  # rank 1
     ]
     generator = torch.Generator().manual_seed(1)
     input_ids = torch.randint(1, 64, (4, 12), generator=generator)
@@ -57,8 +65,15 @@ def loss_and_grads(model, batch, normalizers=None) -> list[torch.Tensor]:
     model.zero_grad(set_to_none=True)
     logprobs = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], chunk_size=5)
     old = logprobs.detach() + batch["old_shift"]
-    loss, _ = echo_loss(logprobs, old, batch["advantages"], batch["action_mask"], batch["observation_mask"],
-                        config=CONFIG, normalizers=normalizers)
+    loss, _ = echo_loss(
+        logprobs,
+        old,
+        batch["advantages"],
+        batch["action_mask"],
+        batch["observation_mask"],
+        config=CONFIG,
+        normalizers=normalizers,
+    )
     loss.backward()
     return [p.grad.detach().clone() for p in model.parameters()]
 
@@ -76,14 +91,15 @@ def worker(rank: int, store_path: str, out_dir: str) -> None:
     try:
         model = tiny_model()
         full = make_batch()
-        shard = {key: value[2 * rank: 2 * rank + 2] for key, value in full.items()}
+        shard = {key: value[2 * rank : 2 * rank + 2] for key, value in full.items()}
         normalizers = global_normalizers(shard["action_mask"], shard["observation_mask"])
         global_grads = average_over_ranks(loss_and_grads(model, shard, normalizers))
         local_grads = average_over_ranks(loss_and_grads(model, shard, None))
         if rank == 0:
             counts = [normalizers.action_tokens, normalizers.observation_sequences]
-            torch.save({"global": global_grads, "local": local_grads, "normalizers": counts},
-                       os.path.join(out_dir, "grads.pt"))
+            torch.save(
+                {"global": global_grads, "local": local_grads, "normalizers": counts}, os.path.join(out_dir, "grads.pt")
+            )
     finally:
         dist.destroy_process_group()
 
@@ -96,7 +112,9 @@ def test_two_rank_gloo_gradients_equal_single_process(tmp_path):
 
     # Global counts: 7 + 8 + 2 + 2 = 19 action tokens and 3 sequences with observations, / 2 ranks.
     assert result["normalizers"] == [19 / 2, 3 / 2]
-    for distributed, single in zip(result["global"], reference):
+    for distributed, single in zip(result["global"], reference, strict=True):
         torch.testing.assert_close(distributed, single, atol=1e-6, rtol=1e-5)
-    largest_gap = max((local - single).abs().max().item() for local, single in zip(result["local"], reference))
+    largest_gap = max(
+        (local - single).abs().max().item() for local, single in zip(result["local"], reference, strict=True)
+    )
     assert largest_gap > 1e-4, "per-rank normalisers should differ from the single-process gradient"

@@ -17,13 +17,33 @@ ENV = {**os.environ, "COLUMNS": "200", "OPENAI_API_KEY": "unused"}
 
 
 def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "taskforge.cli", *args], capture_output=True, text=True, cwd=REPO_ROOT, timeout=timeout, env=ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "taskforge.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=timeout,
+        env=ENV,
+    )
 
 
 def test_eval_of_an_api_model_reports_pass_at_k_and_stores_episodes(tmp_path, base_image):
     task_dirs = sorted(p for p in AGENT_TASKS.iterdir() if (p / "task.toml").is_file())
     with ScriptedOpenAIServer(competent(task_dirs), models=["solver"]) as server:
-        completed = _cli("eval", str(AGENT_TASKS), "--model", "solver", "--base-url", server.base_url, "-k", "2", "--run", "ev", "--runs-dir", str(tmp_path))
+        completed = _cli(
+            "eval",
+            str(AGENT_TASKS),
+            "--model",
+            "solver",
+            "--base-url",
+            server.base_url,
+            "-k",
+            "2",
+            "--run",
+            "ev",
+            "--runs-dir",
+            str(tmp_path),
+        )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     summary = json.loads((tmp_path / "ev" / "eval.json").read_text())
     overall = summary["overall"]
@@ -37,7 +57,20 @@ def test_eval_of_an_api_model_reports_pass_at_k_and_stores_episodes(tmp_path, ba
 
     # the same command again resumes: no attempt is repeated, no request is sent
     with ScriptedOpenAIServer(competent(task_dirs), models=["solver"]) as server:
-        again = _cli("eval", str(AGENT_TASKS), "--model", "solver", "--base-url", server.base_url, "-k", "2", "--run", "ev", "--runs-dir", str(tmp_path))
+        again = _cli(
+            "eval",
+            str(AGENT_TASKS),
+            "--model",
+            "solver",
+            "--base-url",
+            server.base_url,
+            "-k",
+            "2",
+            "--run",
+            "ev",
+            "--runs-dir",
+            str(tmp_path),
+        )
         assert server.requests == []
     assert again.returncode == 0
     assert len((tmp_path / "ev" / "ledger.jsonl").read_text().splitlines()) == 2 * len(task_dirs)
@@ -50,7 +83,24 @@ def test_eval_of_a_checkpoint_with_held_out_env_ce(tmp_path, base_image):
     held_out = tmp_path / "held-out"
     assert collect_demonstrations(task_dirs, held_out, SFTConfig())  # another policy's episodes
 
-    completed = _cli("eval", str(AGENT_TASKS), "--policy", "tiny", "-k", "1", "--max-turns", "2", "--max-tokens", "16", "--env-ce-on", str(held_out), "--run", "tiny", "--runs-dir", str(tmp_path))
+    completed = _cli(
+        "eval",
+        str(AGENT_TASKS),
+        "--policy",
+        "tiny",
+        "-k",
+        "1",
+        "--max-turns",
+        "2",
+        "--max-tokens",
+        "16",
+        "--env-ce-on",
+        str(held_out),
+        "--run",
+        "tiny",
+        "--runs-dir",
+        str(tmp_path),
+    )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     env_ce = json.loads((tmp_path / "tiny" / "env_ce.json").read_text())
     assert 5.0 < env_ce["after"] < 12.0  # an untrained 8k-vocab model: about ln(8192) = 9 nats/token
@@ -79,13 +129,24 @@ def test_tool_call_transcripts_become_plain_text_actions(tmp_path, base_image):
 
     task_dirs = sorted(p for p in AGENT_TASKS.iterdir() if (p / "task.toml").is_file())
     with ScriptedOpenAIServer(competent(task_dirs), models=["solver"]) as server:
-        completed = _cli("eval", str(task_dirs[0]), "--model", "solver", "--base-url", server.base_url, "--run", "tools", "--runs-dir", str(tmp_path))
+        completed = _cli(
+            "eval",
+            str(task_dirs[0]),
+            "--model",
+            "solver",
+            "--base-url",
+            server.base_url,
+            "--run",
+            "tools",
+            "--runs-dir",
+            str(tmp_path),
+        )
     assert completed.returncode == 0, completed.stderr[-2000:]
     (transcript,) = (tmp_path / "tools" / "trials").glob("*/transcript.json")
     episode = Episode.model_validate_json(transcript.read_text())
     assert episode.turns[0].tool_call is not None and episode.turns[0].command
     _, tokenizer = load_policy("tiny")
     rollout = rollout_from_episode(tokenizer, episode)
-    actions = tokenizer.decode([t for t, a in zip(rollout.token_ids, rollout.action_mask) if a])
+    actions = tokenizer.decode([t for t, a in zip(rollout.token_ids, rollout.action_mask, strict=True) if a])
     assert episode.turns[0].command in actions and "DONE" in actions
     assert any(rollout.observation_mask)

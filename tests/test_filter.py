@@ -15,14 +15,13 @@ from pathlib import Path
 import pytest
 from harbor.models.trial.result import TrialResult
 
-from taskforge.agent.loop import TRANSCRIPT_FILE, read_transcript
 from taskforge.agent.openai_policy import ChatConfig, OpenAIChatPolicy
-from taskforge.filter import FilterConfig, difficulty_of, filter_tasks
+from taskforge.filter import FilterConfig, bucket_of, filter_tasks
 from taskforge.runner import Ledger
 from taskforge.tasks import discover_task_dirs, load_task
 from taskforge.testing.openai_server import ScriptedOpenAIServer
 from taskforge.testing.scripts import competent, hopeless
-from taskforge.trial import TrialRecord
+from taskforge.trial import TRANSCRIPT_FILE, TrialRecord, read_transcript
 
 from .conftest import FIXTURES, REPO_ROOT
 
@@ -40,7 +39,7 @@ def task_set(tmp_path) -> Path:
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "taskforge.filter", *args],
+        [sys.executable, "-m", "taskforge.cli", "filter", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -94,12 +93,30 @@ def test_competent_tasks_are_kept_with_every_attempt_written(task_set, tmp_path,
     # Harbor reads the registry: its own client resolves the dataset to the kept task ...
     from harbor.models.job.config import DatasetConfig
 
-    resolved = asyncio.run(DatasetConfig(name="myset-kept", registry_path=task_set / "registry.json").get_task_configs())
+    resolved = asyncio.run(
+        DatasetConfig(name="myset-kept", registry_path=task_set / "registry.json").get_task_configs()
+    )
     assert [Path(c.path) for c in resolved] == [count_lines.path]
     # ... and `harbor run` runs it.
     jobs = tmp_path / "jobs"
     completed = subprocess.run(
-        [str(HARBOR), "run", "--registry-path", str(task_set / "registry.json"), "-d", "myset-kept", "-a", "oracle", "-o", str(jobs), "--job-name", "kept", "-y", "--extra-docker-compose", str(REPO_ROOT / "envs" / "harbor-fast.yaml")],
+        [
+            str(HARBOR),
+            "run",
+            "--registry-path",
+            str(task_set / "registry.json"),
+            "-d",
+            "myset-kept",
+            "-a",
+            "oracle",
+            "-o",
+            str(jobs),
+            "--job-name",
+            "kept",
+            "-y",
+            "--extra-docker-compose",
+            str(REPO_ROOT / "envs" / "harbor-fast.yaml"),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -112,7 +129,23 @@ def test_competent_tasks_are_kept_with_every_attempt_written(task_set, tmp_path,
 
 def test_hopeless_model_drops_every_task_and_the_command_still_succeeds(task_set, tmp_path, base_image):
     with ScriptedOpenAIServer(hopeless()) as server:
-        completed = run_cli(str(task_set), "--model", "test-model", "--base-url", server.base_url, "--attempts", "2", "-n", "2", "--runs-dir", str(tmp_path / "runs"), "--price-input", "1", "--price-output", "2")
+        completed = run_cli(
+            str(task_set),
+            "--model",
+            "test-model",
+            "--base-url",
+            server.base_url,
+            "--attempts",
+            "2",
+            "-n",
+            "2",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--price-input",
+            "1",
+            "--price-output",
+            "2",
+        )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "kept 0 of 2 tasks" in completed.stdout and "unsolved 2" in completed.stdout
     assert "cost $" in completed.stdout and "0/4" in completed.stdout
@@ -129,7 +162,13 @@ def test_stop_on_success_skips_the_remaining_attempts(task_set, tmp_path, base_i
     tasks = [load_task(d) for d in discover_task_dirs([task_set])]
     with ScriptedOpenAIServer(competent([t.path for t in tasks])) as server:
         policy = OpenAIChatPolicy(ChatConfig(model="test-model", base_url=server.base_url))
-        report = filter_tasks(tasks, tmp_path / "run", lambda: policy, FilterConfig(attempts=6, concurrency=2, stop_on_success=True), out_dir=tmp_path)
+        report = filter_tasks(
+            tasks,
+            tmp_path / "run",
+            lambda: policy,
+            FilterConfig(attempts=6, concurrency=2, stop_on_success=True),
+            out_dir=tmp_path,
+        )
     # At most the attempts already started when the first success landed; never all six.
     assert all(t.kept and t.n_passed == t.n_attempts and 1 <= t.n_attempts <= 3 for t in report.tasks), report.tasks
 
@@ -137,27 +176,81 @@ def test_stop_on_success_skips_the_remaining_attempts(task_set, tmp_path, base_i
 def test_unreachable_model_records_nothing_and_a_rerun_retries(task_set, tmp_path, base_image):
     tasks = [load_task(task_set / "count-lines")]
     run_dir = tmp_path / "run"
-    down = OpenAIChatPolicy(ChatConfig(model="test-model", base_url="http://127.0.0.1:9/v1", max_retries=0, request_timeout_sec=2))
+    down = OpenAIChatPolicy(
+        ChatConfig(model="test-model", base_url="http://127.0.0.1:9/v1", max_retries=0, request_timeout_sec=2)
+    )
     report = filter_tasks(tasks, run_dir, lambda: down, FilterConfig(attempts=2, concurrency=2), out_dir=tmp_path)
     assert report.n_not_recorded == 2 and "cannot reach" in report.not_recorded_errors[0]
     assert ledger_of(run_dir) == []
     with ScriptedOpenAIServer(competent([tasks[0].path])) as server:
         up = OpenAIChatPolicy(ChatConfig(model="test-model", base_url=server.base_url))
         report = filter_tasks(tasks, run_dir, lambda: up, FilterConfig(attempts=2, concurrency=2), out_dir=tmp_path)
-    assert report.n_not_recorded == 0 and [(r.attempt, r.reward) for r in sorted(ledger_of(run_dir), key=lambda r: r.attempt)] == [(0, 1.0), (1, 1.0)]
+    assert report.n_not_recorded == 0 and [
+        (r.attempt, r.reward) for r in sorted(ledger_of(run_dir), key=lambda r: r.attempt)
+    ] == [(0, 1.0), (1, 1.0)]
 
 
 def test_command_exits_non_zero_when_it_cannot_run(task_set, tmp_path):
     with ScriptedOpenAIServer(hopeless(), api_key="right") as server:
-        bad_key = run_cli(str(task_set), "--model", "test-model", "--base-url", server.base_url, "--api-key-env", "TF_FILTER_KEY", "--attempts", "1", "--runs-dir", str(tmp_path / "runs"), env={"TF_FILTER_KEY": "wrong"})
-        unknown_model = run_cli(str(task_set), "--model", "nope", "--base-url", server.base_url, "--api-key-env", "TF_FILTER_KEY", "--attempts", "1", "--runs-dir", str(tmp_path / "runs"), env={"TF_FILTER_KEY": "right"})
+        bad_key = run_cli(
+            str(task_set),
+            "--model",
+            "test-model",
+            "--base-url",
+            server.base_url,
+            "--api-key-env",
+            "TF_FILTER_KEY",
+            "--attempts",
+            "1",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            env={"TF_FILTER_KEY": "wrong"},
+        )
+        unknown_model = run_cli(
+            str(task_set),
+            "--model",
+            "nope",
+            "--base-url",
+            server.base_url,
+            "--api-key-env",
+            "TF_FILTER_KEY",
+            "--attempts",
+            "1",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            env={"TF_FILTER_KEY": "right"},
+        )
     assert bad_key.returncode == 1 and "HTTP 401" in bad_key.stderr and "TF_FILTER_KEY" in bad_key.stderr
-    assert unknown_model.returncode == 1 and "no model 'nope'" in unknown_model.stderr and "test-model" in unknown_model.stderr
+    assert (
+        unknown_model.returncode == 1
+        and "no model 'nope'" in unknown_model.stderr
+        and "test-model" in unknown_model.stderr
+    )
     assert all(ledger_of(run_dir) == [] for run_dir in (tmp_path / "runs").iterdir())
-    missing = run_cli(str(tmp_path / "no-such-dir"), "--model", "m", "--base-url", "http://127.0.0.1:9/v1", "--runs-dir", str(tmp_path / "runs"))
+    missing = run_cli(
+        str(tmp_path / "no-such-dir"),
+        "--model",
+        "m",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    )
     assert missing.returncode == 2 and "no such file or directory" in missing.stderr
 
 
-@pytest.mark.parametrize(("rate", "bucket"), [(1.0, "easy"), (0.7, "easy"), (0.69, "medium"), (0.4, "medium"), (0.39, "hard"), (0.1, "hard"), (1 / 16, "extreme"), (0.0, "unsolved")])
+@pytest.mark.parametrize(
+    ("rate", "bucket"),
+    [
+        (1.0, "easy"),
+        (0.7, "easy"),
+        (0.69, "medium"),
+        (0.4, "medium"),
+        (0.39, "hard"),
+        (0.1, "hard"),
+        (1 / 16, "extreme"),
+        (0.0, "unsolved"),
+    ],
+)
 def test_difficulty_buckets(rate, bucket):
-    assert difficulty_of(rate) == bucket
+    assert bucket_of(rate) == bucket

@@ -22,7 +22,12 @@ ATTEMPTS = 5
 
 
 def containers_of(pid: int) -> list[str]:
-    out = subprocess.run(["docker", "ps", "-a", "-q", "--filter", f"label=taskforge.owner_pid={pid}"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["docker", "ps", "-a", "-q", "--filter", f"label=taskforge.owner_pid={pid}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.split()
 
 
@@ -40,8 +45,28 @@ def test_kill_9_mid_run_then_rerun_records_each_attempt_exactly_once(tmp_path, b
     slow_competent = competent(task_dirs)  # each reply takes 0.5 s, so the kill lands mid-run
 
     with ScriptedOpenAIServer(lambda request: Stall(0.5, slow_competent(request))) as server:
-        command = [sys.executable, "-m", "taskforge.filter", str(task_set), "--model", "test-model", "--base-url", server.base_url, "--attempts", str(ATTEMPTS), "-n", "2", "--runs-dir", str(runs), "--run", "crash"]
-        first = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        command = [
+            sys.executable,
+            "-m",
+            "taskforge.cli",
+            "filter",
+            str(task_set),
+            "--model",
+            "test-model",
+            "--base-url",
+            server.base_url,
+            "--attempts",
+            str(ATTEMPTS),
+            "-n",
+            "2",
+            "--runs-dir",
+            str(runs),
+            "--run",
+            "crash",
+        ]
+        first = subprocess.Popen(
+            command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         run_dir = runs / "crash"
         deadline = time.monotonic() + 120
         while len(ledger_lines(run_dir)) < 3 and time.monotonic() < deadline:
@@ -53,7 +78,9 @@ def test_kill_9_mid_run_then_rerun_records_each_attempt_exactly_once(tmp_path, b
         before = ledger_lines(run_dir)
         assert 3 <= len(before) < 2 * ATTEMPTS, "the kill did not land in the middle of the run"
         assert in_flight, "no attempt was in flight at the kill"
-        assert containers_of(first.pid), "kill -9 leaves the in-flight containers behind (until the next run reaps them)"
+        assert containers_of(first.pid), (
+            "kill -9 leaves the in-flight containers behind (until the next run reaps them)"
+        )
 
         second = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _, stderr = second.communicate(timeout=300)
@@ -66,7 +93,9 @@ def test_kill_9_mid_run_then_rerun_records_each_attempt_exactly_once(tmp_path, b
     assert len(keys) == len(set(keys)), "an attempt was recorded twice"
     assert set(keys) == {(str(d.resolve()), i) for d in task_dirs for i in range(ATTEMPTS)}, "an attempt is missing"
     assert all(r.reward == 1.0 for r in records)
-    assert all(Path(r.trial_dir, "transcript.json").is_file() and Path(r.trial_dir, "result.json").is_file() for r in records)
+    assert all(
+        Path(r.trial_dir, "transcript.json").is_file() and Path(r.trial_dir, "result.json").is_file() for r in records
+    )
     # The rerun reaped the killed run's containers, and removed its own on exit.
     assert containers_of(first.pid) == [] and containers_of(second.pid) == []
     assert "resuming: " in stderr and f"{2 * ATTEMPTS}/{2 * ATTEMPTS} attempts passed" in stderr

@@ -27,7 +27,27 @@ def test_harbor_backend_filters_with_terminus_2(tmp_path, base_image):
     runs = tmp_path / "runs"
     # terminus-2 gets count-lines' solution; service-config gets a command that fails.
     with ScriptedOpenAIServer(competent([task_set / "count-lines"])) as server:
-        command = [sys.executable, "-m", "taskforge.filter", str(task_set), "--backend", "harbor", "--model", "test-model", "--base-url", server.base_url, "--attempts", "2", "-n", "2", "--runs-dir", str(runs), "--run", "hb"]
+        command = [
+            sys.executable,
+            "-m",
+            "taskforge.cli",
+            "filter",
+            str(task_set),
+            "--backend",
+            "harbor",
+            "--model",
+            "test-model",
+            "--base-url",
+            server.base_url,
+            "--attempts",
+            "2",
+            "-n",
+            "2",
+            "--runs-dir",
+            str(runs),
+            "--run",
+            "hb",
+        ]
         env = {**os.environ, "COLUMNS": "200", "OPENAI_API_KEY": "anything"}
         completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
         assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -43,7 +63,9 @@ def test_harbor_backend_filters_with_terminus_2(tmp_path, base_image):
 
     run_dir = runs / "hb"
     records = Ledger(run_dir / "ledger.jsonl", TrialRecord).load()
-    assert sorted((r.task_name, r.attempt) for r in records) == [(f"taskforge-fixtures/{name}", i) for name in ("count-lines", "service-config") for i in range(2)]
+    assert sorted((r.task_name, r.attempt) for r in records) == [
+        (f"taskforge-fixtures/{name}", i) for name in ("count-lines", "service-config") for i in range(2)
+    ]
     rewards = {r.task_name: [] for r in records}
     for r in records:
         rewards[r.task_name].append(r.reward)

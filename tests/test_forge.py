@@ -19,9 +19,9 @@ from harbor.models.registry import Registry
 from harbor.models.task.config import TaskConfig
 from typer.testing import CliRunner
 
+from taskforge.commands.tasks import generate as generate_command
 from taskforge.forge import dedup
 from taskforge.forge.base import DIFFICULTIES, DOMAINS, GENERATOR_VERSION, PARAM_POOL
-from taskforge.forge.command import generate_command
 from taskforge.forge.families import FAMILIES
 from taskforge.forge.generate import GenerateError, generate, schedule, task_seed, val_indices
 from taskforge.tasks import lint_task, load_task, render_files
@@ -124,7 +124,9 @@ def test_environment_is_offline_and_holds_no_answers(specs):
             assert line.split()[0] in {"COPY", "RUN", "WORKDIR"}, f"{spec.name}: unexpected Dockerfile line {line!r}"
             assert not NETWORK_WORDS.search(line), f"{spec.name}: network use in {line!r}"
         setup = spec.environment_files.get("setup.sh", "")
-        assert not NETWORK_WORDS.search(setup.replace("git init", "").replace("git add", "")), f"{spec.name}: network use in setup.sh"
+        assert not NETWORK_WORDS.search(setup.replace("git init", "").replace("git add", "")), (
+            f"{spec.name}: network use in setup.sh"
+        )
         for rel, text in spec.environment_files.items():
             assert "EXPECTED" not in text and "test_outputs" not in text, f"{spec.name}: {rel} leaks the tests"
             assert not rel.startswith(("tests/", "solution/")) and Path(rel).name not in {"solve.sh", "test.sh"}
@@ -138,10 +140,18 @@ def test_tests_are_pytest_modules_that_assert(specs):
         assert tests, spec.name
         for fn in tests:
             asserts = [n for n in ast.walk(fn) if isinstance(n, ast.Assert)]
-            helpers = [n for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id.startswith("check_")]
+            helpers = [
+                n
+                for n in ast.walk(fn)
+                if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id.startswith("check_")
+            ]
             assert asserts or helpers, f"{spec.name}: {fn.name} asserts nothing"
         assert "skip" not in source and "xfail" not in source, f"{spec.name}: tests must not skip"
-        expected = json.loads(ast.literal_eval(next(n.value.args[0] for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "EXPECTED")))
+        expected = json.loads(
+            ast.literal_eval(
+                next(n.value.args[0] for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "EXPECTED")
+            )
+        )
         assert expected, spec.name
 
 
@@ -186,7 +196,10 @@ def test_same_seed_gives_byte_identical_output(tmp_path):
     a, b, d = tmp_path / "a", tmp_path / "b", tmp_path / "d"
     generate(290, 11, a, jobs=1, progress=False, val=12)
     generate(290, 11, b, jobs=2, progress=False, val=12)
-    script = f"from pathlib import Path; from taskforge.forge.generate import generate; generate(290, 11, Path({str(d)!r}), jobs=2, progress=False, val=12)"
+    script = (
+        "from pathlib import Path; from taskforge.forge.generate import generate; "
+        f"generate(290, 11, Path({str(d)!r}), jobs=2, progress=False, val=12)"
+    )
     subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "PYTHONHASHSEED": "12345"}, cwd=REPO)
     left, right, other = tree_bytes(a), tree_bytes(b), tree_bytes(d)
     assert len(left) > 290 * 6
@@ -194,7 +207,11 @@ def test_same_seed_gives_byte_identical_output(tmp_path):
     assert left == other
     c = tmp_path / "c"
     generate(90, 12, c, jobs=2, progress=False)
-    names_a = {json.loads(line)["name"] for split in ("train", "val") for line in (a / split / "manifest.jsonl").read_text().splitlines()}
+    names_a = {
+        json.loads(line)["name"]
+        for split in ("train", "val")
+        for line in (a / split / "manifest.jsonl").read_text().splitlines()
+    }
     names_c = {json.loads(line)["name"] for line in (c / "manifest.jsonl").read_text().splitlines()}
     assert len(names_c) == 90 and not names_a & names_c
 
@@ -245,7 +262,15 @@ def test_generate_refuses_to_overwrite_and_rejects_bad_arguments(tmp_path):
 
 
 def test_family_and_difficulty_filters(tmp_path):
-    summary = generate(12, 4, tmp_path / "f", families=["cron_schedule", "sqlite_report"], difficulties=["hard"], jobs=1, progress=False)
+    summary = generate(
+        12,
+        4,
+        tmp_path / "f",
+        families=["cron_schedule", "sqlite_report"],
+        difficulties=["hard"],
+        jobs=1,
+        progress=False,
+    )
     assert summary["by_family"] == {"cron_schedule": 6, "sqlite_report": 6}
     assert summary["by_difficulty"] == {"hard": 12}
 
@@ -261,8 +286,10 @@ def test_distinct_over_2000_tasks(big_set):
     environments = []
     for r in rows:
         env = out / r["path"] / "environment"
-        environments.append(json.dumps(sorted((p.relative_to(env).as_posix(), p.read_text()) for p in env.rglob("*") if p.is_file())))
-    assert len(set(zip(normalised, environments))) == 2000, "two tasks share instruction and environment"
+        environments.append(
+            json.dumps(sorted((p.relative_to(env).as_posix(), p.read_text()) for p in env.rglob("*") if p.is_file()))
+        )
+    assert len(set(zip(normalised, environments, strict=True))) == 2000, "two tasks share instruction and environment"
     assert len(set(environments)) == 2000, "two tasks share an environment (the data must be drawn per task)"
 
 
@@ -281,7 +308,11 @@ def test_near_duplicate_rate_over_2000_tasks(big_set):
     pairs = [p for members in by_family.values() for p in itertools.combinations(members, 2)]
     rng = random.Random(0)
     pairs += [tuple(rng.sample(range(len(rows)), 2)) for _ in range(20_000)]
-    near = [(rows[a]["name"], rows[b]["name"]) for a, b in pairs if dedup.jaccard(grams[a], grams[b]) >= dedup.NEAR_DUPLICATE_JACCARD]
+    near = [
+        (rows[a]["name"], rows[b]["name"])
+        for a, b in pairs
+        if dedup.jaccard(grams[a], grams[b]) >= dedup.NEAR_DUPLICATE_JACCARD
+    ]
     assert len(pairs) > 80_000
     assert near == [], f"{len(near)} near-duplicate pairs, e.g. {near[:3]}"
 
@@ -318,7 +349,9 @@ def test_sample_covers_every_family_and_lints_clean():
         task_dir = SAMPLE / row["path"]
         problems = lint_task(task_dir)
         assert problems == [], f"{task_dir}: {[str(p) for p in problems]}"
-        assert not (task_dir / "environment" / "tests").exists() and not (task_dir / "environment" / "solution").exists()
+        assert (
+            not (task_dir / "environment" / "tests").exists() and not (task_dir / "environment" / "solution").exists()
+        )
         test_sh = (task_dir / "tests" / "test.sh").read_text()
         assert "rm -f /logs/verifier/reward.txt /logs/verifier/reward.json" in test_sh
 
@@ -332,7 +365,24 @@ def test_generate_command(tmp_path):
     app.command("generate")(generate_command)
     app.command("noop")(lambda: None)
     runner = CliRunner()
-    result = runner.invoke(app, ["generate", "--n", "8", "--seed", "2", "--out", str(tmp_path / "cli"), "--families", "csv_join,env_merge", "--val", "2", "--jobs", "1"])
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "--n",
+            "8",
+            "--seed",
+            "2",
+            "--out",
+            str(tmp_path / "cli"),
+            "--families",
+            "csv_join,env_merge",
+            "--val",
+            "2",
+            "--jobs",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "wrote 8 tasks" in result.output and "harbor run --registry-path registry.json" in result.output
     assert len((tmp_path / "cli" / "val" / "manifest.jsonl").read_text().splitlines()) == 2

@@ -25,7 +25,14 @@ pytestmark = pytest.mark.docker
 
 SAMPLE = Path(__file__).resolve().parent.parent / "tasks" / "sample"
 MANIFEST = [json.loads(line) for line in (SAMPLE / "manifest.jsonl").read_text().splitlines()]
-NEAR_MISS_FAMILIES = ["csv_groupby", "json_rollup", "sqlite_report", "access_log_report", "log_level_window", "disk_usage_report"]
+NEAR_MISS_FAMILIES = [
+    "csv_groupby",
+    "json_rollup",
+    "sqlite_report",
+    "access_log_report",
+    "log_level_window",
+    "disk_usage_report",
+]
 
 
 def sample_task(family: str) -> Task:
@@ -35,7 +42,7 @@ def sample_task(family: str) -> Task:
 
 # Changes one number in each output file the tests read: the answer keeps its format and is
 # almost right, so only tests that check the computed values can fail it.
-PERTURB = r'''
+PERTURB = r"""
 import csv, io, json, os, sys
 
 def bump_json(node):
@@ -79,7 +86,7 @@ for path in sys.argv[1:]:
     else:
         lines = text.splitlines()
         open(path, "w").write("\n".join(lines[:-1]) + "\n")
-'''
+"""
 
 
 class NearMissAgent:
@@ -110,7 +117,11 @@ class RewardForger:
             sandbox.upload_dir(task.solution_dir, "/solution")
             sandbox.exec("bash /solution/solve.sh", timeout_sec)
         value = 0 if self.solve_first else 1
-        forged = sandbox.exec(f"mkdir -p /logs/verifier && echo {value} > /logs/verifier/reward.txt && echo '{{\"reward\": {value}}}' > /logs/verifier/reward.json", 30)
+        forged = sandbox.exec(
+            f"mkdir -p /logs/verifier && echo {value} > /logs/verifier/reward.txt "
+            f"&& echo '{{\"reward\": {value}}}' > /logs/verifier/reward.json",
+            30,
+        )
         return AgentOutcome(metadata={"exit": forged.exit_code})
 
 
@@ -129,7 +140,9 @@ class RewardDaemon:
 
     def run(self, task: Task, sandbox, logs_dir: Path, timeout_sec: float) -> AgentOutcome:
         loop = "while true; do mkdir -p /logs/verifier; echo 1 > /logs/verifier/reward.txt; sleep 0.05; done"
-        started = sandbox.exec(f"nohup setsid bash -c {shlex.quote(loop)} >/dev/null 2>&1 & sleep 0.3; cat /logs/verifier/reward.txt", 30)
+        started = sandbox.exec(
+            f"nohup setsid bash -c {shlex.quote(loop)} >/dev/null 2>&1 & sleep 0.3; cat /logs/verifier/reward.txt", 30
+        )
         return AgentOutcome(metadata={"output": started.output.strip()})
 
 
@@ -165,7 +178,9 @@ def test_prewritten_reward_files_are_ignored(family, tmp_path, base_image):
     forged = run_trial(task, RewardForger(), tmp_path / "forged")
     assert forged.error_type is None and forged.reward == 0.0, f"a forged reward file counted: {forged.reward}"
     honest = run_trial(task, SolveThenForgeZero(), tmp_path / "honest")
-    assert honest.error_type is None and honest.reward == 1.0, "the verifier's verdict must replace the agent's reward file"
+    assert honest.error_type is None and honest.reward == 1.0, (
+        "the verifier's verdict must replace the agent's reward file"
+    )
 
 
 def test_reward_rewriting_daemon_is_stopped(tmp_path, base_image):
@@ -183,8 +198,31 @@ def test_harbor_runs_the_sample_through_its_registry(tmp_path, base_image):
     ref = f"{dataset['name']}@{dataset['version']}"
     env = {**os.environ, "HARBOR_TELEMETRY": "0", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     done = subprocess.run(
-        [harbor, "run", "--registry-path", "registry.json", "-d", ref, "-a", "oracle", "-l", "1", "-n", "1", "-o", str(tmp_path), "--job-name", "forge-sample", "-y", "-q"],
-        cwd=SAMPLE, env=env, capture_output=True, text=True, timeout=600,
+        [
+            harbor,
+            "run",
+            "--registry-path",
+            "registry.json",
+            "-d",
+            ref,
+            "-a",
+            "oracle",
+            "-l",
+            "1",
+            "-n",
+            "1",
+            "-o",
+            str(tmp_path),
+            "--job-name",
+            "forge-sample",
+            "-y",
+            "-q",
+        ],
+        cwd=SAMPLE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     result = json.loads((tmp_path / "forge-sample" / "result.json").read_text())

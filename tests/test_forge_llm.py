@@ -10,7 +10,14 @@ import threading
 
 import pytest
 
-from taskforge.forge.llm import LLMForgeConfig, StageReplyError, generate_llm, parse_dockerfile, parse_idea, summarize
+from taskforge.forge.llm import (
+    LLMForgeConfig,
+    StageReplyError,
+    generate_llm,
+    llm_forge_summary,
+    parse_dockerfile,
+    parse_idea,
+)
 from taskforge.tasks import lint_task, load_task
 from taskforge.testing.openai_server import ErrorReply, Malformed, Reply, ScriptedOpenAIServer, fail_first
 
@@ -40,8 +47,14 @@ def forge_script():
             numbers = [k + 3, 10 * k + 7, 5]
             idea = {
                 "title": f"Sum numbers {variant}",
-                "instruction": f"Add up the integers in /srv/in/numbers.txt (one per line) and write the total to /srv/out/sum.txt. Variant {variant}-{k}.",
-                "truth": {"files": {"/srv/in/numbers.txt": "\n".join(map(str, numbers)) + "\n"}, "expected": {"/srv/out/sum.txt": sum(numbers)}},
+                "instruction": (
+                    "Add up the integers in /srv/in/numbers.txt (one per line) and write the total to "
+                    f"/srv/out/sum.txt. Variant {variant}-{k}."
+                ),
+                "truth": {
+                    "files": {"/srv/in/numbers.txt": "\n".join(map(str, numbers)) + "\n"},
+                    "expected": {"/srv/out/sum.txt": sum(numbers)},
+                },
                 "outputs": ["/srv/out/sum.txt"],
             }
             return Reply(content=_fence("json", json.dumps(idea)))
@@ -50,15 +63,37 @@ def forge_script():
         total = truth["expected"]["/srv/out/sum.txt"]
         numbers_text = truth["files"]["/srv/in/numbers.txt"]
         if stage == "initial-state test":
-            check = "assert Path('/srv/out/sum.txt').exists()" if variant == "initial_fails" else "assert not Path('/srv/out/sum.txt').exists()"
-            return Reply(content=_fence("python", f"from pathlib import Path\n\ndef test_inputs():\n    assert Path('/srv/in/numbers.txt').read_text() == {numbers_text!r}\n    {check}\n"))
+            check = (
+                "assert Path('/srv/out/sum.txt').exists()"
+                if variant == "initial_fails"
+                else "assert not Path('/srv/out/sum.txt').exists()"
+            )
+            return Reply(
+                content=_fence(
+                    "python",
+                    "from pathlib import Path\n\ndef test_inputs():\n"
+                    f"    assert Path('/srv/in/numbers.txt').read_text() == {numbers_text!r}\n"
+                    f"    {check}\n",
+                )
+            )
         if stage == "final-state test":
-            body = "    assert True\n" if variant == "nop_passes" else f"    assert int(Path('/srv/out/sum.txt').read_text().strip()) == {total}\n"
+            body = (
+                "    assert True\n"
+                if variant == "nop_passes"
+                else f"    assert int(Path('/srv/out/sum.txt').read_text().strip()) == {total}\n"
+            )
             return Reply(content=_fence("python", f"from pathlib import Path\n\ndef test_sum():\n{body}"))
         if stage == "dockerfile":
             broken = "RUN exit 3\n" if variant == "build_fails" else ""
             printf = numbers_text.replace("\n", "\\n")
-            return Reply(content=_fence("dockerfile", f"FROM debian:bookworm\n{broken}RUN mkdir -p /srv/in /srv/out && printf '{printf}' > /srv/in/numbers.txt\nWORKDIR /srv"))
+            return Reply(
+                content=_fence(
+                    "dockerfile",
+                    f"FROM debian:bookworm\n{broken}"
+                    f"RUN mkdir -p /srv/in /srv/out && printf '{printf}' > /srv/in/numbers.txt\n"
+                    "WORKDIR /srv",
+                )
+            )
         if stage == "solution":
             if variant == "malformed_solution":
                 return Reply(content="Just add them up with awk.")
@@ -71,7 +106,11 @@ def forge_script():
 def test_llm_forge_keeps_good_tasks_and_logs_rejections(tmp_path, base_image):
     # The first two requests fail with 429 and 500 (retried by the client); one reply later is
     # not a chat completion at all (retried too); one idea reply has no JSON (asked again).
-    script = fail_first(fail_first(forge_script(), 1, ErrorReply(500, "overloaded")), 1, ErrorReply(429, "slow down", retry_after_sec=0.1))
+    script = fail_first(
+        fail_first(forge_script(), 1, ErrorReply(500, "overloaded")),
+        1,
+        ErrorReply(429, "slow down", retry_after_sec=0.1),
+    )
     broken_once = {"done": False}
 
     def flaky(request):
@@ -82,7 +121,9 @@ def test_llm_forge_keeps_good_tasks_and_logs_rejections(tmp_path, base_image):
 
     out = tmp_path / "llm-set"
     with ScriptedOpenAIServer(flaky, models=["forge-model"]) as server:
-        config = LLMForgeConfig(model="forge-model", base_url=server.base_url, concurrency=2, stage_retries=1, max_retries=3)
+        config = LLMForgeConfig(
+            model="forge-model", base_url=server.base_url, concurrency=2, stage_retries=1, max_retries=3
+        )
         records = generate_llm(len(VARIANTS), seed=7, out_dir=out, config=config)
         n_requests = len(server.requests)
 
@@ -99,14 +140,16 @@ def test_llm_forge_keeps_good_tasks_and_logs_rejections(tmp_path, base_image):
     malformed = next(r for r in records if r.reason == "malformed_reply")
     assert "no ```bash block" in malformed.detail
 
-    summary = summarize(records)
+    summary = llm_forge_summary(records)
     assert summary.n_kept == 2 and summary.n_requests >= 5 * 5
     assert summary.n_input_tokens > 0 and summary.n_output_tokens > 0
     assert (out / "rejected.jsonl").read_text().count("\n") == 4
 
     # Re-running resumes: no request is sent, nothing changes.
     with ScriptedOpenAIServer(flaky, models=["forge-model"]) as server:
-        again = generate_llm(len(VARIANTS), seed=7, out_dir=out, config=LLMForgeConfig(model="forge-model", base_url=server.base_url))
+        again = generate_llm(
+            len(VARIANTS), seed=7, out_dir=out, config=LLMForgeConfig(model="forge-model", base_url=server.base_url)
+        )
         assert server.requests == []
     assert [r.model_dump() for r in again] == [r.model_dump() for r in records]
     assert n_requests > summary.n_requests  # the 429, 500 and malformed body were retried over HTTP
@@ -131,14 +174,42 @@ def test_generate_llm_cli_summarises_and_resumes(tmp_path, base_image):
     from .conftest import REPO_ROOT
 
     out = tmp_path / "cli-set"
-    command = [sys.executable, "-m", "taskforge.cli", "generate", "--llm", "--n", "2", "--seed", "3", "--out", str(out), "--concurrency", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "taskforge.cli",
+        "generate",
+        "--llm",
+        "--n",
+        "2",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+        "--concurrency",
+        "2",
+    ]
     env = {**os.environ, "COLUMNS": "200", "OPENAI_API_KEY": "unused"}
     with ScriptedOpenAIServer(forge_script(), models=["forge-model"]) as server:
-        completed = subprocess.run([*command, "--model", "forge-model", "--base-url", server.base_url], capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=600)
+        completed = subprocess.run(
+            [*command, "--model", "forge-model", "--base-url", server.base_url],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            env=env,
+            timeout=600,
+        )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
     assert "2 kept, 0 rejected of 2 tasks" in completed.stdout
     assert "tokens:" in completed.stdout
     assert len([p for p in out.iterdir() if (p / "task.toml").is_file()]) == 2
     with ScriptedOpenAIServer(forge_script(), models=["forge-model"]) as server:
-        wrong_model = subprocess.run([*command, "--model", "other-model", "--base-url", server.base_url, "--n", "3"], capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=600)
+        wrong_model = subprocess.run(
+            [*command, "--model", "other-model", "--base-url", server.base_url, "--n", "3"],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            env=env,
+            timeout=600,
+        )
     assert wrong_model.returncode == 1 and "other-model" in wrong_model.stderr

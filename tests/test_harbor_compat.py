@@ -20,7 +20,21 @@ def harbor_run(task_dir: Path, agent: str, jobs_dir: Path, job_name: str) -> lis
     """Runs the real harbor CLI on one task; returns the trials' result.json contents."""
     env = {**os.environ, "HARBOR_TELEMETRY": "0", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     completed = subprocess.run(
-        [str(HARBOR), "run", "-p", str(task_dir), "-a", agent, "-o", str(jobs_dir), "--job-name", job_name, "-y", "--extra-docker-compose", str(FAST_OVERLAY)],
+        [
+            str(HARBOR),
+            "run",
+            "-p",
+            str(task_dir),
+            "-a",
+            agent,
+            "-o",
+            str(jobs_dir),
+            "--job-name",
+            job_name,
+            "-y",
+            "--extra-docker-compose",
+            str(FAST_OVERLAY),
+        ],
         capture_output=True,
         text=True,
         timeout=600,

@@ -27,7 +27,7 @@ def test_token_logprobs_values_and_gradients_match_full_logits(chunk_size, tempe
 
     assert chunked.shape == (3, 11) and chunked.dtype == torch.float32
     torch.testing.assert_close(chunked, naive, atol=1e-5, rtol=0)
-    for got, want in zip(chunked_grads, naive_grads):
+    for got, want in zip(chunked_grads, naive_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -47,9 +47,17 @@ def test_token_logprobs_in_bfloat16_returns_fp32_close_to_fp32_reference():
 
 def tiny_model() -> Qwen3ForCausalLM:
     torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, tie_word_embeddings=True,
-                         pad_token_id=0)
+    config = Qwen3Config(
+        vocab_size=101,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+    )
     return Qwen3ForCausalLM(config)
 
 
@@ -74,7 +82,7 @@ def test_sequence_logprobs_align_with_model_logits_and_gradients():
     assert torch.equal(ours[1, 7:], torch.zeros(3))
     assert bool((ours[0, 1:] < 0).all())
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
-    for got, want in zip(ours_grads, reference_grads):
+    for got, want in zip(ours_grads, reference_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 

@@ -27,17 +27,22 @@ import math
 import pytest
 import torch
 
-from trainer.loss import EchoLossConfig, LambdaSchedule, LossNormalizers, echo_loss
+from trainer.loss import (
+    EchoLossConfig,
+    LambdaSchedule,
+    LossNormalizers,
+    echo_loss,
+    mean_sequence_ce,
+    per_sequence_ce,
+)
 
 POLICY = -0.3125
 ENV = 0.9
 
 
 def make_batch() -> dict[str, torch.Tensor]:
-    lp = torch.tensor([[0.0, -1.0, -0.5, -2.0, -0.2],
-                       [0.0, -0.3, -1.5, -0.7, -1.0]], requires_grad=True)
-    ratios = torch.tensor([[1.0, 1.0, 1.5, 1.0, 1.0],
-                           [1.0, 0.5, 1.0, 1.0, 1.1]])
+    lp = torch.tensor([[0.0, -1.0, -0.5, -2.0, -0.2], [0.0, -0.3, -1.5, -0.7, -1.0]], requires_grad=True)
+    ratios = torch.tensor([[1.0, 1.0, 1.5, 1.0, 1.0], [1.0, 0.5, 1.0, 1.0, 1.1]])
     old = lp.detach() - torch.log(ratios)
     old[0, 0] = float("nan")  # garbage outside action tokens must not leak into the loss
     return {
@@ -76,8 +81,7 @@ def test_echo_loss_gradient_matches_hand_computation():
     #   seq0 pos1: -1.0 * 1.0 / 4 = -0.25          seq1 pos4: -1.1 * -0.5 / 4 = 0.1375
     # Env tokens: -lambda / n_sequences / n_obs_tokens_of_sequence.
     #   seq0 pos3, pos4: -0.05 / 2 / 2 = -0.0125   seq1 pos3: -0.05 / 2 / 1 = -0.025
-    expected = torch.tensor([[0.0, -0.25, 0.0, -0.0125, -0.0125],
-                             [0.0, 0.0, 0.0, -0.025, 0.1375]])
+    expected = torch.tensor([[0.0, -0.25, 0.0, -0.0125, -0.0125], [0.0, 0.0, 0.0, -0.025, 0.1375]])
     torch.testing.assert_close(batch["logprobs"].grad, expected, atol=1e-6, rtol=0)
 
 
@@ -99,8 +103,7 @@ def test_env_only_is_mean_per_sequence_ce_and_lambda_scales_it():
     assert loss.item() == pytest.approx(ENV, abs=1e-6)  # weight 1 by default
     loss.backward()
     # No policy gradient at all: action tokens get 0; env tokens -1 / 2 / n_obs(seq).
-    expected = torch.tensor([[0.0, 0.0, 0.0, -0.25, -0.25],
-                             [0.0, 0.0, 0.0, -0.5, 0.0]])
+    expected = torch.tensor([[0.0, 0.0, 0.0, -0.25, -0.25], [0.0, 0.0, 0.0, -0.5, 0.0]])
     torch.testing.assert_close(batch["logprobs"].grad, expected, atol=1e-6, rtol=0)
     scaled, _ = echo_loss(**make_batch(), config=EchoLossConfig(mode="env-only", env_coef=0.5))
     assert scaled.item() == pytest.approx(0.45, abs=1e-6)
@@ -126,8 +129,7 @@ def test_clip_zeroes_gradient_only_on_the_side_the_advantage_pushes():
     assert metrics["clip_fraction"] == 0.0
     # Asymmetric clip: eps_high 0.6 puts 1.5 inside the range, so A > 0 keeps its gradient -1.5.
     lp.grad = None
-    loss, _ = echo_loss(lp, old, torch.tensor([1.0]), **masks,
-                        config=EchoLossConfig(mode="grpo", clip_eps_high=0.6))
+    loss, _ = echo_loss(lp, old, torch.tensor([1.0]), **masks, config=EchoLossConfig(mode="grpo", clip_eps_high=0.6))
     loss.backward()
     assert lp.grad[0, 1].item() == pytest.approx(-1.5, abs=1e-6)
 
@@ -149,6 +151,27 @@ def test_batch_without_observations_gives_graph_connected_zero():
     assert loss.item() == pytest.approx(POLICY, abs=1e-6)
 
 
+def test_per_sequence_ce_and_its_mean_over_sequences_with_observations():
+    batch = make_batch()
+    lp, observation = batch["logprobs"], batch["observation_mask"]
+    # seq0: (2.0 + 0.2) / 2 = 1.1, seq1: 0.7 / 1 = 0.7 (module doc); the mean is ENV = 0.9.
+    torch.testing.assert_close(per_sequence_ce(lp, observation), torch.tensor([1.1, 0.7]), atol=1e-6, rtol=0)
+    assert mean_sequence_ce(lp, observation).item() == pytest.approx(ENV, abs=1e-6)
+    # A sequence without observations scores 0 and is left out of the mean (not averaged in as 0).
+    only_first = observation.clone()
+    only_first[1] = False
+    torch.testing.assert_close(per_sequence_ce(lp, only_first), torch.tensor([1.1, 0.0]), atol=1e-6, rtol=0)
+    assert mean_sequence_ce(lp, only_first).item() == pytest.approx(1.1, abs=1e-6)
+    # Float 0/1 masks mean the same as bool ones; -inf outside the mask does not leak in.
+    assert mean_sequence_ce(lp, observation.float()).item() == pytest.approx(ENV, abs=1e-6)
+    masked_out = lp.detach().clone()
+    masked_out[0, 0] = float("-inf")
+    assert mean_sequence_ce(masked_out, observation).item() == pytest.approx(ENV, abs=1e-6)
+    # No observation at all: 0, still connected to the graph.
+    none = mean_sequence_ce(lp, torch.zeros_like(observation))
+    assert none.item() == 0.0 and none.grad_fn is not None
+
+
 def test_per_token_advantages_equal_broadcast_sequence_advantages():
     per_sequence, _ = echo_loss(**make_batch())
     batch = make_batch()
@@ -160,8 +183,8 @@ def test_per_token_advantages_equal_broadcast_sequence_advantages():
 def test_kl_term_uses_k3_estimator_on_action_tokens():
     batch = make_batch()
     ref = batch["logprobs"].detach().clone()
-    ref[0, 1] += math.log(2.0)   # action token: k3 = e^{ln 2} - ln 2 - 1 = 1 - ln 2
-    ref[0, 3] += 5.0             # observation token: ignored by the KL term
+    ref[0, 1] += math.log(2.0)  # action token: k3 = e^{ln 2} - ln 2 - 1 = 1 - ln 2
+    ref[0, 3] += 5.0  # observation token: ignored by the KL term
     loss, metrics = echo_loss(**batch, ref_logprobs=ref, config=EchoLossConfig(mode="grpo", kl_coef=0.1))
     expected_kl = (1 - math.log(2.0)) / 4
     assert metrics["kl"] == pytest.approx(expected_kl, abs=1e-6)
@@ -179,7 +202,7 @@ def test_split_batch_with_global_normalizers_reproduces_whole_batch_gradient():
     normalizers = LossNormalizers(action_tokens=4 / 2, observation_sequences=2 / 2)
     shards = []
     for row in range(2):
-        part = {k: v[row:row + 1] for k, v in make_batch().items()}
+        part = {k: v[row : row + 1] for k, v in make_batch().items()}
         part["logprobs"] = part["logprobs"].detach().requires_grad_()
         shard_loss, _ = echo_loss(**part, normalizers=normalizers)
         shard_loss.backward()

@@ -29,8 +29,12 @@ def test_tiny_policy_is_a_small_qwen3_with_the_bpe_vocab(policy):
     model, tokenizer = policy
     assert isinstance(model, Qwen3ForCausalLM)
     config = model.config
-    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
-            config.num_key_value_heads) == (128, 2, 4, 2)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads) == (
+        128,
+        2,
+        4,
+        2,
+    )
     assert 4000 <= len(tokenizer) <= 8192
     assert config.vocab_size == len(tokenizer)
     assert 0.5e6 < sum(p.numel() for p in model.parameters()) < 3e6
@@ -41,12 +45,18 @@ def test_tokenizer_has_chatml_template_and_single_id_special_tokens(policy):
     _, tokenizer = policy
     for token in ("<|im_start|>", "<|im_end|>", "<|endoftext|>"):
         assert len(tokenizer(token, add_special_tokens=False)["input_ids"]) == 1
-    messages = [{"role": "system", "content": "sys"}, {"role": "user", "content": "do it"},
-                {"role": "assistant", "content": "ls -la"}, {"role": "tool", "content": "total 0\n"}]
+    messages = [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "do it"},
+        {"role": "assistant", "content": "ls -la"},
+        {"role": "tool", "content": "total 0\n"},
+    ]
     rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    assert rendered == ("<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\ndo it<|im_end|>\n"
-                        "<|im_start|>assistant\nls -la<|im_end|>\n<|im_start|>tool\ntotal 0\n<|im_end|>\n"
-                        "<|im_start|>assistant\n")
+    assert rendered == (
+        "<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\ndo it<|im_end|>\n"
+        "<|im_start|>assistant\nls -la<|im_end|>\n<|im_start|>tool\ntotal 0\n<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     with pytest.raises(Exception, match="unknown chat role"):
         tokenizer.apply_chat_template([{"role": "narrator", "content": "x"}], tokenize=False)
 
@@ -66,7 +76,7 @@ def test_cache_is_built_once_and_reused(cache_dir, policy):
     assert ensure_tiny_policy(cache_dir) == cache_dir
     model, _ = load_policy("default", cache_dir=cache_dir)
     assert weights.stat().st_mtime_ns == built_at
-    for ours, cached in zip(policy.model.parameters(), model.parameters()):
+    for ours, cached in zip(policy.model.parameters(), model.parameters(), strict=True):
         assert torch.equal(ours, cached)
 
 
@@ -104,8 +114,9 @@ def test_gpu_path_options_bf16_and_gradient_checkpointing(cache_dir):
 
 def test_generation_with_the_chat_template_stops_at_a_budget(policy):
     model, tokenizer = policy
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "list files"}],
-                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "list files"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     torch.manual_seed(0)
     output = model.generate(**prompt, max_new_tokens=8, do_sample=True, temperature=0.8)
     assert prompt["input_ids"].shape[1] < output.shape[1] <= prompt["input_ids"].shape[1] + 8

@@ -9,13 +9,25 @@ import time
 import pytest
 
 from taskforge.agent.episode import EpisodeConfig
-from taskforge.agent.loop import run_episode, run_episode_trial
+from taskforge.agent.loop import run_episode
 from taskforge.agent.openai_policy import ChatConfig, OpenAIChatPolicy
 from taskforge.agent.policy import ModelNotFoundError, PolicyAuthError, PolicyUnavailableError
 from taskforge.sandbox.docker import DockerSandbox
 from taskforge.tasks import load_task
-from taskforge.testing.openai_server import ErrorReply, Malformed, Reply, ScriptedOpenAIServer, Stall, bash, done, fail_first, text, tool_call
+from taskforge.testing.openai_server import (
+    ErrorReply,
+    Malformed,
+    Reply,
+    ScriptedOpenAIServer,
+    Stall,
+    bash,
+    done,
+    fail_first,
+    text,
+    tool_call,
+)
 from taskforge.testing.scripts import competent
+from taskforge.trial import run_episode_trial
 
 from .conftest import FIXTURES
 
@@ -52,7 +64,11 @@ def test_competent_model_solves_the_task_with_tools_and_with_text(server, task, 
     if use_tools:
         assert episode.turns[0].tool_call.name == "bash" and episode.turns[1].tool_call.name == "done"
     else:
-        assert episode.turns[0].tool_call is None and "```bash" in episode.turns[0].text and episode.turns[1].text == "DONE"
+        assert (
+            episode.turns[0].tool_call is None
+            and "```bash" in episode.turns[0].text
+            and episode.turns[1].text == "DONE"
+        )
     # Token usage is the server's `usage`, per turn, summed into the Harbor-shaped result.
     assert all(turn.usage.input_tokens > 0 and turn.usage.output_tokens > 0 for turn in episode.turns)
     assert record.n_input_tokens == sum(t.usage.input_tokens for t in episode.turns) > 0
@@ -110,7 +126,10 @@ def test_model_mistakes_become_warnings_and_the_episode_goes_on(server, task, ba
         return [
             text("I will now think about the problem."),
             tool_call("bash", '{"command": "ls"'),  # unparseable arguments
-            Reply(content="checking", tool_calls=[("bash", '{"command": "echo one"}'), ("bash", '{"command": "echo two"}')]),
+            Reply(
+                content="checking",
+                tool_calls=[("bash", '{"command": "echo one"}'), ("bash", '{"command": "echo two"}')],
+            ),
             Reply(content="```bash\necho cut\n```", finish_reason="length"),
             done(),
         ][request.turn]
@@ -132,15 +151,23 @@ def test_model_mistakes_become_warnings_and_the_episode_goes_on(server, task, ba
 
 def test_bad_key_and_unknown_model_fail_with_what_to_do(task, monkeypatch):
     messages = [{"role": "user", "content": "hi"}]
-    with ScriptedOpenAIServer(competent([task.path]), models=["test-model", "other-model"], api_key="right-key") as guarded:
+    with ScriptedOpenAIServer(
+        competent([task.path]), models=["test-model", "other-model"], api_key="right-key"
+    ) as guarded:
         monkeypatch.setenv("TF_TEST_KEY", "wrong-key")
         with pytest.raises(PolicyAuthError, match="HTTP 401.*TF_TEST_KEY"):
-            OpenAIChatPolicy(ChatConfig(model="test-model", base_url=guarded.base_url, api_key_env="TF_TEST_KEY")).next_action(messages)
+            OpenAIChatPolicy(
+                ChatConfig(model="test-model", base_url=guarded.base_url, api_key_env="TF_TEST_KEY")
+            ).next_action(messages)
         monkeypatch.setenv("TF_TEST_KEY", "right-key")
         with pytest.raises(ModelNotFoundError, match="no model 'gpt-missing'.*serves: test-model, other-model"):
-            OpenAIChatPolicy(ChatConfig(model="gpt-missing", base_url=guarded.base_url, api_key_env="TF_TEST_KEY")).next_action(messages)
+            OpenAIChatPolicy(
+                ChatConfig(model="gpt-missing", base_url=guarded.base_url, api_key_env="TF_TEST_KEY")
+            ).next_action(messages)
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     with pytest.raises(PolicyAuthError, match="set the NO_SUCH_KEY_VAR environment variable"):
         OpenAIChatPolicy(ChatConfig(model="m", base_url="https://api.example.com/v1", api_key_env="NO_SUCH_KEY_VAR"))
     with pytest.raises(PolicyUnavailableError, match="cannot reach"):
-        OpenAIChatPolicy(ChatConfig(model="m", base_url="http://127.0.0.1:9/v1", max_retries=0, request_timeout_sec=2)).next_action(messages)
+        OpenAIChatPolicy(
+            ChatConfig(model="m", base_url="http://127.0.0.1:9/v1", max_retries=0, request_timeout_sec=2)
+        ).next_action(messages)

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from taskforge.report import RunNotFoundError, load_run, pass_at_k, write_report
+from taskforge.report import (
+    RunNotFoundError,
+    RunSummary,
+    format_number,
+    format_percent,
+    load_run,
+    pass_at_k,
+    write_report,
+)
 
 from .conftest import FIXTURES, REPO_ROOT
 
@@ -20,7 +28,12 @@ EVAL_OUTCOMES = {
     "t3": [(0, 0, 16, 800, 80), (0, 1, 16, 800, 80), (0, 0, 16, 800, 80), (0, 0, 16, 800, 80)],
     "t4": [(1, 0, 3, 150, 15), (0, 0, 5, 250, 25), (0, 0, 5, 250, 25), (0, 0, 5, 250, 25)],
 }
-FAMILIES = {"t1": ("csv-sum", "data_processing", "easy"), "t2": ("csv-sum", "data_processing", "hard"), "t3": ("chmod", "system_operations", "hard"), "t4": ("chmod", "system_operations", "easy")}
+FAMILIES = {
+    "t1": ("csv-sum", "data_processing", "easy"),
+    "t2": ("csv-sum", "data_processing", "hard"),
+    "t3": ("chmod", "system_operations", "hard"),
+    "t4": ("chmod", "system_operations", "easy"),
+}
 
 
 def write_eval_ledger(path: Path, outcomes=EVAL_OUTCOMES) -> None:
@@ -31,24 +44,40 @@ def write_eval_ledger(path: Path, outcomes=EVAL_OUTCOMES) -> None:
             task_dir = path.parent / "tasks" / task
             task_dir.mkdir(parents=True, exist_ok=True)
             family, domain, difficulty = FAMILIES[task]
-            (task_dir / "task.toml").write_text(f'[metadata]\nfamily = "{family}"\ndomain = "{domain}"\ndifficulty = "{difficulty}"\n')
+            (task_dir / "task.toml").write_text(
+                f'[metadata]\nfamily = "{family}"\ndomain = "{domain}"\ndifficulty = "{difficulty}"\n'
+            )
             lines.append(
                 json.dumps(
                     {
-                        "task_name": f"sample/{task}", "task_path": str(task_dir), "trial_name": f"{task}__{attempt}", "agent": "policy",
-                        "attempt": attempt, "reward": float(passed), "agent_timed_out": bool(timed_out),
-                        "error_type": "AgentTimeoutError" if timed_out else None, "n_turns": turns,
-                        "n_input_tokens": n_in, "n_output_tokens": n_out, "trial_dir": "x", "finished_at": "2026-01-01T00:00:00",
+                        "task_name": f"sample/{task}",
+                        "task_path": str(task_dir),
+                        "trial_name": f"{task}__{attempt}",
+                        "agent": "policy",
+                        "attempt": attempt,
+                        "reward": float(passed),
+                        "agent_timed_out": bool(timed_out),
+                        "error_type": "AgentTimeoutError" if timed_out else None,
+                        "n_turns": turns,
+                        "n_input_tokens": n_in,
+                        "n_output_tokens": n_out,
+                        "trial_dir": "x",
+                        "finished_at": "2026-01-01T00:00:00",
                     }
                 )
             )
     path.write_text("\n".join(lines) + "\n")
 
 
-def write_train_run(run_dir: Path, steps: int, planned: int, *, env_ce: tuple[float, float] | None, checkpoint: bool, torn: bool = False) -> None:
+def write_train_run(
+    run_dir: Path, steps: int, planned: int, *, env_ce: tuple[float, float] | None, checkpoint: bool, torn: bool = False
+) -> None:
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps({"steps": planned, "mode": "echo"}))
-    rows = [json.dumps({"step": s, "reward_mean": 0.1 * s, "pass_rate": 0.05 * s, "env_ce": 3.0 - 0.2 * s}) for s in range(1, steps + 1)]
+    rows = [
+        json.dumps({"step": s, "reward_mean": 0.1 * s, "pass_rate": 0.05 * s, "env_ce": 3.0 - 0.2 * s})
+        for s in range(1, steps + 1)
+    ]
     text = "\n".join(rows) + "\n"
     if torn:
         text += '{"step": 99, "reward_me'
@@ -116,6 +145,21 @@ def test_report_numbers_match_the_fixture_runs(tmp_path):
     assert 'src="http' not in html  # self-contained
 
 
+def test_numbers_are_formatted_as_the_report_and_cli_show_them():
+    assert (format_percent(0.4375), format_percent(1.0), format_percent(None)) == ("43.8%", "100.0%", "-")
+    assert (format_number(7.5), format_number(1234.4, 0), format_number(1.5, 3)) == ("7.5", "1,234", "1.500")
+    assert format_number(None) == "-"
+
+
+def test_the_html_report_escapes_run_names_and_notes(tmp_path):
+    odd = RunSummary(name="<i>odd</i> & run", path=str(tmp_path), kind="trials", missing=["<script>alert(1)</script>"])
+    _, html_path = write_report([odd], tmp_path / "report")
+    html = html_path.read_text()
+    assert "<i>odd" not in html and "<script>" not in html
+    assert "<td>&lt;i&gt;odd&lt;/i&gt; &amp; run</td>" in html
+    assert "<li>&lt;i&gt;odd&lt;/i&gt; &amp; run: &lt;script&gt;alert(1)&lt;/script&gt;</li>" in html
+
+
 def test_a_half_written_run_is_reported_with_what_is_missing(tmp_path):
     crashed = tmp_path / "crashed"
     write_train_run(crashed, steps=3, planned=10, env_ce=None, checkpoint=False, torn=True)
@@ -143,5 +187,10 @@ def test_report_cli_rejects_unknown_paths_clearly(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RunNotFoundError, match="not a run: expected ledger.jsonl"):
         load_run(tmp_path / "empty")
-    completed = subprocess.run([sys.executable, "-m", "taskforge.cli", "report", str(tmp_path / "empty")], capture_output=True, text=True, cwd=REPO_ROOT)
+    completed = subprocess.run(
+        [sys.executable, "-m", "taskforge.cli", "report", str(tmp_path / "empty")],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
     assert completed.returncode == 2 and "not a run" in completed.stderr

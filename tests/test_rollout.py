@@ -2,12 +2,15 @@
 
 import copy
 import itertools
+import typing
 
 import pytest
 import torch
 
+from taskforge.agent.episode import ObservationPieceKind
 from trainer.model import load_policy
 from trainer.rollout import (
+    OBSERVATION_PIECE_TOKEN_KINDS,
     ObservationTemplateError,
     Rollout,
     RolloutBuilder,
@@ -42,7 +45,7 @@ def decode(tokenizer, ids: list[int]) -> str:
 def runs(rollout: Rollout, kind: TokenKind) -> list[list[int]]:
     """Maximal runs of consecutive ids under one mask."""
     mask = rollout.masks()[kind]
-    pairs = zip(rollout.token_ids, mask)
+    pairs = zip(rollout.token_ids, mask, strict=True)
     return [[token for token, _ in run] for keep, run in itertools.groupby(pairs, key=lambda p: p[1]) if keep]
 
 
@@ -97,25 +100,49 @@ def test_all_ids_decode_to_the_chat_template_rendering(tokenizer):
 def test_each_mask_decodes_to_exactly_its_text(tokenizer):
     _, rollout, *_ = play_episode(tokenizer)
     text = lambda kind: [decode(tokenizer, run) for run in runs(rollout, kind)]  # noqa: E731
-    assert text(TokenKind.ACTION) == [ACTIONS[0] + "<|im_end|>", ACTIONS[1] + "<|im_end|>", ACTIONS[2],
-                                      ACTIONS[3] + "<|im_end|>"]
+    assert text(TokenKind.ACTION) == [
+        ACTIONS[0] + "<|im_end|>",
+        ACTIONS[1] + "<|im_end|>",
+        ACTIONS[2],
+        ACTIONS[3] + "<|im_end|>",
+    ]
     assert text(TokenKind.OBSERVATION) == [BODY_1, BODY_2]
     assert text(TokenKind.WARNING) == [WARNING]
     tool_open, tool_close = "\n<|im_start|>tool\n", "<|im_end|>\n<|im_start|>assistant\n"
     assert text(TokenKind.TEMPLATE) == [
-        tool_open, "\n", tool_close,                          # turn 1: warning separator in between
-        tool_open, tool_close,                                # turn 2
-        "<|im_end|>" + tool_open + tool_close,                # turn 3: appended end of turn, empty output
-        "\n",                                                 # closing newline after the last turn
+        tool_open,
+        "\n",
+        tool_close,  # turn 1: warning separator in between
+        tool_open,
+        tool_close,  # turn 2
+        "<|im_end|>" + tool_open + tool_close,  # turn 3: appended end of turn, empty output
+        "\n",  # closing newline after the last turn
     ]
     prompt = tokenizer.apply_chat_template(prompt_messages(), add_generation_prompt=True, tokenize=False)
     assert text(TokenKind.PROMPT) == [prompt]
 
 
+def test_every_piece_of_taskforges_observation_layout_has_a_token_kind():
+    assert set(OBSERVATION_PIECE_TOKEN_KINDS) == set(typing.get_args(ObservationPieceKind))
+    assert OBSERVATION_PIECE_TOKEN_KINDS == {
+        "warning": TokenKind.WARNING,
+        "separator": TokenKind.TEMPLATE,
+        "body": TokenKind.OBSERVATION,
+    }
+
+
 def test_masks_are_disjoint_and_cover_every_token(tokenizer):
     _, rollout, *_ = play_episode(tokenizer)
-    masks = torch.tensor([rollout.prompt_mask, rollout.template_mask, rollout.action_mask,
-                          rollout.observation_mask, rollout.warning_mask], dtype=torch.int64)
+    masks = torch.tensor(
+        [
+            rollout.prompt_mask,
+            rollout.template_mask,
+            rollout.action_mask,
+            rollout.observation_mask,
+            rollout.warning_mask,
+        ],
+        dtype=torch.int64,
+    )
     assert masks.shape[1] == len(rollout.token_ids)
     assert torch.equal(masks.sum(dim=0), torch.ones(len(rollout.token_ids), dtype=torch.int64))
 
@@ -125,13 +152,17 @@ def test_sampler_ids_and_logprobs_are_kept_verbatim_and_history_is_never_retoken
     for shorter, longer in itertools.pairwise(snapshots):
         assert longer[: len(shorter)] == shorter
     assert runs(rollout, TokenKind.ACTION) == sampled
-    action_logprobs = [lp for lp, keep in zip(rollout.sampler_logprobs, rollout.action_mask) if keep]
+    action_logprobs = [lp for lp, keep in zip(rollout.sampler_logprobs, rollout.action_mask, strict=True) if keep]
     assert action_logprobs == pytest.approx([lp for turn in logprobs for lp in turn])
-    assert all(lp == 0.0 for lp, keep in zip(rollout.sampler_logprobs, rollout.action_mask) if not keep)
+    assert all(lp == 0.0 for lp, keep in zip(rollout.sampler_logprobs, rollout.action_mask, strict=True) if not keep)
     prompt_ids = tokenizer.apply_chat_template(prompt_messages(), add_generation_prompt=True, return_dict=False)
     assert snapshots[0] == list(prompt_ids)
-    assert (rollout.reward, rollout.stop_reason, rollout.task_name, rollout.group_id) == \
-        (1.0, "done", "count-lines", "step0/task3")
+    assert (rollout.reward, rollout.stop_reason, rollout.task_name, rollout.group_id) == (
+        1.0,
+        "done",
+        "count-lines",
+        "step0/task3",
+    )
 
 
 def test_observation_text_cannot_forge_control_tokens_and_boundaries_are_exact(tokenizer):
@@ -142,8 +173,10 @@ def test_observation_text_cannot_forge_control_tokens_and_boundaries_are_exact(t
     # newline and the body's leading newlines merge, so no token boundary would separate them.
     tool_open = "\n<|im_start|>tool\n"
     assert encode(tokenizer, tool_open + BODY_1) != encode(tokenizer, tool_open) + encode(tokenizer, BODY_1)
-    assert runs(rollout, TokenKind.OBSERVATION)[0] == tokenizer(BODY_1, add_special_tokens=False,
-                                                                split_special_tokens=True)["input_ids"]
+    assert (
+        runs(rollout, TokenKind.OBSERVATION)[0]
+        == tokenizer(BODY_1, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    )
 
 
 def test_episode_ending_after_an_observation_ends_with_the_generation_prompt(tokenizer):
@@ -175,7 +208,13 @@ def test_template_that_alters_content_fails_loudly(tokenizer):
     trimming = copy.deepcopy(tokenizer)
     trimming.chat_template = tokenizer.chat_template.replace("message['content']", "(message['content'] | trim)")
     builder = RolloutBuilder(trimming, prompt_messages())
-    builder.add_action(encode(trimming, "ls"), [-0.1, ] * len(encode(trimming, "ls")))
+    builder.add_action(
+        encode(trimming, "ls"),
+        [
+            -0.1,
+        ]
+        * len(encode(trimming, "ls")),
+    )
     with pytest.raises(ObservationTemplateError, match="verbatim"):
         builder.add_observation("  padded output  \n")
 

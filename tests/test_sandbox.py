@@ -157,5 +157,9 @@ def test_containers_of_a_killed_process_are_reaped_by_the_next_run(base_image):
     os.kill(child.pid, signal.SIGKILL)
     child.wait(timeout=10)
     assert container_exists(container_id)  # nothing could clean up after kill -9 ...
-    subprocess.run([sys.executable, "-c", "from taskforge.sandbox.docker import docker_client; docker_client()"], check=True, cwd=REPO_ROOT)
+    subprocess.run(
+        [sys.executable, "-c", "from taskforge.sandbox.docker import docker_client; docker_client()"],
+        check=True,
+        cwd=REPO_ROOT,
+    )
     assert not container_exists(container_id)  # ... until the next taskforge process starts

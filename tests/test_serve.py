@@ -36,7 +36,12 @@ def test_chat_completion_with_usage_logprobs_and_token_ids(served):
     token_ids = choice.model_extra["token_ids"]
     assert response.usage.completion_tokens == len(token_ids) == len(choice.logprobs.content) <= 12
     assert response.usage.prompt_tokens == len(extra["prompt_token_ids"])
-    expected_prompt = tokenizer.apply_chat_template([{"role": "system", "content": "Solve it."}, {"role": "user", "content": "List /tmp."}], add_generation_prompt=True, tokenize=True, return_dict=False)
+    expected_prompt = tokenizer.apply_chat_template(
+        [{"role": "system", "content": "Solve it."}, {"role": "user", "content": "List /tmp."}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+    )
     assert extra["prompt_token_ids"] == list(expected_prompt)
     assert all(entry.logprob <= 0 for entry in choice.logprobs.content)
     text_ids = token_ids[:-1] if choice.finish_reason == "stop" else token_ids
@@ -50,9 +55,27 @@ def test_unknown_model_is_a_404(served):
         client.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "hi"}])
 
 
+def test_model_routes_accept_a_provider_prefix_and_errors_have_openai_shape(served):
+    server, _, _ = served
+    client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+    assert client.models.retrieve("tiny-policy").id == "tiny-policy"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("gpt-5")
+    assert missing.value.code == "model_not_found"
+    completion = client.completions.create(model="openai/tiny-policy", prompt=[1, 2, 3], max_tokens=2)
+    assert completion.model == "tiny-policy" and server.request_log[-1]["model"] == "openai/tiny-policy"
+    with pytest.raises(openai.BadRequestError, match="messages must be a non-empty list"):
+        client.chat.completions.create(model="tiny-policy", messages=[])
+
+
 def test_remote_sampler_over_token_ids_matches_in_process_sampling(served):
     server, model, tokenizer = served
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Count the lines of /app/a.csv"}], add_generation_prompt=True, tokenize=True, return_dict=False)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Count the lines of /app/a.csv"}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+    )
     remote = RemoteSampler(server.base_url, "tiny-policy", tokenizer, temperature=0.0)
     local = InProcessSampler(model, tokenizer, temperature=0.0)
     remote_ids, remote_logprobs = remote(list(prompt), 16)
@@ -79,9 +102,33 @@ def test_harbor_terminus_2_talks_to_the_served_checkpoint(served, write_hello, b
     harbor = Path(sys.executable).parent / "harbor"
     overlay = Path(__file__).resolve().parent.parent / "envs" / "harbor-fast.yaml"
     completed = subprocess.run(
-        [str(harbor), "run", "-p", str(task_dir), "-a", "terminus-2", "-m", "openai/tiny-policy", "--ak", f"api_base={server.base_url}", "--ak", "collect_rollout_details=true",
-         "--ak", "enable_summarize=false", "-o", str(tmp_path / "jobs"), "--job-name", "t2", "-y", "--extra-docker-compose", str(overlay)],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            str(harbor),
+            "run",
+            "-p",
+            str(task_dir),
+            "-a",
+            "terminus-2",
+            "-m",
+            "openai/tiny-policy",
+            "--ak",
+            f"api_base={server.base_url}",
+            "--ak",
+            "collect_rollout_details=true",
+            "--ak",
+            "enable_summarize=false",
+            "-o",
+            str(tmp_path / "jobs"),
+            "--job-name",
+            "t2",
+            "-y",
+            "--extra-docker-compose",
+            str(overlay),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
     (result_path,) = (tmp_path / "jobs" / "t2").glob("*/result.json")

@@ -35,7 +35,13 @@ def test_lint_reports_missing_files_with_fixes(tmp_path):
     task_dir.mkdir()
     found = lint_task(task_dir)
     messages = {p.path.relative_to(task_dir).as_posix(): p for p in found}
-    assert set(messages) == {"task.toml", "instruction.md", "environment/Dockerfile", "tests/test.sh", "solution/solve.sh"}
+    assert set(messages) == {
+        "task.toml",
+        "instruction.md",
+        "environment/Dockerfile",
+        "tests/test.sh",
+        "solution/solve.sh",
+    }
     assert all(p.fix for p in found)
     assert messages["solution/solve.sh"].severity == "warning"
 

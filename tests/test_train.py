@@ -43,13 +43,23 @@ def test_one_update_trains_the_terms_its_mode_names(demonstrations, mode):
     rollouts = []
     for i, episode in enumerate(demonstrations[:2]):
         for reward in (1.0, 0.0):  # a group with a success and a failure: non-zero advantages
-            rollouts.append(rollout_from_episode(tokenizer, episode.model_copy(update={"reward": reward}), group_id=f"g{i}"))
+            rollouts.append(
+                rollout_from_episode(tokenizer, episode.model_copy(update={"reward": reward}), group_id=f"g{i}")
+            )
     assert all(any(r.observation_mask) for r in rollouts)
     config = TrainConfig(mode=mode, epochs_per_batch=1, lr=1e-3, micro_batch_size=2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     before = _snapshot(model)
-    metrics = update(model, optimizer, scheduler, rollouts, config, env_coef=config.schedule().lambda_at(0), pad_token_id=tokenizer.pad_token_id)
+    metrics = update(
+        model,
+        optimizer,
+        scheduler,
+        rollouts,
+        config,
+        env_coef=config.schedule().lambda_at(0),
+        pad_token_id=tokenizer.pad_token_id,
+    )
     assert metrics["env_ce"] > 0 and metrics["n_obs_tokens"] > 0  # always measured, whatever the mode
     assert metrics["grad_norm"] > 0
     changed = any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -74,16 +84,69 @@ def test_env_only_updates_lower_the_env_cross_entropy(demonstrations):
     assert after < before - 0.5, (before, after)
 
 
+def test_config_file_with_a_misspelt_key_names_the_file_and_the_key(tmp_path):
+    path = tmp_path / "echo.toml"
+    path.write_text('mode = "grpo"\ngroup_szie = 8\nsteps = "ten"\n')
+    with pytest.raises(ValueError) as error:
+        TrainConfig.from_file(path)
+    message = str(error.value)
+    assert message.startswith(str(path))
+    assert "unknown setting 'group_szie' (did you mean 'group_size'?)" in message
+    assert "setting 'steps'" in message and "valid integer" in message
+    assert "Fix or remove these keys" in message and "tasks_per_step" in message  # what to do, and the known keys
+
+
+def test_config_file_values_and_flag_overrides(tmp_path):
+    path = tmp_path / "echo.json"
+    settings = {"mode": "env-only", "steps": 3, "lr": 1e-5, "lambda_schedule": "linear", "system_prompt": None}
+    path.write_text(json.dumps(settings))
+    config = TrainConfig.from_file(path, steps=7, seed=None)  # flags win; an unset flag (None) does not
+    assert isinstance(config, TrainConfig)
+    assert (config.mode, config.lr, config.lambda_schedule, config.system_prompt) == ("env-only", 1e-5, "linear", None)
+    assert config.steps == 7
+    assert config.seed == 0 and config.group_size == TrainConfig().group_size
+    toml = tmp_path / "empty.toml"
+    toml.write_text("")
+    assert TrainConfig.from_file(toml) == TrainConfig()
+
+
 def _train_command(run_dir: Path, steps: int) -> list[str]:
     return [
-        sys.executable, "-m", "taskforge.cli", "train", "echo", "--tasks", str(AGENT_TASKS), "--steps", str(steps), "--tasks-per-step", "1", "-g", "2",
-        "--max-turns", "2", "--max-new-tokens", "24", "--checkpoint-every", "1", "--run", run_dir.name, "--runs-dir", str(run_dir.parent),
+        sys.executable,
+        "-m",
+        "taskforge.cli",
+        "train",
+        "echo",
+        "--tasks",
+        str(AGENT_TASKS),
+        "--steps",
+        str(steps),
+        "--tasks-per-step",
+        "1",
+        "-g",
+        "2",
+        "--max-turns",
+        "2",
+        "--max-new-tokens",
+        "24",
+        "--checkpoint-every",
+        "1",
+        "--run",
+        run_dir.name,
+        "--runs-dir",
+        str(run_dir.parent),
     ]
 
 
 def test_training_writes_metrics_and_checkpoints_and_resumes_after_kill_9(tmp_path, base_image):
     run_dir = tmp_path / "runs" / "echo-kill"
-    child = subprocess.Popen(_train_command(run_dir, 3), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    child = subprocess.Popen(
+        _train_command(run_dir, 3),
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while not (run_dir / "checkpoints" / "step-1").is_dir():
         assert child.poll() is None, "training exited before its first checkpoint"
@@ -94,12 +157,32 @@ def test_training_writes_metrics_and_checkpoints_and_resumes_after_kill_9(tmp_pa
     steps_logged = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps_logged[0] == 1 and len(steps_logged) < 3
 
-    resumed = subprocess.run(_train_command(run_dir, 3), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    resumed = subprocess.run(
+        _train_command(run_dir, 3),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]  # each step exactly once
-    for key in ("reward_mean", "pass_rate", "env_ce", "policy_loss", "warning_ce", "clip_fraction", "env_to_policy_ratio", "tokens", "turns_mean", "timeout_rate", "seconds", "lambda"):
+    for key in (
+        "reward_mean",
+        "pass_rate",
+        "env_ce",
+        "policy_loss",
+        "warning_ce",
+        "clip_fraction",
+        "env_to_policy_ratio",
+        "tokens",
+        "turns_mean",
+        "timeout_rate",
+        "seconds",
+        "lambda",
+    ):
         assert key in rows[-1], key
     assert rows[-1]["n_rollouts"] == 2
     model, tokenizer = load_checkpoint(run_dir / "checkpoints" / "step-3")

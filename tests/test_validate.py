@@ -47,7 +47,10 @@ def test_validate_names_the_reason_for_each_failure_and_resumes(tmp_path, bad_an
     good = by_dir[str(bad_and_good_tasks["passed"].resolve())]
     assert (good.oracle_reward, good.nop_reward) == (1.0, 0.0)
     detail = {status: by_dir[str(path.resolve())].detail for status, path in bad_and_good_tasks.items()}
-    assert "Dockerfile failed to build: The command '/bin/sh -c exit 7' returned a non-zero code: 7" in detail["build_failed"]
+    assert (
+        "Dockerfile failed to build: The command '/bin/sh -c exit 7' returned a non-zero code: 7"
+        in detail["build_failed"]
+    )
     assert "test.sh wrote neither /logs/verifier/reward.txt nor /logs/verifier/reward.json" in detail["verifier_error"]
     assert "oracle scored 0 (needs 1.0)" in detail["oracle_failed"]
     assert "nop scored 1 (needs 0.0)" in detail["nop_passed"]
@@ -92,14 +95,30 @@ def test_tests_are_uploaded_only_after_the_agent(write_hello, base_image, tmp_pa
 
 
 def test_validate_cli_exits_nonzero_with_a_summary(tmp_path, bad_and_good_tasks):
-    command = [sys.executable, "-m", "taskforge.cli", "validate", str(bad_and_good_tasks["passed"]), str(bad_and_good_tasks["oracle_failed"]), "--runs-dir", str(tmp_path / "runs"), "-j", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "taskforge.cli",
+        "validate",
+        str(bad_and_good_tasks["passed"]),
+        str(bad_and_good_tasks["oracle_failed"]),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "-j",
+        "2",
+    ]
     env = {**os.environ, "COLUMNS": "250"}
     failed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, env=env)
     assert failed.returncode == 1
     assert "oracle_failed" in failed.stdout and "1/2 tasks passed validation" in failed.stdout
     ok = subprocess.run(command[:5] + command[6:], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, env=env)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    missing = subprocess.run([sys.executable, "-m", "taskforge.cli", "validate", str(tmp_path / "nope")], capture_output=True, text=True, cwd=REPO_ROOT)
+    missing = subprocess.run(
+        [sys.executable, "-m", "taskforge.cli", "validate", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
     assert missing.returncode == 2 and "no such file or directory" in missing.stderr
 
 

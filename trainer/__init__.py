@@ -3,7 +3,7 @@
 - `trainer.model`:      the tiny offline default policy, HF loading, checkpoints
 - `trainer.rollout`:    token-exact multi-turn rollouts with action / observation / warning masks
 - `trainer.logprobs`:   per-token log-probs in chunks, never materialising [T, V] logits
-- `trainer.loss`:       `echo_loss` (pure function of tensors), lambda schedules, normalisers
+- `trainer.loss`:       `echo_loss` (pure function of tensors), the env CE (`per_sequence_ce`), lambda schedules
 - `trainer.advantages`: group-normalised advantages
 """
 

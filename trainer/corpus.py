@@ -16,31 +16,129 @@ import json
 import random
 from collections.abc import Callable, Iterator
 
-DIRS = ["/app", "/data", "/var/log", "/etc", "/home/user", "/tmp", "/srv/www", "/opt/tools",
-        "/usr/local/bin", "/workspace", "/root", "/var/lib/app", "/home/alice", "/mnt/backup"]
-NAMES = ["data", "report", "config", "users", "sales", "access", "error", "notes", "main",
-         "utils", "server", "events", "metrics", "inventory", "orders", "backup", "readme",
-         "settings", "records", "output", "input", "summary", "test_app", "schema", "app"]
-EXTS = [".csv", ".json", ".log", ".txt", ".py", ".sh", ".conf", ".yaml", ".md", ".tar.gz",
-        ".ini", ".xml", ".sql", ".toml", ".tsv"]
+DIRS = [
+    "/app",
+    "/data",
+    "/var/log",
+    "/etc",
+    "/home/user",
+    "/tmp",
+    "/srv/www",
+    "/opt/tools",
+    "/usr/local/bin",
+    "/workspace",
+    "/root",
+    "/var/lib/app",
+    "/home/alice",
+    "/mnt/backup",
+]
+NAMES = [
+    "data",
+    "report",
+    "config",
+    "users",
+    "sales",
+    "access",
+    "error",
+    "notes",
+    "main",
+    "utils",
+    "server",
+    "events",
+    "metrics",
+    "inventory",
+    "orders",
+    "backup",
+    "readme",
+    "settings",
+    "records",
+    "output",
+    "input",
+    "summary",
+    "test_app",
+    "schema",
+    "app",
+]
+EXTS = [
+    ".csv",
+    ".json",
+    ".log",
+    ".txt",
+    ".py",
+    ".sh",
+    ".conf",
+    ".yaml",
+    ".md",
+    ".tar.gz",
+    ".ini",
+    ".xml",
+    ".sql",
+    ".toml",
+    ".tsv",
+]
 USERS = ["root", "alice", "bob", "www-data", "deploy", "postgres", "nobody", "carol", "dave"]
-COLUMNS = ["id", "name", "email", "age", "city", "price", "quantity", "status", "date",
-           "amount", "category", "score", "region", "timestamp", "level", "message", "user_id"]
-WORDS = ["alpha", "beta", "gamma", "delta", "error", "warning", "info", "debug", "success",
-         "failed", "timeout", "connected", "started", "stopped", "pending", "active", "done"]
+COLUMNS = [
+    "id",
+    "name",
+    "email",
+    "age",
+    "city",
+    "price",
+    "quantity",
+    "status",
+    "date",
+    "amount",
+    "category",
+    "score",
+    "region",
+    "timestamp",
+    "level",
+    "message",
+    "user_id",
+]
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "error",
+    "warning",
+    "info",
+    "debug",
+    "success",
+    "failed",
+    "timeout",
+    "connected",
+    "started",
+    "stopped",
+    "pending",
+    "active",
+    "done",
+]
 CITIES = ["Berlin", "Paris", "Tokyo", "Lima", "Oslo", "Austin", "Madrid", "Seoul", "Cairo"]
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-PERMS = ["-rw-r--r--", "-rwxr-xr-x", "drwxr-xr-x", "-rw-------", "-rw-rw-r--", "drwx------",
-         "lrwxrwxrwx", "-r--r--r--"]
-ERRORS = ["No such file or directory", "Permission denied", "Is a directory",
-          "command not found", "Not a directory", "File exists", "Directory not empty",
-          "Operation not permitted", "syntax error near unexpected token `fi'"]
-PY_ERRORS = ["KeyError: 'name'", "ValueError: invalid literal for int() with base 10: 'abc'",
-             "FileNotFoundError: [Errno 2] No such file or directory: 'data.csv'",
-             "TypeError: unsupported operand type(s) for +: 'int' and 'str'",
-             "ModuleNotFoundError: No module named 'pandas'",
-             "json.decoder.JSONDecodeError: Expecting value: line 1 column 1 (char 0)",
-             "IndexError: list index out of range", "ZeroDivisionError: division by zero"]
+PERMS = ["-rw-r--r--", "-rwxr-xr-x", "drwxr-xr-x", "-rw-------", "-rw-rw-r--", "drwx------", "lrwxrwxrwx", "-r--r--r--"]
+ERRORS = [
+    "No such file or directory",
+    "Permission denied",
+    "Is a directory",
+    "command not found",
+    "Not a directory",
+    "File exists",
+    "Directory not empty",
+    "Operation not permitted",
+    "syntax error near unexpected token `fi'",
+]
+PY_ERRORS = [
+    "KeyError: 'name'",
+    "ValueError: invalid literal for int() with base 10: 'abc'",
+    "FileNotFoundError: [Errno 2] No such file or directory: 'data.csv'",
+    "TypeError: unsupported operand type(s) for +: 'int' and 'str'",
+    "ModuleNotFoundError: No module named 'pandas'",
+    "json.decoder.JSONDecodeError: Expecting value: line 1 column 1 (char 0)",
+    "IndexError: list index out of range",
+    "ZeroDivisionError: division by zero",
+]
 
 # A few hundred everyday words of READMEs, help texts, logs and code, so the BPE learns whole-word
 # merges beyond the closed pools above.
@@ -93,24 +191,50 @@ def _command(rng: random.Random) -> str:
     p, f, col = _path(rng), _file(rng), rng.randint(1, 6)
     word, user, n = rng.choice(WORDS), rng.choice(USERS), rng.randint(1, 500)
     templates = [
-        f"ls -la {rng.choice(DIRS)}", f"cat {p}", f"head -n {n % 40 + 1} {p}", f"tail -f {p}",
-        f"wc -l {p}", f"grep -c '{word}' {p}", f"grep -rn \"{word}\" {rng.choice(DIRS)}",
+        f"ls -la {rng.choice(DIRS)}",
+        f"cat {p}",
+        f"head -n {n % 40 + 1} {p}",
+        f"tail -f {p}",
+        f"wc -l {p}",
+        f"grep -c '{word}' {p}",
+        f'grep -rn "{word}" {rng.choice(DIRS)}',
         f"awk -F, '{{sum += ${col}}} END {{print sum}}' {p}",
-        f"cut -d, -f{col} {p} | sort -u", f"sort -t, -k{col} -n {p} | head",
-        f"sed -i 's/{word}/{rng.choice(WORDS)}/g' {p}", f"find {rng.choice(DIRS)} -name '*{rng.choice(EXTS)}'",
-        f"find {rng.choice(DIRS)} -type f -size +{n}k", f"chmod {rng.choice(['644', '755', '600', '+x'])} {p}",
-        f"chown {user}:{user} {p}", f"mkdir -p {rng.choice(DIRS)}/{rng.choice(NAMES)}",
-        f"cp {p} {_path(rng)}", f"mv {f} {rng.choice(DIRS)}/", f"rm -f {p}",
+        f"cut -d, -f{col} {p} | sort -u",
+        f"sort -t, -k{col} -n {p} | head",
+        f"sed -i 's/{word}/{rng.choice(WORDS)}/g' {p}",
+        f"find {rng.choice(DIRS)} -name '*{rng.choice(EXTS)}'",
+        f"find {rng.choice(DIRS)} -type f -size +{n}k",
+        f"chmod {rng.choice(['644', '755', '600', '+x'])} {p}",
+        f"chown {user}:{user} {p}",
+        f"mkdir -p {rng.choice(DIRS)}/{rng.choice(NAMES)}",
+        f"cp {p} {_path(rng)}",
+        f"mv {f} {rng.choice(DIRS)}/",
+        f"rm -f {p}",
         f"tar -czf {rng.choice(NAMES)}.tar.gz --exclude='*.log' {rng.choice(DIRS)}",
         f"tar -xzf {rng.choice(NAMES)}.tar.gz -C {rng.choice(DIRS)}",
         f"python3 -c \"import json; print(json.load(open('{f}'))['{rng.choice(COLUMNS)}'])\"",
-        f"python3 {rng.choice(NAMES)}.py --input {p}", f"pip install {rng.choice(['requests', 'pyyaml', 'pytest'])}",
-        f"jq '.{rng.choice(COLUMNS)}' {p}", f"echo \"{word}\" >> {p}", f"uniq -c {p} | sort -rn | head -{n % 9 + 1}",
-        f"du -sh {rng.choice(DIRS)}", "df -h", "ps aux | grep python", f"id {user}", "whoami", "pwd",
-        f"git log --oneline -n {n % 20 + 1}", "git status", f"diff {p} {_path(rng)}",
-        f"xargs -I{{}} cp {{}} {rng.choice(DIRS)} < files.txt", f"test -f {p} && echo ok || echo missing",
-        f"for f in {rng.choice(DIRS)}/*.log; do wc -l \"$f\"; done", f"export PATH=$PATH:{rng.choice(DIRS)}",
-        f"cd {rng.choice(DIRS)} && ls", f"stat -c '%a %U' {p}", "crontab -l", f"sqlite3 app.db 'SELECT count(*) FROM {rng.choice(NAMES)};'",
+        f"python3 {rng.choice(NAMES)}.py --input {p}",
+        f"pip install {rng.choice(['requests', 'pyyaml', 'pytest'])}",
+        f"jq '.{rng.choice(COLUMNS)}' {p}",
+        f'echo "{word}" >> {p}',
+        f"uniq -c {p} | sort -rn | head -{n % 9 + 1}",
+        f"du -sh {rng.choice(DIRS)}",
+        "df -h",
+        "ps aux | grep python",
+        f"id {user}",
+        "whoami",
+        "pwd",
+        f"git log --oneline -n {n % 20 + 1}",
+        "git status",
+        f"diff {p} {_path(rng)}",
+        f"xargs -I{{}} cp {{}} {rng.choice(DIRS)} < files.txt",
+        f"test -f {p} && echo ok || echo missing",
+        f'for f in {rng.choice(DIRS)}/*.log; do wc -l "$f"; done',
+        f"export PATH=$PATH:{rng.choice(DIRS)}",
+        f"cd {rng.choice(DIRS)} && ls",
+        f"stat -c '%a %U' {p}",
+        "crontab -l",
+        f"sqlite3 app.db 'SELECT count(*) FROM {rng.choice(NAMES)};'",
     ]
     return rng.choice(templates)
 
@@ -119,8 +243,11 @@ def _ls_output(rng: random.Random) -> str:
     lines = [f"total {rng.randint(0, 200)}"]
     for _ in range(rng.randint(1, 8)):
         user = rng.choice(USERS)
-        lines.append(f"{rng.choice(PERMS)} {rng.randint(1, 4)} {user} {user} {rng.randint(0, 99999):>6} "
-                     f"{rng.choice(MONTHS)} {rng.randint(1, 28):>2} {rng.randint(0, 23):02d}:{rng.randint(0, 59):02d} {_file(rng)}")
+        lines.append(
+            f"{rng.choice(PERMS)} {rng.randint(1, 4)} {user} {user} {rng.randint(0, 99999):>6} "
+            f"{rng.choice(MONTHS)} {rng.randint(1, 28):>2} "
+            f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d} {_file(rng)}"
+        )
     return "\n".join(lines)
 
 
@@ -158,10 +285,15 @@ def _json(rng: random.Random) -> str:
 def _error(rng: random.Random) -> str:
     kind = rng.randint(0, 2)
     if kind == 0:
-        return f"{rng.choice(['ls', 'cat', 'cd', 'rm', 'cp', 'mkdir'])}: cannot access '{_path(rng)}': {rng.choice(ERRORS)}"
+        return (
+            f"{rng.choice(['ls', 'cat', 'cd', 'rm', 'cp', 'mkdir'])}: cannot access '{_path(rng)}': "
+            f"{rng.choice(ERRORS)}"
+        )
     if kind == 1:
-        return (f"Traceback (most recent call last):\n  File \"{_path(rng)}\", line {rng.randint(1, 300)}, in <module>\n"
-                f"    main()\n{rng.choice(PY_ERRORS)}")
+        return (
+            f'Traceback (most recent call last):\n  File "{_path(rng)}", line {rng.randint(1, 300)}, in <module>\n'
+            f"    main()\n{rng.choice(PY_ERRORS)}"
+        )
     return f"bash: {rng.choice(NAMES)}: {rng.choice(ERRORS)}"
 
 
@@ -170,19 +302,28 @@ def _log_lines(rng: random.Random) -> str:
         f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d} {rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:"
         f"{rng.randint(0, 59):02d} [{rng.choice(['INFO', 'WARN', 'ERROR', 'DEBUG'])}] {rng.choice(WORDS)} "
         f"{rng.choice(NAMES)} user={rng.choice(USERS)} took {rng.randint(1, 999)}ms"
-        for _ in range(rng.randint(1, 5)))
+        for _ in range(rng.randint(1, 5))
+    )
 
 
 def _counts(rng: random.Random) -> str:
-    return "\n".join(f"{rng.randint(1, 9999):>7} {_path(rng) if rng.random() < 0.5 else rng.choice(WORDS)}"
-                     for _ in range(rng.randint(1, 4)))
+    return "\n".join(
+        f"{rng.randint(1, 9999):>7} {_path(rng) if rng.random() < 0.5 else rng.choice(WORDS)}"
+        for _ in range(rng.randint(1, 4))
+    )
 
 
 def _pytest(rng: random.Random) -> str:
     passed, failed = rng.randint(0, 30), rng.randint(0, 3)
-    head = f"============================= test session starts ==============================\ncollected {passed + failed} items\n"
+    head = (
+        "============================= test session starts ==============================\n"
+        f"collected {passed + failed} items\n"
+    )
     body = f"tests/test_{rng.choice(NAMES)}.py {'.' * min(passed, 20)}{'F' * failed}"
-    tail = f"========================= {passed} passed, {failed} failed in {rng.uniform(0, 9):.2f}s ========================="
+    tail = (
+        f"========================= {passed} passed, {failed} failed in {rng.uniform(0, 9):.2f}s "
+        "========================="
+    )
     return head + body + "\n" + tail
 
 
@@ -205,22 +346,33 @@ def _sentence(rng: random.Random) -> str:
 
 def _python(rng: random.Random) -> str:
     fn, arg, var = _identifier(rng).replace("-", "_"), rng.choice(WORD_BANK), rng.choice(WORD_BANK)
-    return (f"def {fn}({arg}, {var}=None):\n    \"\"\"{_sentence(rng)}\"\"\"\n"
-            f"    if {var} is None:\n        {var} = {rng.choice(['[]', '{}', '0', repr(rng.choice(WORD_BANK))])}\n"
-            f"    for {rng.choice(['item', 'line', 'row', 'key'])} in {arg}:\n"
-            f"        {var}.{rng.choice(['append', 'update', 'add', 'extend'])}({arg})\n    return {var}")
+    return (
+        f'def {fn}({arg}, {var}=None):\n    """{_sentence(rng)}"""\n'
+        f"    if {var} is None:\n        {var} = {rng.choice(['[]', '{}', '0', repr(rng.choice(WORD_BANK))])}\n"
+        f"    for {rng.choice(['item', 'line', 'row', 'key'])} in {arg}:\n"
+        f"        {var}.{rng.choice(['append', 'update', 'add', 'extend'])}({arg})\n    return {var}"
+    )
 
 
 def _help_text(rng: random.Random) -> str:
     tool = _identifier(rng).replace("_", "-").lower()
-    options = [f"  --{_identifier(rng).replace('_', '-').lower()} {rng.choice(['', 'N', 'PATH', 'NAME'])}".rstrip()
-               + f"  {_sentence(rng)}" for _ in range(rng.randint(1, 4))]
-    return f"usage: {tool} [-h] [--verbose] {rng.choice(WORD_BANK).upper()}\n\n{_sentence(rng)}\n\noptions:\n" + "\n".join(options)
+    options = [
+        f"  --{_identifier(rng).replace('_', '-').lower()} {rng.choice(['', 'N', 'PATH', 'NAME'])}".rstrip()
+        + f"  {_sentence(rng)}"
+        for _ in range(rng.randint(1, 4))
+    ]
+    return (
+        f"usage: {tool} [-h] [--verbose] {rng.choice(WORD_BANK).upper()}\n\n{_sentence(rng)}\n\noptions:\n"
+        + "\n".join(options)
+    )
 
 
 def _git_log(rng: random.Random) -> str:
-    return "\n".join(f"{rng.getrandbits(28):07x} {rng.choice(['Fix', 'Add', 'Update', 'Remove', 'Refactor'])} "
-                     f"{' '.join(rng.sample(WORD_BANK, rng.randint(1, 4)))}" for _ in range(rng.randint(1, 5)))
+    return "\n".join(
+        f"{rng.getrandbits(28):07x} {rng.choice(['Fix', 'Add', 'Update', 'Remove', 'Refactor'])} "
+        f"{' '.join(rng.sample(WORD_BANK, rng.randint(1, 4)))}"
+        for _ in range(rng.randint(1, 5))
+    )
 
 
 def _config(rng: random.Random) -> str:
@@ -228,25 +380,37 @@ def _config(rng: random.Random) -> str:
     style = rng.randint(0, 2)
     values = [rng.choice([str(rng.randint(0, 9000)), "true", "false", rng.choice(WORD_BANK), _path(rng)]) for _ in keys]
     if style == 0:
-        return "\n".join(f"{k}: {v}" for k, v in zip(keys, values))
+        return "\n".join(f"{k}: {v}" for k, v in zip(keys, values, strict=True))
     if style == 1:
-        return f"[{rng.choice(WORD_BANK)}]\n" + "\n".join(f"{k} = \"{v}\"" for k, v in zip(keys, values))
-    return "\n".join(f"{k.upper()}={v}" for k, v in zip(keys, values))
+        return f"[{rng.choice(WORD_BANK)}]\n" + "\n".join(f'{k} = "{v}"' for k, v in zip(keys, values, strict=True))
+    return "\n".join(f"{k.upper()}={v}" for k, v in zip(keys, values, strict=True))
 
 
 def _pip_list(rng: random.Random) -> str:
-    rows = [f"{_identifier(rng).replace('_', '-').lower():<24} {rng.randint(0, 9)}.{rng.randint(0, 30)}.{rng.randint(0, 9)}"
-            for _ in range(rng.randint(1, 5))]
+    rows = [
+        f"{_identifier(rng).replace('_', '-').lower():<24} {rng.randint(0, 9)}.{rng.randint(0, 30)}.{rng.randint(0, 9)}"
+        for _ in range(rng.randint(1, 5))
+    ]
     return "Package                  Version\n------------------------ -------\n" + "\n".join(rows)
 
 
 def _snippet(rng: random.Random) -> str:
     makers: list[Callable[[random.Random], str]] = [
-        _ls_output, _csv, _json, _error, _log_lines, _counts, _pytest,
+        _ls_output,
+        _csv,
+        _json,
+        _error,
+        _log_lines,
+        _counts,
+        _pytest,
         lambda r: "\n".join(_path(r) for _ in range(r.randint(1, 6))),
         lambda r: str(r.randint(0, 100000)),
         lambda r: f"exit code: {r.choice([0, 0, 0, 1, 2, 127])}",
-        _python, _help_text, _git_log, _config, _pip_list,
+        _python,
+        _help_text,
+        _git_log,
+        _config,
+        _pip_list,
         lambda r: " ".join(_sentence(r) for _ in range(r.randint(1, 4))),
     ]
     return rng.choice(makers)(rng)

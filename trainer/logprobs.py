@@ -20,8 +20,9 @@ class _ChunkedTargetLogprobs(torch.autograd.Function):
     """logprob[n] = (h[n] . W[target[n]]) / temp - logsumexp_v((h[n] . W[v]) / temp)."""
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                chunk_size: int, temperature: float) -> torch.Tensor:
+    def forward(
+        ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int, temperature: float
+    ) -> torch.Tensor:
         n_tokens = hidden.shape[0]
         logprobs = torch.empty(n_tokens, dtype=torch.float32, device=hidden.device)
         logsumexp = torch.empty(n_tokens, dtype=torch.float32, device=hidden.device)
@@ -47,8 +48,13 @@ class _ChunkedTargetLogprobs(torch.autograd.Function):
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             end = min(start + ctx.chunk_size, hidden.shape[0])
             grad_logits = _chunk_grad_logits(
-                hidden[start:end], weight, targets[start:end], logsumexp[start:end],
-                grad_logprobs[start:end], ctx.temperature).to(hidden.dtype)
+                hidden[start:end],
+                weight,
+                targets[start:end],
+                logsumexp[start:end],
+                grad_logprobs[start:end],
+                ctx.temperature,
+            ).to(hidden.dtype)
             if need_hidden:
                 grad_hidden[start:end] = grad_logits @ weight
             if need_weight:
@@ -73,8 +79,14 @@ def _logsumexp_inplace(logits: torch.Tensor) -> torch.Tensor:
     return logits.sub_(row_max).exp_().sum(dim=1).log_() + row_max.squeeze(1)
 
 
-def _chunk_grad_logits(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                       logsumexp: torch.Tensor, grad_out: torch.Tensor, temperature: float) -> torch.Tensor:
+def _chunk_grad_logits(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    logsumexp: torch.Tensor,
+    grad_out: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
     """d(sum_n g_n logprob_n)/d(raw logits) = g_n (onehot(target_n) - softmax_n) / temperature."""
     probs = _chunk_logits(hidden, weight, temperature).sub_(logsumexp[:, None]).exp_()
     grad = probs.mul_(-grad_out[:, None])

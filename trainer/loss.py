@@ -92,8 +92,9 @@ class LossNormalizers:
         return cls(action_tokens=float(counts[0]), observation_sequences=float(counts[1]))
 
 
-def global_normalizers(action_mask: torch.Tensor, observation_mask: torch.Tensor,
-                       group: dist.ProcessGroup | None = None) -> LossNormalizers:
+def global_normalizers(
+    action_mask: torch.Tensor, observation_mask: torch.Tensor, group: dist.ProcessGroup | None = None
+) -> LossNormalizers:
     """Counts over all ranks' batches divided by the world size (one all-reduce).
 
     With these, the mean over ranks of each rank's loss is the single-process loss on the union
@@ -149,7 +150,7 @@ def echo_loss(
     per_token_policy, ratio = _clipped_surrogate(logprobs, old_logprobs, advantages, action, config)
     policy_term = per_token_policy.sum() / _positive(normalizers.action_tokens)
     kl_term = _kl_term(logprobs, ref_logprobs, action, normalizers) if config.kl_coef > 0 else None
-    env_per_sequence = _per_sequence_ce(logprobs, observation)
+    env_per_sequence = per_sequence_ce(logprobs, observation)
     env_term = env_per_sequence.sum() / _positive(normalizers.observation_sequences)
 
     env_coef = config.resolved_env_coef
@@ -160,14 +161,30 @@ def echo_loss(
         if config.mode == "echo":
             loss = loss + env_coef * env_term
 
-    metrics = _metrics(logprobs, ratio, advantages, action, observation, warning, per_token_policy,
-                       env_per_sequence, kl_term, env_coef, config)
+    metrics = _metrics(
+        logprobs,
+        ratio,
+        advantages,
+        action,
+        observation,
+        warning,
+        per_token_policy,
+        env_per_sequence,
+        kl_term,
+        env_coef,
+        config,
+    )
     metrics["loss"] = float(loss.detach())
     return loss, metrics
 
 
-def _clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                       action: torch.Tensor, config: EchoLossConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _clipped_surrogate(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    action: torch.Tensor,
+    config: EchoLossConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token -min(r A, clip(r) A) on action tokens, 0 elsewhere; and the ratio r.
 
     `where` (not multiplication by the mask) keeps garbage old log-probs at non-action
@@ -180,19 +197,32 @@ def _clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advan
     return torch.where(action, per_token, torch.zeros_like(per_token)), ratio
 
 
-def _kl_term(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, action: torch.Tensor,
-             normalizers: LossNormalizers) -> torch.Tensor:
+def _kl_term(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, action: torch.Tensor, normalizers: LossNormalizers
+) -> torch.Tensor:
     """k3 estimate of KL(policy || reference): exp(ref - lp) - (ref - lp) - 1, token-mean."""
     delta = torch.where(action, ref_logprobs - logprobs, torch.zeros_like(logprobs))
     per_token = torch.exp(delta) - delta - 1.0
     return per_token.sum() / _positive(normalizers.action_tokens)
 
 
-def _per_sequence_ce(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def per_sequence_ce(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[B] mean -logprob over each sequence's masked tokens; 0 (still graph-connected to
-    `logprobs`) for sequences without any, so a batch without observations backpropagates."""
+    `logprobs`) for sequences without any, so a batch without observations backpropagates.
+
+    The one definition of the environment CE: the loss, SFT and held-out evaluation all use it,
+    so their numbers mean the same thing. `where` (not a product) keeps -inf outside the mask out.
+    """
+    mask = mask.bool()
     summed = -torch.where(mask, logprobs, torch.zeros_like(logprobs)).sum(dim=-1)
     return summed / mask.sum(dim=-1).clamp(min=1).to(logprobs.dtype)
+
+
+def mean_sequence_ce(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Scalar: `per_sequence_ce` averaged over the sequences with at least one masked token
+    (a sequence without any says nothing about the CE); a graph-connected 0 when none has one."""
+    n_sequences = int(mask.bool().any(dim=-1).sum())
+    return per_sequence_ce(logprobs, mask).sum() / max(n_sequences, 1)
 
 
 def _positive(count: float) -> float:
@@ -200,19 +230,30 @@ def _positive(count: float) -> float:
 
 
 @torch.no_grad()
-def _metrics(logprobs: torch.Tensor, ratio: torch.Tensor, advantages: torch.Tensor, action: torch.Tensor,
-             observation: torch.Tensor, warning: torch.Tensor, per_token_policy: torch.Tensor,
-             env_per_sequence: torch.Tensor, kl_term: torch.Tensor | None, env_coef: float,
-             config: EchoLossConfig) -> dict[str, float]:
+def _metrics(
+    logprobs: torch.Tensor,
+    ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    action: torch.Tensor,
+    observation: torch.Tensor,
+    warning: torch.Tensor,
+    per_token_policy: torch.Tensor,
+    env_per_sequence: torch.Tensor,
+    kl_term: torch.Tensor | None,
+    env_coef: float,
+    config: EchoLossConfig,
+) -> dict[str, float]:
     n_action = int(action.sum())
     n_obs_sequences = int(observation.any(dim=-1).sum())
     policy = float(per_token_policy.sum()) / max(n_action, 1)
     env_ce = float(env_per_sequence.sum()) / max(n_obs_sequences, 1)
     warning_sequences = int(warning.any(dim=-1).sum())
-    warning_ce = float(_per_sequence_ce(logprobs, warning).sum()) / max(warning_sequences, 1)
+    warning_ce = float(per_sequence_ce(logprobs, warning).sum()) / max(warning_sequences, 1)
     # Tokens whose gradient the clip removed: ratio beyond the bound on the side the advantage pushes.
     advantages = advantages.expand_as(ratio)
-    clipped = ((ratio > 1 + config.clip_eps_high) & (advantages > 0)) | ((ratio < 1 - config.clip_eps_low) & (advantages < 0))
+    clipped = ((ratio > 1 + config.clip_eps_high) & (advantages > 0)) | (
+        (ratio < 1 - config.clip_eps_low) & (advantages < 0)
+    )
     log_ratio = torch.log(ratio)
     approx_kl = ((ratio - 1) - log_ratio)[action].sum()  # k3 estimate of KL(old || current)
     return {

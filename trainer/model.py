@@ -68,7 +68,10 @@ class PolicyLoadError(RuntimeError):
     """A policy could not be loaded; the message says what was tried and what to do."""
 
 
-class Policy(NamedTuple):
+class LoadedPolicy(NamedTuple):
+    """A loaded model and its tokenizer. Not taskforge.agent.policy.Policy (the agent loop's protocol):
+    wrap one in trainer.sampler.LocalModelPolicy to play episodes."""
+
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
 
@@ -108,10 +111,12 @@ def train_tokenizer(spec: TinyPolicySpec = TinyPolicySpec()) -> PreTrainedTokeni
     non-ASCII) encodes without an unknown token and decodes back to itself.
     """
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN_SPLIT_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=spec.vocab_size,
@@ -159,10 +164,10 @@ def build_tiny_model(spec: TinyPolicySpec, tokenizer: PreTrainedTokenizerBase) -
     return model
 
 
-def build_tiny_policy(spec: TinyPolicySpec = TinyPolicySpec()) -> Policy:
+def build_tiny_policy(spec: TinyPolicySpec = TinyPolicySpec()) -> LoadedPolicy:
     """Build the tiny policy in memory (no cache). `ensure_tiny_policy` is the cached route."""
     tokenizer = train_tokenizer(spec)
-    return Policy(build_tiny_model(spec, tokenizer), tokenizer)
+    return LoadedPolicy(build_tiny_model(spec, tokenizer), tokenizer)
 
 
 def ensure_tiny_policy(cache_dir: str | Path | None = None, spec: TinyPolicySpec = TinyPolicySpec()) -> Path:
@@ -206,7 +211,7 @@ def load_policy(
     gradient_checkpointing: bool = False,
     device: str | torch.device = "cpu",
     local_files_only: bool | None = None,
-) -> Policy:
+) -> LoadedPolicy:
     """Load a policy: "tiny"/"default"/None for the offline default, else a local checkpoint
     directory or a Hugging Face hub name (needs a network, which this project's machines lack).
 
@@ -230,7 +235,7 @@ def load_policy(
     model.to(device)
     if gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    return Policy(model, tokenizer)
+    return LoadedPolicy(model, tokenizer)
 
 
 def _resolve_source(name_or_path: str | Path | None, cache_dir: str | Path | None) -> str:
@@ -283,6 +288,6 @@ def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     return directory
 
 
-def load_checkpoint(directory: str | Path, **kwargs) -> Policy:
+def load_checkpoint(directory: str | Path, **kwargs) -> LoadedPolicy:
     """Load a checkpoint written by `save_checkpoint` (same options as `load_policy`)."""
     return load_policy(Path(directory), **kwargs)

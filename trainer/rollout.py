@@ -12,8 +12,10 @@ so the history is never re-tokenised:
 The agent loop should feed `builder.token_ids` to the sampler as the prompt of the next turn
 (token-in / token-out generation), so sampling and training condition on the same ids.
 
-Observation content layout (defined only in `observation_layout`): a harness warning, when
-there is one, on its own first line, then the command output verbatim:
+Observation content layout: taskforge.agent.episode's `observation_layout` is the one definition
+(a harness warning, when there is one, on its own first line, then the command output verbatim);
+`OBSERVATION_PIECE_TOKEN_KINDS` says which mask each piece gets: the warning WARNING, the newline
+after it TEMPLATE, the output OBSERVATION.
 
     [harness] output truncated to 50000 characters
     <command output>
@@ -46,7 +48,7 @@ import torch
 from pydantic import BaseModel, model_validator
 from transformers import PreTrainedTokenizerBase
 
-from taskforge.agent.episode import WARNING_SEPARATOR  # one home for the observation layout's separator
+from taskforge.agent.episode import ObservationPieceKind, observation_layout, render_observation
 
 IM_END = "<|im_end|>"
 # Private-use code points: no chat template writes them, so the probe's position is unambiguous.
@@ -63,11 +65,11 @@ ANCHOR_MESSAGES = (
 class TokenKind(IntEnum):
     """What a token is, and so which loss term (if any) it belongs to."""
 
-    PROMPT = 0       # the rendered initial prompt (system + instruction): context only
-    TEMPLATE = 1     # chat-template scaffolding after the prompt: role headers, <|im_end|>, newlines
-    ACTION = 2       # sampled by the policy: GRPO term
+    PROMPT = 0  # the rendered initial prompt (system + instruction): context only
+    TEMPLATE = 1  # chat-template scaffolding after the prompt: role headers, <|im_end|>, newlines
+    ACTION = 2  # sampled by the policy: GRPO term
     OBSERVATION = 3  # environment output body: ECHO's env cross-entropy term
-    WARNING = 4      # harness text the agent loop injects: logged, never trained
+    WARNING = 4  # harness text the agent loop injects: logged, never trained
 
 
 class RolloutError(ValueError):
@@ -107,7 +109,7 @@ class Rollout(BaseModel):
         masks = self.masks()
         if any(len(mask) != n for mask in masks.values()) or len(self.sampler_logprobs) != n:
             raise ValueError(f"every mask and sampler_logprobs must have {n} entries (one per token)")
-        coverage = [sum(flags) for flags in zip(*masks.values())]
+        coverage = [sum(flags) for flags in zip(*masks.values(), strict=True)]
         if any(count != 1 for count in coverage):
             raise ValueError("masks must be disjoint and cover every token (exactly one mask per token)")
         return self
@@ -124,35 +126,30 @@ class Rollout(BaseModel):
     def ids_of(self, kind: TokenKind) -> list[int]:
         """The ids under one mask, in order."""
         mask = self.masks()[kind]
-        return [token for token, keep in zip(self.token_ids, mask) if keep]
+        return [token for token, keep in zip(self.token_ids, mask, strict=True) if keep]
 
     def __len__(self) -> int:
         return len(self.token_ids)
 
 
-def observation_layout(body: str, warning: str | None) -> list[tuple[str, TokenKind]]:
-    """The observation message's content as (text, kind) pieces. The one place that defines it."""
-    pieces: list[tuple[str, TokenKind]] = []
-    if warning:
-        pieces += [(warning, TokenKind.WARNING), (WARNING_SEPARATOR, TokenKind.TEMPLATE)]
-    pieces.append((body, TokenKind.OBSERVATION))
-    return pieces
-
-
-def observation_content(body: str, warning: str | None) -> str:
-    """The observation message's content string, as a chat API would receive it."""
-    return "".join(text for text, _ in observation_layout(body, warning))
+# Which loss term each piece of taskforge's observation layout belongs to: the body is trained
+# (env CE), the harness warning only logged, the separator is scaffolding like the template's.
+OBSERVATION_PIECE_TOKEN_KINDS: dict[ObservationPieceKind, TokenKind] = {
+    "warning": TokenKind.WARNING,
+    "separator": TokenKind.TEMPLATE,
+    "body": TokenKind.OBSERVATION,
+}
 
 
 class RolloutBuilder:
     """Builds a `Rollout` turn by turn without ever re-tokenising history.
 
-        builder = RolloutBuilder(tokenizer, [{"role": "system", ...}, {"role": "user", ...}])
-        ids = builder.token_ids                     # prompt for the sampler
-        builder.add_action(sampled_ids, sampled_logprobs)
-        builder.add_observation(output, warning="[harness] output truncated")
-        ...
-        rollout = builder.build(reward=1.0, stop_reason="done")
+    builder = RolloutBuilder(tokenizer, [{"role": "system", ...}, {"role": "user", ...}])
+    ids = builder.token_ids                     # prompt for the sampler
+    builder.add_action(sampled_ids, sampled_logprobs)
+    builder.add_observation(output, warning="[harness] output truncated")
+    ...
+    rollout = builder.build(reward=1.0, stop_reason="done")
     """
 
     def __init__(
@@ -176,16 +173,20 @@ class RolloutBuilder:
         self._logprobs: list[float] = []
         self._expecting_action = True
         prompt_ids = tokenizer.apply_chat_template(
-            self.messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+            self.messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
         self._append(list(prompt_ids), TokenKind.PROMPT)
         self._anchor_text = self._anchor_up_to_end_of_turn()
         self._slot = self._locate_content_slot()
 
     @classmethod
-    def from_instruction(cls, tokenizer: PreTrainedTokenizerBase, instruction: str, system: str | None = None,
-                         **kwargs) -> RolloutBuilder:
+    def from_instruction(
+        cls, tokenizer: PreTrainedTokenizerBase, instruction: str, system: str | None = None, **kwargs
+    ) -> RolloutBuilder:
         """Start from an agent system prompt (optional) and the task's instruction as the user turn."""
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": instruction}]
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": instruction}
+        ]
         return cls(tokenizer, messages, **kwargs)
 
     # ----- public API -------------------------------------------------------------------
@@ -209,7 +210,7 @@ class RolloutBuilder:
         if len(token_ids) != len(logprobs):
             raise RolloutError(f"{len(token_ids)} action ids but {len(logprobs)} log-probs")
         ids = [int(token) for token in token_ids]
-        for token, logprob in zip(ids, logprobs):
+        for token, logprob in zip(ids, logprobs, strict=True):
             self._append([token], TokenKind.ACTION, float(logprob))
         emitted_end = bool(ids) and ids[-1] == self._end_of_turn_id
         if not emitted_end:
@@ -225,7 +226,7 @@ class RolloutBuilder:
             raise RolloutError("add_observation called before the action it answers")
         for text, kind in self._observation_delta_pieces(body, warning):
             self._append(self._encode_piece(text, kind), kind)
-        self.messages.append({"role": self.observation_role, "content": observation_content(body, warning)})
+        self.messages.append({"role": self.observation_role, "content": render_observation(body, warning)})
         self._expecting_action = True
 
     def build(self, reward: float = 0.0, stop_reason: str = "") -> Rollout:
@@ -275,8 +276,10 @@ class RolloutBuilder:
                 raise ObservationTemplateError(
                     f"the chat template does not render the {name!r} observation as scaffolding + content + "
                     f"scaffolding (expected {_clip(prefix + content + suffix)}, got {_clip(rendered)}); "
-                    f"it must insert {self.observation_role!r} message content verbatim")
-        return [(prefix, TokenKind.TEMPLATE), *layouts["warning + output"], (suffix, TokenKind.TEMPLATE)]
+                    f"it must insert {self.observation_role!r} message content verbatim"
+                )
+        content_pieces = [(text, OBSERVATION_PIECE_TOKEN_KINDS[kind]) for text, kind in layouts["warning + output"]]
+        return [(prefix, TokenKind.TEMPLATE), *content_pieces, (suffix, TokenKind.TEMPLATE)]
 
     def _locate_content_slot(self) -> tuple[str, str]:
         """Split the empty-content delta into scaffolding before and after the content slot, by
@@ -285,10 +288,11 @@ class RolloutBuilder:
         probe = self._render_after_anchor(SLOT_PROBE)
         prefix_len = _common_prefix_len(empty, probe)
         suffix_len = _common_suffix_len(empty, probe)
-        if prefix_len + suffix_len != len(empty) or probe[prefix_len:len(probe) - suffix_len] != SLOT_PROBE:
+        if prefix_len + suffix_len != len(empty) or probe[prefix_len : len(probe) - suffix_len] != SLOT_PROBE:
             raise ObservationTemplateError(
                 f"cannot find where the chat template puts {self.observation_role!r} content: "
-                f"empty render {empty!r}, probe render {probe!r}")
+                f"empty render {empty!r}, probe render {probe!r}"
+            )
         return empty[:prefix_len], empty[prefix_len:]
 
     def _anchor_up_to_end_of_turn(self) -> str:
@@ -298,7 +302,8 @@ class RolloutBuilder:
         if cut < 0:
             raise ObservationTemplateError(
                 f"the chat template does not end assistant turns with {self._end_of_turn!r}; "
-                "pass end_of_turn_token= to RolloutBuilder")
+                "pass end_of_turn_token= to RolloutBuilder"
+            )
         return anchor[: cut + len(self._end_of_turn)]
 
     def _render_after_anchor(self, content: str | None) -> str:
@@ -311,12 +316,12 @@ class RolloutBuilder:
         if not rendered.startswith(self._anchor_text):
             raise ObservationTemplateError(
                 "adding an observation changes how earlier turns render, so a delta cannot be appended: "
-                f"{_clip(self._anchor_text)} is not a prefix of {_clip(rendered)}")
-        return rendered[len(self._anchor_text):]
+                f"{_clip(self._anchor_text)} is not a prefix of {_clip(rendered)}"
+            )
+        return rendered[len(self._anchor_text) :]
 
     def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
 
     # ----- tokens -----------------------------------------------------------------------
 
@@ -330,7 +335,8 @@ class RolloutBuilder:
         if self._decode(ids) != text:
             raise TokenizationRoundTripError(
                 f"{kind.name.lower()} text {text[:80]!r} does not decode back to itself with this tokenizer; "
-                "masks would not be exact (a byte-level BPE tokenizer is required)")
+                "masks would not be exact (a byte-level BPE tokenizer is required)"
+            )
         return list(ids)
 
     def _decode(self, ids: Sequence[int]) -> str:
@@ -377,8 +383,10 @@ def collate_rollouts(rollouts: Sequence[Rollout], pad_token_id: int) -> dict[str
     batch = len(rollouts)
     input_ids = torch.full((batch, length), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros(batch, length, dtype=torch.long)
-    masks = {name: torch.zeros(batch, length, dtype=torch.bool)
-             for name in ("action_mask", "observation_mask", "warning_mask")}
+    masks = {
+        name: torch.zeros(batch, length, dtype=torch.bool)
+        for name in ("action_mask", "observation_mask", "warning_mask")
+    }
     sampler_logprobs = torch.zeros(batch, length, dtype=torch.float32)
     for row, rollout in enumerate(rollouts):
         n = len(rollout)
@@ -388,5 +396,10 @@ def collate_rollouts(rollouts: Sequence[Rollout], pad_token_id: int) -> dict[str
             mask[row, :n] = torch.tensor(getattr(rollout, name), dtype=torch.bool)
         sampler_logprobs[row, :n] = torch.tensor(rollout.sampler_logprobs, dtype=torch.float32)
     rewards = torch.tensor([rollout.reward for rollout in rollouts], dtype=torch.float32)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, **masks,
-            "sampler_logprobs": sampler_logprobs, "rewards": rewards}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        **masks,
+        "sampler_logprobs": sampler_logprobs,
+        "rewards": rewards,
+    }

@@ -32,7 +32,15 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 
 @torch.no_grad()
-def sample_tokens(model, prompt_ids: list[int], max_new_tokens: int, *, temperature: float, stop_ids: list[int], generator: torch.Generator | None = None) -> tuple[list[int], list[float], bool]:
+def sample_tokens(
+    model,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    *,
+    temperature: float,
+    stop_ids: list[int],
+    generator: torch.Generator | None = None,
+) -> tuple[list[int], list[float], bool]:
     """Samples from softmax(logits / temperature) with a KV cache until a stop id or the budget.
     Returns (ids, their log-probs under the sampling distribution, stopped at a stop id)."""
     with _GENERATE_LOCK:
@@ -45,7 +53,11 @@ def sample_tokens(model, prompt_ids: list[int], max_new_tokens: int, *, temperat
             logprobs: list[float] = []
             for _ in range(max_new_tokens):
                 log_probs = torch.log_softmax(logits.float() / max(temperature, 1e-5), dim=-1)
-                token = int(torch.argmax(log_probs)) if temperature <= 0 else int(torch.multinomial(log_probs.exp(), 1, generator=generator))
+                token = (
+                    int(torch.argmax(log_probs))
+                    if temperature <= 0
+                    else int(torch.multinomial(log_probs.exp(), 1, generator=generator))
+                )
                 ids.append(token)
                 logprobs.append(float(log_probs[token]))
                 if token in stop_ids:
@@ -67,7 +79,14 @@ class InProcessSampler:
         self.max_context_tokens = getattr(model.config, "max_position_embeddings", 32768)
 
     def __call__(self, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], list[float]]:
-        ids, logprobs, _ = sample_tokens(self.model, prompt_ids, max_new_tokens, temperature=self.temperature, stop_ids=self.stop_ids, generator=self.generator)
+        ids, logprobs, _ = sample_tokens(
+            self.model,
+            prompt_ids,
+            max_new_tokens,
+            temperature=self.temperature,
+            stop_ids=self.stop_ids,
+            generator=self.generator,
+        )
         return ids, logprobs
 
 
@@ -77,7 +96,18 @@ class RemoteSampler:
     `return_token_ids: true`; the reply's choices[0].token_ids and logprobs are taken verbatim.
     The GPU route: vLLM generates, the trainer keeps the exact ids."""
 
-    def __init__(self, base_url: str, model: str, tokenizer, *, temperature: float = 1.0, seed: int | None = None, api_key: str = "local", timeout_sec: float = 600.0, max_context_tokens: int = 32768):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        tokenizer,
+        *,
+        temperature: float = 1.0,
+        seed: int | None = None,
+        api_key: str = "local",
+        timeout_sec: float = 600.0,
+        max_context_tokens: int = 32768,
+    ):
         import openai
 
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_sec, max_retries=6)
@@ -98,7 +128,9 @@ class RemoteSampler:
         choice = response.choices[0]
         ids = getattr(choice, "token_ids", None) or (choice.model_extra or {}).get("token_ids")
         if ids is None:
-            raise RuntimeError(f"{self.client.base_url} returned no token ids: the server must support vLLM's return_token_ids")
+            raise RuntimeError(
+                f"{self.client.base_url} returned no token ids: the server must support vLLM's return_token_ids"
+            )
         logprobs = list(choice.logprobs.token_logprobs) if choice.logprobs is not None else [0.0] * len(ids)
         return list(ids), logprobs
 
@@ -140,7 +172,9 @@ class LocalModelPolicy:
         prompt_ids = self.builder.token_ids
         budget = min(self.max_new_tokens, self.max_context_tokens - len(prompt_ids))
         if budget <= 0:
-            raise ContextLengthExceededError(f"{len(prompt_ids)} prompt tokens leave no room in a {self.max_context_tokens}-token context")
+            raise ContextLengthExceededError(
+                f"{len(prompt_ids)} prompt tokens leave no room in a {self.max_context_tokens}-token context"
+            )
         new_ids, logprobs = self.sampler(prompt_ids, budget)
         self.builder.add_action(new_ids, logprobs)
         finished = bool(new_ids) and new_ids[-1] in self._stop_ids
@@ -161,7 +195,9 @@ class LocalModelPolicy:
         for message in messages[self._n_seen_messages :]:
             if message["role"] == "assistant":
                 continue  # our own reply: already in the builder as sampled ids
-            self.builder.add_observation(message.get("observation", message.get("content") or ""), message.get("warning"))
+            self.builder.add_observation(
+                message.get("observation", message.get("content") or ""), message.get("warning")
+            )
         self._n_seen_messages = len(messages)
 
     # -- after the episode ------------------------------------------------------------------

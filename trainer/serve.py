@@ -1,6 +1,7 @@
 """An OpenAI-compatible HTTP endpoint for a checkpoint (`taskforge serve CHECKPOINT`).
 
-Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/completions.
+Endpoints: GET /v1/models, GET /v1/models/{id}, POST /v1/chat/completions, POST /v1/completions
+(the HTTP side is taskforge.openai_http, shared with the scripted test server).
 - Token usage in every response.
 - `logprobs: true` returns choices[0].logprobs.content[{token, logprob, bytes, top_logprobs}].
 - vLLM's token-id extension: `return_token_ids: true` adds `prompt_token_ids` (top level) and
@@ -13,69 +14,92 @@ Generation is serial (one model, one lock); the HTTP server is threaded.
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import torch
 
+from taskforge.openai_http import (
+    OpenAIError,
+    OpenAIHTTPServer,
+    Request,
+    Response,
+    check_model,
+    content_text,
+    json_response,
+)
 from trainer.sampler import sample_tokens, stop_token_ids
 
 
-class CheckpointServer:
-    def __init__(self, model, tokenizer, *, model_name: str, host: str = "127.0.0.1", port: int = 0, default_max_tokens: int = 256):
+class CheckpointServer(OpenAIHTTPServer):
+    """Serves `model` as the one model `model_name`; use as a context manager or `serve_forever()`."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        model_name: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        default_max_tokens: int = 256,
+    ):
+        super().__init__(models=[model_name], owned_by="taskforge", host=host, port=port, thread_name="taskforge-serve")
         self.model = model
         self.tokenizer = tokenizer
-        self.model_name = model_name
         self.default_max_tokens = default_max_tokens
         self.request_log: list[dict[str, Any]] = []  # the last 100 request bodies (for tests, debugging)
-        self._httpd = ThreadingHTTPServer((host, port), self._handler())
-        self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
         self.stop_ids = stop_token_ids(tokenizer)
         self.max_context = getattr(model.config, "max_position_embeddings", 32768)
+        self.routes[("POST", "/v1/chat/completions")] = self._answer_chat_completion
+        self.routes[("POST", "/v1/completions")] = self._answer_completion
 
     @property
-    def base_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
+    def model_name(self) -> str:
+        return self.models[0]
 
-    def start(self) -> CheckpointServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True, name="taskforge-serve")
-        self._thread.start()
-        return self
+    def _body(self, request: Request) -> dict[str, Any]:
+        """The request's JSON, logged; the model may be left out or carry a provider prefix (`openai/<name>`)."""
+        body = request.json()
+        self.request_log.append(body)
+        del self.request_log[:-100]
+        if body.get("model") is not None:
+            check_model(body["model"], self.models, allow_provider_prefix=True)
+        return body
 
-    def serve_forever(self) -> None:
-        self._httpd.serve_forever()
+    def _answer_chat_completion(self, request: Request) -> Response:
+        return json_response(self.chat_completion(self._body(request)))
 
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self) -> CheckpointServer:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
+    def _answer_completion(self, request: Request) -> Response:
+        return json_response(self.completion(self._body(request)))
 
     # -- generation -------------------------------------------------------------------------
 
-    def generate(self, prompt_ids: list[int], *, max_tokens: int, temperature: float, seed: int | None, stop_ids: list[int]) -> tuple[list[int], list[float], str]:
+    def generate(
+        self, prompt_ids: list[int], *, max_tokens: int, temperature: float, seed: int | None, stop_ids: list[int]
+    ) -> tuple[list[int], list[float], str]:
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        ids, logprobs, stopped = sample_tokens(self.model, prompt_ids, max_tokens, temperature=temperature, stop_ids=stop_ids, generator=generator)
+        ids, logprobs, stopped = sample_tokens(
+            self.model, prompt_ids, max_tokens, temperature=temperature, stop_ids=stop_ids, generator=generator
+        )
         return ids, logprobs, "stop" if stopped else "length"
 
     def _complete(self, body: dict[str, Any], prompt_ids: list[int], chat: bool) -> dict[str, Any]:
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or self.default_max_tokens)
         budget = self.max_context - len(prompt_ids)
         if budget <= 0:
-            raise _HTTPError(400, f"This model's maximum context length is {self.max_context} tokens; the prompt has {len(prompt_ids)}.", "context_length_exceeded")
+            limit = f"This model's maximum context length is {self.max_context} tokens"
+            raise OpenAIError(400, f"{limit}; the prompt has {len(prompt_ids)}.", "context_length_exceeded")
         temperature = float(body.get("temperature", 1.0) if body.get("temperature") is not None else 1.0)
         stop_ids = list(self.stop_ids) + [int(i) for i in body.get("stop_token_ids") or []]
-        ids, logprobs, finish = self.generate(prompt_ids, max_tokens=min(max_tokens, budget), temperature=temperature, seed=body.get("seed"), stop_ids=stop_ids)
+        ids, logprobs, finish = self.generate(
+            prompt_ids,
+            max_tokens=min(max_tokens, budget),
+            temperature=temperature,
+            seed=body.get("seed"),
+            stop_ids=stop_ids,
+        )
         text_ids = ids[:-1] if finish == "stop" and ids and ids[-1] in self.stop_ids else ids
         text = self.tokenizer.decode(text_ids, skip_special_tokens=False)
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
@@ -85,7 +109,10 @@ class CheckpointServer:
             choice["text"] = text
         if body.get("logprobs"):
             tokens = [self.tokenizer.decode([i]) for i in ids]
-            entries = [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []} for t, lp in zip(tokens, logprobs)]
+            entries = [
+                {"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
+                for t, lp in zip(tokens, logprobs, strict=True)
+            ]
             choice["logprobs"] = {"content": entries} if chat else {"tokens": tokens, "token_logprobs": logprobs}
         response: dict[str, Any] = {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:12]}",
@@ -93,7 +120,11 @@ class CheckpointServer:
             "created": int(time.time()),
             "model": self.model_name,
             "choices": [choice],
-            "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": len(ids), "total_tokens": len(prompt_ids) + len(ids)},
+            "usage": {
+                "prompt_tokens": len(prompt_ids),
+                "completion_tokens": len(ids),
+                "total_tokens": len(prompt_ids) + len(ids),
+            },
         }
         if body.get("return_token_ids"):
             response["prompt_token_ids"] = prompt_ids
@@ -103,9 +134,10 @@ class CheckpointServer:
     def chat_completion(self, body: dict[str, Any]) -> dict[str, Any]:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise _HTTPError(400, "messages must be a non-empty list")
-        clean = [{"role": m.get("role", "user"), "content": _text(m.get("content"))} for m in messages]
-        prompt_ids = list(self.tokenizer.apply_chat_template(clean, add_generation_prompt=True, tokenize=True, return_dict=False))
+            raise OpenAIError(400, "messages must be a non-empty list")
+        clean = [{"role": m.get("role", "user"), "content": content_text(m.get("content"))} for m in messages]
+        prompt = self.tokenizer.apply_chat_template(clean, add_generation_prompt=True, tokenize=True, return_dict=False)
+        prompt_ids = list(prompt)
         return self._complete(body, prompt_ids, chat=True)
 
     def completion(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -117,68 +149,5 @@ class CheckpointServer:
         elif isinstance(prompt, str):
             prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
         else:
-            raise _HTTPError(400, "prompt must be a string or a list of token ids")
+            raise OpenAIError(400, "prompt must be a string or a list of token ids")
         return self._complete(body, prompt_ids, chat=False)
-
-    def _handler(self):
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:  # quiet
-                pass
-
-            def _send(self, status: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                if self.path.rstrip("/") == "/v1/models":
-                    self._send(200, {"object": "list", "data": [{"id": server.model_name, "object": "model", "owned_by": "taskforge"}]})
-                elif self.path.rstrip("/") == f"/v1/models/{server.model_name}":
-                    self._send(200, {"id": server.model_name, "object": "model", "owned_by": "taskforge"})
-                else:
-                    self._send(404, _error_body(f"no route {self.path}", "not_found"))
-
-            def do_POST(self) -> None:
-                try:
-                    length = int(self.headers.get("Content-Length", 0))
-                    body = json.loads(self.rfile.read(length) or b"{}")
-                    server.request_log.append(body)
-                    del server.request_log[:-100]
-                    model = body.get("model")
-                    if model not in (None, server.model_name) and model.split("/")[-1] != server.model_name:
-                        raise _HTTPError(404, f"The model `{model}` does not exist; this server serves `{server.model_name}`.", "model_not_found")
-                    if self.path.rstrip("/") == "/v1/chat/completions":
-                        self._send(200, server.chat_completion(body))
-                    elif self.path.rstrip("/") == "/v1/completions":
-                        self._send(200, server.completion(body))
-                    else:
-                        raise _HTTPError(404, f"no route {self.path}", "not_found")
-                except _HTTPError as exc:
-                    self._send(exc.status, _error_body(exc.message, exc.code))
-                except json.JSONDecodeError as exc:
-                    self._send(400, _error_body(f"body is not JSON: {exc}", "invalid_request"))
-
-        return Handler
-
-
-class _HTTPError(Exception):
-    def __init__(self, status: int, message: str, code: str = "invalid_request"):
-        super().__init__(message)
-        self.status, self.message, self.code = status, message, code
-
-
-def _error_body(message: str, code: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": "invalid_request_error", "code": code}}
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return content or ""

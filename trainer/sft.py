@@ -13,71 +13,17 @@ import json
 import math
 import os
 import random
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from taskforge.agent.episode import Episode
-from taskforge.agent.policy import PolicyReply
+from taskforge.agent.scripted import demonstrator_policy
 from trainer.rollout import collate_rollouts
 from trainer.train import TINY_SYSTEM_PROMPT
 from trainer.transcripts import load_transcripts, rollout_from_episode
-
-
-def solution_action(task_dir: Path) -> str:
-    """solve.sh without its shebang, comments, blank lines and `set -e` boilerplate."""
-    lines = (Path(task_dir) / "solution" / "solve.sh").read_text().splitlines()
-    kept = [line for line in lines if line.strip() and not line.lstrip().startswith("#") and not line.strip().startswith("set -")]
-    return "\n".join(kept)
-
-
-class SolutionTextPolicy:
-    """Types the task's solution as one command, then says DONE (plain-text action format)."""
-
-    name = "oracle-text"
-
-    def __init__(self, task_dir: Path):
-        self.command = solution_action(task_dir)
-
-    def next_action(self, messages: list[dict[str, Any]]) -> PolicyReply:
-        turn = sum(m["role"] == "assistant" for m in messages)
-        return PolicyReply(text=f"```bash\n{self.command}\n```" if turn == 0 else "DONE")
-
-
-_PATH = re.compile(r"(?<![\w.])(/(?:[\w.-]+/)*[\w.-]+)")
-
-
-def look_commands(instruction: str, limit: int = 2) -> list[str]:
-    """Commands a careful engineer runs first: list the first directory the instruction names,
-    then peek at the first file it names (missing files give real error output too)."""
-    paths = list(dict.fromkeys(_PATH.findall(instruction)))
-    commands = []
-    if paths:
-        first = paths[0]
-        directory = first if "." not in first.rsplit("/", 1)[-1] else (first.rsplit("/", 1)[0] or "/")
-        commands.append(f"ls -la {directory}")
-    files = [p for p in paths if "." in p.rsplit("/", 1)[-1]]
-    if files:
-        commands.append(f"head -n 5 {files[0]}")
-    return commands[:limit]
-
-
-class ExplorerPolicy:
-    """Looks around (ls, head), then types the solution, then says DONE. Its episodes carry rich
-    observations: demonstrations that teach exploring, and held-out transcripts for the env CE."""
-
-    name = "explorer"
-
-    def __init__(self, task_dir: Path, instruction: str):
-        self.actions = [*look_commands(instruction), solution_action(task_dir)]
-
-    def next_action(self, messages: list[dict[str, Any]]) -> PolicyReply:
-        turn = sum(m["role"] == "assistant" for m in messages)
-        return PolicyReply(text=f"```bash\n{self.actions[turn]}\n```" if turn < len(self.actions) else "DONE")
 
 
 @dataclass
@@ -103,11 +49,16 @@ def collect_demonstrations(task_dirs: list[Path], out_dir: Path, config: SFTConf
     """Runs the solution of every task through the agent loop in Docker; keeps reward-1.0 episodes.
     Resumes: tasks whose transcript is already there are not run again."""
     from taskforge.agent.episode import EpisodeConfig
-    from taskforge.agent.loop import run_episode_trial
     from taskforge.runner import run_concurrently
     from taskforge.tasks import load_task
+    from taskforge.trial import run_episode_trial
 
-    episode_config = EpisodeConfig(max_turns=config.max_turns, command_timeout_sec=config.command_timeout_sec, max_output_chars=config.max_output_chars, system_prompt=config.system_prompt)
+    episode_config = EpisodeConfig(
+        max_turns=config.max_turns,
+        command_timeout_sec=config.command_timeout_sec,
+        max_output_chars=config.max_output_chars,
+        system_prompt=config.system_prompt,
+    )
 
     def demonstrate(task_dir: Path) -> Episode | None:
         trial_dir = out_dir / task_dir.name
@@ -115,19 +66,12 @@ def collect_demonstrations(task_dirs: list[Path], out_dir: Path, config: SFTConf
         if transcript.is_file():
             return Episode.model_validate_json(transcript.read_text())
         task = load_task(task_dir)
-        policy = ExplorerPolicy(task_dir, task.instruction) if config.demonstrator == "explorer" else SolutionTextPolicy(task_dir)
+        policy = demonstrator_policy(config.demonstrator, task)
         _, episode = run_episode_trial(task, policy, trial_dir, episode_config)
         return episode
 
     episodes = run_concurrently(task_dirs, demonstrate, jobs=config.concurrency, description="demonstrations")
     return [e for e in episodes if e is not None and e.reward == 1.0]
-
-
-def _cosine_with_warmup(step: int, total: int, warmup: int = 10, floor: float = 0.1) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _length_bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -145,12 +89,18 @@ def _length_bucketed_batches(lengths: list[int], batch_size: int, rng: random.Ra
 
 def sft(config: SFTConfig, run_dir: Path, *, log=print, demonstrations: list[Path] | None = None) -> Path:
     """Collects (or reads) demonstrations and fine-tunes; returns the checkpoint directory."""
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup_lr_rate
+
+    from taskforge.runner import append_jsonl
     from taskforge.tasks import discover_task_dirs
     from trainer.logprobs import sequence_logprobs
+    from trainer.loss import mean_sequence_ce
     from trainer.model import load_policy, save_checkpoint
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps({**asdict(config), "steps": config.epochs, "mode": "sft"}, indent=2))
+    (run_dir / "config.json").write_text(
+        json.dumps({**asdict(config), "steps": config.epochs, "mode": "sft"}, indent=2)
+    )
     final = run_dir / "checkpoints" / "final"
     if final.is_dir():
         log(f"{final} exists: SFT already done")
@@ -169,7 +119,11 @@ def sft(config: SFTConfig, run_dir: Path, *, log=print, demonstrations: list[Pat
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     rng = random.Random(config.seed)
     total_steps = config.epochs * math.ceil(len(rollouts) / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine_with_warmup(s, total_steps))
+    # Linear warmup over 10 steps from lr/10 (the _lr_rate variant: no step is spent at lr 0),
+    # then a cosine down to 0.1 x lr, reached on the last step.
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup_lr_rate(
+        optimizer, num_warmup_steps=10, num_training_steps=total_steps, min_lr_rate=0.1
+    )
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.unlink(missing_ok=True)
     model.train()
@@ -181,9 +135,7 @@ def sft(config: SFTConfig, run_dir: Path, *, log=print, demonstrations: list[Pat
             logprobs = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"])
             action = batch["action_mask"].float()
             loss = -(logprobs * action).sum() / action.sum().clamp(min=1)
-            observation = batch["observation_mask"].float()
-            counts = observation.sum(dim=1)
-            env_ce = (-(logprobs * observation).sum(dim=1) / counts.clamp(min=1))[counts > 0].mean() if bool((counts > 0).any()) else logprobs.sum() * 0
+            env_ce = mean_sequence_ce(logprobs, batch["observation_mask"])
             total = loss + config.env_coef * env_ce if config.env_coef else loss
             optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -192,11 +144,15 @@ def sft(config: SFTConfig, run_dir: Path, *, log=print, demonstrations: list[Pat
             scheduler.step()
             losses.append(loss.item())
             env_ces.append(env_ce.item())
-        row = {"step": epoch, "mode": "sft", "sft_loss": sum(losses) / len(losses), "env_ce": sum(env_ces) / len(env_ces), "n_demonstrations": len(rollouts), "seconds": round(time.monotonic() - started, 2)}
-        with metrics_path.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        row = {
+            "step": epoch,
+            "mode": "sft",
+            "sft_loss": sum(losses) / len(losses),
+            "env_ce": sum(env_ces) / len(env_ces),
+            "n_demonstrations": len(rollouts),
+            "seconds": round(time.monotonic() - started, 2),
+        }
+        append_jsonl(metrics_path, row)
         log(f"epoch {epoch}/{config.epochs}: action CE {row['sft_loss']:.3f}, env CE {row['env_ce']:.3f}")
     tmp = final.with_name("final.tmp")
     save_checkpoint(model, tokenizer, tmp)

@@ -14,6 +14,7 @@ is never used). A run killed at any point resumes from its last checkpoint with 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -26,7 +27,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
+from taskforge.runner import append_jsonl, run_settings_mismatch
 from trainer.advantages import group_advantages
 from trainer.logprobs import sequence_logprobs
 from trainer.loss import EchoLossConfig, LambdaSchedule, echo_loss
@@ -35,12 +38,16 @@ from trainer.rollout import Rollout, collate_rollouts
 Mode = Literal["echo", "grpo", "env-only"]
 
 # A short system prompt: the tiny default model reads every token of it on every turn.
-TINY_SYSTEM_PROMPT = "Solve the task in the Linux shell. Reply with one ```bash block per turn. Reply DONE when finished."
+TINY_SYSTEM_PROMPT = (
+    "Solve the task in the Linux shell. Reply with one ```bash block per turn. Reply DONE when finished."
+)
 
 
 @dataclass
 class TrainConfig:
     """Defaults are sized for the tiny CPU model; `paper()` gives the paper's values for real models."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # read by `from_file`'s validation, not a field
 
     mode: Mode = "echo"
     tasks: str = "tasks/sample"
@@ -82,33 +89,81 @@ class TrainConfig:
     def paper(cls, **overrides) -> TrainConfig:
         """The public hyperparameters of the paper's reference implementation."""
         values = dict(
-            env_coef=0.05, lr=1e-6, warmup_steps=20, weight_decay=0.01, grad_clip=0.2, clip_eps_low=0.2, clip_eps_high=0.2,
-            kl_coef=0.0, tasks_per_step=16, group_size=16, epochs_per_batch=2, temperature=0.8, max_new_tokens=2048,
-            max_turns=16, max_output_chars=50_000, command_timeout_sec=120.0, system_prompt=None,
+            env_coef=0.05,
+            lr=1e-6,
+            warmup_steps=20,
+            weight_decay=0.01,
+            grad_clip=0.2,
+            clip_eps_low=0.2,
+            clip_eps_high=0.2,
+            kl_coef=0.0,
+            tasks_per_step=16,
+            group_size=16,
+            epochs_per_batch=2,
+            temperature=0.8,
+            max_new_tokens=2048,
+            max_turns=16,
+            max_output_chars=50_000,
+            command_timeout_sec=120.0,
+            system_prompt=None,
         )
         values.update(overrides)
         return cls(**values)
 
     @classmethod
     def from_file(cls, path: Path, **overrides) -> TrainConfig:
-        """A JSON or TOML file of TrainConfig fields; unknown keys are an error naming them."""
+        """A JSON or TOML file of TrainConfig fields, validated by pydantic (`__pydantic_config__`: extra
+        keys forbidden), so a misspelt key or a wrong-typed value is an error naming the file and the key
+        instead of a silently ignored setting. Overrides that are not None (command-line flags) win."""
         import tomllib
 
         text = Path(path).read_text()
         data = tomllib.loads(text) if str(path).endswith(".toml") else json.loads(text)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected an object of TrainConfig settings, got {type(data).__name__}")
         data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
+        try:
+            return TypeAdapter(cls).validate_python(data)
+        except ValidationError as exc:
+            raise ValueError(_settings_error(path, exc)) from None
 
     def loss_config(self) -> EchoLossConfig:
-        return EchoLossConfig(mode=self.mode, env_coef=None if self.mode == "grpo" else self.env_coef, clip_eps_low=self.clip_eps_low, clip_eps_high=self.clip_eps_high, kl_coef=self.kl_coef)
+        return EchoLossConfig(
+            mode=self.mode,
+            env_coef=None if self.mode == "grpo" else self.env_coef,
+            clip_eps_low=self.clip_eps_low,
+            clip_eps_high=self.clip_eps_high,
+            kl_coef=self.kl_coef,
+        )
 
     def schedule(self) -> LambdaSchedule:
         initial = self.loss_config().resolved_env_coef
-        return LambdaSchedule(kind=self.lambda_schedule, initial=initial, final=self.lambda_final, decay_steps=self.lambda_decay_steps, step_every=self.lambda_step_every, step_factor=self.lambda_step_factor)
+        return LambdaSchedule(
+            kind=self.lambda_schedule,
+            initial=initial,
+            final=self.lambda_final,
+            decay_steps=self.lambda_decay_steps,
+            step_every=self.lambda_step_every,
+            step_factor=self.lambda_step_factor,
+        )
+
+
+def _settings_error(path: Path, exc: ValidationError) -> str:
+    """One entry per bad key of a settings file: what is wrong and, for an unknown key, the closest known one."""
+    known = [f.name for f in fields(TrainConfig)]
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"][:1])
+        if error["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+            close = difflib.get_close_matches(key, known, n=1)
+            problems.append(f"unknown setting {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        else:
+            problems.append(f"setting {key!r}: {error['msg']}, got {error['input']!r}")
+    problems = list(dict.fromkeys(problems))
+    return (
+        f"{path}: {'; '.join(problems)}. Fix or remove these keys; "
+        f"the settings are TrainConfig's fields: {', '.join(known)}"
+    )
 
 
 @dataclass
@@ -129,15 +184,22 @@ def tasks_for_step(task_dirs: list[Path], config: TrainConfig, step: int) -> lis
     return rng.sample(task_dirs, min(config.tasks_per_step, len(task_dirs)))
 
 
-def collect_rollouts(model, tokenizer, task_dirs: list[Path], config: TrainConfig, out_dir: Path, step: int) -> StepBatch:
+def collect_rollouts(
+    model, tokenizer, task_dirs: list[Path], config: TrainConfig, out_dir: Path, step: int
+) -> StepBatch:
     """group_size episodes of the current policy per task, each in its own sandbox."""
     from taskforge.agent.episode import EpisodeConfig
-    from taskforge.agent.loop import run_episode_trial
     from taskforge.runner import run_concurrently
     from taskforge.tasks import load_task
+    from taskforge.trial import run_episode_trial
     from trainer.sampler import LocalModelPolicy, RemoteSampler
 
-    episode_config = EpisodeConfig(max_turns=config.max_turns, command_timeout_sec=config.command_timeout_sec, max_output_chars=config.max_output_chars, system_prompt=config.system_prompt)
+    episode_config = EpisodeConfig(
+        max_turns=config.max_turns,
+        command_timeout_sec=config.command_timeout_sec,
+        max_output_chars=config.max_output_chars,
+        system_prompt=config.system_prompt,
+    )
     jobs = [(task_dir, member) for task_dir in task_dirs for member in range(config.group_size)]
 
     def play(job):
@@ -147,9 +209,26 @@ def collect_rollouts(model, tokenizer, task_dirs: list[Path], config: TrainConfi
         seed = int.from_bytes(hashlib.sha256(f"{config.seed}:{step}:{task_dir}:{member}".encode()).digest()[:4], "big")
         sampler = None
         if config.sampler_url:
-            sampler = RemoteSampler(config.sampler_url, config.sampler_model or config.policy, tokenizer, temperature=config.temperature, seed=seed)
-        policy = LocalModelPolicy(model, tokenizer, temperature=config.temperature, max_new_tokens=config.max_new_tokens, task_name=task.name, group_id=group_id, seed=seed, sampler=sampler)
-        record, episode = run_episode_trial(task, policy, out_dir / f"{task_dir.name}__g{member}", episode_config, attempt=member)
+            sampler = RemoteSampler(
+                config.sampler_url,
+                config.sampler_model or config.policy,
+                tokenizer,
+                temperature=config.temperature,
+                seed=seed,
+            )
+        policy = LocalModelPolicy(
+            model,
+            tokenizer,
+            temperature=config.temperature,
+            max_new_tokens=config.max_new_tokens,
+            task_name=task.name,
+            group_id=group_id,
+            seed=seed,
+            sampler=sampler,
+        )
+        record, episode = run_episode_trial(
+            task, policy, out_dir / f"{task_dir.name}__g{member}", episode_config, attempt=member
+        )
         reward = record.reward if record.reward is not None else 0.0
         rollout = policy.rollout(reward, (episode.stop_reason if episode else None) or "error")
         return record, rollout
@@ -162,19 +241,33 @@ def collect_rollouts(model, tokenizer, task_dirs: list[Path], config: TrainConfi
     return batch
 
 
-def update(model, optimizer, scheduler, rollouts: list[Rollout], config: TrainConfig, env_coef: float, pad_token_id: int) -> dict[str, float]:
+def update(
+    model, optimizer, scheduler, rollouts: list[Rollout], config: TrainConfig, env_coef: float, pad_token_id: int
+) -> dict[str, float]:
     """epochs_per_batch passes over the batch in micro-batches; one forward pass per micro-batch
     feeds both loss terms. Returns metrics averaged over micro-batches."""
     rewards = [r.reward for r in rollouts]
     advantages = group_advantages(rewards, [r.group_id for r in rollouts], scale_by_std=config.scale_advantages_by_std)
-    loss_config = EchoLossConfig(mode=config.mode, env_coef=None if config.mode == "grpo" else env_coef, clip_eps_low=config.clip_eps_low, clip_eps_high=config.clip_eps_high, kl_coef=config.kl_coef)
-    micro = [list(range(i, min(i + config.micro_batch_size, len(rollouts)))) for i in range(0, len(rollouts), config.micro_batch_size)]
+    loss_config = EchoLossConfig(
+        mode=config.mode,
+        env_coef=None if config.mode == "grpo" else env_coef,
+        clip_eps_low=config.clip_eps_low,
+        clip_eps_high=config.clip_eps_high,
+        kl_coef=config.kl_coef,
+    )
+    micro = [
+        list(range(i, min(i + config.micro_batch_size, len(rollouts))))
+        for i in range(0, len(rollouts), config.micro_batch_size)
+    ]
     batches = [collate_rollouts([rollouts[i] for i in idx], pad_token_id) for idx in micro]
 
     # The policy that sampled, re-scored by the training forward pass (no kernel mismatch).
     model.eval()
     with torch.no_grad():
-        old = [sequence_logprobs(model, b["input_ids"], b["attention_mask"], temperature=config.temperature) for b in batches]
+        old = [
+            sequence_logprobs(model, b["input_ids"], b["attention_mask"], temperature=config.temperature)
+            for b in batches
+        ]
     model.train()
 
     from trainer.loss import LossNormalizers
@@ -185,9 +278,20 @@ def update(model, optimizer, scheduler, rollouts: list[Rollout], config: TrainCo
     n = 0
     for _epoch in range(config.epochs_per_batch):
         optimizer.zero_grad(set_to_none=True)
-        for idx, batch, old_logprobs in zip(micro, batches, old):
-            logprobs = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], temperature=config.temperature)
-            loss, metrics = echo_loss(logprobs, old_logprobs, advantages[idx], batch["action_mask"], batch["observation_mask"], batch["warning_mask"], config=loss_config, normalizers=normalizers)
+        for idx, batch, old_logprobs in zip(micro, batches, old, strict=True):
+            logprobs = sequence_logprobs(
+                model, batch["input_ids"], batch["attention_mask"], temperature=config.temperature
+            )
+            loss, metrics = echo_loss(
+                logprobs,
+                old_logprobs,
+                advantages[idx],
+                batch["action_mask"],
+                batch["observation_mask"],
+                batch["warning_mask"],
+                config=loss_config,
+                normalizers=normalizers,
+            )
             loss.backward()  # the global normalisers make the micro-batch losses add up to the batch loss
             for key, value in metrics.items():
                 # "loss" is a share of the batch loss (global normalisers): it adds up over micro-
@@ -215,17 +319,18 @@ def _save(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler) -> P
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_checkpoint(model, tokenizer, tmp)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch_rng": torch.random.get_rng_state()}, tmp / "trainer_state.pt")
+    torch.save(
+        {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.random.get_rng_state(),
+        },
+        tmp / "trainer_state.pt",
+    )
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)  # a checkpoint exists whole or not at all
     return final
-
-
-def _append_metrics(path: Path, row: dict) -> None:
-    with path.open("a") as handle:
-        handle.write(json.dumps(row) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
@@ -244,23 +349,28 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
 
 def train(config: TrainConfig, run_dir: Path, *, log=print) -> Path:
     """Trains and returns the final checkpoint's directory. Resumes from run_dir if it has one."""
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup_lr_rate
+
     from trainer.model import load_checkpoint, load_policy
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.json"
-    if config_path.exists():
-        previous = json.loads(config_path.read_text())
-        changed = {k: (previous.get(k), v) for k, v in asdict(config).items() if k in previous and previous[k] != v and k != "steps"}
-        if changed:
-            raise ValueError(f"{run_dir} was started with other settings {changed}; use a new --run, or the same settings to resume")
-    config_path.write_text(json.dumps(asdict(config), indent=2))
+    changed = run_settings_mismatch(
+        run_dir, asdict(config), file="config.json", ignore=("steps",)
+    )  # more steps: resume
+    if changed:
+        raise ValueError(
+            f"{run_dir} was started with other settings ({changed}); use a new --run, or the same settings to resume"
+        )
 
     torch.manual_seed(config.seed)
     latest = _latest_checkpoint(run_dir)
     model, tokenizer = load_checkpoint(latest) if latest else load_policy(config.policy)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    warmup = max(1, config.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if config.warmup_steps else 1.0)
+    # Linear warmup from lr/warmup_steps, then constant: a cosine whose floor is the peak (min_lr_rate=1.0).
+    # Not get_constant_schedule_with_warmup: its warmup starts at lr 0, which would waste the first step's rollouts.
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup_lr_rate(
+        optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps, min_lr_rate=1.0
+    )
     start = 1
     metrics_path = run_dir / "metrics.jsonl"
     if latest is not None:
@@ -281,7 +391,14 @@ def train(config: TrainConfig, run_dir: Path, *, log=print) -> Path:
     for step in range(start, config.steps + 1):
         started = time.monotonic()
         env_coef = schedule.lambda_at(step - 1)
-        batch = collect_rollouts(model, tokenizer, tasks_for_step(task_dirs, config, step), config, run_dir / "rollouts" / f"step-{step:05d}", step)
+        batch = collect_rollouts(
+            model,
+            tokenizer,
+            tasks_for_step(task_dirs, config, step),
+            config,
+            run_dir / "rollouts" / f"step-{step:05d}",
+            step,
+        )
         rollout_seconds = time.monotonic() - started
         if not batch.rollouts:
             raise RuntimeError(f"step {step}: no rollout was produced (see {run_dir / 'rollouts'})")
@@ -305,8 +422,12 @@ def train(config: TrainConfig, run_dir: Path, *, log=print) -> Path:
         }
         if not row["obs_tokens"]:
             row["env_ce"] = None  # no observation token in this batch: nothing was measured
-        _append_metrics(metrics_path, row)
-        log(f"step {step}/{config.steps}: reward {row['reward_mean']:.3f} pass {row['pass_rate']:.2f} env_ce {row['env_ce'] if row['env_ce'] is not None else float('nan'):.3f} policy_loss {row.get('policy_loss', 0):+.4f} ({row['seconds']:.1f} s)")
+        append_jsonl(metrics_path, row)
+        log(
+            f"step {step}/{config.steps}: reward {row['reward_mean']:.3f} pass {row['pass_rate']:.2f} "
+            f"env_ce {row['env_ce'] if row['env_ce'] is not None else float('nan'):.3f} "
+            f"policy_loss {row.get('policy_loss', 0):+.4f} ({row['seconds']:.1f} s)"
+        )
         if step % config.checkpoint_every == 0 or step == config.steps:
             final = _save(run_dir, step, model, tokenizer, optimizer, scheduler)
     if final is None:

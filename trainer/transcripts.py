@@ -14,9 +14,8 @@ from pathlib import Path
 import torch
 
 from taskforge.agent.episode import Episode
+from taskforge.trial import TRANSCRIPT_FILE
 from trainer.rollout import Rollout, RolloutBuilder, collate_rollouts
-
-TRANSCRIPT_FILE = "transcript.json"
 
 
 def action_text(turn) -> str:
@@ -43,7 +42,9 @@ def rollout_from_episode(tokenizer, episode: Episode, *, group_id: str = "") -> 
         group_id=group_id,
     )
     for turn in episode.turns:
-        action_ids = tokenizer.encode(action_text(turn), add_special_tokens=False, split_special_tokens=True) + [end_of_turn_id]
+        action_ids = tokenizer.encode(action_text(turn), add_special_tokens=False, split_special_tokens=True) + [
+            end_of_turn_id
+        ]
         builder.add_action(action_ids, [0.0] * len(action_ids))
         if turn.action == "done":
             break
@@ -58,16 +59,22 @@ def load_transcripts(paths: Iterable[Path]) -> list[Episode]:
         path = Path(path)
         files = [path] if path.is_file() else sorted(path.rglob(TRANSCRIPT_FILE))
         if not files:
-            raise FileNotFoundError(f"{path}: no {TRANSCRIPT_FILE} found (pass a run directory of `taskforge filter`/`eval`/`train`, or transcript files)")
+            raise FileNotFoundError(
+                f"{path}: no {TRANSCRIPT_FILE} found "
+                "(pass a run directory of `taskforge filter`/`eval`/`train`, or transcript files)"
+            )
         episodes.extend(Episode.model_validate_json(f.read_text()) for f in files)
     return episodes
 
 
 @torch.no_grad()
-def environment_cross_entropy(model, tokenizer, episodes: list[Episode], *, batch_size: int = 4, max_tokens: int | None = None) -> dict[str, float]:
+def environment_cross_entropy(
+    model, tokenizer, episodes: list[Episode], *, batch_size: int = 4, max_tokens: int | None = None
+) -> dict[str, float]:
     """Mean per-sequence CE (nats/token) of `model` on the observation-body tokens of `episodes`,
     and on harness-warning tokens apart. Sequences are cut at `max_tokens` (the model's context)."""
     from trainer.logprobs import sequence_logprobs
+    from trainer.loss import per_sequence_ce
 
     max_tokens = max_tokens or getattr(model.config, "max_position_embeddings", 32768)
     rollouts = [rollout_from_episode(tokenizer, e) for e in episodes if e.turns]
@@ -85,10 +92,9 @@ def environment_cross_entropy(model, tokenizer, episodes: list[Episode], *, batc
             batch = collate_rollouts(rollouts[start : start + batch_size], tokenizer.pad_token_id)
             logprobs = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"])
             observation = batch["observation_mask"]
-            counts = observation.sum(dim=1)
-            ce = -(logprobs * observation).sum(dim=1) / counts.clamp(min=1)
-            per_sequence.extend(float(v) for v, c in zip(ce, counts) if c > 0)
-            n_tokens += int(counts.sum())
+            has_observation = observation.any(dim=1)
+            per_sequence.extend(per_sequence_ce(logprobs, observation)[has_observation].tolist())
+            n_tokens += int(observation.sum())
             warning = batch["warning_mask"]
             warning_sum += float(-(logprobs * warning).sum())
             warning_count += float(warning.sum())
@@ -105,5 +111,13 @@ def environment_cross_entropy(model, tokenizer, episodes: list[Episode], *, batc
 def _truncate(rollout: Rollout, max_tokens: int) -> Rollout:
     if len(rollout.token_ids) <= max_tokens:
         return rollout
-    fields = ("token_ids", "prompt_mask", "template_mask", "action_mask", "observation_mask", "warning_mask", "sampler_logprobs")
+    fields = (
+        "token_ids",
+        "prompt_mask",
+        "template_mask",
+        "action_mask",
+        "observation_mask",
+        "warning_mask",
+        "sampler_logprobs",
+    )
     return rollout.model_copy(update={name: getattr(rollout, name)[:max_tokens] for name in fields})

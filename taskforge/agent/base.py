@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from taskforge.sandbox.docker import DockerSandbox
+from taskforge.sandbox.base import Sandbox
 from taskforge.tasks import Task
 
 
@@ -32,4 +32,4 @@ class Agent(Protocol):
     name: str
     version: str
 
-    def run(self, task: Task, sandbox: DockerSandbox, logs_dir: Path, timeout_sec: float) -> AgentOutcome: ...
+    def run(self, task: Task, sandbox: Sandbox, logs_dir: Path, timeout_sec: float) -> AgentOutcome: ...

@@ -17,8 +17,9 @@ The observation message answers a tool call with role "tool" (and its tool_call_
 without a tool call (the ```bash fallback, or a reply with no action at all) is answered with
 role "user". A turn that signals done has no observation message.
 
-Observation content (defined here and in trainer/rollout.py's `observation_layout`, which must
-agree): the warning, when there is one, then a newline, then the body verbatim:
+Observation content, defined only by `observation_layout` (the trainer maps its piece kinds to
+token masks; taskforge never imports the trainer, so the definition lives here): the warning, when
+there is one, then a newline, then the body verbatim:
 
     [harness] output truncated: showing the first 5000 and last 5000 of 123456 characters
     <command output>
@@ -32,6 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+ObservationPieceKind = Literal["warning", "separator", "body"]
 StopReason = Literal["done", "max_turns", "agent_timeout", "context_exceeded", "policy_error", "sandbox_error"]
 ActionKind = Literal["command", "done", "none"]
 
@@ -71,8 +73,12 @@ class EpisodeConfig(BaseModel):
     max_turns: int = Field(16, ge=1, description="policy replies per episode")
     command_timeout_sec: float = Field(120.0, gt=0, description="per command, when the action names none")
     max_command_timeout_sec: float = Field(600.0, gt=0, description="cap on a timeout the action asks for")
-    max_output_chars: int = Field(10_000, ge=100, description="observation output kept: half head, half tail (terminus-2 keeps 10,000 bytes)")
-    max_context_tokens: int | None = Field(None, description="stop with context_exceeded once a call's prompt + completion reaches this")
+    max_output_chars: int = Field(
+        10_000, ge=100, description="observation output kept: half head, half tail (terminus-2 keeps 10,000 bytes)"
+    )
+    max_context_tokens: int | None = Field(
+        None, description="stop with context_exceeded once a call's prompt + completion reaches this"
+    )
     system_prompt: str | None = Field(None, description="None: templates/prompts/agent_system.md")
 
 
@@ -88,7 +94,9 @@ class Turn(BaseModel):
     exit_code: int | None = None
     timed_out: bool = False
     output_truncated: bool = False
-    output_chars: int = Field(0, description="length of the full output before truncation (bytes when the sandbox already cut it)")
+    output_chars: int = Field(
+        0, description="length of the full output before truncation (bytes when the sandbox already cut it)"
+    )
     warnings: list[str] = Field(default_factory=list, description="harness text, each line starting with [harness]")
     usage: TokenUsage = Field(default_factory=TokenUsage)
     finish_reason: str | None = None
@@ -162,9 +170,20 @@ def observation_body(output: str, exit_code: int | None) -> str:
     return f"{output}{separator}[exit code: {exit_code}]"
 
 
+def observation_layout(body: str, warning: str | None) -> list[tuple[str, ObservationPieceKind]]:
+    """An observation message's content as (text, kind) pieces: warning (if any), newline, body.
+    The one definition of the layout: `render_observation` joins it, and the trainer tokenises it
+    piece by piece so the warning and the body get masks of their own. See the module doc."""
+    pieces: list[tuple[str, ObservationPieceKind]] = []
+    if warning:
+        pieces += [(warning, "warning"), (WARNING_SEPARATOR, "separator")]
+    pieces.append((body, "body"))
+    return pieces
+
+
 def render_observation(body: str, warning: str | None) -> str:
-    """An observation message's content: warning (if any), newline, body. See the module doc."""
-    return f"{warning}{WARNING_SEPARATOR}{body}" if warning else body
+    """An observation message's content, as a chat API receives it: `observation_layout` joined."""
+    return "".join(text for text, _ in observation_layout(body, warning))
 
 
 def episode_messages(episode: Episode) -> list[dict[str, Any]]:
@@ -186,7 +205,13 @@ def episode_messages(episode: Episode) -> list[dict[str, Any]]:
         observation: dict[str, Any] = {"role": "tool" if turn.tool_call is not None else "user"}
         if turn.tool_call is not None:
             observation["tool_call_id"] = turn.tool_call.id
-        observation.update(content=render_observation(body, warning), observation=body, warning=warning, exit_code=turn.exit_code, turn=turn.index)
+        observation.update(
+            content=render_observation(body, warning),
+            observation=body,
+            warning=warning,
+            exit_code=turn.exit_code,
+            turn=turn.index,
+        )
         messages.append(observation)
     return messages
 

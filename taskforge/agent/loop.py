@@ -15,50 +15,54 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from taskforge import __version__
-from taskforge.agent.base import AgentOutcome
 from taskforge.agent.episode import ActionKind, Episode, EpisodeConfig, StopReason, Turn, harness_warning
 from taskforge.agent.policy import ContextLengthExceededError, Policy, PolicyConfigError, PolicyError, PolicyReply
 from taskforge.agent.shell import CommandTooLongError, PersistentShell
-from taskforge.sandbox.base import SandboxError
+from taskforge.sandbox.base import Sandbox, SandboxError
 from taskforge.tasks import TEMPLATES_DIR, Task
-from taskforge.trial import DEFAULT_AGENT_TIMEOUT_SEC, TrialRecord, run_trial
-
-TRANSCRIPT_FILE = "transcript.json"
 
 _FENCED_COMMAND = re.compile(r"```(?:bash|sh|shell)[ \t]*\n(.*?)```", re.DOTALL)
 _DONE_LINE = re.compile(r"^\W*DONE\W*$", re.MULTILINE)
-NO_ACTION_WARNING = "no action found in your reply: call the bash tool (or write a ```bash block) to run a command, or call done (or reply DONE) when the task is complete"
+NO_ACTION_WARNING = (
+    "no action found in your reply: call the bash tool (or write a ```bash block) to run a command, "
+    "or call done (or reply DONE) when the task is complete"
+)
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @cache
 def _system_template() -> jinja2.Template:
-    return jinja2.Template((TEMPLATES_DIR / "prompts" / "agent_system.md").read_text(), undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+    return jinja2.Template(
+        (TEMPLATES_DIR / "prompts" / "agent_system.md").read_text(),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=False,
+    )
 
 
 def system_prompt(config: EpisodeConfig) -> str:
     if config.system_prompt is not None:
         return config.system_prompt
-    return _system_template().render(
-        max_turns=config.max_turns,
-        command_timeout=f"{config.command_timeout_sec:g}",
-        max_command_timeout=f"{config.max_command_timeout_sec:g}",
-    ).strip()
+    return (
+        _system_template()
+        .render(
+            max_turns=config.max_turns,
+            command_timeout=f"{config.command_timeout_sec:g}",
+            max_command_timeout=f"{config.max_command_timeout_sec:g}",
+        )
+        .strip()
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,9 +85,18 @@ def parse_action(reply: PolicyReply) -> Action:
     if blocks:
         warnings = []
         if len(blocks) > 1:
-            warnings.append(harness_warning(f"your reply had {len(blocks)} command blocks; only the first ran: one command per reply"))
+            warnings.append(
+                harness_warning(
+                    f"your reply had {len(blocks)} command blocks; only the first ran: one command per reply"
+                )
+            )
         if _DONE_LINE.search(reply.text):
-            warnings.append(harness_warning("DONE was ignored because the reply also had a command; reply DONE on its own when the task is complete"))
+            warnings.append(
+                harness_warning(
+                    "DONE was ignored because the reply also had a command; "
+                    "reply DONE on its own when the task is complete"
+                )
+            )
         command = blocks[0].strip("\n")
         if not command.strip():
             return Action("none", warnings=[*warnings, harness_warning("the ```bash block is empty")])
@@ -97,11 +110,26 @@ def _action_from_tool_call(name: str, arguments: str) -> Action:
     if name == "done":
         return Action("done")
     if name != "bash":
-        return Action("none", warnings=[harness_warning(f"there is no tool {name!r}: call bash to run a command or done when the task is complete")])
+        return Action(
+            "none",
+            warnings=[
+                harness_warning(
+                    f"there is no tool {name!r}: call bash to run a command or done when the task is complete"
+                )
+            ],
+        )
     try:
         args = json.loads(arguments or "{}")
     except json.JSONDecodeError as exc:
-        return Action("none", warnings=[harness_warning(f'the bash call\'s arguments are not valid JSON ({exc.msg} at character {exc.pos}); send {{"command": "..."}}')])
+        return Action(
+            "none",
+            warnings=[
+                harness_warning(
+                    f"the bash call's arguments are not valid JSON ({exc.msg} at character {exc.pos}); "
+                    'send {"command": "..."}'
+                )
+            ],
+        )
     command = args.get("command") if isinstance(args, dict) else None
     if not isinstance(command, str) or not command.strip():
         return Action("none", warnings=[harness_warning('the bash call needs a non-empty "command" string')])
@@ -118,14 +146,21 @@ class _OutOfTime(Exception):
     """The episode's time budget ran out while the policy was thinking."""
 
 
-def run_episode(task: Task, sandbox, policy: Policy, config: EpisodeConfig | None = None, *, timeout_sec: float | None = None) -> Episode:
+def run_episode(
+    task: Task,
+    sandbox: Sandbox,
+    policy: Policy,
+    config: EpisodeConfig | None = None,
+    *,
+    timeout_sec: float | None = None,
+) -> Episode:
     """Runs `policy` on `task` in a started `sandbox`; returns the finished Episode (reward unset).
 
     `timeout_sec` is the agent's time budget (default: the task's [agent] timeout_sec). Raises
     PolicyConfigError (bad key, unknown model): every episode would fail the same way.
     """
     config = config or EpisodeConfig()
-    budget = timeout_sec or task.config.agent.timeout_sec or DEFAULT_AGENT_TIMEOUT_SEC
+    budget = timeout_sec or task.agent_timeout_sec
     started = time.monotonic()
     deadline = started + budget
     episode = Episode(
@@ -149,7 +184,9 @@ def run_episode(task: Task, sandbox, policy: Policy, config: EpisodeConfig | Non
     return episode
 
 
-def _play(episode: Episode, policy: Policy, shell: PersistentShell, config: EpisodeConfig, deadline: float) -> StopReason:
+def _play(
+    episode: Episode, policy: Policy, shell: PersistentShell, config: EpisodeConfig, deadline: float
+) -> StopReason:
     for index in range(config.max_turns):
         if _context_full(episode, config):
             return "context_exceeded"
@@ -245,7 +282,9 @@ def _run_command(turn: Turn, action: Action, shell: PersistentShell, config: Epi
         else:  # only the sandbox's byte cap applied
             (head, tail), unit = (shell.sandbox.head_bytes, shell.sandbox.tail_bytes), "bytes"
         total = f"{result.original_size} bytes" if result.truncated else f"{len(text)} characters"
-        turn.warnings.append(harness_warning(f"output truncated: showing the first {head} and last {tail} {unit} of {total}"))
+        turn.warnings.append(
+            harness_warning(f"output truncated: showing the first {head} and last {tail} {unit} of {total}")
+        )
     if result.timed_out:
         why = " (the episode's time budget ran out)" if timeout < wanted else ""
         turn.warnings.append(harness_warning(f"the command timed out after {timeout:.4g} s and was killed{why}"))
@@ -269,65 +308,3 @@ def clip_middle(text: str, limit: int) -> tuple[str, bool]:
 def _record_error(episode: Episode, exc: BaseException) -> None:
     episode.error_type = type(exc).__name__
     episode.error_message = str(exc)
-
-
-# ---------------------------------------------------------------------------------------------
-# An episode as a trial
-
-
-class EpisodeAgent:
-    """Runs a policy through `run_episode` as a trial's agent; keeps the Episode in `.episode`."""
-
-    version = __version__
-
-    def __init__(self, policy: Policy, config: EpisodeConfig | None = None):
-        self.policy = policy
-        self.config = config or EpisodeConfig()
-        self.name = policy.name
-        self.model_name = getattr(policy, "model_name", None)
-        self.model_provider = getattr(policy, "model_provider", None)
-        self.episode: Episode | None = None
-
-    def run(self, task: Task, sandbox, logs_dir: Path, timeout_sec: float) -> AgentOutcome:
-        self.episode = episode = run_episode(task, sandbox, self.policy, self.config, timeout_sec=timeout_sec)
-        usage = episode.usage
-        return AgentOutcome(
-            n_input_tokens=usage.input_tokens,
-            n_output_tokens=usage.output_tokens,
-            n_cache_tokens=usage.cached_tokens,
-            timed_out=episode.stop_reason == "agent_timeout",
-            stop_reason=episode.stop_reason,
-            n_turns=len(episode.turns),
-            metadata={
-                "stop_reason": episode.stop_reason,
-                "n_turns": len(episode.turns),
-                "policy_seconds": round(episode.policy_seconds, 3),
-                "error_type": episode.error_type,
-                "error_message": episode.error_message,
-            },
-        )
-
-
-def run_episode_trial(task: Task, policy: Policy, trial_dir: Path, config: EpisodeConfig | None = None, *, attempt: int = 0) -> tuple[TrialRecord, Episode | None]:
-    """One full trial (sandbox, episode, verifier) written to trial_dir: result.json in Harbor's
-    shape and transcript.json (the Episode, reward included). Episode is None when the agent
-    never ran (the image did not build, the sandbox did not start)."""
-    if trial_dir.exists():
-        shutil.rmtree(trial_dir)  # what an interrupted earlier try of this trial left
-    agent = EpisodeAgent(policy, config)
-    record = run_trial(task, agent, trial_dir, attempt=attempt)
-    episode = agent.episode
-    if episode is not None:
-        episode.reward, episode.rewards = record.reward, record.rewards
-        write_transcript(trial_dir / TRANSCRIPT_FILE, episode)
-    return record, episode
-
-
-def write_transcript(path: Path, episode: Episode) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(episode.model_dump_json(indent=2))
-    tmp.replace(path)
-
-
-def read_transcript(path: Path) -> Episode:
-    return Episode.model_validate_json(path.read_text())

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import os
 import random
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import openai
 from openai.types.chat import ChatCompletion
+from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_exponential
 
 from taskforge.agent.episode import TokenUsage, ToolCall, api_messages, harness_warning
 from taskforge.agent.policy import (
@@ -32,7 +32,22 @@ from taskforge.agent.policy import (
 )
 
 # How servers word a prompt that does not fit: OpenAI's error code, vLLM's and others' messages.
-_CONTEXT_MARKERS = ("context_length_exceeded", "maximum context length", "context length", "context window", "too many tokens", "prompt is too long")
+_CONTEXT_MARKERS = (
+    "context_length_exceeded",
+    "maximum context length",
+    "context length",
+    "context window",
+    "too many tokens",
+    "prompt is too long",
+)
+
+# The openai client's own backoff, which malformed replies get too: 0.5 s doubling to 8 s.
+_CLIENT_BACKOFF = wait_exponential(multiplier=0.5, max=8.0)
+
+
+def _malformed_backoff(retry_state: RetryCallState) -> float:
+    """The client's backoff with its jitter (up to 25% shorter), so retries from parallel trials spread out."""
+    return _CLIENT_BACKOFF(retry_state) * (1 - 0.25 * random.random())
 
 
 @dataclass
@@ -54,7 +69,10 @@ class ChatConfig:
             return key
         if self.base_url and _is_local(self.base_url):
             return "local"  # local servers rarely check the key; the client insists on one
-        raise PolicyAuthError(f"no API key: set the {self.api_key_env} environment variable (or pass --api-key-env NAME to read another one)")
+        raise PolicyAuthError(
+            f"no API key: set the {self.api_key_env} environment variable "
+            "(or pass --api-key-env NAME to read another one)"
+        )
 
 
 def _is_local(url: str) -> bool:
@@ -84,44 +102,72 @@ class OpenAIChatPolicy:
         if self.config.max_tokens is not None:
             request["max_tokens"] = self.config.max_tokens
 
-        retries = 0
-        for malformed_attempt in range(self.config.max_retries + 1):
+        client_retries = attempts = 0
+
+        def ask() -> tuple[ChatCompletion | None, str | None]:
+            """One request: the completion and, when it is unusable, why."""
+            nonlocal client_retries, attempts
+            attempts += 1
             raw = self._post(request)
-            retries += raw.retries_taken
+            client_retries += raw.retries_taken
             try:
                 completion = raw.parse()
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                completion, problem = None, f"body is not JSON: {exc}"
-            else:
-                problem = _malformed(completion)
-            if problem is None:
-                return _reply_from(completion, retries)
-            if malformed_attempt == self.config.max_retries:
-                raise PolicyUnavailableError(f"{self._where()} kept returning malformed replies ({problem}) after {retries} retries")
-            retries += 1
-            time.sleep(min(0.5 * 2**malformed_attempt, 8.0) * (1 - 0.25 * random.random()))
-        raise AssertionError("unreachable")
+                return None, f"body is not JSON: {exc}"
+            return completion, _malformed(completion)
+
+        # Only malformed 200s are retried here; _post's errors propagate (the client has retried them).
+        completion, problem = Retrying(
+            stop=stop_after_attempt(self.config.max_retries + 1),
+            wait=_malformed_backoff,
+            retry=retry_if_result(lambda answer: answer[1] is not None),
+            retry_error_callback=lambda state: state.outcome.result(),  # the last, still malformed, answer
+        )(ask)
+        retries = client_retries + attempts - 1
+        if problem is not None:
+            raise PolicyUnavailableError(
+                f"{self._where()} kept returning malformed replies ({problem}) after {retries} retries"
+            )
+        return _reply_from(completion, retries)
 
     def _post(self, request: dict[str, Any]):
         try:
             return self.client.chat.completions.with_raw_response.create(**request)
         except openai.AuthenticationError as exc:
-            raise PolicyAuthError(f"{self._where()} rejected the API key (HTTP 401): set {self.config.api_key_env} to a valid key, or pass --api-key-env NAME") from exc
+            raise PolicyAuthError(
+                f"{self._where()} rejected the API key (HTTP 401): set {self.config.api_key_env} to a valid key, "
+                "or pass --api-key-env NAME"
+            ) from exc
         except openai.PermissionDeniedError as exc:
-            raise PolicyAuthError(f"{self._where()} refused access (HTTP 403): the key in {self.config.api_key_env} may not be allowed to use {self.config.model!r}") from exc
+            raise PolicyAuthError(
+                f"{self._where()} refused access (HTTP 403): the key in {self.config.api_key_env} "
+                f"may not be allowed to use {self.config.model!r}"
+            ) from exc
         except openai.NotFoundError as exc:
-            raise ModelNotFoundError(f"{self._where()} has no model {self.config.model!r} (HTTP 404).{self._available_models()}") from exc
+            raise ModelNotFoundError(
+                f"{self._where()} has no model {self.config.model!r} (HTTP 404).{self._available_models()}"
+            ) from exc
         except openai.BadRequestError as exc:
             text = f"{exc.code or ''} {exc.message}".lower()
             if any(marker in text for marker in _CONTEXT_MARKERS):
-                raise ContextLengthExceededError(f"the conversation no longer fits {self.config.model!r}: {exc.message}") from exc
+                raise ContextLengthExceededError(
+                    f"the conversation no longer fits {self.config.model!r}: {exc.message}"
+                ) from exc
             raise PolicyConfigError(f"{self._where()} rejected the request (HTTP 400): {exc.message}") from exc
         except openai.APITimeoutError as exc:
-            raise PolicyUnavailableError(f"{self._where()} did not answer within {self.config.request_timeout_sec:g} s, {self.config.max_retries} retries included") from exc
+            raise PolicyUnavailableError(
+                f"{self._where()} did not answer within {self.config.request_timeout_sec:g} s, "
+                f"{self.config.max_retries} retries included"
+            ) from exc
         except openai.APIConnectionError as exc:
-            raise PolicyUnavailableError(f"cannot reach {self._where()} after {self.config.max_retries} retries: {exc}") from exc
+            raise PolicyUnavailableError(
+                f"cannot reach {self._where()} after {self.config.max_retries} retries: {exc}"
+            ) from exc
         except openai.APIStatusError as exc:
-            raise PolicyUnavailableError(f"{self._where()} kept failing with HTTP {exc.status_code} after {self.config.max_retries} retries: {exc.message}") from exc
+            raise PolicyUnavailableError(
+                f"{self._where()} kept failing with HTTP {exc.status_code} "
+                f"after {self.config.max_retries} retries: {exc.message}"
+            ) from exc
 
     def _where(self) -> str:
         return f"the model server at {self.client.base_url}"
@@ -162,7 +208,12 @@ def _reply_from(completion: ChatCompletion, retries: int) -> PolicyReply:
             arguments=getattr(function, "arguments", None) or "{}",
         )
         if len(calls) > 1:
-            warnings.append(harness_warning(f"your reply had {len(calls)} tool calls; only the first ({tool_call.name}) was used: one action per reply"))
+            warnings.append(
+                harness_warning(
+                    f"your reply had {len(calls)} tool calls; only the first ({tool_call.name}) was used: "
+                    "one action per reply"
+                )
+            )
     if choice.finish_reason == "length":
         warnings.append(harness_warning("your reply was cut off at the output token limit; keep replies shorter"))
     return PolicyReply(

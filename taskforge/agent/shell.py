@@ -19,7 +19,7 @@ program waiting for input. terminus-2 (`--backend harbor`) is the tmux-driven al
 
 from __future__ import annotations
 
-from taskforge.sandbox.base import ExecResult
+from taskforge.sandbox.base import ExecResult, Sandbox
 
 STATE_DIR = "/tmp/.taskforge/shell"
 # Commands travel in an environment variable; Linux caps one at 128 KiB (MAX_ARG_STRLEN).
@@ -44,14 +44,19 @@ eval "$__tf_cmd"
 class PersistentShell:
     """Runs commands in `sandbox` as one continuing bash session (see the module doc)."""
 
-    def __init__(self, sandbox, *, workdir: str | None = None):
+    def __init__(self, sandbox: Sandbox, *, workdir: str | None = None):
         self.sandbox = sandbox
         self.workdir = workdir
 
     def run(self, command: str, timeout_sec: float) -> ExecResult:
         if len(command.encode()) > MAX_COMMAND_BYTES:
-            raise CommandTooLongError(f"the command is {len(command.encode())} bytes; the limit is {MAX_COMMAND_BYTES}: write long files in several steps")
-        return self.sandbox.exec(_SESSION_SCRIPT, timeout_sec, workdir=self.workdir, env={"TF_USER_CMD": command}, mark_truncation=False)
+            raise CommandTooLongError(
+                f"the command is {len(command.encode())} bytes; the limit is {MAX_COMMAND_BYTES}: "
+                "write long files in several steps"
+            )
+        return self.sandbox.exec(
+            _SESSION_SCRIPT, timeout_sec, workdir=self.workdir, env={"TF_USER_CMD": command}, mark_truncation=False
+        )
 
     def reset(self) -> None:
         """Forgets the saved directory and variables."""

@@ -1,7 +1,7 @@
 """Procedural task generation: families of tasks with their own ground truth, and the generator.
 
-    from taskforge.forge import generate
-    generate(n=600, seed=1, out_dir=Path("tasks/gen"), val=60)
+from taskforge.forge import generate
+generate(n=600, seed=1, out_dir=Path("tasks/gen"), val=60)
 """
 
 from taskforge.forge.base import DIFFICULTIES, DOMAINS, GENERATOR_VERSION, Draft, Family

@@ -79,7 +79,11 @@ def image_layout(draft: Draft) -> tuple[dict[str, str], list[str]]:
     if context:
         steps.append("COPY files/ /")
     if draft.setup:
-        context[SETUP_SCRIPT] = "#!/bin/bash\n# Build-time setup, deleted from the image after it runs.\nset -euo pipefail\n" + "\n".join(draft.setup) + "\n"
+        context[SETUP_SCRIPT] = (
+            "#!/bin/bash\n# Build-time setup, deleted from the image after it runs.\nset -euo pipefail\n"
+            + "\n".join(draft.setup)
+            + "\n"
+        )
         steps.append(f"COPY {SETUP_SCRIPT} {SETUP_IN_IMAGE}")
         steps.append(f"RUN bash {SETUP_IN_IMAGE} && rm -f {SETUP_IN_IMAGE}")
     return context, steps
@@ -98,7 +102,9 @@ def to_spec(family: Family, draft: Draft, difficulty: Difficulty, seed: int) -> 
     instruction = draft.instruction.strip() + "\n"
     missing = [p for p in draft.outputs if p not in instruction]
     if missing:
-        raise DraftError(f"{family.name}: the instruction does not name {missing}; every path the tests check must be in it")
+        raise DraftError(
+            f"{family.name}: the instruction does not name {missing}; every path the tests check must be in it"
+        )
     environment_files, steps = image_layout(draft)
     short_hash = content_hash(instruction, environment_files, steps)[:10]
     extra = {"param_pool": PARAM_POOL, "outputs": " ".join(draft.outputs), **draft.extra}
@@ -110,7 +116,14 @@ def to_spec(family: Family, draft: Draft, difficulty: Difficulty, seed: int) -> 
         workdir=draft.workdir,
         tests={"test_outputs.py": draft.tests},
         solution=draft.solution,
-        metadata=TaskMetadata(family=family.name, domain=family.domain, difficulty=difficulty, seed=seed, generator_version=GENERATOR_VERSION, extra=extra),
+        metadata=TaskMetadata(
+            family=family.name,
+            domain=family.domain,
+            difficulty=difficulty,
+            seed=seed,
+            generator_version=GENERATOR_VERSION,
+            extra=extra,
+        ),
         agent_timeout_sec=600.0,
         verifier_timeout_sec=120.0,
         build_timeout_sec=600.0,

@@ -61,6 +61,8 @@ import subprocess
 
 '''
 
+# Snippets whose generated lines exceed this file's line limit are split into adjacent string
+# literals (mid-line); the joined text, which is what test_outputs.py gets, is unchanged.
 HELPERS = {
     "base": '''
 def read_text(path):
@@ -110,17 +112,18 @@ def check_csv_table(path, header, rows, numeric, ordered):
             else:
                 assert g == str(w), f"{path}: {header[i]}={g!r} in row {got_row}, expected {w!r}"
 ''',
-    "json": '''
+    "json": """
 def load_json(path):
     try:
         return json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise AssertionError(f"{path} is not valid JSON: {exc}") from None
-''',
+""",
     "nobody": '''
 def run_as_nobody(args, cwd, timeout=60):
     """Runs agent-written code without root (it must not touch the verifier's files)."""
-    return subprocess.run(["runuser", "-u", "nobody", "--", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(["runuser", "-u", "nobody", "--", *args], '''
+    '''cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def copy_for_nobody(src, dst):
@@ -129,7 +132,7 @@ def copy_for_nobody(src, dst):
     subprocess.run(["cp", "-a", src, dst], check=True)
     subprocess.run(["chown", "-R", "nobody:nogroup", dst], check=True)
 ''',
-    "stat": '''
+    "stat": """
 import grp
 import pwd
 import stat as statmod
@@ -142,16 +145,17 @@ def mode_of(path):
 def owner_of(path):
     st = os.lstat(path)
     return f"{pwd.getpwuid(st.st_uid).pw_name}:{grp.getgrgid(st.st_gid).gr_name}"
-''',
+""",
     "git": '''
 def git(repo, *args):
     """Read-only git with hooks and fsmonitor disabled (the repository is agent-controlled)."""
     done = subprocess.run(
-        ["git", "-c", "safe.directory=*", "-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null", "-C", repo, *args],
+        ["git", "-c", "safe.directory=*", "-c", "core.fsmonitor=false",'''
+    """ "-c", "core.hooksPath=/dev/null", "-C", repo, *args],
         capture_output=True, text=True, timeout=60,
     )
     return done.stdout.strip() if done.returncode == 0 else None
-''',
+""",
 }
 
 
@@ -175,7 +179,9 @@ def add_group(name: str) -> str:
     return f"getent group {name} >/dev/null || groupadd {name}"
 
 
-def add_user(name: str, *, system: bool = False, shell: str = "/usr/sbin/nologin", group: str | None = None, home: bool = False) -> str:
+def add_user(
+    name: str, *, system: bool = False, shell: str = "/usr/sbin/nologin", group: str | None = None, home: bool = False
+) -> str:
     """useradd for a build script; a no-op when the account exists already."""
     flags = ["-m" if home else "-M", "-s", shell]
     if system:

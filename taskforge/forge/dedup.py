@@ -52,8 +52,8 @@ def signature(normalised: str) -> bytes:
 
 def estimate(sig_a: bytes, sig_b: bytes) -> float:
     a, b = array("Q", sig_a), array("Q", sig_b)
-    shared = sum(1 for x, y in zip(a, b) if x == y and x != _EMPTY)
-    filled = sum(1 for x, y in zip(a, b) if x != _EMPTY or y != _EMPTY)
+    shared = sum(1 for x, y in zip(a, b, strict=True) if x == y and x != _EMPTY)
+    filled = sum(1 for x, y in zip(a, b, strict=True) if x != _EMPTY or y != _EMPTY)
     return shared / filled if filled else 1.0
 
 
@@ -71,7 +71,11 @@ class NearDuplicateIndex:
         keys = []
         for band in range(BANDS):
             chunk = values[band * ROWS : (band + 1) * ROWS].tobytes()
-            keys.append(int.from_bytes(hashlib.blake2b(group.encode() + bytes([band]) + chunk, digest_size=8).digest(), "little"))
+            keys.append(
+                int.from_bytes(
+                    hashlib.blake2b(group.encode() + bytes([band]) + chunk, digest_size=8).digest(), "little"
+                )
+            )
         return keys
 
     def find(self, group: str, normalised: str, sig: bytes) -> int | None:

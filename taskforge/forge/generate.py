@@ -172,7 +172,14 @@ class TaskSet:
         self._manifest = (path / "manifest.jsonl").open("w")
 
     def add(self, task: Written) -> None:
-        row = {"name": task.name, "family": task.family, "domain": task.domain, "difficulty": task.difficulty, "seed": task.seed, "path": task.dir_name}
+        row = {
+            "name": task.name,
+            "family": task.family,
+            "domain": task.domain,
+            "difficulty": task.difficulty,
+            "seed": task.seed,
+            "path": task.dir_name,
+        }
         self._manifest.write(json.dumps(row) + "\n")
         self.rows.append((task.name, task.dir_name))
 
@@ -182,13 +189,21 @@ class TaskSet:
     def finish(self, seed: int, n: int) -> dict:
         version = dataset_version(seed)
         suffix = f", {self.split}" if self.split else ""
-        registry = write_registry(self.path, self.dataset, version, self.rows, f"taskforge procedural tasks (generator {GENERATOR_VERSION}, seed {seed}, n {n}{suffix})")
+        registry = write_registry(
+            self.path,
+            self.dataset,
+            version,
+            self.rows,
+            f"taskforge procedural tasks (generator {GENERATOR_VERSION}, seed {seed}, n {n}{suffix})",
+        )
         return {
             "path": str(self.path),
             "tasks": len(self.rows),
             "registry": str(registry),
             "dataset": f"{self.dataset}@{version}",
-            "harbor": f"cd {self.path} && harbor run --registry-path registry.json -d {self.dataset}@{version} -a oracle",
+            "harbor": (
+                f"cd {self.path} && harbor run --registry-path registry.json -d {self.dataset}@{version} -a oracle"
+            ),
         }
 
 
@@ -228,17 +243,28 @@ def _prepare(out_dir: Path, force: bool) -> None:
     if out_dir.exists() and any(out_dir.iterdir()):
         if not force:
             raise GenerateError(f"{out_dir} is not empty; choose another --out or pass --force to replace it")
-        looks_generated = any((out_dir / marker).exists() for marker in ("summary.json", "manifest.jsonl", "train/manifest.jsonl"))
+        looks_generated = any(
+            (out_dir / marker).exists() for marker in ("summary.json", "manifest.jsonl", "train/manifest.jsonl")
+        )
         if not looks_generated:
-            raise GenerateError(f"{out_dir} holds files that `generate` did not write; --force only replaces an earlier output")
+            raise GenerateError(
+                f"{out_dir} holds files that `generate` did not write; --force only replaces an earlier output"
+            )
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
 def _progress(enabled: bool) -> Progress:
     return Progress(
-        TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=not enabled, transient=False,
+        TextColumn("[bold]generate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+        transient=False,
     )
 
 
@@ -285,7 +311,9 @@ def generate(
         with bar:
             bar_id = bar.add_task("generate", total=n, rate="")
             first_draws = (job(i, 0) for i in range(n))
-            results = pool.imap(build_and_write, first_draws, chunksize=8) if pool else map(build_and_write, first_draws)
+            results = (
+                pool.imap(build_and_write, first_draws, chunksize=8) if pool else map(build_and_write, first_draws)
+            )
             for task in results:  # in index order, whatever the number of workers
                 while not seen.accepts(task):
                     redrawn += 1
@@ -325,8 +353,17 @@ def generate(
         "redrawn": redrawn,
         "by_family": dict(sorted(by_family.items())),
         "by_difficulty": {d: by_difficulty[d] for d in difficulties},
-        "sets": {k: {"tasks": v["tasks"], "dataset": v["dataset"], "path": os.path.relpath(v["path"], out_dir)} for k, v in written.items()},
+        "sets": {
+            k: {"tasks": v["tasks"], "dataset": v["dataset"], "path": os.path.relpath(v["path"], out_dir)}
+            for k, v in written.items()
+        },
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     seconds = time.monotonic() - started
-    return {**summary, "sets": written, "out_dir": str(out_dir), "seconds": round(seconds, 3), "tasks_per_sec": round(n / seconds, 1)}
+    return {
+        **summary,
+        "sets": written,
+        "out_dir": str(out_dir),
+        "seconds": round(seconds, 3),
+        "tasks_per_sec": round(n / seconds, 1),
+    }

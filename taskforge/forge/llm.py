@@ -38,25 +38,70 @@ GENERATOR_VERSION = "llm-1.0"
 
 CATEGORIES: dict[str, list[str]] = {
     "data_processing": [
-        "CSV aggregation", "JSON reshaping", "log parsing", "joining two tables", "deduplicating records",
-        "format conversion", "regex text extraction", "report generation", "data validation", "time-series bucketing",
-        "config file merging", "word and line statistics", "sorting and ranking", "filtering by date ranges",
-        "cleaning messy whitespace and encodings", "splitting files by key", "templated text rendering",
-        "fixed-width parsing", "top-N queries", "checksum manifests",
+        "CSV aggregation",
+        "JSON reshaping",
+        "log parsing",
+        "joining two tables",
+        "deduplicating records",
+        "format conversion",
+        "regex text extraction",
+        "report generation",
+        "data validation",
+        "time-series bucketing",
+        "config file merging",
+        "word and line statistics",
+        "sorting and ranking",
+        "filtering by date ranges",
+        "cleaning messy whitespace and encodings",
+        "splitting files by key",
+        "templated text rendering",
+        "fixed-width parsing",
+        "top-N queries",
+        "checksum manifests",
     ],
     "system_operations": [
-        "file permissions", "ownership and groups", "archives and backups", "disk usage reports", "cron schedules",
-        "systemd-style unit files", "environment files", "log rotation", "user accounts", "symlink farms",
-        "process inspection", "find and clean old files", "directory layout migration", "hosts and resolver files",
-        "service configuration", "quota-like size limits", "file integrity checks", "rotating secrets in configs",
-        "shell profile setup", "tmp cleanup policies",
+        "file permissions",
+        "ownership and groups",
+        "archives and backups",
+        "disk usage reports",
+        "cron schedules",
+        "systemd-style unit files",
+        "environment files",
+        "log rotation",
+        "user accounts",
+        "symlink farms",
+        "process inspection",
+        "find and clean old files",
+        "directory layout migration",
+        "hosts and resolver files",
+        "service configuration",
+        "quota-like size limits",
+        "file integrity checks",
+        "rotating secrets in configs",
+        "shell profile setup",
+        "tmp cleanup policies",
     ],
     "development_tooling": [
-        "git branches", "git history queries", "merge conflicts", "Makefiles", "fixing a failing Python test",
-        "sqlite queries", "packaging metadata", "version bumping", "changelog generation", "linting configuration",
-        "dependency pinning files", "shell script debugging", "build artefact layout", "test discovery",
-        "git tags and releases", "code search and replace", "pre-commit style checks", "project scaffolding",
-        "database migrations in sqlite", "environment-specific configs",
+        "git branches",
+        "git history queries",
+        "merge conflicts",
+        "Makefiles",
+        "fixing a failing Python test",
+        "sqlite queries",
+        "packaging metadata",
+        "version bumping",
+        "changelog generation",
+        "linting configuration",
+        "dependency pinning files",
+        "shell script debugging",
+        "build artefact layout",
+        "test discovery",
+        "git tags and releases",
+        "code search and replace",
+        "pre-commit style checks",
+        "project scaffolding",
+        "database migrations in sqlite",
+        "environment-specific configs",
     ],
 }
 COMPLEXITY = {
@@ -68,17 +113,55 @@ COMPLEXITY = {
     6: "a small project: several inputs, several outputs, edge cases",
 }
 PERSONAS = [
-    "a data analyst at a retailer", "an SRE on call", "a PhD student cleaning lab data", "a release engineer",
-    "a backend developer", "a security auditor", "a sysadmin at a school", "a bioinformatician", "a QA engineer",
-    "a DevOps intern", "an accountant automating reports", "a game server admin", "a librarian digitising records",
-    "a journalist scraping public data", "a hospital IT technician", "a startup CTO", "an open-source maintainer",
-    "a teacher grading scripts", "a network engineer", "a compliance officer", "a mobile developer",
-    "a marketing analyst", "a logistics planner", "a museum archivist", "a physics postdoc", "a tax consultant",
-    "a support engineer triaging tickets", "an embedded developer", "a site reliability lead", "a translator",
-    "a data engineer", "a hobbyist home-lab owner", "a university registrar", "a game developer", "a DBA",
-    "a machine-learning engineer", "a payroll clerk", "an ops manager", "a technical writer", "a penetration tester",
-    "a retail store manager", "a climate scientist", "a sports statistician", "a film editor managing assets",
-    "a hotel IT admin", "a small-business owner", "a recruiter", "a farmer tracking yields", "a musician organising samples",
+    "a data analyst at a retailer",
+    "an SRE on call",
+    "a PhD student cleaning lab data",
+    "a release engineer",
+    "a backend developer",
+    "a security auditor",
+    "a sysadmin at a school",
+    "a bioinformatician",
+    "a QA engineer",
+    "a DevOps intern",
+    "an accountant automating reports",
+    "a game server admin",
+    "a librarian digitising records",
+    "a journalist scraping public data",
+    "a hospital IT technician",
+    "a startup CTO",
+    "an open-source maintainer",
+    "a teacher grading scripts",
+    "a network engineer",
+    "a compliance officer",
+    "a mobile developer",
+    "a marketing analyst",
+    "a logistics planner",
+    "a museum archivist",
+    "a physics postdoc",
+    "a tax consultant",
+    "a support engineer triaging tickets",
+    "an embedded developer",
+    "a site reliability lead",
+    "a translator",
+    "a data engineer",
+    "a hobbyist home-lab owner",
+    "a university registrar",
+    "a game developer",
+    "a DBA",
+    "a machine-learning engineer",
+    "a payroll clerk",
+    "an ops manager",
+    "a technical writer",
+    "a penetration tester",
+    "a retail store manager",
+    "a climate scientist",
+    "a sports statistician",
+    "a film editor managing assets",
+    "a hotel IT admin",
+    "a small-business owner",
+    "a recruiter",
+    "a farmer tracking yields",
+    "a musician organising samples",
     "a city planner",
 ]
 _NETWORK_COMMANDS = re.compile(r"\b(apt-get|apt|pip3?|curl|wget|npm|git\s+clone)\b")
@@ -94,7 +177,8 @@ class LLMTaskRecord(BaseModel):
 
     index: int
     status: str  # kept | rejected
-    reason: str | None = None  # malformed_reply, api_error, build_failed, initial_test_failed, oracle_failed, nop_passed, verifier_error, timeout
+    # malformed_reply, api_error, build_failed, initial_test_failed, oracle_failed, nop_passed, verifier_error, timeout
+    reason: str | None = None
     detail: str = ""
     name: str | None = None
     path: str | None = None
@@ -131,16 +215,25 @@ class Mix:
 
 def draw_mix(rng: random.Random) -> Mix:
     domain = rng.choice(sorted(CATEGORIES))
-    return Mix(domain=domain, category=rng.choice(CATEGORIES[domain]), complexity=rng.randint(1, 6), persona=rng.choice(PERSONAS))
+    return Mix(
+        domain=domain,
+        category=rng.choice(CATEGORIES[domain]),
+        complexity=rng.randint(1, 6),
+        persona=rng.choice(PERSONAS),
+    )
 
 
-def difficulty_of(complexity: int) -> str:
+def difficulty_for_complexity(complexity: int) -> str:
     return "easy" if complexity <= 2 else "medium" if complexity <= 4 else "hard"
 
 
 @cache
 def _prompts() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR / "prompts"), undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR / "prompts"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
 
 
 def render_prompt(name: str, **values: Any) -> str:
@@ -201,9 +294,13 @@ def parse_dockerfile(text: str, base_image: str) -> tuple[list[str], str]:
     steps = lines[first + 1 :]
     body = "\n".join(steps)
     if _NETWORK_COMMANDS.search(body):
-        raise StageReplyError("the Dockerfile uses the network (apt-get/pip/curl/...); everything must be created locally")
+        raise StageReplyError(
+            "the Dockerfile uses the network (apt-get/pip/curl/...); everything must be created locally"
+        )
     if re.search(r"^\s*(COPY|ADD)\s", body, re.MULTILINE):
-        raise StageReplyError("the Dockerfile may not COPY/ADD files (the build context is empty): create them with RUN")
+        raise StageReplyError(
+            "the Dockerfile may not COPY/ADD files (the build context is empty): create them with RUN"
+        )
     workdirs = [line.split(None, 1)[1].strip() for line in steps if line.strip().upper().startswith("WORKDIR ")]
     steps = [line for line in steps if not line.strip().upper().startswith("WORKDIR ")]
     return steps, (workdirs[-1] if workdirs else "/root")
@@ -242,7 +339,13 @@ class _Conversation:
                 return parse(reply.text)
             except StageReplyError as exc:
                 problem = str(exc)
-                messages += [{"role": "assistant", "content": reply.text}, {"role": "user", "content": f"That reply cannot be used: {problem}. Answer again in the requested format."}]
+                messages += [
+                    {"role": "assistant", "content": reply.text},
+                    {
+                        "role": "user",
+                        "content": f"That reply cannot be used: {problem}. Answer again in the requested format.",
+                    },
+                ]
         raise StageReplyError(f"{stage}: {problem} (after {self.config.stage_retries + 1} replies)")
 
 
@@ -271,13 +374,26 @@ def draft_spec(conversation: _Conversation, mix: Mix, seed: int) -> tuple[TaskSp
     """Runs the five stages; returns the TaskSpec and the initial-state test."""
     idea = conversation.ask(
         "idea",
-        render_prompt("idea", category=mix.category, domain=mix.domain, complexity=mix.complexity, complexity_hint=COMPLEXITY[mix.complexity], persona=mix.persona),
+        render_prompt(
+            "idea",
+            category=mix.category,
+            domain=mix.domain,
+            complexity=mix.complexity,
+            complexity_hint=COMPLEXITY[mix.complexity],
+            persona=mix.persona,
+        ),
         parse_idea,
     )
-    context = {"instruction": idea["instruction"], "truth": json.dumps(idea["truth"], indent=2), "base_image": BASE_IMAGE}
+    context = {
+        "instruction": idea["instruction"],
+        "truth": json.dumps(idea["truth"], indent=2),
+        "base_image": BASE_IMAGE,
+    }
     initial_test = conversation.ask("initial-state test", render_prompt("initial_test", **context), parse_python)
     final_test = conversation.ask("final-state test", render_prompt("final_test", **context), parse_python)
-    steps, workdir = conversation.ask("dockerfile", render_prompt("dockerfile", **context), lambda text: parse_dockerfile(text, BASE_IMAGE))
+    steps, workdir = conversation.ask(
+        "dockerfile", render_prompt("dockerfile", **context), lambda text: parse_dockerfile(text, BASE_IMAGE)
+    )
     solution = conversation.ask("solution", render_prompt("solution", **context), parse_bash)
     digest = hashlib.sha256(f"{seed}:{idea['instruction']}".encode()).hexdigest()[:8]
     spec = TaskSpec(
@@ -290,10 +406,15 @@ def draft_spec(conversation: _Conversation, mix: Mix, seed: int) -> tuple[TaskSp
         metadata=TaskMetadata(
             family=f"llm-{_slug(mix.category)}",
             domain=mix.domain,
-            difficulty=difficulty_of(mix.complexity),
+            difficulty=difficulty_for_complexity(mix.complexity),
             seed=seed,
             generator_version=GENERATOR_VERSION,
-            extra={"category": mix.category, "complexity": mix.complexity, "persona": mix.persona, "model": conversation.config.model},
+            extra={
+                "category": mix.category,
+                "complexity": mix.complexity,
+                "persona": mix.persona,
+                "model": conversation.config.model,
+            },
         ),
         agent_timeout_sec=600.0,
         verifier_timeout_sec=120.0,
@@ -303,11 +424,10 @@ def draft_spec(conversation: _Conversation, mix: Mix, seed: int) -> tuple[TaskSp
 
 def run_gates(task_dir: Path, initial_test: str, trials_dir: Path) -> tuple[str | None, str]:
     """The validation gates; returns (reason, detail), reason None when the task is kept."""
-    from taskforge.agent.simple import NopAgent, OracleAgent
     from taskforge.sandbox.base import ImageBuildError, SandboxError
     from taskforge.sandbox.docker import DockerSandbox
-    from taskforge.trial import image_for, resources_for, run_trial
-    from taskforge.validate import classify
+    from taskforge.trial import image_for, resources_for
+    from taskforge.validate import validate_task
 
     task = load_task(task_dir)
     try:
@@ -317,15 +437,15 @@ def run_gates(task_dir: Path, initial_test: str, trials_dir: Path) -> tuple[str 
     try:
         with DockerSandbox(image, resources_for(task), workdir=task.config.environment.workdir) as sandbox:
             sandbox.upload_files({"test_initial_state.py": initial_test.encode()}, "/tmp/taskforge-initial")
-            result = sandbox.exec("python3 -m pytest -q -p no:cacheprovider /tmp/taskforge-initial/test_initial_state.py", 120)
+            result = sandbox.exec(
+                "python3 -m pytest -q -p no:cacheprovider /tmp/taskforge-initial/test_initial_state.py", 120
+            )
     except SandboxError as exc:
         return "build_failed", str(exc)
     if result.exit_code != 0:
         return "initial_test_failed", result.output[-400:]
-    oracle = run_trial(task, OracleAgent(), trials_dir / "oracle")
-    nop = run_trial(task, NopAgent(), trials_dir / "nop")
-    status, detail = classify(oracle, nop)
-    return (None, "") if status == "passed" else (status, detail)
+    validation = validate_task(task, trials_dir)  # the same oracle/nop gates as `taskforge validate`
+    return (None, "") if validation.passed else (validation.status, validation.detail)
 
 
 def generate_llm(n: int, seed: int, out_dir: Path, config: LLMForgeConfig) -> list[LLMTaskRecord]:
@@ -344,7 +464,9 @@ def generate_llm(n: int, seed: int, out_dir: Path, config: LLMForgeConfig) -> li
         task_rng_seed = task_seed(seed, index)
         mix = draw_mix(random.Random(task_rng_seed))
         conversation = _Conversation(policy, config)
-        base = dict(index=index, domain=mix.domain, category=mix.category, complexity=mix.complexity, persona=mix.persona)
+        base = dict(
+            index=index, domain=mix.domain, category=mix.category, complexity=mix.complexity, persona=mix.persona
+        )
         staging = work_dir / "staging" / f"{index:06d}"
         try:
             spec, initial_test = draft_spec(conversation, mix, task_rng_seed)
@@ -360,9 +482,21 @@ def generate_llm(n: int, seed: int, out_dir: Path, config: LLMForgeConfig) -> li
             (work_dir / "initial_tests").mkdir(parents=True, exist_ok=True)
             (work_dir / "initial_tests" / f"{index:06d}.py").write_text(initial_test)
             reason, detail = run_gates(staging, initial_test, work_dir / "trials" / f"{index:06d}")
-        tokens = dict(n_input_tokens=conversation.n_input_tokens, n_output_tokens=conversation.n_output_tokens, n_requests=conversation.n_requests, seconds=time.monotonic() - started)
+        tokens = dict(
+            n_input_tokens=conversation.n_input_tokens,
+            n_output_tokens=conversation.n_output_tokens,
+            n_requests=conversation.n_requests,
+            seconds=time.monotonic() - started,
+        )
         if reason is not None:
-            record = LLMTaskRecord(**base, status="rejected", reason=reason, detail=detail[:2000], name=spec.name if spec else None, **tokens)
+            record = LLMTaskRecord(
+                **base,
+                status="rejected",
+                reason=reason,
+                detail=detail[:2000],
+                name=spec.name if spec else None,
+                **tokens,
+            )
         else:
             final_dir = out_dir / spec.name.split("/")[-1]
             shutil.rmtree(final_dir, ignore_errors=True)
@@ -380,7 +514,9 @@ def generate_llm(n: int, seed: int, out_dir: Path, config: LLMForgeConfig) -> li
     todo = [i for i in range(n) if i not in done]
     fresh = run_concurrently(todo, make_one, jobs=config.concurrency, description="llm forge", on_done=show)
     records = sorted([*done.values(), *fresh], key=lambda r: r.index)
-    (out_dir / "rejected.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in records if r.status == "rejected"))
+    (out_dir / "rejected.jsonl").write_text(
+        "".join(r.model_dump_json() + "\n" for r in records if r.status == "rejected")
+    )
     return records
 
 
@@ -393,7 +529,7 @@ class LLMForgeSummary(BaseModel):
     n_requests: int
 
 
-def summarize(records: list[LLMTaskRecord]) -> LLMForgeSummary:
+def llm_forge_summary(records: list[LLMTaskRecord]) -> LLMForgeSummary:
     reasons: dict[str, int] = {}
     for r in records:
         if r.reason:
@@ -410,8 +546,16 @@ def summarize(records: list[LLMTaskRecord]) -> LLMForgeSummary:
 
 def print_summary(records: list[LLMTaskRecord], out_dir: Path, console) -> None:
     """The one-screen summary `taskforge generate --llm` ends with."""
-    summary = summarize(records)
-    console.print(f"[green]{summary.n_kept} kept[/], [red]{summary.n_rejected} rejected[/] of {len(records)} tasks in {out_dir}")
+    summary = llm_forge_summary(records)
+    console.print(
+        f"[green]{summary.n_kept} kept[/], [red]{summary.n_rejected} rejected[/] of {len(records)} tasks in {out_dir}"
+    )
     if summary.reasons:
-        console.print("rejected: " + ", ".join(f"{reason} {count}" for reason, count in sorted(summary.reasons.items())) + f" (details: {out_dir / 'rejected.jsonl'})")
-    console.print(f"tokens: {summary.n_input_tokens:,} in, {summary.n_output_tokens:,} out over {summary.n_requests} requests")
+        console.print(
+            "rejected: "
+            + ", ".join(f"{reason} {count}" for reason, count in sorted(summary.reasons.items()))
+            + f" (details: {out_dir / 'rejected.jsonl'})"
+        )
+    console.print(
+        f"tokens: {summary.n_input_tokens:,} in, {summary.n_output_tokens:,} out over {summary.n_requests} requests"
+    )

@@ -7,11 +7,65 @@ come from these pools; the per-task data (values, counts, sizes, timestamps) is 
 
 from __future__ import annotations
 
-PEOPLE = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "oscar", "peggy", "rupert", "sybil", "trent", "victor", "wendy"]
-SURNAMES = ["Moreau", "Okafor", "Schmidt", "Tanaka", "Silva", "Novak", "Haddad", "Larsen", "Kowalski", "Reyes", "Dubois", "Ivanova"]
-SERVICE_ACCOUNTS = ["deploy", "appsvc", "archiver", "webapp", "etl", "monitor", "builder", "reporter"]  # none exists in Debian's base image
+PEOPLE = [
+    "alice",
+    "bob",
+    "carol",
+    "dave",
+    "erin",
+    "frank",
+    "grace",
+    "heidi",
+    "ivan",
+    "judy",
+    "mallory",
+    "oscar",
+    "peggy",
+    "rupert",
+    "sybil",
+    "trent",
+    "victor",
+    "wendy",
+]
+SURNAMES = [
+    "Moreau",
+    "Okafor",
+    "Schmidt",
+    "Tanaka",
+    "Silva",
+    "Novak",
+    "Haddad",
+    "Larsen",
+    "Kowalski",
+    "Reyes",
+    "Dubois",
+    "Ivanova",
+]
+SERVICE_ACCOUNTS = [
+    "deploy",
+    "appsvc",
+    "archiver",
+    "webapp",
+    "etl",
+    "monitor",
+    "builder",
+    "reporter",
+]  # none exists in Debian's base image
 GROUPS = ["developers", "ops", "analysts", "auditors", "webteam", "dba", "support", "finance"]
-APPS = ["billing", "inventory", "webshop", "reports", "auth", "search", "metrics", "gateway", "scheduler", "mailer", "ledger", "catalog"]
+APPS = [
+    "billing",
+    "inventory",
+    "webshop",
+    "reports",
+    "auth",
+    "search",
+    "metrics",
+    "gateway",
+    "scheduler",
+    "mailer",
+    "ledger",
+    "catalog",
+]
 MAIL_DOMAINS = ["example.com", "example.org", "corp.example", "mail.test", "shop.test", "acme.test"]
 
 HOME = "/home/user"
@@ -29,6 +83,32 @@ CHANNELS = ["online", "store", "partner"]
 PRIORITIES = ["low", "medium", "high", "urgent"]
 LEVELS = ["DEBUG", "INFO", "WARN", "ERROR"]
 HTTP_METHODS = ["GET", "POST", "PUT", "DELETE"]
-URL_PATHS = ["/", "/login", "/logout", "/api/items", "/api/orders", "/api/users", "/static/app.js", "/static/style.css", "/search", "/cart", "/checkout", "/health"]
+URL_PATHS = [
+    "/",
+    "/login",
+    "/logout",
+    "/api/items",
+    "/api/orders",
+    "/api/users",
+    "/static/app.js",
+    "/static/style.css",
+    "/search",
+    "/cart",
+    "/checkout",
+    "/health",
+]
 USER_AGENTS = ["Mozilla/5.0", "curl/8.4.0", "python-requests/2.31", "Go-http-client/1.1"]
-MONTHS = ["2024-01", "2024-02", "2024-03", "2024-04", "2024-05", "2024-06", "2024-07", "2024-08", "2024-09", "2024-10", "2024-11", "2024-12"]
+MONTHS = [
+    "2024-01",
+    "2024-02",
+    "2024-03",
+    "2024-04",
+    "2024-05",
+    "2024-06",
+    "2024-07",
+    "2024-08",
+    "2024-09",
+    "2024-10",
+    "2024-11",
+    "2024-12",
+]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -51,17 +51,37 @@ class ImageBuildError(SandboxError):
     """The task's environment did not build. The message carries the build log's tail."""
 
 
+@runtime_checkable
 class Sandbox(Protocol):
+    """A running environment for one trial. `DockerSandbox` is the backend; the agent loop, the
+    scripted players and the verifier see only this."""
+
+    head_bytes: int  # how much of a long output exec keeps from its start ...
+    tail_bytes: int  # ... and from its end
+
     def start(self) -> None: ...
 
-    def exec(self, command: str, timeout_sec: float, *, workdir: str | None = None, env: dict[str, str] | None = None) -> ExecResult: ...
+    def exec(
+        self,
+        command: str,
+        timeout_sec: float,
+        *,
+        workdir: str | None = None,
+        env: dict[str, str] | None = None,
+        user: str | None = None,
+        collect_files: list[str] | None = None,
+        collect_max_bytes: int = 1 << 20,
+        mark_truncation: bool = True,
+    ) -> ExecResult: ...
 
     def upload_dir(self, local_dir: Path, container_dir: str) -> None: ...
 
-    def upload_files(self, files: dict[str, bytes], container_dir: str) -> None: ...
+    def upload_files(self, files: dict[str, bytes | tuple[bytes, int]], container_dir: str) -> None: ...
 
     def read_file(self, container_path: str, max_bytes: int = 1 << 20) -> bytes | None: ...
 
-    def kill_leftovers(self) -> None: ...
+    def read_files(self, container_paths: list[str], max_bytes: int = 1 << 20) -> dict[str, bytes | None]: ...
 
-    def stop(self) -> None: ...
+    def kill_leftovers(self, then: str = "") -> bytes: ...
+
+    def stop(self, wait: bool = False) -> None: ...

@@ -24,7 +24,7 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from taskforge.sandbox.base import ExecResult, ImageBuildError, Resources, SandboxError
+from taskforge.sandbox.base import ExecResult, ImageBuildError, Resources, Sandbox, SandboxError
 
 LABEL = "taskforge"
 LABEL_OWNER_PID = "taskforge.owner_pid"
@@ -49,12 +49,20 @@ fi
 rc=$?
 size=$(wc -c <"$out")
 printf '%s %s\n' "$rc" "$size"
-if [ "$size" -le $((TF_HEAD + TF_TAIL)) ]; then cat "$out"; else head -c "$TF_HEAD" "$out"; tail -c "$TF_TAIL" "$out"; fi
+if [ "$size" -le $((TF_HEAD + TF_TAIL)) ]; then
+  cat "$out"
+else
+  head -c "$TF_HEAD" "$out"; tail -c "$TF_TAIL" "$out"
+fi
 rm -f "$out"
 if [ -n "${TF_COLLECT:-}" ]; then
   IFS=: read -r -a collect <<<"$TF_COLLECT"
   for f in "${collect[@]}"; do
-    if [ -f "$f" ]; then n=$(head -c "$TF_COLLECT_MAX" "$f" | wc -c); printf 'Y %s\n' "$n"; head -c "$TF_COLLECT_MAX" "$f"; else printf 'N 0\n'; fi
+    if [ -f "$f" ]; then
+      n=$(head -c "$TF_COLLECT_MAX" "$f" | wc -c); printf 'Y %s\n' "$n"; head -c "$TF_COLLECT_MAX" "$f"
+    else
+      printf 'N 0\n'
+    fi
   done
 fi
 """
@@ -113,6 +121,11 @@ def docker_client() -> docker.DockerClient:
             atexit.register(remove_all_live_containers)
             _install_signal_handlers()
         return _client
+
+
+def started_docker_client() -> docker.DockerClient | None:
+    """The process's Docker client if one was made, without making one (for clean-up paths)."""
+    return _client
 
 
 def _pid_alive(pid: int) -> bool:
@@ -176,13 +189,16 @@ def _install_signal_handlers() -> None:
 
 
 def hash_directory(directory: Path) -> str:
-    """Content hash of a directory: relative paths, executable bits and bytes of every file."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        rel = path.relative_to(directory).as_posix()
-        digest.update(rel.encode() + b"\0" + (b"x" if os.access(path, os.X_OK) else b"-") + b"\0")
-        digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+    """Content hash of an environment/ folder for its image tag: names and bytes (dirhash) plus
+    executable bits, which Docker's build context keeps and dirhash does not look at."""
+    from dirhash import dirhash
+
+    modes = "".join(
+        f"{p.relative_to(directory).as_posix()}\0{os.access(p, os.X_OK):d}\n"
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    )
+    return hashlib.sha256(f"{dirhash(directory, 'sha256')}\n{modes}".encode()).hexdigest()[:16]
 
 
 def ensure_image(environment_dir: Path, build_timeout_sec: float = 600.0) -> str:
@@ -199,7 +215,9 @@ def ensure_image(environment_dir: Path, build_timeout_sec: float = 600.0) -> str
         log_lines: list[str] = []
         started = time.monotonic()
         try:
-            for chunk in client.api.build(path=str(environment_dir), tag=tag, rm=True, forcerm=True, decode=True, timeout=build_timeout_sec):
+            for chunk in client.api.build(
+                path=str(environment_dir), tag=tag, rm=True, forcerm=True, decode=True, timeout=build_timeout_sec
+            ):
                 if "stream" in chunk:
                     log_lines.extend(chunk["stream"].rstrip("\n").splitlines())
                 if "error" in chunk:
@@ -218,10 +236,18 @@ def ensure_image(environment_dir: Path, build_timeout_sec: float = 600.0) -> str
 def _build_failure_message(environment_dir: Path, log_lines: list[str]) -> str:
     tail = "\n".join(log_lines[-15:])
     hint = ""
-    if "pull access denied" in tail or "repository does not exist" in tail or "not found" in tail.lower() and "FROM" in tail:
+    if (
+        "pull access denied" in tail
+        or "repository does not exist" in tail
+        or "not found" in tail.lower()
+        and "FROM" in tail
+    ):
         from taskforge import BASE_IMAGE
 
-        hint = f"\nhint: the base image is missing; build it with `bash envs/build-base.sh {BASE_IMAGE}` (or `bash setup.sh env`)."
+        hint = (
+            f"\nhint: the base image is missing; build it with `bash envs/build-base.sh {BASE_IMAGE}` "
+            "(or `bash setup.sh env`)."
+        )
     error_line = log_lines[-1] if log_lines else "no build output"
     return f"{environment_dir / 'Dockerfile'} failed to build: {error_line}{hint}\nbuild log (tail):\n{tail}"
 
@@ -267,8 +293,8 @@ def _tar_of(files: dict[str, tuple[bytes, int]]) -> bytes:
     return buffer.getvalue()
 
 
-class DockerSandbox:
-    """A running container for one trial. Use as a context manager: it is always removed."""
+class DockerSandbox(Sandbox):
+    """A running container for one trial (the `Sandbox` backend). Use as a context manager: it is always removed."""
 
     def __init__(
         self,
@@ -331,11 +357,15 @@ class DockerSandbox:
             raise SandboxError("sandbox is not started")
         return self.container
 
-    def _raw_exec(self, argv: list[str], env: dict[str, str] | None = None, workdir: str | None = None, user: str | None = None) -> bytes:
+    def _raw_exec(
+        self, argv: list[str], env: dict[str, str] | None = None, workdir: str | None = None, user: str | None = None
+    ) -> bytes:
         container = self._require()
         api = container.client.api
         try:
-            exec_id = api.exec_create(container.id, argv, stdout=True, stderr=True, environment=env, workdir=workdir, user=user or "")["Id"]
+            exec_id = api.exec_create(
+                container.id, argv, stdout=True, stderr=True, environment=env, workdir=workdir, user=user or ""
+            )["Id"]
             return api.exec_start(exec_id, stream=False, demux=False) or b""
         except docker.errors.APIError as exc:
             raise SandboxError(f"exec failed in {container.short_id}: {exc.explanation or exc}") from exc
@@ -380,7 +410,7 @@ class DockerSandbox:
             # the pids limit): report what came back as the command's failure.
             return ExecResult(
                 exit_code=-1,
-                output_bytes=raw[-(self.head_bytes + self.tail_bytes):],
+                output_bytes=raw[-(self.head_bytes + self.tail_bytes) :],
                 seconds=seconds,
                 notices=["the sandbox could not run the command to completion (process limit or OOM?)"],
             )
@@ -394,8 +424,10 @@ class DockerSandbox:
             omitted = size - self.head_bytes - self.tail_bytes
             if mark_truncation:
                 marker = f"\n[... output truncated: {omitted} of {size} bytes omitted ...]\n".encode()
-                body = body[: self.head_bytes] + marker + body[self.head_bytes:]
-            notices.append(f"output truncated: showing the first {self.head_bytes} and last {self.tail_bytes} of {size} bytes")
+                body = body[: self.head_bytes] + marker + body[self.head_bytes :]
+            notices.append(
+                f"output truncated: showing the first {self.head_bytes} and last {self.tail_bytes} of {size} bytes"
+            )
         if timed_out:
             notices.append(f"command timed out after {timeout_sec:g} s and was killed")
         return ExecResult(
@@ -431,14 +463,26 @@ class DockerSandbox:
 
     def read_file(self, container_path: str, max_bytes: int = 1 << 20) -> bytes | None:
         """The file's bytes (at most max_bytes), or None when it does not exist."""
-        raw = self._raw_exec(["bash", "-c", 'if [ -f "$1" ]; then printf Y; head -c "$2" "$1"; else printf N; fi', "_", container_path, str(max_bytes)])
+        raw = self._raw_exec(
+            [
+                "bash",
+                "-c",
+                'if [ -f "$1" ]; then printf Y; head -c "$2" "$1"; else printf N; fi',
+                "_",
+                container_path,
+                str(max_bytes),
+            ]
+        )
         if not raw.startswith(b"Y"):
             return None
         return raw[1:]
 
     def read_files(self, container_paths: list[str], max_bytes: int = 1 << 20) -> dict[str, bytes | None]:
         """Several files in one exec: path -> bytes (at most max_bytes), or None when absent."""
-        script = 'for f in "$@"; do if [ -f "$f" ]; then n=$(head -c "$TF_MAX" "$f" | wc -c); printf "Y %s\\n" "$n"; head -c "$TF_MAX" "$f"; else printf "N 0\\n"; fi; done'
+        script = (
+            'for f in "$@"; do if [ -f "$f" ]; then n=$(head -c "$TF_MAX" "$f" | wc -c); printf "Y %s\\n" "$n"; '
+            'head -c "$TF_MAX" "$f"; else printf "N 0\\n"; fi; done'
+        )
         raw = self._raw_exec(["bash", "-c", script, "_", *container_paths], env={"TF_MAX": str(max_bytes)})
         return _parse_collected(raw, container_paths)
 

@@ -19,6 +19,8 @@ Unknown models get a 404 and, when `api_key` is set, a wrong key gets a 401, as 
 `fail_first(script, n, reply)` wraps a script to answer the first n requests with `reply`.
 Every request is kept in `server.requests`; `server.busy_seconds` is the time spent inside
 scripts and stalls (the "model's own time" for overhead measurements).
+The HTTP side (routes, key check, error bodies) is taskforge.openai_http, shared with `taskforge serve`.
+Standalone, with the scripts of taskforge.testing.scripts: `python -m taskforge.testing --help`.
 """
 
 from __future__ import annotations
@@ -30,8 +32,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from taskforge.openai_http import (
+    OpenAIError,
+    OpenAIHTTPServer,
+    Request,
+    Response,
+    check_model,
+    content_text,
+    json_response,
+)
 
 
 @dataclass
@@ -57,13 +68,7 @@ class ChatRequest:
         return sum(message.get("role") == "assistant" for message in self.messages)
 
     def text_of(self, role: str) -> str:
-        return "\n".join(_content_text(m.get("content")) for m in self.messages if m.get("role") == role)
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, list):  # content parts
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return content or ""
+        return "\n".join(content_text(m.get("content")) for m in self.messages if m.get("role") == role)
 
 
 @dataclass
@@ -135,47 +140,31 @@ def _tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4))
 
 
-class ScriptedOpenAIServer:
+class ScriptedOpenAIServer(OpenAIHTTPServer):
     """A threaded HTTP server answering chat completions from `script`. Use as a context manager."""
 
-    def __init__(self, script: Script, *, models: list[str] | None = None, api_key: str | None = None, host: str = "127.0.0.1"):
+    def __init__(
+        self, script: Script, *, models: list[str] | None = None, api_key: str | None = None, host: str = "127.0.0.1"
+    ):
+        super().__init__(
+            models=models or ["test-model"],
+            owned_by="taskforge-tests",
+            api_key=api_key,
+            host=host,
+            thread_name="scripted-openai",
+        )
         self.script = script
-        self.models = list(models or ["test-model"])
-        self.api_key = api_key
         self.requests: list[ChatRequest] = []
         self.busy_seconds = 0.0
         self._lock = threading.Lock()
         self._counter = itertools.count()
-        self._httpd = ThreadingHTTPServer((host, 0), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        self.routes[("POST", "/v1/chat/completions")] = self._chat_completion
 
-    @property
-    def port(self) -> int:
-        return self._httpd.server_address[1]
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> ScriptedOpenAIServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="scripted-openai", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self) -> ScriptedOpenAIServer:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
-
-    # -- request handling -------------------------------------------------------------------
-
-    def _answer(self, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+    def _chat_completion(self, http_request: Request) -> Response:
+        body = http_request.json()
+        check_model(body.get("model"), self.models)
+        if body.get("stream"):
+            raise OpenAIError(400, "streaming is not supported by the scripted server")
         request = ChatRequest(body=body, index=next(self._counter))
         with self._lock:
             self.requests.append(request)
@@ -187,81 +176,10 @@ class ScriptedOpenAIServer:
         with self._lock:
             self.busy_seconds += time.monotonic() - started
         if isinstance(reply, ErrorReply):
-            return _error(reply.status, reply.message, reply.code, reply.retry_after_sec)
+            raise OpenAIError(reply.status, reply.message, reply.code, retry_after_sec=reply.retry_after_sec)
         if isinstance(reply, Malformed):
-            return 200, {"Content-Type": reply.content_type}, reply.body
-        return 200, {"Content-Type": "application/json"}, json.dumps(_completion(request, reply)).encode()
-
-    def _handler_class(self):
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:  # quiet
-                pass
-
-            def do_GET(self) -> None:
-                if not self._authorised():
-                    return
-                path = self.path.rstrip("/")
-                if path.endswith("/models"):
-                    data = {"object": "list", "data": [_model(m) for m in server.models]}
-                    return self._send(200, {"Content-Type": "application/json"}, json.dumps(data).encode())
-                if "/models/" in path:
-                    name = path.split("/models/", 1)[1]
-                    if name in server.models:
-                        return self._send(200, {"Content-Type": "application/json"}, json.dumps(_model(name)).encode())
-                    return self._send(*_error(404, f"The model `{name}` does not exist.", "model_not_found"))
-                self._send(*_error(404, f"no route {self.path}"))
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
-                if not self._authorised():
-                    return
-                if not self.path.rstrip("/").endswith("/chat/completions"):
-                    return self._send(*_error(404, f"no route {self.path}"))
-                try:
-                    body = json.loads(raw)
-                except json.JSONDecodeError:
-                    return self._send(*_error(400, "request body is not JSON"))
-                if body.get("model") not in server.models:
-                    return self._send(*_error(404, f"The model `{body.get('model')}` does not exist.", "model_not_found"))
-                if body.get("stream"):
-                    return self._send(*_error(400, "streaming is not supported by the scripted server"))
-                self._send(*server._answer(body))
-
-            def _authorised(self) -> bool:
-                if server.api_key is None or self.headers.get("Authorization") == f"Bearer {server.api_key}":
-                    return True
-                self._send(*_error(401, "Incorrect API key provided.", "invalid_api_key"))
-                return False
-
-            def _send(self, status: int, headers: dict[str, str], payload: bytes) -> None:
-                try:
-                    self.send_response(status)
-                    for key, value in headers.items():
-                        self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (a stalled reply past its timeout)
-
-        return Handler
-
-
-def _model(name: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": 0, "owned_by": "taskforge-tests"}
-
-
-def _error(status: int, message: str, code: str | None = None, retry_after_sec: float | None = None) -> tuple[int, dict[str, str], bytes]:
-    kind = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error", 429: "rate_limit_error"}.get(status, "server_error")
-    headers = {"Content-Type": "application/json"}
-    if retry_after_sec is not None:
-        headers["retry-after-ms"] = str(int(retry_after_sec * 1000))
-    return status, headers, json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
+            return Response(200, reply.body, {"Content-Type": reply.content_type})
+        return json_response(_completion(request, reply))
 
 
 def _completion(request: ChatRequest, reply: Reply) -> dict[str, Any]:
@@ -277,41 +195,12 @@ def _completion(request: ChatRequest, reply: Reply) -> dict[str, Any]:
         "completion_tokens": _tokens(completion_text),
     }
     usage = {**usage, "total_tokens": usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)}
+    finish_reason = reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
     return {
         "id": f"chatcmpl-{request.index}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": request.model,
-        "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
         "usage": usage,
     }
-
-
-def main() -> None:
-    """`python -m taskforge.testing.openai_server --script competent TASKS...`: serve until Ctrl-C."""
-    import argparse
-    from pathlib import Path
-
-    from taskforge.tasks import discover_task_dirs
-    from taskforge.testing import scripts
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("tasks", nargs="*", type=Path, help="task dirs the competent script can solve")
-    parser.add_argument("--script", choices=["competent", "hopeless"], default="competent")
-    parser.add_argument("--model", default="test-model")
-    parser.add_argument("--delay", type=float, default=0.0, help="seconds each reply takes")
-    args = parser.parse_args()
-    script = scripts.competent(discover_task_dirs(args.tasks)) if args.script == "competent" else scripts.hopeless()
-    if args.delay:
-        inner = script
-        script = lambda request: Stall(args.delay, inner(request))  # noqa: E731
-    with ScriptedOpenAIServer(script, models=[args.model]) as server:
-        print(server.base_url, flush=True)
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
-
-
-if __name__ == "__main__":
-    main()

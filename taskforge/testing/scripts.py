@@ -11,11 +11,10 @@ prompt is terminus-2's.
 from __future__ import annotations
 
 import base64
-import io
 import json
-import tarfile
 from pathlib import Path
 
+from taskforge.agent.scripted import solution_command
 from taskforge.tasks import load_task
 from taskforge.testing.openai_server import ChatRequest, Reply, ServerReply, bash, done, text
 
@@ -26,24 +25,10 @@ def is_terminus(request: ChatRequest) -> bool:
     return not request.tools and TERMINUS_MARKER in request.text_of("user")
 
 
-def solution_command(task_dir: Path) -> str:
-    """The task's solve.sh as one command; other files of solution/ are unpacked to /solution first."""
-    solution = Path(task_dir) / "solution"
-    solve = (solution / "solve.sh").read_text()
-    others = [p for p in sorted(solution.rglob("*")) if p.is_file() and p.name != "solve.sh"]
-    if not others:
-        return solve
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for path in others:
-            tar.add(path, arcname=path.relative_to(solution).as_posix())
-    packed = base64.b64encode(buffer.getvalue()).decode()
-    return f"mkdir -p /solution && echo {packed} | base64 -d | tar -xz -C /solution\n{solve}"
-
-
 def _terminus(keystrokes: list[str], task_complete: bool) -> Reply:
     commands = [{"keystrokes": k, "duration": 1.0} for k in keystrokes]
-    return text(json.dumps({"analysis": "scripted", "plan": "scripted", "commands": commands, "task_complete": task_complete}))
+    reply = {"analysis": "scripted", "plan": "scripted", "commands": commands, "task_complete": task_complete}
+    return text(json.dumps(reply))
 
 
 def _act(request: ChatRequest, command: str | None) -> ServerReply:

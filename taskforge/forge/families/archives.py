@@ -113,17 +113,25 @@ class ArchiveBackup(Family):
                 setup.append(f"touch -d '2024-{since_month:02d}-15 12:00:00' {p}")
                 recent.add(p)
             chosen = [p for p in chosen if p in recent]
-        members = {f"{app}/{p[len(base) + 1:]}": _sha(tree[p]) for p in sorted(chosen)}
-        modes = {f"{app}/{p[len(base) + 1:]}": 0o755 for p in chosen if p.endswith(".sh")} if difficulty == "hard" else {}
+        members = {f"{app}/{p[len(base) + 1 :]}": _sha(tree[p]) for p in sorted(chosen)}
+        modes = (
+            {f"{app}/{p[len(base) + 1 :]}": 0o755 for p in chosen if p.endswith(".sh")} if difficulty == "hard" else {}
+        )
 
-        rules = [f"member paths start with `{app}/` (for example `{app}/README.md`)", f"leave out every `{skip_ext}` file"]
+        rules = [
+            f"member paths start with `{app}/` (for example `{app}/README.md`)",
+            f"leave out every `{skip_ext}` file",
+        ]
         if skip_dir:
             rules.append(f"leave out any `{skip_dir}/` directory and its contents")
         if since:
             rules.insert(0, f"only files last modified on or after `{since} 00:00:00` (UTC)")
             rules.append("keep the files' permission bits")
         if manifest:
-            rules.append(f"write `{manifest}` listing every archived file as `<sha256 hex digest>  <member path>` (two spaces, the format of `sha256sum`), one line per file")
+            rules.append(
+                f"write `{manifest}` listing every archived file as `<sha256 hex digest>  <member path>` (two spaces, "
+                "the format of `sha256sum`), one line per file"
+            )
         kind = "an xz-compressed tar archive" if compression == "xz" else "a gzip-compressed tar archive"
         instruction = f"Back up `{base}`: create `{archive}`, {kind} of its regular files:\n{bullets(rules)}\n"
 
@@ -131,20 +139,34 @@ class ArchiveBackup(Family):
         if difficulty == "easy":
             solution = f"mkdir -p {out_dir}\ntar -czf {archive} -C {parent} {excludes} {app}\n"
         else:
-            find = f"find {app} -type f ! -name '{skip_ext}' ! -path '*/{skip_dir}/*'" + (f" -newermt '{since} 00:00:00'" if since else "")
+            find = f"find {app} -type f ! -name '{skip_ext}' ! -path '*/{skip_dir}/*'" + (
+                f" -newermt '{since} 00:00:00'" if since else ""
+            )
             flag = "-cJf" if compression == "xz" else "-czf"
             solution = (
                 f"mkdir -p {out_dir}\ncd {parent}\n{find} | sort > /tmp/backup-list.txt\n"
                 f"tar {flag} {archive} --no-recursion -T /tmp/backup-list.txt\n"
                 f"xargs -d '\\n' sha256sum < /tmp/backup-list.txt > {manifest}\n"
             )
-        expected = {"archive": archive, "members": members, "modes": modes, "compression": compression, "manifest": manifest, "manifest_lines": members if manifest else {}}
+        expected = {
+            "archive": archive,
+            "members": members,
+            "modes": modes,
+            "compression": compression,
+            "manifest": manifest,
+            "manifest_lines": members if manifest else {},
+        }
         tests = test_module(self.name, expected, ARCHIVE_TEST)
         outputs = [archive] + ([manifest] if manifest else [])
         return Draft(instruction=instruction, tests=tests, solution=solution, outputs=outputs, files=tree, setup=setup)
 
 
-FORMATS = {"tar.gz": "tar -czf {out} {app}", "tar.bz2": "tar -cjf {out} {app}", "tar.xz": "tar -cJf {out} {app}", "zip": "zip -qr {out} {app}"}
+FORMATS = {
+    "tar.gz": "tar -czf {out} {app}",
+    "tar.bz2": "tar -cjf {out} {app}",
+    "tar.xz": "tar -cJf {out} {app}",
+    "zip": "zip -qr {out} {app}",
+}
 
 
 class ArchiveRestore(Family):
@@ -157,11 +179,15 @@ class ArchiveRestore(Family):
         store = rng.choice([f"/srv/backups/{app}", f"/var/backups/{app}", f"/backup/{app}"])
         restore = rng.choice(["/home/user/restore", f"/srv/{app}-restore", "/tmp/restore"])
         n = rng.randint(3, 5)
-        dates = sorted(f"2024-{m:02d}-{d:02d}" for m, d in {(rng.randint(1, 12), rng.randint(1, 28)) for _ in range(n * 2)})[-n:]
+        dates = sorted(
+            f"2024-{m:02d}-{d:02d}" for m, d in {(rng.randint(1, 12), rng.randint(1, 28)) for _ in range(n * 2)}
+        )[-n:]
         formats = ["tar.gz"] * n if difficulty != "hard" else [rng.choice(sorted(FORMATS)) for _ in dates]
-        candidates = [f"conf/{w}.ini" for w in pick(rng, ["app", "db", "cache", "mail", "auth"], 3)] + [f"bin/{w}.sh" for w in pick(rng, ["start", "stop", "sync"], 2)]
+        candidates = [f"conf/{w}.ini" for w in pick(rng, ["app", "db", "cache", "mail", "auth"], 3)] + [
+            f"bin/{w}.sh" for w in pick(rng, ["start", "stop", "sync"], 2)
+        ]
         archives = []  # (name, {relative path: text})
-        for date, fmt in zip(dates, formats):
+        for date, fmt in zip(dates, formats, strict=False):
             content = {"VERSION": f"{date}\n"}
             for rel in candidates:
                 if rng.random() < 0.6:
@@ -184,7 +210,10 @@ class ArchiveRestore(Family):
         if difficulty == "easy":
             name, content = rng.choice(archives)
             want = {f"{restore}/{app}/{rel}": text for rel, text in content.items()}
-            instruction = f"`{store}/` holds dated backups of `{app}`. Extract `{store}/{name}` into `{restore}/` so that its files appear under `{restore}/{app}/` (for example `{restore}/{app}/VERSION`).\n"
+            instruction = (
+                f"`{store}/` holds dated backups of `{app}`. Extract `{store}/{name}` into `{restore}/` so that its "
+                f"files appear under `{restore}/{app}/` (for example `{restore}/{app}/VERSION`).\n"
+            )
             solution = f"mkdir -p {restore}\ntar -xzf {store}/{name} -C {restore}\n"
             expected = {"files": want, "modes": {}, "sources": None, "sources_path": None}
             outputs = [restore]
@@ -204,18 +233,33 @@ class ArchiveRestore(Family):
                 if rel.endswith(".sh"):
                     modes[f"{restore}/{base_name}"] = 0o755
             sources_path = f"{restore}/SOURCE" if difficulty == "medium" else f"{restore}/sources.json"
-            kinds = "gzip-compressed tar archives" if difficulty == "medium" else "archives of different kinds (`.tar.gz`, `.tar.bz2`, `.tar.xz`, `.zip`)"
+            kinds = (
+                "gzip-compressed tar archives"
+                if difficulty == "medium"
+                else "archives of different kinds (`.tar.gz`, `.tar.bz2`, `.tar.xz`, `.zip`)"
+            )
             listing = ", ".join(f"`{app}/{t}`" for t in targets)
             lines = [
-                f"restore {listing} from the newest archive that contains {'it' if n_targets == 1 else 'each'} (newest by the date in the file name, `{app}-YYYY-MM-DD.<ext>`; file times are not reliable)",
+                (
+                    f"restore {listing} from the newest archive that contains {'it' if n_targets == 1 else 'each'} "
+                    f"(newest by the date in the file name, `{app}-YYYY-MM-DD.<ext>`; file times are not reliable)"
+                ),
                 "write " + " and ".join(f"`{app}/{t}` to `{restore}/{t.rsplit('/', 1)[1]}`" for t in targets),
             ]
             if difficulty == "medium":
-                lines.append(f"write the file name of the archive you used (e.g. `{app}-2024-01-31.tar.gz`) to `{sources_path}`")
+                lines.append(
+                    f"write the file name of the archive you used (e.g. `{app}-2024-01-31.tar.gz`) to `{sources_path}`"
+                )
             else:
                 lines.append("keep the permission bits the files have in the archive")
-                lines.append(f"write `{sources_path}`: a JSON object mapping each restored file name to the archive file name it came from")
-            instruction = f"`{store}/` holds dated backups of `{app}`, {kinds}. Not every archive contains every file.\n\n{bullets(lines)}\n"
+                lines.append(
+                    f"write `{sources_path}`: a JSON object mapping each restored file name to the "
+                    "archive file name it came from"
+                )
+            instruction = (
+                f"`{store}/` holds dated backups of `{app}`, {kinds}. Not every archive contains "
+                f"every file.\n\n{bullets(lines)}\n"
+            )
             solution = f"mkdir -p {restore}\n" + python_block(f"""
                 import json, os, re, shutil, subprocess, tarfile, zipfile
                 store, restore, app = {store!r}, {restore!r}, {app!r}
@@ -246,12 +290,18 @@ class ArchiveRestore(Family):
                         os.chmod(target, mode)
                         sources[base] = name
                         break
-                if {difficulty == 'medium'}:
+                if {difficulty == "medium"}:
                     open({sources_path!r}, "w").write(list(sources.values())[0] + "\\n")
                 else:
                     json.dump(sources, open({sources_path!r}, "w"), indent=2)
                 """)
-            expected = {"files": want, "modes": modes, "sources": sources, "sources_path": sources_path, "medium": difficulty == "medium"}
+            expected = {
+                "files": want,
+                "modes": modes,
+                "sources": sources,
+                "sources_path": sources_path,
+                "medium": difficulty == "medium",
+            }
             outputs = list(want) + [sources_path]
         body = """
             def test_restored_files():

@@ -132,7 +132,9 @@ class MakefileBuild(Family):
             ext = rng.choice([".txt", ".md"])
             names = [f"{i + 1:02d}-{w}{ext}" for i, w in enumerate(pick(rng, WORDS, rng.randint(3, 5)))]
             for n in names:
-                files[f"{project}/{src_dir}/{n}"] = "".join(f"{n[3:-len(ext)]} line {j} {rng.randint(0, 999)}\n" for j in range(rng.randint(2, 4)))
+                files[f"{project}/{src_dir}/{n}"] = "".join(
+                    f"{n[3 : -len(ext)]} line {j} {rng.randint(0, 999)}\n" for j in range(rng.randint(2, 4))
+                )
             bundle = f"{out}/{rng.choice(['bundle', 'all', 'book', 'combined'])}{ext}"
             targets = [bundle]
             mode = "bundle"
@@ -154,11 +156,19 @@ class MakefileBuild(Family):
                 files[f"{project}/Makefile"] = broken
                 instruction = (
                     f"The Makefile of `{project}` does not work. Fix it so that, run in `{project}`:\n"
-                    + bullets([
-                        f"`make` builds `{bundle}` (every `{src_dir}/*{ext}` file concatenated in file-name order) and `{count}` (just the number of lines of `{bundle}`)",
-                        "`make` rebuilds them when a source file changes or a new one is added, and does nothing when nothing changed",
-                        f"`make clean` removes the `{out}` directory",
-                    ])
+                    + bullets(
+                        [
+                            (
+                                f"`make` builds `{bundle}` (every `{src_dir}/*{ext}` file concatenated in file-name "
+                                f"order) and `{count}` (just the number of lines of `{bundle}`)"
+                            ),
+                            (
+                                "`make` rebuilds them when a source file changes or a new one is added, "
+                                "and does nothing when nothing changed"
+                            ),
+                            f"`make clean` removes the `{out}` directory",
+                        ]
+                    )
                     + "\n"
                 )
                 makefile = (
@@ -171,11 +181,19 @@ class MakefileBuild(Family):
             else:
                 instruction = (
                     f"Write `{project}/Makefile` so that, run in `{project}`:\n"
-                    + bullets([
-                        f"`make` (the default target) builds `{bundle}`: every `{src_dir}/*{ext}` file concatenated in file-name order",
-                        f"`make` rebuilds `{bundle}` when a source file changes or a new one is added, and does nothing when nothing changed",
-                        f"`make clean` removes the `{out}` directory",
-                    ])
+                    + bullets(
+                        [
+                            (
+                                f"`make` (the default target) builds `{bundle}`: every `{src_dir}/*{ext}` file "
+                                "concatenated in file-name order"
+                            ),
+                            (
+                                f"`make` rebuilds `{bundle}` when a source file changes or a new one is added, "
+                                "and does nothing when nothing changed"
+                            ),
+                            f"`make clean` removes the `{out}` directory",
+                        ]
+                    )
                     + "\n"
                 )
                 makefile = (
@@ -185,26 +203,44 @@ class MakefileBuild(Family):
                 )
             sources = [f"{src_dir}/{n}" for n in names]
             expected = {
-                "mode": mode, "src_dir": src_dir, "src_ext": ext, "targets": targets, "all_outputs": targets, "untouched_outputs": [],
-                "touch": sources[0], "new_source": f"{src_dir}/99-extra{ext}", "new_text": "extra line\n",
+                "mode": mode,
+                "src_dir": src_dir,
+                "src_ext": ext,
+                "targets": targets,
+                "all_outputs": targets,
+                "untouched_outputs": [],
+                "touch": sources[0],
+                "new_source": f"{src_dir}/99-extra{ext}",
+                "new_text": "extra line\n",
             }
         else:
             src_dir = rng.choice(["pages", "content", "docs"])
             pages = pick(rng, WORDS, rng.randint(3, 5))
             for p in pages:
-                files[f"{project}/{src_dir}/{p}.md"] = f"# {p.capitalize()}\n\n" + "".join(f"{p} paragraph {j} {rng.randint(0, 999)}\n" for j in range(rng.randint(1, 3)))
+                files[f"{project}/{src_dir}/{p}.md"] = f"# {p.capitalize()}\n\n" + "".join(
+                    f"{p} paragraph {j} {rng.randint(0, 999)}\n" for j in range(rng.randint(1, 3))
+                )
             files[f"{project}/tools/render.sh"] = RENDER_SH
             files[f"{project}/tools/index.sh"] = INDEX_SH
             setup.append(f"chmod 755 {project}/tools/*.sh")
             touched = pages[0]
             instruction = (
-                f"`{project}` has Markdown pages in `{src_dir}/` and two helper scripts: `tools/render.sh PAGE.md OUT.html` and `tools/index.sh OUT.html PAGE.html...`. "
+                f"`{project}` has Markdown pages in `{src_dir}/` and two helper scripts: "
+                "`tools/render.sh PAGE.md OUT.html` and `tools/index.sh OUT.html PAGE.html...`. "
                 f"Write `{project}/Makefile` so that, run in `{project}`:\n"
-                + bullets([
-                    f"`make` builds `{out}/<name>.html` from every `{src_dir}/<name>.md` with `tools/render.sh`, and `{out}/index.html` with `tools/index.sh` from all those pages",
-                    "a page is re-rendered only when its own `.md` changed; a new page is picked up automatically; nothing is rebuilt when nothing changed",
-                    f"`make clean` removes the `{out}` directory",
-                ])
+                + bullets(
+                    [
+                        (
+                            f"`make` builds `{out}/<name>.html` from every `{src_dir}/<name>.md` with "
+                            f"`tools/render.sh`, and `{out}/index.html` with `tools/index.sh` from all those pages"
+                        ),
+                        (
+                            "a page is re-rendered only when its own `.md` changed; a new page is picked up "
+                            "automatically; nothing is rebuilt when nothing changed"
+                        ),
+                        f"`make clean` removes the `{out}` directory",
+                    ]
+                )
                 + "\n"
             )
             makefile = (
@@ -217,22 +253,46 @@ class MakefileBuild(Family):
             sources = [f"{src_dir}/{p}.md" for p in pages] + ["tools/render.sh", "tools/index.sh"]
             outputs = [f"{out}/{p}.html" for p in pages] + [f"{out}/index.html"]
             expected = {
-                "mode": "pages", "src_dir": src_dir, "src_ext": ".md", "targets": outputs, "all_outputs": outputs,
+                "mode": "pages",
+                "src_dir": src_dir,
+                "src_ext": ".md",
+                "targets": outputs,
+                "all_outputs": outputs,
                 "untouched_outputs": [f"{out}/{p}.html" for p in pages if p != touched],
-                "touch": f"{src_dir}/{touched}.md", "new_source": f"{src_dir}/zz-extra.md", "new_text": "# Extra\n\nextra page\n",
+                "touch": f"{src_dir}/{touched}.md",
+                "new_source": f"{src_dir}/zz-extra.md",
+                "new_text": "# Extra\n\nextra page\n",
                 "render_sh": RENDER_SH,
             }
         expected.update(project=project, sources=sources, build_dir=out)
         solution = heredoc(f"{project}/Makefile", makefile) + "\n"
         tests = test_module(self.name, expected, MAKE_TEST, helpers=("nobody",))
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[project], files=files, setup=setup)
+        return Draft(
+            instruction=instruction, tests=tests, solution=solution, outputs=[project], files=files, setup=setup
+        )
 
 
 # ------------------------------------------------------------------------------------------
 # Packaging metadata
 
-DEPENDENCIES = ["requests>=2.28", "click>=8.0", "pyyaml>=6.0", "rich>=13.0", "jinja2>=3.1", "httpx>=0.25", "pydantic>=2.0", "attrs>=23.1", "packaging>=23.0", "tomli>=2.0"]
-DESCRIPTIONS = ["Command-line helpers for {app}", "Client library for the {app} API", "Data tools for {app} reports", "Utilities shared by the {app} services"]
+DEPENDENCIES = [
+    "requests>=2.28",
+    "click>=8.0",
+    "pyyaml>=6.0",
+    "rich>=13.0",
+    "jinja2>=3.1",
+    "httpx>=0.25",
+    "pydantic>=2.0",
+    "attrs>=23.1",
+    "packaging>=23.0",
+    "tomli>=2.0",
+]
+DESCRIPTIONS = [
+    "Command-line helpers for {app}",
+    "Client library for the {app} API",
+    "Data tools for {app} reports",
+    "Utilities shared by the {app} services",
+]
 
 PACKAGING_TEST = """
 import tomllib
@@ -294,13 +354,26 @@ class PackagingMetadata(Family):
         deps = pick(rng, DEPENDENCIES, rng.randint(2, 4))
         init = f"{root}/src/{pkg}/__init__.py"
         pyproject = f"{root}/pyproject.toml"
-        files = {init: f'"""{description}."""\n\n__version__ = "{old}"\n', f"{root}/src/{pkg}/cli.py": "def main():\n    print('hello')\n"}
+        files = {
+            init: f'"""{description}."""\n\n__version__ = "{old}"\n',
+            f"{root}/src/{pkg}/cli.py": "def main():\n    print('hello')\n",
+        }
         fields = {"name": pkg, "version": new}
-        expected = {"pyproject": pyproject, "init": init, "dependencies": None, "scripts": None, "extras": None, "gone": []}
+        expected = {
+            "pyproject": pyproject,
+            "init": init,
+            "dependencies": None,
+            "scripts": None,
+            "extras": None,
+            "gone": [],
+        }
 
         def toml(deps_: list[str], python: str, scripts: dict | None) -> str:
             text = '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n\n'
-            text += f'[project]\nname = "{pkg}"\nversion = "{old}"\ndescription = "{description}"\nrequires-python = "{python}"\ndependencies = [\n'
+            text += (
+                f'[project]\nname = "{pkg}"\nversion = "{old}"\ndescription = "{description}"\n'
+                f'requires-python = "{python}"\ndependencies = [\n'
+            )
             text += "".join(f'    "{d}",\n' for d in deps_) + "]\n"
             if scripts:
                 text += "\n[project.scripts]\n" + "".join(f'{k} = "{v}"\n' for k, v in scripts.items())
@@ -308,8 +381,14 @@ class PackagingMetadata(Family):
 
         if difficulty == "easy":
             files[pyproject] = toml(deps, ">=3.9", None)
-            instruction = f"Release a new {part} version of the Python package in `{root}`: bump the version (now `{old}`) in `{pyproject}` and in `{init}` (`__version__`), following semantic versioning.\n"
-            solution = f"sed -i 's/^version = \"{old}\"/version = \"{new}\"/' {pyproject}\nsed -i 's/^__version__ = \"{old}\"/__version__ = \"{new}\"/' {init}\n"
+            instruction = (
+                f"Release a new {part} version of the Python package in `{root}`: bump the version (now `{old}`) in "
+                f"`{pyproject}` and in `{init}` (`__version__`), following semantic versioning.\n"
+            )
+            solution = (
+                f'sed -i \'s/^version = "{old}"/version = "{new}"/\' {pyproject}\n'
+                f'sed -i \'s/^__version__ = "{old}"/__version__ = "{new}"/\' {init}\n'
+            )
         elif difficulty == "medium":
             files[pyproject] = toml(deps, ">=3.9", None)
             add = rng.choice([d for d in DEPENDENCIES if d not in deps])
@@ -320,12 +399,18 @@ class PackagingMetadata(Family):
             new_deps = [d for d in deps if d != drop] + [add]
             fields["requires-python"] = python
             expected.update(dependencies=new_deps, scripts=scripts)
-            instruction = f"Update the packaging metadata of the Python package in `{root}`:\n" + bullets([
-                f"bump the {part} version (now `{old}`) in `{pyproject}` and in `{init}` (`__version__`)",
-                f"add the dependency `{add}` and drop `{drop.split('>=')[0]}`",
-                f"require Python `{python}`",
-                f"add a console script `{command}` that runs `{pkg}.cli:main`",
-            ]) + "\n"
+            instruction = (
+                f"Update the packaging metadata of the Python package in `{root}`:\n"
+                + bullets(
+                    [
+                        f"bump the {part} version (now `{old}`) in `{pyproject}` and in `{init}` (`__version__`)",
+                        f"add the dependency `{add}` and drop `{drop.split('>=')[0]}`",
+                        f"require Python `{python}`",
+                        f"add a console script `{command}` that runs `{pkg}.cli:main`",
+                    ]
+                )
+                + "\n"
+            )
             solution = python_block(f"""
                 import re
                 path, init = {pyproject!r}, {init!r}
@@ -343,7 +428,8 @@ class PackagingMetadata(Family):
             python = rng.choice([">=3.9", ">=3.10", ">=3.11"])
             setup_cfg = (
                 f"[metadata]\nname = {pkg}\nversion = {old}\ndescription = {description}\n\n"
-                f"[options]\npackage_dir =\n    = src\npackages = find:\npython_requires = {python}\ninstall_requires =\n"
+                f"[options]\npackage_dir =\n    = src\npackages = find:\npython_requires = {python}\n"
+                "install_requires =\n"
                 + "".join(f"    {d}\n" for d in deps)
                 + "\n[options.packages.find]\nwhere = src\n\n[options.extras_require]\ndev =\n"
                 + "".join(f"    {d}\n" for d in extras["dev"])
@@ -352,19 +438,44 @@ class PackagingMetadata(Family):
             files[f"{root}/setup.cfg"] = setup_cfg
             files[f"{root}/setup.py"] = "from setuptools import setup\n\nsetup()\n"
             fields.update({"description": description, "requires-python": python})
-            expected.update(dependencies=deps, scripts={command: f"{pkg}.cli:main"}, extras=extras, gone=[f"{root}/setup.cfg", f"{root}/setup.py"])
-            instruction = f"Move the Python package in `{root}` from `setup.cfg`/`setup.py` to a `pyproject.toml` (PEP 621):\n" + bullets([
-                f"`{pyproject}` with a `[build-system]` using `setuptools.build_meta` and a `[project]` table carrying the name, description, Python requirement, dependencies, the `dev` extra (as optional dependencies) and the console script from `setup.cfg`",
-                f"the version becomes the next {part} version after `{old}`, in `pyproject.toml` and in `{init}` (`__version__`)",
-                "delete `setup.cfg` and `setup.py`",
-            ]) + "\n"
+            expected.update(
+                dependencies=deps,
+                scripts={command: f"{pkg}.cli:main"},
+                extras=extras,
+                gone=[f"{root}/setup.cfg", f"{root}/setup.py"],
+            )
+            instruction = (
+                f"Move the Python package in `{root}` from `setup.cfg`/`setup.py` to a `pyproject.toml` (PEP 621):\n"
+                + bullets(
+                    [
+                        (
+                            f"`{pyproject}` with a `[build-system]` using `setuptools.build_meta` and a "
+                            "`[project]` table carrying the name, description, Python requirement, dependencies, "
+                            "the `dev` extra (as optional dependencies) and the console script from `setup.cfg`"
+                        ),
+                        (
+                            f"the version becomes the next {part} version after `{old}`, in `pyproject.toml` "
+                            f"and in `{init}` (`__version__`)"
+                        ),
+                        "delete `setup.cfg` and `setup.py`",
+                    ]
+                )
+                + "\n"
+            )
             body = toml(deps, python, {command: f"{pkg}.cli:main"}).replace(f'version = "{old}"', f'version = "{new}"')
-            body += "\n[project.optional-dependencies]\ndev = [" + ", ".join(json.dumps(d) for d in extras["dev"]) + "]\n"
-            solution = heredoc(pyproject, body) + f"\nsed -i 's/^__version__ = \"{old}\"/__version__ = \"{new}\"/' {init}\nrm -f {root}/setup.cfg {root}/setup.py\n"
+            body += (
+                "\n[project.optional-dependencies]\ndev = [" + ", ".join(json.dumps(d) for d in extras["dev"]) + "]\n"
+            )
+            solution = heredoc(pyproject, body) + (
+                f'\nsed -i \'s/^__version__ = "{old}"/__version__ = "{new}"/\' {init}\n'
+                f"rm -f {root}/setup.cfg {root}/setup.py\n"
+            )
         expected["fields"] = fields
         tests = test_module(self.name, expected, PACKAGING_TEST)
         outputs = [pyproject, init]
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=outputs, files=files, extra={"bump": part})
+        return Draft(
+            instruction=instruction, tests=tests, solution=solution, outputs=outputs, files=files, extra={"bump": part}
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -426,21 +537,42 @@ class ComposeConfigEdit(Family):
         host_port = rng.choice([80, 8080, 8000, 8888])
         web_env = {"APP_ENV": rng.choice(["production", "staging"]), "DB_HOST": "db", "WORKERS": str(rng.randint(2, 8))}
         db_env = {"POSTGRES_DB": app, "POSTGRES_USER": app, "POSTGRES_PASSWORD": "change-me"}
-        worker_env = {"QUEUE": rng.choice(["default", "high", "emails"]), "LOG_LEVEL": "info", "CONCURRENCY": str(rng.randint(1, 8))}
+        worker_env = {
+            "QUEUE": rng.choice(["default", "high", "emails"]),
+            "LOG_LEVEL": "info",
+            "CONCURRENCY": str(rng.randint(1, 8)),
+        }
         compose = {
             "services": {
-                "web": {"image": f"{app}:{old_tag}", "ports": [f"{host_port}:{web_port}"], "environment": dict(web_env), "depends_on": ["db"]},
+                "web": {
+                    "image": f"{app}:{old_tag}",
+                    "ports": [f"{host_port}:{web_port}"],
+                    "environment": dict(web_env),
+                    "depends_on": ["db"],
+                },
                 "db": {"image": f"postgres:{rng.choice([14, 15, 16])}", "environment": dict(db_env)},
-                "worker": {"image": f"{app}:{old_tag}", "command": f"python -m {app}.worker", "environment": dict(worker_env), "depends_on": ["db"]},
+                "worker": {
+                    "image": f"{app}:{old_tag}",
+                    "command": f"python -m {app}.worker",
+                    "environment": dict(worker_env),
+                    "depends_on": ["db"],
+                },
             }
         }
         if difficulty == "hard":
             compose["services"]["legacy"] = {"image": f"{app}-legacy:0.9", "ports": ["9000:9000"]}
         files = {path: _yaml_dump(compose)}
         level = rng.choice(["debug", "warning", "error"])
-        lines = [f"`web` and `worker` run the image `{app}:{new_tag}`", f"`web` gets the environment variable `LOG_LEVEL={level}`"]
+        lines = [
+            f"`web` and `worker` run the image `{app}:{new_tag}`",
+            f"`web` gets the environment variable `LOG_LEVEL={level}`",
+        ]
         checks = {
-            "web": {"image": f"{app}:{new_tag}", "env": {**web_env, "LOG_LEVEL": level}, "ports": [f"{host_port}:{web_port}"]},
+            "web": {
+                "image": f"{app}:{new_tag}",
+                "env": {**web_env, "LOG_LEVEL": level},
+                "ports": [f"{host_port}:{web_port}"],
+            },
             "worker": {"image": f"{app}:{new_tag}", "env": dict(worker_env)},
             "db": {"env": dict(db_env)},
         }
@@ -452,7 +584,11 @@ class ComposeConfigEdit(Family):
             cache = rng.choice(["cache", "redis"])
             cache_image = rng.choice(["redis:7-alpine", "redis:7", "valkey/valkey:7.2"])
             dropped = rng.choice(sorted(worker_env))
-            lines += [f"add a service `{cache}` running the image `{cache_image}`", f"`web` and `worker` also depend on `{cache}`", f"remove `{dropped}` from `worker`'s environment"]
+            lines += [
+                f"add a service `{cache}` running the image `{cache_image}`",
+                f"`web` and `worker` also depend on `{cache}`",
+                f"remove `{dropped}` from `worker`'s environment",
+            ]
             checks[cache] = {"image": cache_image}
             checks["web"]["depends_on"] = ["db", cache]
             checks["worker"]["depends_on"] = ["db", cache]
@@ -462,7 +598,10 @@ class ComposeConfigEdit(Family):
             volume = f"{app}-dbdata"
             lines += [
                 "remove the `legacy` service",
-                f"`db` stores its data in a named volume `{volume}` mounted at `/var/lib/postgresql/data` (declare it in the top-level `volumes`)",
+                (
+                    f"`db` stores its data in a named volume `{volume}` mounted at `/var/lib/postgresql/data` "
+                    "(declare it in the top-level `volumes`)"
+                ),
                 "every service restarts `unless-stopped`",
             ]
             checks["db"]["volumes"] = [f"{volume}:/var/lib/postgresql/data"]
@@ -476,7 +615,7 @@ class ComposeConfigEdit(Family):
             data = yaml.safe_load(open(path))
             s = data["services"]
             for name in ("web", "worker"):
-                s[name]["image"] = {app + ':' + new_tag!r}
+                s[name]["image"] = {app + ":" + new_tag!r}
             s["web"]["environment"]["LOG_LEVEL"] = {level!r}
             cache, volume = {cache!r}, {volume!r}
             if cache:

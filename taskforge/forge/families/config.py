@@ -125,7 +125,9 @@ class CronSchedule(Family):
         env: dict[str, str] = {}
         for command_line, _, _ in jobs:  # the scripts the jobs run exist
             script = command_line.split()[0]
-            files[script] = f"#!/bin/sh\n# {script.rsplit('/', 1)[1]}: {app} maintenance ({rng.randint(1000, 9999)})\nexit 0\n"
+            files[script] = (
+                f"#!/bin/sh\n# {script.rsplit('/', 1)[1]}: {app} maintenance ({rng.randint(1000, 9999)})\nexit 0\n"
+            )
         setup.append("chmod 755 /usr/local/bin/*.sh")
         if difficulty in ("easy", "medium"):
             chosen = jobs[:1] if difficulty == "easy" else jobs[: rng.randint(2, 3)]
@@ -133,9 +135,13 @@ class CronSchedule(Family):
             lines = [f"`{c}` {p}" for c, p, _ in chosen]
             if difficulty == "medium":
                 env = {"MAILTO": f"{rng.choice(pools.PEOPLE)}@{rng.choice(pools.MAIL_DOMAINS)}", "SHELL": "/bin/bash"}
-                lines.append(f"mail job output to `{env['MAILTO']}` and run the jobs with `/bin/bash` (set `MAILTO` and `SHELL` in the file)")
+                lines.append(
+                    f"mail job output to `{env['MAILTO']}` and run the jobs with `/bin/bash` "
+                    "(set `MAILTO` and `SHELL` in the file)"
+                )
             instruction = (
-                f"Schedule {'this job' if len(chosen) == 1 else 'these jobs'} for the system cron daemon by creating `{path}` "
+                f"Schedule {'this job' if len(chosen) == 1 else 'these jobs'} for the system "
+                f"cron daemon by creating `{path}` "
                 f"(the `/etc/cron.d` format, with a user field); every job runs as user `{user}`:\n{bullets(lines)}\n"
             )
             body = "".join(f"{k}={v}\n" for k, v in env.items()) + "".join(f"{e} {user} {c}\n" for c, _, e in chosen)
@@ -153,20 +159,26 @@ class CronSchedule(Family):
             want = {change[0]: (user, new_expr), **{c: (user, e) for c, _, e in keep}, added[0]: (user, added[2])}
             env = {"SHELL": "/bin/sh"}
             instruction = (
-                f"`{path}` holds cron jobs (the `/etc/cron.d` format, with a user field). Cron currently ignores the file. Edit it:\n"
-                + bullets([
-                    f"run `{change[0]}` {new_phrase} instead",
-                    f"remove the job that runs `{drop[0]}`",
-                    f"add a job that runs `{added[0]}` as user `{user}` {added[1]}",
-                    "keep the other jobs and the `SHELL` setting as they are",
-                    "make sure cron will read the file (it skips files that are writable by group or others)",
-                ])
+                (
+                    f"`{path}` holds cron jobs (the `/etc/cron.d` format, with a user field). "
+                    "Cron currently ignores the file. Edit it:\n"
+                )
+                + bullets(
+                    [
+                        f"run `{change[0]}` {new_phrase} instead",
+                        f"remove the job that runs `{drop[0]}`",
+                        f"add a job that runs `{added[0]}` as user `{user}` {added[1]}",
+                        "keep the other jobs and the `SHELL` setting as they are",
+                        "make sure cron will read the file (it skips files that are writable by group or others)",
+                    ]
+                )
                 + "\n"
             )
             esc = lambda s: s.replace("/", "\\/").replace(".", "\\.")  # noqa: E731
             solution = (
                 f"sed -i '/{esc(drop[0])}$/d' {path}\n"
-                f"sed -i 's/^.* {user} {esc(change[0])}$/{new_expr.replace('*', '\\*').replace('/', '\\/')} {user} {esc(change[0])}/' {path}\n"
+                f"sed -i 's/^.* {user} {esc(change[0])}$/{new_expr.replace('*', '\\*').replace('/', '\\/')} "
+                f"{user} {esc(change[0])}/' {path}\n"
                 f"echo '{added[2]} {user} {added[0]}' >> {path}\n"
                 f"chmod 644 {path}\n"
             )
@@ -177,7 +189,7 @@ class CronSchedule(Family):
         return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[path], files=files, setup=setup)
 
 
-UNIT_TEST = '''
+UNIT_TEST = """
 import shlex
 
 
@@ -235,7 +247,7 @@ def test_enabled():
         assert os.path.islink(link), f"{link} is not a symlink"
         assert os.path.realpath(link) == target, f"{link} points to {os.path.realpath(link)}, expected {target}"
     assert EXPECTED["units"], "units are checked"
-'''
+"""
 
 
 class SystemdUnit(Family):
@@ -253,7 +265,11 @@ class SystemdUnit(Family):
         restart = rng.choice(["on-failure", "always"])
         description = f"{app.capitalize()} {rng.choice(['service', 'daemon', 'API server', 'worker'])}"
         unit_path = f"/etc/systemd/system/{app}.service"
-        service = {"Unit": {"Description": description}, "Service": {"ExecStart": exec_start, "User": user, "WorkingDirectory": workdir, "Restart": restart}, "Install": {"WantedBy": "multi-user.target"}}
+        service = {
+            "Unit": {"Description": description},
+            "Service": {"ExecStart": exec_start, "User": user, "WorkingDirectory": workdir, "Restart": restart},
+            "Install": {"WantedBy": "multi-user.target"},
+        }
         units: dict[str, dict] = {}
         links: dict[str, str] = {}
         absent: list[tuple[str, str]] = []
@@ -276,36 +292,73 @@ class SystemdUnit(Family):
         if difficulty in ("easy", "medium"):
             files[binary] = f"#!/bin/sh\necho {app} server {rng.randint(100, 999)}\n"
             setup.append(f"chmod 755 {binary}")
-            lines = [f"description `{description}`", f"runs `{exec_start}` as user `{user}` in the working directory `{workdir}`", f"restart policy `{restart}`", "started at boot by `multi-user.target`"]
+            lines = [
+                f"description `{description}`",
+                f"runs `{exec_start}` as user `{user}` in the working directory `{workdir}`",
+                f"restart policy `{restart}`",
+                "started at boot by `multi-user.target`",
+            ]
             if difficulty == "medium":
-                env = {k: v for k, v in pick(rng, [("LOG_LEVEL", rng.choice(["info", "debug", "warning"])), ("PORT", str(port)), ("APP_ENV", rng.choice(["production", "staging"])), ("CACHE_DIR", f"/var/cache/{app}")], 2)}
+                env = {
+                    k: v
+                    for k, v in pick(
+                        rng,
+                        [
+                            ("LOG_LEVEL", rng.choice(["info", "debug", "warning"])),
+                            ("PORT", str(port)),
+                            ("APP_ENV", rng.choice(["production", "staging"])),
+                            ("CACHE_DIR", f"/var/cache/{app}"),
+                        ],
+                        2,
+                    )
+                }
                 restart_sec = rng.choice([2, 5, 10, 30])
                 service["Service"]["Environment"] = env
                 service["Service"]["RestartSec"] = str(restart_sec)
                 service["Unit"]["After"] = "network.target"
-                lines += [f"environment variables {', '.join(f'`{k}={v}`' for k, v in env.items())}", f"waits `{restart_sec}` seconds before a restart (`RestartSec`)", "ordered after `network.target`"]
+                lines += [
+                    f"environment variables {', '.join(f'`{k}={v}`' for k, v in env.items())}",
+                    f"waits `{restart_sec}` seconds before a restart (`RestartSec`)",
+                    "ordered after `network.target`",
+                ]
                 job = rng.choice(["cleanup", "report", "backup", "reindex"])
-                calendar = rng.choice(["daily", "weekly", "hourly", f"*-*-* {rng.randint(0, 23):02d}:{rng.choice([0, 15, 30, 45]):02d}:00", f"Mon *-*-* {rng.randint(0, 23):02d}:00:00"])
+                calendar = rng.choice(
+                    [
+                        "daily",
+                        "weekly",
+                        "hourly",
+                        f"*-*-* {rng.randint(0, 23):02d}:{rng.choice([0, 15, 30, 45]):02d}:00",
+                        f"Mon *-*-* {rng.randint(0, 23):02d}:00:00",
+                    ]
+                )
                 timer_path = f"/etc/systemd/system/{app}-{job}.timer"
                 job_path = f"/etc/systemd/system/{app}-{job}.service"
                 job_exec = f"/usr/local/bin/{app}-{job}.sh"
                 units[job_path] = {"Service": {"Type": "oneshot", "ExecStart": job_exec, "User": user}}
-                units[timer_path] = {"Timer": {"OnCalendar": calendar, "Persistent": "true", "Unit": f"{app}-{job}.service"}, "Install": {"WantedBy": "timers.target"}}
+                units[timer_path] = {
+                    "Timer": {"OnCalendar": calendar, "Persistent": "true", "Unit": f"{app}-{job}.service"},
+                    "Install": {"WantedBy": "timers.target"},
+                }
             units[unit_path] = service
             instruction = f"Write the systemd unit `{unit_path}` for the `{app}` service:\n{bullets(lines)}\n"
             if difficulty == "medium":
                 instruction += (
-                    f"\nAlso add a `{job}` job: `{job_path}` (a `oneshot` service running `{job_exec}` as `{user}`) and `{timer_path}` "
-                    f"that triggers it with `OnCalendar={calendar}` and `Persistent=true`, names the service in `Unit=`, and is wanted by `timers.target`.\n"
+                    f"\nAlso add a `{job}` job: `{job_path}` (a `oneshot` service running `{job_exec}` "
+                    f"as `{user}`) and `{timer_path}` "
+                    f"that triggers it with `OnCalendar={calendar}` and `Persistent=true`, names the service in "
+                    "`Unit=`, and is wanted by `timers.target`.\n"
                 )
-            solution = "mkdir -p /etc/systemd/system\n" + "\n".join(heredoc(p, render(u)) for p, u in units.items()) + "\n"
+            solution = (
+                "mkdir -p /etc/systemd/system\n" + "\n".join(heredoc(p, render(u)) for p, u in units.items()) + "\n"
+            )
             outputs = list(units)
         else:
             limit = rng.choice([4096, 8192, 16384, 65536])
             level = rng.choice(["debug", "info", "warning"])
             old_binary = binary.replace(app, f"{app}-old", 1) if "/bin/" in binary else binary + "-old"
             broken = (
-                f"[Unit]\nDescription={description}\nAfter=network.target\n\n[Service]\nExecStart={exec_start.replace(binary, old_binary)}\n"
+                f"[Unit]\nDescription={description}\nAfter=network.target\n\n[Service]\n"
+                f"ExecStart={exec_start.replace(binary, old_binary)}\n"
                 f"User=root\nWorkingDirectory={workdir}\nRestrat={restart}\n\n[Install]\nWantedBy=multi-user.target\n"
             )
             files[unit_path] = broken
@@ -320,17 +373,25 @@ class SystemdUnit(Family):
             links[wants] = unit_path
             instruction = (
                 f"The unit `{unit_path}` is broken. Fix it in place:\n"
-                + bullets([
-                    f"`ExecStart` must run `{exec_start}` (the binary now lives at `{binary}`)",
-                    f"the service runs as user `{user}`, not root",
-                    f"the restart policy `{restart}` is set with a misspelled key: spell it `Restart` (no `Restrat` line may remain)",
-                    "keep the description, ordering, working directory and install section",
-                ])
-                + f"\n\nThen add a drop-in `{override}` that sets the environment variable `LOG_LEVEL={level}` and `LimitNOFILE={limit}`, "
-                f"and enable the service the way `systemctl enable` would (there is no systemd here): a symlink `{wants}` pointing to the unit file.\n"
+                + bullets(
+                    [
+                        f"`ExecStart` must run `{exec_start}` (the binary now lives at `{binary}`)",
+                        f"the service runs as user `{user}`, not root",
+                        (
+                            f"the restart policy `{restart}` is set with a misspelled key: "
+                            "spell it `Restart` (no `Restrat` line may remain)"
+                        ),
+                        "keep the description, ordering, working directory and install section",
+                    ]
+                )
+                + f"\n\nThen add a drop-in `{override}` that sets the environment variable "
+                f"`LOG_LEVEL={level}` and `LimitNOFILE={limit}`, "
+                "and enable the service the way `systemctl enable` would (there is no systemd here): "
+                f"a symlink `{wants}` pointing to the unit file.\n"
             )
             solution = (
-                f"sed -i 's#^ExecStart=.*#ExecStart={exec_start}#; s#^User=.*#User={user}#; s#^Restrat=#Restart=#' {unit_path}\n"
+                f"sed -i 's#^ExecStart=.*#ExecStart={exec_start}#; s#^User=.*#User={user}#; "
+                f"s#^Restrat=#Restart=#' {unit_path}\n"
                 f"mkdir -p /etc/systemd/system/{app}.service.d /etc/systemd/system/multi-user.target.wants\n"
                 + heredoc(override, f"[Service]\nEnvironment=LOG_LEVEL={level}\nLimitNOFILE={limit}\n")
                 + f"\nln -sf {unit_path} {wants}\n"
@@ -341,7 +402,22 @@ class SystemdUnit(Family):
         return Draft(instruction=instruction, tests=tests, solution=solution, outputs=outputs, files=files, setup=setup)
 
 
-ENV_KEYS = ["APP_ENV", "APP_PORT", "DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "LOG_LEVEL", "CACHE_TTL", "WORKERS", "REDIS_HOST", "SMTP_HOST", "TIMEOUT", "FEATURE_FLAGS", "API_BASE"]
+ENV_KEYS = [
+    "APP_ENV",
+    "APP_PORT",
+    "DB_HOST",
+    "DB_PORT",
+    "DB_NAME",
+    "DB_USER",
+    "LOG_LEVEL",
+    "CACHE_TTL",
+    "WORKERS",
+    "REDIS_HOST",
+    "SMTP_HOST",
+    "TIMEOUT",
+    "FEATURE_FLAGS",
+    "API_BASE",
+]
 STAGES = ["production", "staging", "test", "development", "ci", "qa"]
 
 
@@ -349,7 +425,10 @@ def _env_value(rng: random.Random, key: str, app: str) -> str:
     if key.endswith("PORT"):
         return str(rng.choice([5432, 3306, 6379, 8080, 8000, 9000, 25, 587]) + rng.randint(0, 9))
     if key.endswith("HOST"):
-        return f"{rng.choice(['db', 'cache', 'mail', 'app'])}{rng.randint(1, 9)}.{rng.choice(['internal', 'local', 'example.com'])}"
+        return (
+            f"{rng.choice(['db', 'cache', 'mail', 'app'])}{rng.randint(1, 9)}."
+            f"{rng.choice(['internal', 'local', 'example.com'])}"
+        )
     if key in ("CACHE_TTL", "WORKERS", "TIMEOUT"):
         return str(rng.randint(1, 600))
     if key == "LOG_LEVEL":
@@ -374,7 +453,9 @@ class EnvMerge(Family):
         app = rng.choice(pools.APPS)
         stage = rng.choice(STAGES)
         folder = rng.choice([f"/home/user/{app}", f"/srv/{app}", f"/opt/{app}/config"])
-        layers = [".env", f".env.{stage}"] + ([rng.choice([".env.local", ".env.override", ".env.secrets"])] if difficulty != "easy" else [])
+        layers = [".env", f".env.{stage}"] + (
+            [rng.choice([".env.local", ".env.override", ".env.secrets"])] if difficulty != "easy" else []
+        )
         keys = pick(rng, ENV_KEYS, rng.randint(6, 9))
         merged: dict[str, str] = {}
         raw_layers: list[list[str]] = []
@@ -404,18 +485,24 @@ class EnvMerge(Family):
             port_key = next((k for k in keys if k.endswith("PORT")), None) or keys[1]
             targets = [k for k in ["DATABASE_URL", "SERVICE_URL", "HEALTH_URL"]][: rng.randint(1, 2)]
             for t in targets:
-                template = rng.choice(["postgres://${%s}:${%s}/%s" % (host_key, port_key, app), "http://${%s}:${%s}/health" % (host_key, port_key), "${%s}:${%s}" % (host_key, port_key)])
+                template = rng.choice(
+                    [
+                        f"postgres://${{{host_key}}}:${{{port_key}}}/{app}",
+                        f"http://${{{host_key}}}:${{{port_key}}}/health",
+                        f"${{{host_key}}}:${{{port_key}}}",
+                    ]
+                )
                 quote = rng.choice(["", '"'])
                 layer = rng.randrange(len(layers))
                 raw_layers[layer].append(f"{t}={quote}{template}{quote}")
                 refs[t] = template
-                merged[t] = template.replace("${%s}" % host_key, "\0H").replace("${%s}" % port_key, "\0P")
+                merged[t] = template.replace(f"${{{host_key}}}", "\0H").replace(f"${{{port_key}}}", "\0P")
             trap_key = "LITERAL_NOTE"
             raw_layers[0].append(f"{trap_key}='cost is ${{{host_key}}} dollars'")
             merged[trap_key] = f"cost is ${{{host_key}}} dollars"
             for t in targets:
                 merged[t] = merged[t].replace("\0H", merged[host_key]).replace("\0P", merged[port_key])
-        files = {f"{folder}/{name}": "\n".join(lines) + "\n" for name, lines in zip(layers, raw_layers)}
+        files = {f"{folder}/{name}": "\n".join(lines) + "\n" for name, lines in zip(layers, raw_layers, strict=False)}
         out = f"{folder}/{rng.choice(['merged.env', 'resolved.env', f'{app}.env'])}"
         exported = difficulty != "hard" and rng.random() < 0.5  # `export KEY=value` lines (a file to `source`)
         json_out = out.rsplit(".", 1)[0] + ".json" if difficulty == "hard" else None
@@ -423,12 +510,19 @@ class EnvMerge(Family):
         rules = [
             f"precedence: {order} (later files win)",
             "output: one `export KEY=value` line per key, sorted by key, unquoted, nothing else"
-            if exported else "output: one `KEY=value` line per key, sorted by key, unquoted, nothing else",
+            if exported
+            else "output: one `KEY=value` line per key, sorted by key, unquoted, nothing else",
         ]
         if difficulty != "easy":
             rules.insert(1, "an `export ` prefix or quotes around a value are not part of it")
         if difficulty == "hard":
-            rules.insert(2, "`${NAME}` in an unquoted or double-quoted value means the merged value of `NAME`; single-quoted values are literal")
+            rules.insert(
+                2,
+                (
+                    "`${NAME}` in an unquoted or double-quoted value means the merged value of `NAME`; "
+                    "single-quoted values are literal"
+                ),
+            )
             rules.append(f"also write `{json_out}`: the same keys and values as a JSON object")
         instruction = f"Merge the environment files of `{app}` in `{folder}` into `{out}`:\n{bullets(rules)}\n"
         solution = python_block(f"""
@@ -449,16 +543,21 @@ class EnvMerge(Family):
                             literal.add(key)
                         value = value[1:-1]
                     merged[key] = value
-            if {difficulty == 'hard'}:
+            if {difficulty == "hard"}:
                 for key in merged:
                     if key not in literal:
                         merged[key] = re.sub(r"\\$\\{{(\\w+)\\}}", lambda m: merged[m.group(1)], merged[key])
             with open({out!r}, "w") as handle:
-                handle.writelines(f"{'export ' if exported else ''}{{k}}={{merged[k]}}\\n" for k in sorted(merged))
+                handle.writelines(f"{"export " if exported else ""}{{k}}={{merged[k]}}\\n" for k in sorted(merged))
             if {json_out!r}:
                 json.dump(merged, open({json_out!r}, "w"), indent=2)
             """)
-        expected = {"path": out, "merged": dict(sorted(merged.items())), "json": json_out, "prefix": "export " if exported else ""}
+        expected = {
+            "path": out,
+            "merged": dict(sorted(merged.items())),
+            "json": json_out,
+            "prefix": "export " if exported else "",
+        }
         body = """
             def test_merged_env():
                 lines = content_lines(EXPECTED["path"])
@@ -481,7 +580,14 @@ class EnvMerge(Family):
             """
         outputs = [out] + ([json_out] if json_out else [])
         tests = test_module(self.name, expected, body)
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=outputs, files=files, extra={"env_keys": len(merged)})
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=outputs,
+            files=files,
+            extra={"env_keys": len(merged)},
+        )
 
 
 LOGROTATE_TEST = '''
@@ -588,7 +694,9 @@ class LogrotateConfig(Family):
         setup = [add_group(group), add_user(user, system=True, group=group), "mkdir -p /var/lib/logrotate"]
         names = pick(rng, ["app", "worker", "jobs", "api", "audit"], rng.randint(1, 3))
         for n in names:
-            files[f"{log_dir}/{n}.log"] = "".join(f"2024-05-{rng.randint(10, 28)} {n} event {rng.randint(0, 10**6)}\n" for _ in range(rng.randint(2, 5)))
+            files[f"{log_dir}/{n}.log"] = "".join(
+                f"2024-05-{rng.randint(10, 28)} {n} event {rng.randint(0, 10**6)}\n" for _ in range(rng.randint(2, 5))
+            )
         blocks: dict[str, dict] = {}
         rotated: dict[str, str] = {}
         fresh: dict[str, tuple[int, str]] = {}
@@ -600,12 +708,26 @@ class LogrotateConfig(Family):
             delay = rng.random() < 0.5
             dateext = rng.random() < 0.5
             maxsize = rng.choice([None, "10M", "50M", "100M", "500k"])
-            flags = ["compress", "missingok", "notifempty"] + (["delaycompress"] if delay else []) + (["dateext"] if dateext else [])
-            blocks[pattern] = {"frequency": freq, "rotate": keep, "flags": flags + (["maxsize"] if maxsize else []), "absent": [] if delay else ["delaycompress"]}
+            flags = (
+                ["compress", "missingok", "notifempty"]
+                + (["delaycompress"] if delay else [])
+                + (["dateext"] if dateext else [])
+            )
+            blocks[pattern] = {
+                "frequency": freq,
+                "rotate": keep,
+                "flags": flags + (["maxsize"] if maxsize else []),
+                "absent": [] if delay else ["delaycompress"],
+            }
             if maxsize:
                 blocks[pattern]["maxsize"] = maxsize
             lines = [
-                f"{freq}, keep {keep} rotated copies, " + ("compress them from the second rotation on (newest copy uncompressed)" if delay else "compress them right away"),
+                f"{freq}, keep {keep} rotated copies, "
+                + (
+                    "compress them from the second rotation on (newest copy uncompressed)"
+                    if delay
+                    else "compress them right away"
+                ),
                 "no error when the log is missing; skip empty logs",
             ]
             if dateext:
@@ -613,7 +735,11 @@ class LogrotateConfig(Family):
             if maxsize:
                 lines.append(f"also rotate early when a log grows past `{maxsize}` (`maxsize`)")
             instruction = f"Write `{config}` with one logrotate block for `{pattern}`:\n{bullets(lines)}\n"
-            text = f"{pattern} {{\n    {freq}\n    rotate {keep}\n    " + "\n    ".join(flags + ([f"maxsize {maxsize}"] if maxsize else [])) + "\n}\n"
+            text = (
+                f"{pattern} {{\n    {freq}\n    rotate {keep}\n    "
+                + "\n    ".join(flags + ([f"maxsize {maxsize}"] if maxsize else []))
+                + "\n}\n"
+            )
             solution = heredoc(config, text) + "\n"
         elif difficulty == "medium":
             mode = rng.choice(["0640", "0644", "0600"])
@@ -621,21 +747,40 @@ class LogrotateConfig(Family):
             marker_path = f"/run/{app}.reloaded"
             files[reload_cmd] = f"#!/bin/sh\ndate > {marker_path}\n"
             setup.append(f"chmod 755 {reload_cmd}")
-            blocks[pattern] = {"frequency": freq, "rotate": keep, "flags": ["compress", "missingok", "sharedscripts"], "absent": ["delaycompress"], "create": [mode, user, group], "postrotate": reload_cmd}
+            blocks[pattern] = {
+                "frequency": freq,
+                "rotate": keep,
+                "flags": ["compress", "missingok", "sharedscripts"],
+                "absent": ["delaycompress"],
+                "create": [mode, user, group],
+                "postrotate": reload_cmd,
+            }
             instruction = (
                 f"Write `{config}` with one block for `{pattern}`:\n"
-                + bullets([
-                    f"rotate {freq}, keep {keep} rotated copies, compress them right away (no delayed compression), tolerate missing logs",
-                    f"recreate each log after rotation with mode `{mode}`, owner `{user}`, group `{group}`",
-                    f"after rotating, run `{reload_cmd}` once for the whole block (not once per log)",
-                ])
-                + "\n\nThen force one rotation of this config now, so that each log's previous contents end up in `<name>.log.1.gz` next to a new, empty `<name>.log`.\n"
+                + bullets(
+                    [
+                        (
+                            f"rotate {freq}, keep {keep} rotated copies, compress them right away "
+                            "(no delayed compression), tolerate missing logs"
+                        ),
+                        f"recreate each log after rotation with mode `{mode}`, owner `{user}`, group `{group}`",
+                        f"after rotating, run `{reload_cmd}` once for the whole block (not once per log)",
+                    ]
+                )
+                + (
+                    "\n\nThen force one rotation of this config now, so that each log's previous contents end up in "
+                    "`<name>.log.1.gz` next to a new, empty `<name>.log`.\n"
+                )
             )
             for n in names:
                 rotated[f"{log_dir}/{n}.log.1.gz"] = files[f"{log_dir}/{n}.log"]
                 fresh[f"{log_dir}/{n}.log"] = (int(mode, 8), user)
             marker.append(marker_path)
-            text = f"{pattern} {{\n    {freq}\n    rotate {keep}\n    compress\n    missingok\n    create {mode} {user} {group}\n    sharedscripts\n    postrotate\n        {reload_cmd}\n    endscript\n}}\n"
+            text = (
+                f"{pattern} {{\n    {freq}\n    rotate {keep}\n    compress\n    missingok\n"
+                f"    create {mode} {user} {group}\n    sharedscripts\n    postrotate\n"
+                f"        {reload_cmd}\n    endscript\n}}\n"
+            )
             solution = heredoc(config, text) + f"\nlogrotate -f {config}\n"
         else:
             access = [n for n in names][:1]
@@ -643,33 +788,72 @@ class LogrotateConfig(Family):
             access_pattern = f"{log_dir}/{access[0]}.log"
             err_freq = rng.choice([f for f in ["daily", "weekly", "monthly"] if f != freq])
             err_keep = rng.choice([k for k in [2, 4, 6, 8, 12] if k != keep])
-            files[f"{log_dir}/error.log"] = "".join(f"2024-05-{rng.randint(10, 28)} ERROR {rng.randint(0, 10**6)}\n" for _ in range(rng.randint(2, 4)))
+            files[f"{log_dir}/error.log"] = "".join(
+                f"2024-05-{rng.randint(10, 28)} ERROR {rng.randint(0, 10**6)}\n" for _ in range(rng.randint(2, 4))
+            )
             # The log folder belongs to the service account, so logrotate needs `su`.
             setup.append(f"chown -R {user}:{group} {log_dir} && chmod 775 {log_dir}")
-            blocks[access_pattern] = {"frequency": freq, "rotate": keep, "flags": ["compress", "delaycompress", "missingok"], "absent": [], "su": [user, group]}
-            blocks[f"{log_dir}/error.log"] = {"frequency": err_freq, "rotate": err_keep, "flags": ["compress", "missingok"], "absent": ["delaycompress"], "su": [user, group]}
+            blocks[access_pattern] = {
+                "frequency": freq,
+                "rotate": keep,
+                "flags": ["compress", "delaycompress", "missingok"],
+                "absent": [],
+                "su": [user, group],
+            }
+            blocks[f"{log_dir}/error.log"] = {
+                "frequency": err_freq,
+                "rotate": err_keep,
+                "flags": ["compress", "missingok"],
+                "absent": ["delaycompress"],
+                "su": [user, group],
+            }
             rotated[f"{log_dir}/{access[0]}.log.1"] = files[access_pattern]
             rotated[f"{log_dir}/error.log.1.gz"] = files[f"{log_dir}/error.log"]
             instruction = (
                 f"`{log_dir}` is owned by `{user}:{group}` and group-writable. Write `{config}` with two blocks:\n"
-                + bullets([
-                    f"`{access_pattern}`: {freq}, keep {keep} copies, compress them but only from the second rotation on (the newest rotated copy stays uncompressed), tolerate a missing log",
-                    f"`{log_dir}/error.log`: {err_freq}, keep {err_keep} copies, compress right away, tolerate a missing log",
-                    f"both rotate as user `{user}` and group `{group}` (logrotate refuses to work in a folder writable by non-root users otherwise)",
-                ])
+                + bullets(
+                    [
+                        (
+                            f"`{access_pattern}`: {freq}, keep {keep} copies, compress them but only from the second "
+                            "rotation on (the newest rotated copy stays uncompressed), tolerate a missing log"
+                        ),
+                        (
+                            f"`{log_dir}/error.log`: {err_freq}, keep {err_keep} copies, "
+                            "compress right away, tolerate a missing log"
+                        ),
+                        (
+                            f"both rotate as user `{user}` and group `{group}` (logrotate refuses to work in a folder "
+                            "writable by non-root users otherwise)"
+                        ),
+                    ]
+                )
                 + f"\n\nThen force one rotation of this config now. Leave any other files in `{log_dir}` alone"
                 + (f" ({', '.join('`' + o + '`' for o in other)})" if other else "")
                 + ".\n"
             )
             text = (
-                f"{access_pattern} {{\n    su {user} {group}\n    {freq}\n    rotate {keep}\n    compress\n    delaycompress\n    missingok\n}}\n\n"
-                f"{log_dir}/error.log {{\n    su {user} {group}\n    {err_freq}\n    rotate {err_keep}\n    compress\n    missingok\n}}\n"
+                f"{access_pattern} {{\n    su {user} {group}\n    {freq}\n    rotate {keep}\n    compress\n"
+                "    delaycompress\n    missingok\n}\n\n"
+                f"{log_dir}/error.log {{\n    su {user} {group}\n    {err_freq}\n    rotate {err_keep}\n"
+                "    compress\n    missingok\n}\n"
             )
             solution = heredoc(config, text) + f"\nlogrotate -f {config}\n"
             for o in other:
                 rotated[o] = files[o]
-        expected = {"config": config, "blocks": blocks, "rotated": rotated, "fresh": {p: list(v) for p, v in fresh.items()}, "marker": marker}
+        expected = {
+            "config": config,
+            "blocks": blocks,
+            "rotated": rotated,
+            "fresh": {p: list(v) for p, v in fresh.items()},
+            "marker": marker,
+        }
         tests = test_module(self.name, expected, LOGROTATE_TEST)
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[config, log_dir], files=files, setup=setup, extra={"blocks": len(blocks)})
-
-
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=[config, log_dir],
+            files=files,
+            setup=setup,
+            extra={"blocks": len(blocks)},
+        )

@@ -39,7 +39,11 @@ def _content(rng: random.Random, kind: str, path: str) -> str:
     if kind == "conf":
         return f"[main]\nport = {rng.randint(1024, 9999)}\nworkers = {rng.randint(1, 16)}\n"
     if kind == "key":
-        return "-----BEGIN PRIVATE KEY-----\n" + "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef0123456789") for _ in range(48)) + "\n-----END PRIVATE KEY-----\n"
+        return (
+            "-----BEGIN PRIVATE KEY-----\n"
+            + "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef0123456789") for _ in range(48))
+            + "\n-----END PRIVATE KEY-----\n"
+        )
     if kind == "log":
         return "".join(f"2024-0{rng.randint(1, 9)}-1{rng.randint(0, 9)} line {i}\n" for i in range(rng.randint(2, 6)))
     return "".join(f"{rng.randint(1, 999)},{rng.random():.3f}\n" for _ in range(rng.randint(2, 6)))
@@ -100,7 +104,10 @@ class PermissionsFix(Family):
         owners: dict[str, str] = {}
         acl: dict[str, str] = {}
         if difficulty != "easy":
-            lines.append(f"every directory, `{base}` included: mode `{dir_mode:o}`" + (f" (except `{base}/logs`, see below)" if difficulty == "hard" else ""))
+            lines.append(
+                f"every directory, `{base}` included: mode `{dir_mode:o}`"
+                + (f" (except `{base}/logs`, see below)" if difficulty == "hard" else "")
+            )
             want_dir_modes = {d: dir_mode for d in dirs}
             dir_modes[base] = 0o777
         if difficulty == "hard":
@@ -108,10 +115,24 @@ class PermissionsFix(Family):
             group = rng.choice(pools.GROUPS)
             log_owner = rng.choice([a for a in pools.SERVICE_ACCOUNTS if a != owner])
             reader = rng.choice(pools.PEOPLE)
-            setup += [add_group(group), add_user(owner, system=True), add_user(log_owner, system=True), add_user(reader, shell="/bin/bash")]
-            lines.append(f"everything under `{base}` (itself included) owned by user `{owner}` and group `{group}`, except `{base}/logs`")
-            lines.append(f"`{base}/logs` and the files in it owned by user `{log_owner}` and group `{group}`; `{base}/logs` itself has mode `2770` (setgid)")
-            lines.append(f"user `{reader}` can read every `*.conf` file through an ACL entry (`user:{reader}:r--`), without changing the modes above")
+            setup += [
+                add_group(group),
+                add_user(owner, system=True),
+                add_user(log_owner, system=True),
+                add_user(reader, shell="/bin/bash"),
+            ]
+            lines.append(
+                f"everything under `{base}` (itself included) owned by user `{owner}` and group "
+                f"`{group}`, except `{base}/logs`"
+            )
+            lines.append(
+                f"`{base}/logs` and the files in it owned by user `{log_owner}` and group `{group}`; "
+                f"`{base}/logs` itself has mode `2770` (setgid)"
+            )
+            lines.append(
+                f"user `{reader}` can read every `*.conf` file through an ACL entry (`user:{reader}:r--`), "
+                "without changing the modes above"
+            )
             for p in [*tree, *dirs]:
                 owners[p] = f"{owner}:{group}"
             for p in [p for p in tree if tree[p] == "log"] + [f"{base}/logs"]:
@@ -126,8 +147,10 @@ class PermissionsFix(Family):
             unchanged.update({d: m for d, m in dir_modes.items()})
 
         instruction = (
-            f"`{base}` holds an application's files: scripts in `bin/`, configuration in `conf/`, keys in `secrets/`, data in `data/` and logs in `logs/`. "
-            f"Apply this policy:\n{bullets(lines)}\n\nLeave the modes of all other files{' and directories' if not want_dir_modes else ''} unchanged.\n"
+            f"`{base}` holds an application's files: scripts in `bin/`, configuration in `conf/`, keys in `secrets/`, "
+            "data in `data/` and logs in `logs/`. "
+            f"Apply this policy:\n{bullets(lines)}\n\nLeave the modes of all other "
+            f"files{' and directories' if not want_dir_modes else ''} unchanged.\n"
         )
         sol = []
         if difficulty == "hard":
@@ -174,7 +197,14 @@ class PermissionsFix(Family):
                 assert EXPECTED["modes"], "the policy names files"
             """
         tests = test_module(self.name, expected, body, helpers=("stat",))
-        return Draft(instruction=instruction, tests=tests, solution="\n".join(sol) + "\n", outputs=[base], files=files, setup=setup)
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution="\n".join(sol) + "\n",
+            outputs=[base],
+            files=files,
+            setup=setup,
+        )
 
 
 class PermissionAudit(Family):
@@ -183,7 +213,9 @@ class PermissionAudit(Family):
     summary = "find world-writable, setuid and user-owned files; report them and fix the risky bits"
 
     def build(self, rng: random.Random, difficulty: str) -> Draft:
-        base = rng.choice(["/srv/shared", "/srv/projects", "/var/share", "/opt/tools", "/srv/www", "/home/shared", "/opt/scripts"])
+        base = rng.choice(
+            ["/srv/shared", "/srv/projects", "/var/share", "/opt/tools", "/srv/www", "/home/shared", "/opt/scripts"]
+        )
         users = pick(rng, pools.PEOPLE, 3)
         target_user = rng.choice(users)
         subdirs = pick(rng, ["docs", "bin", "scripts", "data", "tmp", "build", "releases"], rng.randint(3, 5))
@@ -193,7 +225,9 @@ class PermissionAudit(Family):
         for sub in subdirs:
             for i in range(rng.randint(2, 4)):
                 ext = rng.choice(["sh", "txt", "bin", "cfg", "py"])
-                path = f"{base}/{sub}/{rng.choice(['report', 'tool', 'notes', 'run', 'sync', 'index', 'helper'])}{i}.{ext}"
+                path = (
+                    f"{base}/{sub}/{rng.choice(['report', 'tool', 'notes', 'run', 'sync', 'index', 'helper'])}{i}.{ext}"
+                )
                 files[path] = f"# {sub} {i}\n{rng.random():.6f}\n"
                 modes[path] = rng.choice([0o644, 0o640, 0o755, 0o750, 0o600])
                 owner[path] = rng.choice(users + ["root"])
@@ -222,7 +256,9 @@ class PermissionAudit(Family):
         if easy_kind == "group":  # some files gain the group write bit
             for p in rng.sample(paths, rng.randint(2, max(2, len(paths) // 3))):
                 modes[p] |= 0o020
-            setup = [line for line in setup if not line.startswith("chmod")] + [f"chmod {modes[p]:o} {p}" for p in paths]
+            setup = [line for line in setup if not line.startswith("chmod")] + [
+                f"chmod {modes[p]:o} {p}" for p in paths
+            ]
         if difficulty == "easy":
             what, find, lines = {
                 "world": ("writable by others (world-writable)", "-perm -o+w", world),
@@ -230,14 +266,25 @@ class PermissionAudit(Family):
                 "owned": (f"is owned by user `{target_user}`", f"-user {target_user}", owned),
                 "group": ("is writable by its group", "-perm -g+w", sorted(p for p in paths if modes[p] & 0o020)),
             }[easy_kind]
-            stem = {'world': 'world_writable', 'setuid': 'setuid_files', 'owned': target_user + '_files', 'group': 'group_writable'}[easy_kind]
+            stem = {
+                "world": "world_writable",
+                "setuid": "setuid_files",
+                "owned": target_user + "_files",
+                "group": "group_writable",
+            }[easy_kind]
             out = f"{out_dir}/{rng.choice([stem, 'audit_' + stem, stem + '_report'])}.txt"
             relative = rng.random() < 0.5
             if relative:
-                lines = sorted(p[len(base) + 1:] for p in lines)
+                lines = sorted(p[len(base) + 1 :] for p in lines)
             form = f"path relative to `{base}` (like `docs/notes1.txt`)" if relative else "absolute path"
-            instruction = f"Audit `{base}`: write to `{out}` the {form} of every regular file under it that {what}, one per line, sorted, nothing else. Do not change any file.\n"
-            solution = f"mkdir -p {out_dir}\ncd {base}\nfind {'.' if relative else base} -type f {find} | sed 's|^\\./||' | sort > {out}\n"
+            instruction = (
+                f"Audit `{base}`: write to `{out}` the {form} of every regular file under it that {what}, "
+                "one per line, sorted, nothing else. Do not change any file.\n"
+            )
+            solution = (
+                f"mkdir -p {out_dir}\ncd {base}\nfind {'.' if relative else base} -type f {find} | "
+                f"sed 's|^\\./||' | sort > {out}\n"
+            )
             expected = {"path": out, "lines": lines, "report": None, "fixed": {}}
             body = """
                 def test_report_lines():
@@ -249,7 +296,8 @@ class PermissionAudit(Family):
             report = {"world_writable": world, "setuid": setuid, f"owned_by_{target_user}": owned}
             keys = ", ".join(f"`{k}`" for k in report)
             instruction = (
-                f"Audit the regular files under `{base}` and write `{out}`: a JSON object with the keys {keys}, each a sorted list of absolute paths: "
+                f"Audit the regular files under `{base}` and write `{out}`: a JSON object with the keys {keys}, "
+                "each a sorted list of absolute paths: "
                 f"files writable by others, files with the setuid bit, and files owned by user `{target_user}`.\n"
             )
             if difficulty == "medium":
@@ -257,7 +305,8 @@ class PermissionAudit(Family):
             fixed = {}
             if difficulty == "hard":
                 instruction += (
-                    "\nThe report describes the files as you found them. Then fix them: remove the write bit for others from the world-writable files "
+                    "\nThe report describes the files as you found them. Then fix them: remove the write bit for "
+                    "others from the world-writable files "
                     "and the setuid bit from the setuid files, changing no other permission bits and no other file.\n"
                 )
                 for p in paths:
@@ -273,12 +322,15 @@ class PermissionAudit(Family):
                 report = {{
                     "world_writable": sorted(p for p in found if os.stat(p).st_mode & stat.S_IWOTH),
                     "setuid": sorted(p for p in found if os.stat(p).st_mode & stat.S_ISUID),
-                    {'owned_by_' + target_user!r}: sorted(p for p in found if pwd.getpwuid(os.stat(p).st_uid).pw_name == {target_user!r}),
+                    {"owned_by_" + target_user!r}: sorted(p for p in found if pwd.getpwuid(os.stat(p).st_uid).pw_name == {target_user!r}),
                 }}
                 json.dump(report, open({out!r}, "w"), indent=2)
                 """)
             if difficulty == "hard":
-                solution += f"\nfind {base} -type f -perm -o+w -exec chmod o-w {{}} +\nfind {base} -type f -perm -4000 -exec chmod u-s {{}} +\n"
+                solution += (
+                    f"\nfind {base} -type f -perm -o+w -exec chmod o-w {{}} +\n"
+                    f"find {base} -type f -perm -4000 -exec chmod u-s {{}} +\n"
+                )
             expected = {"path": out, "report": report, "fixed": fixed}
             body = """
                 def test_report():
@@ -308,8 +360,12 @@ class DiskUsageReport(Family):
     summary = "report disk usage per directory, largest files, per owner and per extension"
 
     def build(self, rng: random.Random, difficulty: str) -> Draft:
-        root = rng.choice(["/srv/storage", "/data/home", "/var/lib/shares", "/srv/projects", "/srv/nas/users", "/data/apps"])
-        tops = pick(rng, pools.PEOPLE if any(w in root for w in ("home", "shares", "users")) else pools.APPS, rng.randint(3, 5))
+        root = rng.choice(
+            ["/srv/storage", "/data/home", "/var/lib/shares", "/srv/projects", "/srv/nas/users", "/data/apps"]
+        )
+        tops = pick(
+            rng, pools.PEOPLE if any(w in root for w in ("home", "shares", "users")) else pools.APPS, rng.randint(3, 5)
+        )
         sizes_used: set[int] = set()
         entries = []  # (path, size, owner, hidden)
         for top in tops:
@@ -328,7 +384,9 @@ class DiskUsageReport(Family):
                 while size in sizes_used:
                     size += 1
                 sizes_used.add(size)
-                entries.append((path, size, rng.choice(tops) if difficulty == "hard" and "home" not in root else top, hidden))
+                entries.append(
+                    (path, size, rng.choice(tops) if difficulty == "hard" and "home" not in root else top, hidden)
+                )
         tops = [t for t in tops if any(p.startswith(f"{root}/{t}/") for p, _, _, _ in entries)]
         setup = [f"mkdir -p {p.rsplit('/', 1)[0]} && head -c {s} /dev/urandom > {p}" for p, s, _, _ in entries]
         owners = sorted({o for _, _, o, _ in entries})
@@ -344,16 +402,30 @@ class DiskUsageReport(Family):
             only = rng.choice([None, None, *EXTENSIONS])
             by_name = rng.random() < 0.4
             out = f"{out_dir}/{rng.choice(['usage', 'disk_usage', 'du_report'])}{'_' + only if only else ''}.csv"
-            totals = {t: sum(s for p, s, _, _ in entries if p.startswith(f"{root}/{t}/") and (not only or p.endswith("." + only))) for t in tops}
-            rows = sorted(([t, b] for t, b in totals.items()), key=(lambda r: r[0]) if by_name else (lambda r: (-r[1], r[0])))
+            totals = {
+                t: sum(
+                    s for p, s, _, _ in entries if p.startswith(f"{root}/{t}/") and (not only or p.endswith("." + only))
+                )
+                for t in tops
+            }
+            rows = sorted(
+                ([t, b] for t, b in totals.items()), key=(lambda r: r[0]) if by_name else (lambda r: (-r[1], r[0]))
+            )
             scope = f"`*.{only}` files" if only else "regular files"
             instruction = (
-                f"Each folder directly under `{root}` belongs to one {'user' if tops[0] in pools.PEOPLE else 'project'}.\n\n"
-                f"Write `{out}` with the header `directory,bytes`: one row per such folder (its name, not its path) with the total size in bytes of all {scope} below it "
-                f"(apparent sizes, i.e. the sum of the file lengths; 0 when there are none), {'sorted by folder name' if by_name else 'largest first, ties by name'}.\n"
+                f"Each folder directly under `{root}` belongs to one "
+                f"{'user' if tops[0] in pools.PEOPLE else 'project'}.\n\n"
+                f"Write `{out}` with the header `directory,bytes`: one row per such folder (its name, not its path) "
+                f"with the total size in bytes of all {scope} below it "
+                "(apparent sizes, i.e. the sum of the file lengths; 0 when there are none), "
+                f"{'sorted by folder name' if by_name else 'largest first, ties by name'}.\n"
             )
             pattern = f"-name '*.{only}'" if only else ""
-            solution = f"mkdir -p {out_dir}\n{{ echo directory,bytes; for d in {root}/*/; do n=$(basename $d); b=$(find $d -type f {pattern} -printf '%s\\n' | awk '{{s+=$1}} END {{print s+0}}'); echo \"$n,$b\"; done | sort -t, {'-k1,1' if by_name else '-k2,2nr -k1,1'}; }} > {out}\n"
+            solution = (
+                f"mkdir -p {out_dir}\n{{ echo directory,bytes; for d in {root}/*/; do n=$(basename $d); "
+                f"b=$(find $d -type f {pattern} -printf '%s\\n' | awk '{{s+=$1}} END {{print s+0}}'); echo \"$n,$b\"; "
+                f"done | sort -t, {'-k1,1' if by_name else '-k2,2nr -k1,1'}; }} > {out}\n"
+            )
             expected = {"path": out, "header": ["directory", "bytes"], "rows": rows}
             body = """
                 def test_usage_table():
@@ -369,12 +441,23 @@ class DiskUsageReport(Family):
             over = sorted(p for p, s, _, _ in entries if s > kib * 1024)
             instruction = (
                 f"Write `{out}`, a JSON report on the regular files under `{root}` (sizes in bytes, apparent size):\n"
-                + bullets([
-                    "`total_bytes`: the size of all of them together",
-                    f"`largest_files`: the {top_n} largest, as a list of `{{\"path\": <absolute path>, \"bytes\": <size>}}`, largest first",
-                    f"`by_directory`: an object mapping the name of each folder directly under `{root}` to the size of the files below it",
-                    f"`over_{kib}k`: the sorted absolute paths of the files larger than {kib} KiB ({kib * 1024} bytes)",
-                ])
+                + bullets(
+                    [
+                        "`total_bytes`: the size of all of them together",
+                        (
+                            f"`largest_files`: the {top_n} largest, as a list of "
+                            '`{"path": <absolute path>, "bytes": <size>}`, largest first'
+                        ),
+                        (
+                            f"`by_directory`: an object mapping the name of each folder directly under `{root}` to "
+                            "the size of the files below it"
+                        ),
+                        (
+                            f"`over_{kib}k`: the sorted absolute paths of the files larger "
+                            f"than {kib} KiB ({kib * 1024} bytes)"
+                        ),
+                    ]
+                )
                 + "\n"
             )
             solution = f"mkdir -p {out_dir}\n" + python_block(f"""
@@ -392,7 +475,14 @@ class DiskUsageReport(Family):
                           "over_{kib}k": sorted(p for p, s in files if s > {kib * 1024})}}
                 json.dump(report, open({out!r}, "w"), indent=2)
                 """)
-            expected = {"path": out, "total": sum(s for _, s, _, _ in entries), "largest": largest, "by_dir": by_dir, "over_key": f"over_{kib}k", "over": over}
+            expected = {
+                "path": out,
+                "total": sum(s for _, s, _, _ in entries),
+                "largest": largest,
+                "by_dir": by_dir,
+                "over_key": f"over_{kib}k",
+                "over": over,
+            }
             body = """
                 def test_storage_report():
                     data = load_json(EXPECTED["path"])
@@ -419,11 +509,12 @@ class DiskUsageReport(Family):
                 if second == "by_extension":
                     key = name.rsplit(".", 1)[1] if "." in name else "(none)"
                 else:
-                    key = p[len(root) + 1:].split("/", 1)[0]
+                    key = p[len(root) + 1 :].split("/", 1)[0]
                 by_second[key] = by_second.get(key, 0) + s
             second_text = (
                 "`by_extension`: extension (text after the last `.`, no dot; `(none)` if there is none) -> bytes"
-                if second == "by_extension" else f"`by_folder`: name of the folder directly under `{root}` -> bytes"
+                if second == "by_extension"
+                else f"`by_folder`: name of the folder directly under `{root}` -> bytes"
             )
             instruction = (
                 f"Write `{out}`, a JSON report on the regular files under `{root}` (apparent sizes in bytes). "
@@ -491,14 +582,20 @@ class StaleFileCleanup(Family):
                 if month == cutoff_month:
                     month = cutoff_month - 1
                 files[path] = f"{sub} {i} {rng.random():.6f}\n"
-                mtimes[path] = f"2024-{month:02d}-{rng.randint(1, 28):02d} {rng.randint(0, 23):02d}:{rng.randint(1, 59):02d}:00"
+                mtimes[path] = (
+                    f"2024-{month:02d}-{rng.randint(1, 28):02d} {rng.randint(0, 23):02d}:{rng.randint(1, 59):02d}:00"
+                )
             if difficulty == "hard" and rng.random() < 0.6:
                 files[f"{base}/{sub}/.keep"] = ""
                 mtimes[f"{base}/{sub}/.keep"] = "2023-01-01 00:00:00"
         # every rule of the task applies to at least one file: an old log to archive, an old file to delete
         plain_dir = f"{base}/{subdirs[0]}"
-        old_mtime = f"2024-{cutoff_month - 1:02d}-{rng.randint(2, 27):02d} {rng.randint(0, 23):02d}:{rng.randint(1, 59):02d}:00"
-        if difficulty != "easy" and not any(p.endswith(".log") and mtimes[p] < cutoff and "/keep/" not in p for p in files):
+        old_mtime = (
+            f"2024-{cutoff_month - 1:02d}-{rng.randint(2, 27):02d} {rng.randint(0, 23):02d}:{rng.randint(1, 59):02d}:00"
+        )
+        if difficulty != "easy" and not any(
+            p.endswith(".log") and mtimes[p] < cutoff and "/keep/" not in p for p in files
+        ):
             extra = f"{plain_dir}/stale-{rng.randint(10, 99)}.log"
             files[extra], mtimes[extra] = f"old log {rng.random():.6f}\n", old_mtime
         if not any(not p.endswith((".log", "/.keep")) and mtimes[p] < cutoff and "/keep/" not in p for p in files):
@@ -507,7 +604,9 @@ class StaleFileCleanup(Family):
         old = sorted(p for p, m in mtimes.items() if m < cutoff)
         if not old or len(old) == len(files):
             first = sorted(files)[0]
-            mtimes[first] = f"2024-{cutoff_month - 1:02d}-15 12:00:00" if not old else f"2024-{cutoff_month + 1:02d}-20 12:00:00"
+            mtimes[first] = (
+                f"2024-{cutoff_month - 1:02d}-15 12:00:00" if not old else f"2024-{cutoff_month + 1:02d}-20 12:00:00"
+            )
             old = sorted(p for p, m in mtimes.items() if m < cutoff)
         setup = [f"touch -d '{m}' {p}" for p, m in sorted(mtimes.items())]
         archive = f"/srv/archive/{app}"
@@ -515,23 +614,32 @@ class StaleFileCleanup(Family):
         if difficulty == "easy":
             removed = old
             moved: list[str] = []
-            instruction = f"Clean up `{base}`: delete every regular file below it that was last modified before `{cutoff} 00:00:00` (UTC). Keep all other files and all directories.\n"
+            instruction = (
+                f"Clean up `{base}`: delete every regular file below it that was last modified before "
+                f"`{cutoff} 00:00:00` (UTC). Keep all other files and all directories.\n"
+            )
             solution = f"find {base} -type f ! -newermt '{cutoff} 00:00:00' -delete\n"
         elif difficulty == "medium":
             moved = [p for p in old if p.endswith(".log")]
             removed = [p for p in old if not p.endswith(".log")]
             instruction = (
                 f"Clean up `{base}`; the cutoff is `{cutoff} 00:00:00` (UTC, last modification time):\n"
-                + bullets([
-                    f"move every `*.log` file below it modified before the cutoff into `{archive}/`, keeping its path relative to `{base}` (so `{base}/x/a.log` goes to `{archive}/x/a.log`)",
-                    "delete every other regular file modified before the cutoff",
-                    "leave newer files and all directories in place",
-                ])
+                + bullets(
+                    [
+                        (
+                            f"move every `*.log` file below it modified before the cutoff into `{archive}/`, "
+                            f"keeping its path relative to `{base}` (so `{base}/x/a.log` goes to `{archive}/x/a.log`)"
+                        ),
+                        "delete every other regular file modified before the cutoff",
+                        "leave newer files and all directories in place",
+                    ]
+                )
                 + "\n"
             )
             solution = (
                 f"cd {base}\n"
-                f"find . -type f -name '*.log' ! -newermt '{cutoff} 00:00:00' | while read -r f; do mkdir -p {archive}/$(dirname \"$f\"); mv \"$f\" {archive}/\"$f\"; done\n"
+                f"find . -type f -name '*.log' ! -newermt '{cutoff} 00:00:00' | while read -r f; "
+                f'do mkdir -p {archive}/$(dirname "$f"); mv "$f" {archive}/"$f"; done\n'
                 f"find . -type f ! -newermt '{cutoff} 00:00:00' -delete\n"
             )
         else:
@@ -542,13 +650,21 @@ class StaleFileCleanup(Family):
             report = f"{rng.choice(pools.OUT_DIRS)}/{app}_cleanup.txt"
             instruction = (
                 f"Clean up `{base}`; the cutoff is `{cutoff} 00:00:00` (UTC, last modification time):\n"
-                + bullets([
-                    f"never touch anything in `{base}/keep/`, nor any file named `.keep`",
-                    f"move every other `*.log` file modified before the cutoff into `{archive}/`, keeping its path relative to `{base}`",
-                    "delete every other regular file modified before the cutoff",
-                    f"write the absolute original paths of the files you moved or deleted to `{report}`, one per line, sorted",
-                    f"then remove directories under `{base}` that are left empty",
-                ])
+                + bullets(
+                    [
+                        f"never touch anything in `{base}/keep/`, nor any file named `.keep`",
+                        (
+                            f"move every other `*.log` file modified before the cutoff into `{archive}/`, "
+                            f"keeping its path relative to `{base}`"
+                        ),
+                        "delete every other regular file modified before the cutoff",
+                        (
+                            "write the absolute original paths of the files you moved or deleted to "
+                            f"`{report}`, one per line, sorted"
+                        ),
+                        f"then remove directories under `{base}` that are left empty",
+                    ]
+                )
                 + "\n"
             )
             solution = f"mkdir -p {report.rsplit('/', 1)[0]}\n" + python_block(f"""
@@ -577,12 +693,15 @@ class StaleFileCleanup(Family):
                         os.rmdir(folder)
                 """)
         kept = sorted(p for p in files if p not in removed and p not in moved)
-        kept_dirs = sorted({p.rsplit("/", 1)[0] for p in kept} | ({base} if difficulty == "hard" else {p.rsplit("/", 1)[0] for p in files}))
+        kept_dirs = sorted(
+            {p.rsplit("/", 1)[0] for p in kept}
+            | ({base} if difficulty == "hard" else {p.rsplit("/", 1)[0] for p in files})
+        )
         gone_dirs = sorted({p.rsplit("/", 1)[0] for p in files} - set(kept_dirs)) if difficulty == "hard" else []
         expected = {
             "kept": {p: files[p] for p in kept},
             "removed": removed,
-            "moved": {f"{archive}/{p[len(base) + 1:]}": files[p] for p in moved},
+            "moved": {f"{archive}/{p[len(base) + 1 :]}": files[p] for p in moved},
             "moved_from": moved,
             "dirs": kept_dirs,
             "gone_dirs": gone_dirs,

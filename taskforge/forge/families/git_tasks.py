@@ -9,7 +9,20 @@ from taskforge.forge.base import Draft, Family
 from taskforge.forge.common import bullets, heredoc, pick, python_block, test_module
 from taskforge.forge.families.gitrepo import History, line_change, person
 
-TOPICS = ["login", "cache", "export", "retry", "search", "metrics", "billing", "docs", "upload", "i18n", "audit", "alerts"]
+TOPICS = [
+    "login",
+    "cache",
+    "export",
+    "retry",
+    "search",
+    "metrics",
+    "billing",
+    "docs",
+    "upload",
+    "i18n",
+    "audit",
+    "alerts",
+]
 MAIN_FILES = ["src/app.py", "README.md", "docs/guide.md", "setup.cfg"]
 
 
@@ -29,7 +42,9 @@ class GitBranchReport(Family):
         authors = pick(rng, pools.PEOPLE, rng.randint(3, 4))
         h.commit("Initial commit", authors[0], {"README.md": f"# {app}\n"})
         n_main = rng.randint(5, 9)
-        topics = pick(rng, TOPICS, 0 if difficulty == "easy" else rng.randint(3, 5) if difficulty == "hard" else rng.randint(2, 4))
+        topics = pick(
+            rng, TOPICS, 0 if difficulty == "easy" else rng.randint(3, 5) if difficulty == "hard" else rng.randint(2, 4)
+        )
         kinds = {t: rng.choice(["feature", "bugfix", "chore"]) for t in topics}
         names = {t: f"{kinds[t]}/{t}" for t in topics}
         forks = {t: rng.randint(0, n_main - 2) for t in topics}
@@ -66,12 +81,15 @@ class GitBranchReport(Family):
             rows = sorted(([a, n] for a, n in counts.items()), key=lambda r: (-r[1], r[0]))
             column = "author" if key == "name" else "email"
             instruction = (
-                f"`{repo}` is a git repository. Write `{out}` with the header `{column},commits`: one row per author {key} with the number of non-merge commits "
+                f"`{repo}` is a git repository. Write `{out}` with the header `{column},commits`: "
+                f"one row per author {key} with the number of non-merge commits "
                 f"reachable from `main` that they authored, most commits first, ties by {key}.\n"
             )
             solution = (
                 f"mkdir -p {out_dir}\ncd {repo}\n"
-                f"{{ echo {column},commits; git log main --no-merges --format='{'%an' if key == 'name' else '%ae'}' | sort | uniq -c | sort -k1,1nr -k2 | awk '{{ n=$1; $1=\"\"; sub(/^ /, \"\"); print $0 \",\" n }}'; }} > {out}\n"
+                f"{{ echo {column},commits; git log main --no-merges --format='{'%an' if key == 'name' else '%ae'}' "
+                "| sort | uniq -c | sort -k1,1nr -k2 "
+                f'| awk \'{{ n=$1; $1=""; sub(/^ /, ""); print $0 "," n }}\'; }} > {out}\n'
             )
             expected = {"path": out, "header": [column, "commits"], "rows": rows}
             body = """
@@ -92,14 +110,18 @@ class GitBranchReport(Family):
                 report[names[t]] = {"ahead": len(b - main), "behind": len(main - b)}
             which = f"whose name starts with `{prefix}`" if prefix else "other than `main`"
             instruction = (
-                f"`{repo}` is a git repository with a `main` branch and other local branches. Write `{out}`: a JSON object with one key per local branch "
-                f"{which}, whose value is `{{\"ahead\": <number of commits on the branch that are not on main>, \"behind\": <number of commits on main that are not on the branch>}}` "
+                f"`{repo}` is a git repository with a `main` branch and other local branches. Write `{out}`: "
+                "a JSON object with one key per local branch "
+                f'{which}, whose value is `{{"ahead": <number of commits on the branch that are not on main>, '
+                '"behind": <number of commits on main that are not on the branch>}` '
                 "(merge commits count like any other commit).\n"
             )
             solution = (
                 f"mkdir -p {out_dir}\ncd {repo}\n"
-                f"for b in $(git for-each-ref --format='%(refname:short)' refs/heads/{prefix or ''} | grep -vx main); do\n"
-                "  jq -n --arg b \"$b\" --argjson a \"$(git rev-list --count main..$b)\" --argjson z \"$(git rev-list --count $b..main)\" '{($b): {ahead: $a, behind: $z}}'\n"
+                f"for b in $(git for-each-ref --format='%(refname:short)' refs/heads/{prefix or ''} "
+                "| grep -vx main); do\n"
+                '  jq -n --arg b "$b" --argjson a "$(git rev-list --count main..$b)" --argjson z '
+                "\"$(git rev-list --count $b..main)\" '{($b): {ahead: $a, behind: $z}}'\n"
                 f"done | jq -s add > {out}\n"
             )
             expected = {"path": out, "report": report}
@@ -130,12 +152,23 @@ class GitBranchReport(Family):
                 changed = sorted(p for p in set(base_tree) | set(tip_tree) if base_tree.get(p) != tip_tree.get(p))
                 unmerged[names[t]] = {"ahead": len(only), "top_author": top_author, "files": changed}
             instruction = (
-                f"Audit the local branches of the git repository `{repo}` against `main` and write `{out}`, a JSON object with:\n"
-                + bullets([
-                    "`merged`: sorted names of the branches whose commits are all on `main`",
-                    "`unmerged`: for every other branch, `{\"ahead\": <its commits not on main>, \"top_author\": <author "
-                    + key + " with most of those commits, ties by " + key + ">, \"files\": <sorted paths that differ from its merge base with main>}`",
-                ])
+                (
+                    f"Audit the local branches of the git repository `{repo}` against `main` and write "
+                    f"`{out}`, a JSON object with:\n"
+                )
+                + bullets(
+                    [
+                        "`merged`: sorted names of the branches whose commits are all on `main`",
+                        (
+                            "`unmerged`: for every other branch, "
+                            '`{"ahead": <its commits not on main>, "top_author": <author '
+                        )
+                        + key
+                        + " with most of those commits, ties by "
+                        + key
+                        + '>, "files": <sorted paths that differ from its merge base with main>}`',
+                    ]
+                )
                 + "\n"
             )
             solution = f"mkdir -p {out_dir}\n" + python_block(f"""
@@ -145,7 +178,7 @@ class GitBranchReport(Family):
                 branches = [b for b in git("for-each-ref", "--format=%(refname:short)", "refs/heads/") if b and b != "main"]
                 report = {{"merged": [], "unmerged": {{}}}}
                 for b in sorted(branches):
-                    authors = [a for a in git("log", "--format={'%an' if key == 'name' else '%ae'}", f"main..{{b}}") if a]
+                    authors = [a for a in git("log", "--format={"%an" if key == "name" else "%ae"}", f"main..{{b}}") if a]
                     if not authors:
                         report["merged"].append(b)
                         continue
@@ -172,7 +205,18 @@ class GitBranchReport(Family):
         return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[out], setup=h.script())
 
 
-SETTING_KEYS = ["port", "timeout", "workers", "log_level", "cache_size", "max_retries", "region", "pool_size", "theme", "batch_size"]
+SETTING_KEYS = [
+    "port",
+    "timeout",
+    "workers",
+    "log_level",
+    "cache_size",
+    "max_retries",
+    "region",
+    "pool_size",
+    "theme",
+    "batch_size",
+]
 
 
 def _setting(rng: random.Random, key: str) -> str:
@@ -253,7 +297,11 @@ class GitMergeConflict(Family):
         for p in paths:
             keys = pick(rng, SETTING_KEYS, rng.randint(6, 8))
             base[p] = {k: _setting(rng, k) for k in keys}
-        h.commit("Initial commit", authors[0], {"README.md": f"# {app}\n", **{p: _settings_text(app, v) for p, v in base.items()}})
+        h.commit(
+            "Initial commit",
+            authors[0],
+            {"README.md": f"# {app}\n", **{p: _settings_text(app, v) for p, v in base.items()}},
+        )
         h.commit(h.new_subject(), authors[1], line_change(h, "src/app.py"))
         ours = {p: dict(v) for p, v in base.items()}
         theirs = {p: dict(v) for p, v in base.items()}
@@ -263,7 +311,11 @@ class GitMergeConflict(Family):
             keys = list(base[p])
             rng.shuffle(keys)
             n_conflict = 1 if difficulty == "easy" else rng.randint(2, 3)
-            conflict, main_only, feat_only = keys[:n_conflict], keys[n_conflict:n_conflict + 1], keys[n_conflict + 1:n_conflict + 2]
+            conflict, main_only, feat_only = (
+                keys[:n_conflict],
+                keys[n_conflict : n_conflict + 1],
+                keys[n_conflict + 1 : n_conflict + 2],
+            )
             for k in conflict:
                 a = _other_value(rng, k, {base[p][k]})
                 b = _other_value(rng, k, {base[p][k], a})
@@ -298,21 +350,43 @@ class GitMergeConflict(Family):
             final[p] = values
         merge_subject = f"Merge {feature} into main" if difficulty == "hard" else None
         file_list = " and ".join(f"`{p}`" for p in paths)
-        lines = [f"merge the branch `{feature}` into `main` with a merge commit (main stays checked out, nothing left uncommitted)", "a setting changed on only one side keeps that change"]
+        lines = [
+            (
+                f"merge the branch `{feature}` into `main` with a merge commit (main stays checked "
+                "out, nothing left uncommitted)"
+            ),
+            "a setting changed on only one side keeps that change",
+        ]
         if difficulty == "hard":
             for p in paths:
                 for k, side in rules[p].items():
-                    lines.append(f"`{k}` in `{p}`, changed on both sides: keep the value from `{'main' if side == 'main' else feature}`")
+                    lines.append(
+                        f"`{k}` in `{p}`, changed on both sides: keep the value from "
+                        f"`{'main' if side == 'main' else feature}`"
+                    )
             lines.append(f"the merge commit message is exactly `{merge_subject}`")
         else:
-            lines.append(f"a setting changed on both sides takes the value from `{'main' if default_side == 'main' else feature}`")
-        instruction = f"`{repo}` is a git repository. Its `main` and `{feature}` branches both changed {file_list} (`key = value` lines).\n\n{bullets(lines)}\n"
+            lines.append(
+                "a setting changed on both sides takes the value from "
+                f"`{'main' if default_side == 'main' else feature}`"
+            )
+        instruction = (
+            f"`{repo}` is a git repository. Its `main` and `{feature}` branches both changed {file_list} "
+            f"(`key = value` lines).\n\n{bullets(lines)}\n"
+        )
         solution = f"cd {repo}\ngit checkout -q main\ngit merge --no-ff {feature} >/dev/null 2>&1 || true\n"
         solution += "\n".join(heredoc(p, _settings_text(app, v)) for p, v in final.items()) + "\n"
-        solution += "git add -A\n" + (f"git commit -q -m '{merge_subject}'\n" if merge_subject else "git commit -q --no-edit\n")
+        solution += "git add -A\n" + (
+            f"git commit -q -m '{merge_subject}'\n" if merge_subject else "git commit -q --no-edit\n"
+        )
         expected = {
-            "repo": repo, "feature": feature, "main_subject": main_subject, "feature_subject": feature_subject,
-            "merge_subject": merge_subject, "settings": final, "files": extra_files,
+            "repo": repo,
+            "feature": feature,
+            "main_subject": main_subject,
+            "feature_subject": feature_subject,
+            "merge_subject": merge_subject,
+            "settings": final,
+            "files": extra_files,
         }
         tests = test_module(self.name, expected, MERGE_TEST, helpers=("git",))
         return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[repo], setup=h.script())
@@ -382,9 +456,25 @@ class GitReleaseTag(Family):
         version = f"{major}.{minor}.{patch}"
         tag = f"v{version}"
         tag_message = f"Release {version}"
-        expected = {"repo": repo, "tag": tag, "tag_subject": h.commits[target].subject, "tag_message": tag_message, "branch": None, "revert_subject": None}
-        lines = [f"create the annotated tag `{tag}` with the message `{tag_message}` on the commit whose subject is `{h.commits[target].subject}`"]
-        sol = [f"cd {repo}", "sha() { git log --all --format='%H%x09%s' | awk -F'\\t' -v s=\"$1\" '$2 == s { print $1; exit }'; }", f"git tag -a {tag} -m '{tag_message}' \"$(sha '{h.commits[target].subject}')\""]
+        expected = {
+            "repo": repo,
+            "tag": tag,
+            "tag_subject": h.commits[target].subject,
+            "tag_message": tag_message,
+            "branch": None,
+            "revert_subject": None,
+        }
+        lines = [
+            (
+                f"create the annotated tag `{tag}` with the message `{tag_message}` on the commit whose subject "
+                f"is `{h.commits[target].subject}`"
+            )
+        ]
+        sol = [
+            f"cd {repo}",
+            "sha() { git log --all --format='%H%x09%s' | awk -F'\\t' -v s=\"$1\" '$2 == s { print $1; exit }'; }",
+            f"git tag -a {tag} -m '{tag_message}' \"$(sha '{h.commits[target].subject}')\"",
+        ]
         if difficulty != "easy":
             fix_topic = rng.choice(TOPICS)
             hotfix = f"hotfix/{fix_topic}"
@@ -397,32 +487,48 @@ class GitReleaseTag(Family):
             h.lines.append("mkdir -p patches")
             pick_subject = h.new_subject()
             h.lines.append(heredoc(pick_path, pick_text))
-            h.lines.append(f"git add -A && {h._env(authors[1])} git commit -q -m '{pick_subject}'")
+            h.lines.append(f"git add -A && {h.author_env(authors[1])} git commit -q -m '{pick_subject}'")
             second = h.new_subject()
             h.lines.append(heredoc("HOTFIX_NOTES.md", f"notes {rng.randint(0, 999)}\n"))
-            h.lines.append(f"git add -A && {h._env(authors[2])} git commit -q -m '{second}'")
+            h.lines.append(f"git add -A && {h.author_env(authors[2])} git commit -q -m '{second}'")
             h.lines.append("git checkout -q main")
             branch = f"release/{major}.{minor}"
-            lines.append(f"create the branch `{branch}` starting at that tag, and cherry-pick onto it the commit of `{hotfix}` whose subject is `{pick_subject}` (only that one)")
-            sol += [f"git checkout -q -b {branch} {tag}", f"git cherry-pick \"$(sha '{pick_subject}')\"", "git checkout -q main"]
+            lines.append(
+                f"create the branch `{branch}` starting at that tag, and cherry-pick onto it the commit of `{hotfix}` "
+                f"whose subject is `{pick_subject}` (only that one)"
+            )
+            sol += [
+                f"git checkout -q -b {branch} {tag}",
+                f"git cherry-pick \"$(sha '{pick_subject}')\"",
+                "git checkout -q main",
+            ]
             expected.update(branch=branch, pick_subject=pick_subject, pick_file=[pick_path, pick_text])
         if difficulty == "hard":
             revert = rng.choice([c for c in main_ids if c != target])
             old_major = max(0, major - 1)
             old_tag = f"v{old_major}.{rng.randint(0, 9)}.{rng.randint(0, 9)}-rc1"
             h.lines.append(f"git tag {old_tag} $(git rev-list --reverse main | sed -n 2p)")
-            lines.append(f"on `main`, revert the commit whose subject is `{h.commits[revert].subject}` with a new revert commit (git's default message), leaving `main` checked out and clean")
+            lines.append(
+                f"on `main`, revert the commit whose subject is `{h.commits[revert].subject}` with a new revert commit "
+                "(git's default message), leaving `main` checked out and clean"
+            )
             lines.append(f"delete the obsolete tag `{old_tag}`")
             sol += [f"git revert --no-edit \"$(sha '{h.commits[revert].subject}')\"", f"git tag -d {old_tag}"]
             files_after = sorted(set(h.trees[h.heads["main"]]) - {own_files[revert]})
             expected.update(revert_subject=h.commits[revert].subject, files_after_revert=files_after, old_tag=old_tag)
         # SHAs are only known once the build has run: the test looks them up by subject then.
         instruction = f"`{repo}` is a git repository (the commit subjects are unique).\n\n{bullets(lines)}\n"
-        body = RELEASE_TEST.replace('EXPECTED["tag_sha"]', 'sha_of_subject(EXPECTED["repo"], EXPECTED["tag_subject"], EXPECTED["tag"])')
-        body = body.replace('EXPECTED["main_sha"]', 'sha_of_subject(EXPECTED["repo"], EXPECTED["last_main_subject"], "main")')
+        body = RELEASE_TEST.replace(
+            'EXPECTED["tag_sha"]', 'sha_of_subject(EXPECTED["repo"], EXPECTED["tag_subject"], EXPECTED["tag"])'
+        )
+        body = body.replace(
+            'EXPECTED["main_sha"]', 'sha_of_subject(EXPECTED["repo"], EXPECTED["last_main_subject"], "main")'
+        )
         expected["last_main_subject"] = h.commits[h.heads["main"]].subject
         tests = test_module(self.name, expected, body, helpers=("git",))
-        return Draft(instruction=instruction, tests=tests, solution="\n".join(sol) + "\n", outputs=[repo], setup=h.script())
+        return Draft(
+            instruction=instruction, tests=tests, solution="\n".join(sol) + "\n", outputs=[repo], setup=h.script()
+        )
 
 
 CHANGE_TYPES = ["feat", "fix", "docs", "chore", "refactor", "test"]
@@ -471,7 +577,11 @@ class ChangelogFromGit(Family):
         authors = pick(rng, pools.PEOPLE, 3)
         h.commit("chore: initial commit", authors[0], {"README.md": f"# {app}\n"})
         for _ in range(rng.randint(2, 4)):
-            h.commit(h.new_subject(f"{rng.choice(CHANGE_TYPES)}: "), rng.choice(authors), line_change(h, rng.choice(MAIN_FILES)))
+            h.commit(
+                h.new_subject(f"{rng.choice(CHANGE_TYPES)}: "),
+                rng.choice(authors),
+                line_change(h, rng.choice(MAIN_FILES)),
+            )
         major, minor, patch = rng.randint(0, 4), rng.randint(0, 9), rng.randint(0, 9)
         tag = f"v{major}.{minor}.{patch}"
         h.lines.append(f"git tag -a {tag} -m 'Release {major}.{minor}.{patch}'")
@@ -489,8 +599,17 @@ class ChangelogFromGit(Family):
             breaking = breaking_left > 0 and kind in ("feat", "fix", "refactor") and rng.random() < 0.6
             style = rng.choice(["bang", "footer"]) if breaking else None
             subject = h.new_subject(f"{prefix}{'!' if style == 'bang' else ''}: ")
-            body = f"BREAKING CHANGE: {rng.choice(['config keys renamed', 'old endpoint removed', 'drops Python 3.8'])}" if style == "footer" else ""
-            h.commit(subject, rng.choice(authors), line_change(h, rng.choice(MAIN_FILES if h.current == 'main' else [f"src/{branch_topic}.py"])), body=body)
+            body = (
+                f"BREAKING CHANGE: {rng.choice(['config keys renamed', 'old endpoint removed', 'drops Python 3.8'])}"
+                if style == "footer"
+                else ""
+            )
+            h.commit(
+                subject,
+                rng.choice(authors),
+                line_change(h, rng.choice(MAIN_FILES if h.current == "main" else [f"src/{branch_topic}.py"])),
+                body=body,
+            )
             entries.append((kind, subject.split(": ", 1)[1], breaking))
             if breaking:
                 breaking_left -= 1
@@ -538,18 +657,33 @@ class ChangelogFromGit(Family):
         out = f"{rng.choice(pools.OUT_DIRS)}/{app}-{rng.choice(['release-notes', 'changes', 'notes'])}.md"
         order = "newest commit first" if newest_first else "oldest commit first"
         rules = [
-            f"cover the non-merge commits on `main` since the tag `{tag}`; subjects follow Conventional Commits (`type(scope)!: description`, scope and `!` optional)",
-            f"`### {feat_title}` lists the descriptions of `feat` commits and `### {fix_title}` those of `fix` commits, one `- ` bullet each, {order}; skip other types and empty sections",
+            (
+                f"cover the non-merge commits on `main` since the tag `{tag}`; subjects follow Conventional Commits "
+                "(`type(scope)!: description`, scope and `!` optional)"
+            ),
+            (
+                f"`### {feat_title}` lists the descriptions of `feat` commits and `### {fix_title}` those of `fix` "
+                f"commits, one `- ` bullet each, {order}; skip other types and empty sections"
+            ),
         ]
         if difficulty == "hard":
-            rules.append(f"`### {brk_title}` (last) also lists the breaking commits: `!` after the type or scope, or a `BREAKING CHANGE:` line in the body")
-            rules.insert(0, f"start with `## <version>`: the next semantic version after `{tag}`, without the `v` (major if anything breaks, else minor if there is a feature, else patch); write it to `{version_file}` too")
+            rules.append(
+                f"`### {brk_title}` (last) also lists the breaking commits: `!` after the type or scope, "
+                "or a `BREAKING CHANGE:` line in the body"
+            )
+            rules.insert(
+                0,
+                (
+                    f"start with `## <version>`: the next semantic version after `{tag}`, without the `v` (major if "
+                    f"anything breaks, else minor if there is a feature, else patch); write it to `{version_file}` too"
+                ),
+            )
         else:
             rules.insert(0, "start with the heading `## Unreleased`")
         instruction = f"`{repo}` is a git repository. Write release notes to `{out}` (Markdown):\n{bullets(rules)}\n"
         solution = f"mkdir -p {out.rsplit('/', 1)[0]}\n" + python_block(f"""
             import re, subprocess
-            log = subprocess.run(["git", "-C", {repo!r}, "log", "--reverse", "--no-merges", "--format=%s%x1f%b%x1e", {tag + '..main'!r}], capture_output=True, text=True, check=True).stdout
+            log = subprocess.run(["git", "-C", {repo!r}, "log", "--reverse", "--no-merges", "--format=%s%x1f%b%x1e", {tag + "..main"!r}], capture_output=True, text=True, check=True).stdout
             feats, fixes, breaking = [], [], []
             for record in log.split("\\x1e"):
                 if not record.strip():
@@ -565,7 +699,7 @@ class ChangelogFromGit(Family):
                     fixes.append(desc)
                 if bang or re.search(r"^BREAKING CHANGE:", body, re.M):
                     breaking.append(desc)
-            hard = {difficulty == 'hard'}
+            hard = {difficulty == "hard"}
             major, minor, patch = {major}, {minor}, {patch}
             if not hard:
                 heading = "Unreleased"
@@ -588,4 +722,11 @@ class ChangelogFromGit(Family):
         expected = {"path": out, "heading": heading, "sections": sections, "version_file": version_file}
         tests = test_module(self.name, expected, CHANGELOG_TEST)
         outputs = [out] + ([version_file] if version_file else [])
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=outputs, setup=h.script(), extra={"commits": len(entries)})
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=outputs,
+            setup=h.script(),
+            extra={"commits": len(entries)},
+        )

@@ -18,11 +18,31 @@ from taskforge.forge.common import heredoc
 EPOCH = 1_704_067_200  # 2024-01-01T00:00:00Z
 
 VERBS = ["Add", "Fix", "Update", "Refactor", "Document", "Remove", "Improve", "Rename", "Simplify", "Test"]
-NOUNS = ["login form", "cache layer", "CSV export", "retry logic", "config loader", "search index", "rate limiter", "audit log", "email templates", "date parsing", "pagination", "health check", "user profile", "payment webhook", "CLI flags", "error pages"]
+NOUNS = [
+    "login form",
+    "cache layer",
+    "CSV export",
+    "retry logic",
+    "config loader",
+    "search index",
+    "rate limiter",
+    "audit log",
+    "email templates",
+    "date parsing",
+    "pagination",
+    "health check",
+    "user profile",
+    "payment webhook",
+    "CLI flags",
+    "error pages",
+]
 
 
 def person(name: str) -> tuple[str, str]:
-    return f"{name.capitalize()} {pools.SURNAMES[sum(map(ord, name)) % len(pools.SURNAMES)]}", f"{name}@{pools.MAIL_DOMAINS[len(name) % len(pools.MAIL_DOMAINS)]}"
+    return (
+        f"{name.capitalize()} {pools.SURNAMES[sum(map(ord, name)) % len(pools.SURNAMES)]}",
+        f"{name}@{pools.MAIL_DOMAINS[len(name) % len(pools.MAIL_DOMAINS)]}",
+    )
 
 
 @dataclass
@@ -66,11 +86,14 @@ class History:
                 self.subjects.add(subject)
                 return subject
 
-    def _env(self, author: str) -> str:
+    def author_env(self, author: str) -> str:
         self.clock += self.rng.randint(600, 86_400)
         name, email = person(author)
         stamp = f"@{self.clock} +0000"
-        return f'GIT_AUTHOR_NAME="{name}" GIT_AUTHOR_EMAIL={email} GIT_AUTHOR_DATE="{stamp}" GIT_COMMITTER_NAME="{name}" GIT_COMMITTER_EMAIL={email} GIT_COMMITTER_DATE="{stamp}"'
+        return (
+            f'GIT_AUTHOR_NAME="{name}" GIT_AUTHOR_EMAIL={email} GIT_AUTHOR_DATE="{stamp}" GIT_COMMITTER_NAME="{name}" '
+            f'GIT_COMMITTER_EMAIL={email} GIT_COMMITTER_DATE="{stamp}"'
+        )
 
     # -- operations ----------------------------------------------------------------------
     def write(self, path: str, text: str) -> None:
@@ -89,8 +112,12 @@ class History:
         cid = len(self.commits)
         parent = self.heads[self.current]
         message = subject + (f"\n\n{body}" if body else "")
-        self.lines.append(f"git add -A && {self._env(author)} git commit -q -F - <<'FORGE_MSG'\n{message}\nFORGE_MSG")
-        self.commits[cid] = Commit(cid, [] if parent is None else [parent], subject, author, sorted(changes), self.current)
+        self.lines.append(
+            f"git add -A && {self.author_env(author)} git commit -q -F - <<'FORGE_MSG'\n{message}\nFORGE_MSG"
+        )
+        self.commits[cid] = Commit(
+            cid, [] if parent is None else [parent], subject, author, sorted(changes), self.current
+        )
         self.heads[self.current] = cid
         self.trees[cid] = dict(self.contents)
         return cid
@@ -109,7 +136,7 @@ class History:
     def merge(self, name: str, author: str, subject: str | None = None) -> int:
         """A --no-ff merge of `name` into the current branch (the model assumes no conflicts)."""
         subject = subject or f"Merge branch '{name}'"
-        self.lines.append(f"{self._env(author)} git merge -q --no-ff -m \"{subject}\" {name}")
+        self.lines.append(f'{self.author_env(author)} git merge -q --no-ff -m "{subject}" {name}')
         cid = len(self.commits)
         ours, theirs = self.heads[self.current], self.heads[name]
         merged = dict(self.trees[ours])

@@ -22,7 +22,10 @@ def _event(rng: random.Random, serial: int, users: list[str], types: list[str], 
         "user": rng.choice(users),
         "type": rng.choice(types),
         value_field: value,
-        "ts": f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00Z",
+        "ts": (
+            f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+            f"T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00Z"
+        ),
         "meta": {k: rng.choice(v) for k, v in META_FIELDS.items()},
     }
 
@@ -60,11 +63,15 @@ class JsonRollup(Family):
             for slot in result.values():
                 slot["total"] = round(slot["total"], 2)
             instruction = (
-                f"`{src}` is a JSON array of event objects with the fields `id`, `user`, `type`, `{value_field}`, `ts` and `meta`.\n\n"
+                f"`{src}` is a JSON array of event objects with the fields `id`, `user`, `type`, "
+                f"`{value_field}`, `ts` and `meta`.\n\n"
                 f"Write `{out}`: a JSON object with one key per distinct `{group}`; each value is an object "
-                f"`{{\"count\": <number of events>, \"total\": <sum of {value_field}>}}`, totals rounded to 2 decimals.\n"
+                f'`{{"count": <number of events>, "total": <sum of {value_field}>}}`, totals rounded to 2 decimals.\n'
             )
-            solution = f"mkdir -p {out_dir}\njq 'group_by(.{group}) | map({{key: .[0].{group}, value: {{count: length, total: ((map(.{value_field}) | add) * 100 | round / 100)}}}}) | from_entries' {src} > {out}\n"
+            solution = (
+                f"mkdir -p {out_dir}\njq 'group_by(.{group}) | map({{key: .[0].{group}, value: {{count: length, total: "
+                f"((map(.{value_field}) | add) * 100 | round / 100)}}}}) | from_entries' {src} > {out}\n"
+            )
             expected = {"path": out, "result": result}
             body = """
                 def test_rollup():
@@ -97,15 +104,20 @@ class JsonRollup(Family):
             for slot in result.values():
                 slot["total"] = round(slot["total"], 2)
             instruction = (
-                f"The `.jsonl` files in `{src}/` hold one JSON event per line with the fields `id`, `user`, `type`, `{value_field}`, `ts` and `meta`.\n\n"
-                f"Write `{out}`: a JSON object with one key per `user` that has `{keep_type}` events; each value is an object "
-                f"`{{\"count\": ..., \"total\": ..., \"max\": ...}}` over that user's `{keep_type}` events only: how many there are, "
+                f"The `.jsonl` files in `{src}/` hold one JSON event per line with the fields `id`, `user`, `type`, "
+                f"`{value_field}`, `ts` and `meta`.\n\n"
+                f"Write `{out}`: a JSON object with one key per `user` that has `{keep_type}` "
+                "events; each value is an object "
+                f'`{{"count": ..., "total": ..., "max": ...}}` over that user\'s `{keep_type}` '
+                "events only: how many there are, "
                 f"the sum of their `{value_field}` (rounded to 2 decimals) and the largest `{value_field}`.\n"
             )
             solution = (
                 f"mkdir -p {out_dir}\n"
-                f"cat {src}/*.jsonl | jq -s 'map(select(.type == \"{keep_type}\")) | group_by(.user)"
-                f" | map({{key: .[0].user, value: {{count: length, total: ((map(.{value_field}) | add) * 100 | round / 100), max: (map(.{value_field}) | max)}}}}) | from_entries' > {out}\n"
+                f'cat {src}/*.jsonl | jq -s \'map(select(.type == "{keep_type}")) | group_by(.user)'
+                " | map({key: .[0].user, value: {count: length, "
+                f"total: ((map(.{value_field}) | add) * 100 | round / 100), "
+                f"max: (map(.{value_field}) | max)}}}}) | from_entries' > {out}\n"
             )
             expected = {"path": out, "result": result}
             body = """
@@ -124,7 +136,9 @@ class JsonRollup(Family):
         else:
             meta_field = rng.choice(sorted(META_FIELDS))
             top_n = rng.randint(2, 4)
-            out = f"{out_dir}/top_{ {'region': 'regions', 'device': 'devices', 'country': 'countries'}[meta_field]}.json"
+            out = (
+                f"{out_dir}/top_{ {'region': 'regions', 'device': 'devices', 'country': 'countries'}[meta_field] }.json"
+            )
             src = f"{root}/{rng.choice(['events', 'activity', 'stream'])}"
             lines_by_file: list[list[str]] = [[] for _ in range(rng.randint(2, 3))]
             totals: dict[str, dict] = {}
@@ -143,7 +157,9 @@ class JsonRollup(Family):
                     slot["events"] += 1
                     slot["total"] += ev[value_field]
                 if rng.random() < 0.1:
-                    lines_by_file[i % len(lines_by_file)].append(rng.choice(["{\"id\": \"ev-broken\", \"user\": ", "not json at all", "]"]))
+                    lines_by_file[i % len(lines_by_file)].append(
+                        rng.choice(['{"id": "ev-broken", "user": ', "not json at all", "]"])
+                    )
                     bad += 1
             for i, lines in enumerate(lines_by_file):
                 files[f"{src}/batch-{i + 1}.jsonl"] = "\n".join(lines) + "\n"
@@ -152,9 +168,11 @@ class JsonRollup(Family):
                 s["total"] = round(s["total"], 2)
             top = ranked[:top_n]
             instruction = (
-                f"The `.jsonl` files in `{src}/` hold JSON events (`meta` is a nested object); some lines are not valid JSON and some events lack a numeric `{value_field}`: skip both.\n\n"
-                f"Write `{out}`: a JSON array of the top {top_n} `meta.{meta_field}` values by total `{value_field}`, largest first (ties by `{meta_field}`), "
-                f"each as `{{\"{meta_field}\": ..., \"events\": <events counted>, \"total\": <sum, 2 decimals>}}`.\n"
+                f"The `.jsonl` files in `{src}/` hold JSON events (`meta` is a nested object); "
+                f"some lines are not valid JSON and some events lack a numeric `{value_field}`: skip both.\n\n"
+                f"Write `{out}`: a JSON array of the top {top_n} `meta.{meta_field}` values by total `{value_field}`, "
+                f"largest first (ties by `{meta_field}`), "
+                f'each as `{{"{meta_field}": ..., "events": <events counted>, "total": <sum, 2 decimals>}}`.\n'
             )
             solution = f"mkdir -p {out_dir}\n" + python_block(f"""
                 import glob, json
@@ -198,12 +216,23 @@ class JsonRollup(Family):
 # Format conversion
 
 RECORD_KINDS = {  # kind -> fields: name -> generator kind
-    "servers": {"hostname": "host", "cpus": "int", "memory_gb": "int", "load": "float", "os": ["debian", "ubuntu", "alpine", "rhel"]},
+    "servers": {
+        "hostname": "host",
+        "cpus": "int",
+        "memory_gb": "int",
+        "load": "float",
+        "os": ["debian", "ubuntu", "alpine", "rhel"],
+    },
     "books": {"title": "title", "year": "year", "price": "float", "genre": ["fiction", "history", "science", "poetry"]},
     "sensors": {"sensor_id": "code", "reading": "float", "battery": "int", "site": pools.WAREHOUSES},
     "employees": {"name": "person", "age": "age", "salary": "int", "team": pools.TEAMS},
 }
-KIND_FILES = {"servers": ["servers", "hosts", "fleet"], "books": ["books", "catalog", "library"], "sensors": ["sensors", "readings", "probes"], "employees": ["employees", "staff", "people"]}
+KIND_FILES = {
+    "servers": ["servers", "hosts", "fleet"],
+    "books": ["books", "catalog", "library"],
+    "sensors": ["sensors", "readings", "probes"],
+    "employees": ["employees", "staff", "people"],
+}
 TITLE_WORDS = ["River", "Glass", "Winter", "Signal", "Garden", "Iron", "Paper", "Silent", "Amber", "North"]
 
 
@@ -249,9 +278,16 @@ class FormatConvert(Family):
         selected = ["id", *rng.sample(fields[1:], rng.randint(2, len(fields) - 1))]
         root = rng.choice(pools.DATA_ROOTS)
         out_dir = rng.choice(pools.OUT_DIRS)
-        mode = rng.choice({"easy": ["csv2json", "tsv2csv"], "medium": ["json2csv", "jsonl2json"], "hard": ["yaml2csv", "nested2csv"]}[difficulty])
+        mode = rng.choice(
+            {"easy": ["csv2json", "tsv2csv"], "medium": ["json2csv", "jsonl2json"], "hard": ["yaml2csv", "nested2csv"]}[
+                difficulty
+            ]
+        )
         files: dict[str, str] = {}
-        typing_rule = "numbers become JSON numbers (integers stay integers), empty cells become `null`, everything else stays a string"
+        typing_rule = (
+            "numbers become JSON numbers (integers stay integers), empty cells become `null`, "
+            "everything else stays a string"
+        )
 
         if mode in ("csv2json", "tsv2csv", "json2csv", "jsonl2json"):
             for rec in records:  # some values are missing
@@ -262,7 +298,10 @@ class FormatConvert(Family):
             files[src] = csv_text(fields, [[_cell(r[f]) for f in fields] for r in records])
             want = [{f: r[f] for f in selected} for r in records]
             keys = ", ".join(f"`{f}`" for f in selected)
-            instruction = f"Convert `{src}` (CSV with a header line) to `{out}`: a JSON array with one object per row, in file order, holding only the keys {keys}; {typing_rule}.\n"
+            instruction = (
+                f"Convert `{src}` (CSV with a header line) to `{out}`: a JSON array with one object per row, "
+                f"in file order, holding only the keys {keys}; {typing_rule}.\n"
+            )
             solution = f"mkdir -p {out_dir}\n" + python_block(f"""
                 import csv, json
                 def typed(v):
@@ -280,15 +319,23 @@ class FormatConvert(Family):
             expected = {"path": out, "records": want, "format": "json"}
         elif mode == "tsv2csv":
             src, out = f"{root}/{base}.tsv", f"{out_dir}/{base}.csv"
-            text_key = next(f for f in fields if isinstance(RECORD_KINDS[kind].get(f), str) and RECORD_KINDS[kind][f] in ("host", "title", "person", "code"))
+            text_key = next(
+                f
+                for f in fields
+                if isinstance(RECORD_KINDS[kind].get(f), str)
+                and RECORD_KINDS[kind][f] in ("host", "title", "person", "code")
+            )
             for rec in records:  # text with commas needs CSV quoting
                 if rng.random() < 0.3 and rec[text_key] is not None:
                     rec[text_key] = f"{rec[text_key]}, {rng.choice(['Jr.', 'old', 'spare', 'draft'])}"
             columns = [selected[0], *rng.sample(selected[1:], len(selected) - 1)]
-            files[src] = "\t".join(fields) + "\n" + "".join("\t".join(_cell(r[f]) for f in fields) + "\n" for r in records)
+            files[src] = (
+                "\t".join(fields) + "\n" + "".join("\t".join(_cell(r[f]) for f in fields) + "\n" for r in records)
+            )
             want = [{f: _cell(r[f]) for f in columns} for r in records]
             instruction = (
-                f"Convert `{src}` (tab-separated, header line) to `{out}`: standard CSV with the header `{','.join(columns)}` (in that order) and the rows in file order; "
+                f"Convert `{src}` (tab-separated, header line) to `{out}`: standard CSV with the header "
+                f"`{','.join(columns)}` (in that order) and the rows in file order; "
                 "fields that contain commas must be quoted so that a CSV parser reads the original values back.\n"
             )
             solution = f"mkdir -p {out_dir}\n" + python_block(f"""
@@ -307,8 +354,10 @@ class FormatConvert(Family):
             files[src] = json.dumps(data, indent=2) + "\n"
             want = [{f: _cell(r[f]) for f in columns} for r in records]
             instruction = (
-                f"Convert `{src}` (a JSON array of objects) to `{out}`: CSV with the header `{','.join(columns)}` (in that order), "
-                "one row per object in array order; a key missing from an object gives an empty cell; write decimals with 2 digits after the point.\n"
+                f"Convert `{src}` (a JSON array of objects) to `{out}`: CSV with the header "
+                f"`{','.join(columns)}` (in that order), "
+                "one row per object in array order; a key missing from an object gives an empty cell; "
+                "write decimals with 2 digits after the point.\n"
             )
             solution = f"mkdir -p {out_dir}\n" + python_block(f"""
                 import csv, json
@@ -323,7 +372,9 @@ class FormatConvert(Family):
                 """)
             expected = {"path": out, "records": want, "format": "csv", "columns": columns}
         elif mode == "jsonl2json":
-            sort_key = rng.choice(["id"] + [f for f in fields[1:] if RECORD_KINDS[kind][f] in ("int", "year", "age")][:1])
+            sort_key = rng.choice(
+                ["id"] + [f for f in fields[1:] if RECORD_KINDS[kind][f] in ("int", "year", "age")][:1]
+            )
             src_dir, out = f"{root}/{base}", f"{out_dir}/{base}_{rng.choice(['merged', 'all', 'combined'])}.json"
             for rec in records:
                 rec[sort_key] = rec[sort_key] if rec[sort_key] is not None else rng.randint(1, 99)
@@ -331,10 +382,15 @@ class FormatConvert(Family):
             shuffled = records[:]
             rng.shuffle(shuffled)
             for i in range(parts):
-                files[f"{src_dir}/part{i + 1}.jsonl"] = "".join(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n" for r in shuffled[i::parts])
-            want = sorted(([{k: v for k, v in r.items() if v is not None} for r in records]), key=lambda r: (r[sort_key], r["id"]))
+                files[f"{src_dir}/part{i + 1}.jsonl"] = "".join(
+                    json.dumps({k: v for k, v in r.items() if v is not None}) + "\n" for r in shuffled[i::parts]
+                )
+            want = sorted(
+                ([{k: v for k, v in r.items() if v is not None} for r in records]), key=lambda r: (r[sort_key], r["id"])
+            )
             instruction = (
-                f"The `.jsonl` files in `{src_dir}/` hold one JSON object per line. Merge them into `{out}`: a single JSON array of all objects, "
+                f"The `.jsonl` files in `{src_dir}/` hold one JSON object per line. Merge them into `{out}`: "
+                "a single JSON array of all objects, "
                 f"unchanged, sorted by `{sort_key}` ascending (ties by `id`).\n"
             )
             solution = f"mkdir -p {out_dir}\ncat {src_dir}/*.jsonl | jq -s 'sort_by(.{sort_key}, .id)' > {out}\n"
@@ -344,14 +400,33 @@ class FormatConvert(Family):
             nested = []
             for r in records:
                 tags = rng.sample(["prod", "staging", "edge", "legacy", "gpu", "spot"], rng.randint(0, 3))
-                owner = {"team": rng.choice(pools.TEAMS), "contact": f"{rng.choice(pools.PEOPLE)}@{rng.choice(pools.MAIL_DOMAINS)}"}
-                nested.append({"id": r["id"], "name": _field_value(rng, "host"), "owner": owner, "limits": {"cpu": rng.randint(1, 16), "memory_mb": rng.choice([256, 512, 1024, 2048, 4096])}, "tags": tags})
+                owner = {
+                    "team": rng.choice(pools.TEAMS),
+                    "contact": f"{rng.choice(pools.PEOPLE)}@{rng.choice(pools.MAIL_DOMAINS)}",
+                }
+                nested.append(
+                    {
+                        "id": r["id"],
+                        "name": _field_value(rng, "host"),
+                        "owner": owner,
+                        "limits": {"cpu": rng.randint(1, 16), "memory_mb": rng.choice([256, 512, 1024, 2048, 4096])},
+                        "tags": tags,
+                    }
+                )
             columns = ["id", "name", "owner.team", "owner.contact", "limits.cpu", "limits.memory_mb", "tags"]
             columns = columns[:2] + rng.sample(columns[2:6], rng.randint(2, 4)) + ["tags"]
             sep = rng.choice([";", "|", " "])
             want = []
             for r in nested:
-                flat = {"id": str(r["id"]), "name": r["name"], "owner.team": r["owner"]["team"], "owner.contact": r["owner"]["contact"], "limits.cpu": str(r["limits"]["cpu"]), "limits.memory_mb": str(r["limits"]["memory_mb"]), "tags": sep.join(r["tags"])}
+                flat = {
+                    "id": str(r["id"]),
+                    "name": r["name"],
+                    "owner.team": r["owner"]["team"],
+                    "owner.contact": r["owner"]["contact"],
+                    "limits.cpu": str(r["limits"]["cpu"]),
+                    "limits.memory_mb": str(r["limits"]["memory_mb"]),
+                    "tags": sep.join(r["tags"]),
+                }
                 want.append({c: flat[c] for c in columns})
             stem = rng.choice(["inventory", "hosts", "nodes"])
             if mode == "yaml2csv":
@@ -368,8 +443,10 @@ class FormatConvert(Family):
             sep_name = {";": "`;`", "|": "`|`", " ": "single spaces"}[sep]
             instruction = (
                 f"{what} with nested objects (`owner`, `limits`) and a `tags` list. "
-                f"Flatten it into `{out}`: CSV with the header `{','.join(columns)}`, one row per record in input order; "
-                f"`owner.team` is `team` inside `owner`, and so on; `tags` joined with {sep_name} (empty for no tags).\n"
+                f"Flatten it into `{out}`: CSV with the header `{','.join(columns)}`, "
+                "one row per record in input order; "
+                "`owner.team` is `team` inside `owner`, and so on; `tags` joined "
+                f"with {sep_name} (empty for no tags).\n"
             )
             solution = f"mkdir -p {out_dir}\n" + python_block(f"""
                 import csv
@@ -426,14 +503,21 @@ class FormatConvert(Family):
                             assert same, f"row {got}: {col}={cell!r}, expected {w!r}"
             """
         tests = test_module(self.name, expected, body, helpers=("json",))
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[out], files=files, extra={"mode": mode})
+        return Draft(
+            instruction=instruction, tests=tests, solution=solution, outputs=[out], files=files, extra={"mode": mode}
+        )
 
 
 def _yaml_list(records: list[dict]) -> str:
     """Block-style YAML for a list of flat-or-nested records (strings quoted when needed)."""
+
     def scalar(v):
         if isinstance(v, str):
-            return json.dumps(v) if any(ch in v for ch in ":#@,[]{}") or v.lower() in ("yes", "no", "on", "off", "true", "false", "null") else v
+            return (
+                json.dumps(v)
+                if any(ch in v for ch in ":#@,[]{}") or v.lower() in ("yes", "no", "on", "off", "true", "false", "null")
+                else v
+            )
         return str(v)
 
     lines = []
@@ -446,7 +530,9 @@ def _yaml_list(records: list[dict]) -> str:
                 lines.append(f"{prefix}{key}:")
                 lines.extend(f"    {k}: {scalar(v)}" for k, v in value.items())
             elif isinstance(value, list):
-                lines.append(f"{prefix}{key}: [{', '.join(scalar(v) for v in value)}]" if value else f"{prefix}{key}: []")
+                lines.append(
+                    f"{prefix}{key}: [{', '.join(scalar(v) for v in value)}]" if value else f"{prefix}{key}: []"
+                )
             else:
                 lines.append(f"{prefix}{key}: {scalar(value)}")
     return "\n".join(lines) + "\n"

@@ -10,7 +10,20 @@ from taskforge.forge.base import Draft, Family
 from taskforge.forge.common import bullets, pick, python_block, test_module
 
 MONTH_ABBR = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-STATUS_WEIGHTS = [(200, 60), (201, 5), (204, 4), (301, 5), (304, 6), (400, 4), (401, 3), (403, 3), (404, 8), (500, 3), (502, 2), (503, 2)]
+STATUS_WEIGHTS = [
+    (200, 60),
+    (201, 5),
+    (204, 4),
+    (301, 5),
+    (304, 6),
+    (400, 4),
+    (401, 3),
+    (403, 3),
+    (404, 8),
+    (500, 3),
+    (502, 2),
+    (503, 2),
+]
 
 
 def _ip(rng: random.Random, pool: list[str]) -> str:
@@ -20,7 +33,13 @@ def _ip(rng: random.Random, pool: list[str]) -> str:
 def _ip_pool(rng: random.Random, n: int) -> list[str]:
     out: list[str] = []
     while len(out) < n:
-        ip = rng.choice([f"10.0.{rng.randint(0, 9)}.{rng.randint(1, 254)}", f"192.168.{rng.randint(0, 3)}.{rng.randint(1, 254)}", f"172.16.{rng.randint(0, 9)}.{rng.randint(1, 254)}"])
+        ip = rng.choice(
+            [
+                f"10.0.{rng.randint(0, 9)}.{rng.randint(1, 254)}",
+                f"192.168.{rng.randint(0, 3)}.{rng.randint(1, 254)}",
+                f"172.16.{rng.randint(0, 9)}.{rng.randint(1, 254)}",
+            ]
+        )
         if ip not in out:
             out.append(ip)
     return out
@@ -58,12 +77,20 @@ class AccessLogReport(Family):
                     "path": rng.choice(paths),
                     "status": _status(rng),
                 }
-                rec["bytes"] = "-" if rec["status"] in (204, 304) or rng.random() < 0.05 else str(rng.randint(120, 60000))
+                rec["bytes"] = (
+                    "-" if rec["status"] in (204, 304) or rng.random() < 0.05 else str(rng.randint(120, 60000))
+                )
                 entries.append((f, rec))
 
         def line(rec: dict) -> str:
-            stamp = f"{rec['day']:02d}/{MONTH_ABBR[month]}/2024:{rec['hour']:02d}:{rec['minute']:02d}:{rng.randint(0, 59):02d} +0000"
-            return f'{rec["ip"]} - - [{stamp}] "{rec["method"]} {rec["path"]} HTTP/1.1" {rec["status"]} {rec["bytes"]} "-" "{rng.choice(pools.USER_AGENTS)}"'
+            stamp = (
+                f"{rec['day']:02d}/{MONTH_ABBR[month]}/2024:{rec['hour']:02d}:{rec['minute']:02d}:"
+                f"{rng.randint(0, 59):02d} +0000"
+            )
+            return (
+                f'{rec["ip"]} - - [{stamp}] "{rec["method"]} {rec["path"]} HTTP/1.1" {rec["status"]} {rec["bytes"]} '
+                f'"-" "{rng.choice(pools.USER_AGENTS)}"'
+            )
 
         name = rng.choice(["access.log", f"{app}-access.log"])
         files: dict[str, str] = {}
@@ -77,8 +104,18 @@ class AccessLogReport(Family):
             if f >= 2:  # logrotate compresses from .2 on
                 setup.append(f"gzip -n {target}")
         records = [rec for _, rec in entries]
-        log_desc = f"`{log_dir}/{name}`" if n_files == 1 else f"`{log_dir}/{name}` and its rotated predecessors (`{name}.1`{', and `' + name + '.2.gz`, gzip-compressed' if n_files > 2 else ''})"
-        fmt_note = "The log uses the combined log format (client IP first, then the timestamp in brackets, the quoted request line, the status code and the response size, `-` meaning 0 bytes)."
+        log_desc = (
+            f"`{log_dir}/{name}`"
+            if n_files == 1
+            else (
+                f"`{log_dir}/{name}` and its rotated predecessors "
+                f"(`{name}.1`{', and `' + name + '.2.gz`, gzip-compressed' if n_files > 2 else ''})"
+            )
+        )
+        fmt_note = (
+            "The log uses the combined log format (client IP first, then the timestamp in brackets, "
+            "the quoted request line, the status code and the response size, `-` meaning 0 bytes)."
+        )
 
         if difficulty == "easy":
             out = f"{out_dir}/{rng.choice(['status_report', 'http_status', 'status_counts'])}.json"
@@ -95,16 +132,18 @@ class AccessLogReport(Family):
             scope = f"`{method}` requests" if method else "requests"
             instruction = (
                 f"{log_desc} is a web server access log. {fmt_note}\n\n"
-                f"Write `{out}`: a JSON object with `total`, the number of {scope}, and `by_status`, an object mapping each status code that occurs "
-                f"(as a string, like `\"404\"`) to its number of {scope}.\n"
+                f"Write `{out}`: a JSON object with `total`, the number of {scope}, and `by_status`, "
+                "an object mapping each status code that occurs "
+                f'(as a string, like `"404"`) to its number of {scope}.\n'
             )
             expected = {"path": out, "total": total, "by_status": counts}
             filt = f'$6 == "\\"{method}"' if method else "1"
             solution = (
                 f"mkdir -p {out_dir}\n"
                 f"awk '{filt} {{ print $9 }}' {log_dir}/{name} | sort | uniq -c \\\n"
-                f"  | jq -R -s 'split(\"\\n\") | map(select(length > 0) | capture(\"(?<n>[0-9]+) (?<code>[0-9]+)\")) "
-                f"| {{total: (map(.n | tonumber) | add // 0), by_status: (map({{key: .code, value: (.n | tonumber)}}) | from_entries)}}' > {out}\n"
+                f'  | jq -R -s \'split("\\n") | map(select(length > 0) | capture("(?<n>[0-9]+) (?<code>[0-9]+)")) '
+                "| {total: (map(.n | tonumber) | add // 0), "
+                f"by_status: (map({{key: .code, value: (.n | tonumber)}}) | from_entries)}}' > {out}\n"
             )
             body = """
                 def test_status_counts():
@@ -125,22 +164,35 @@ class AccessLogReport(Family):
             instruction = (
                 f"{log_desc} are web server access logs. {fmt_note}\n\n"
                 f"Write `{out}`: a JSON object with\n"
-                + bullets([
-                    f"`top_clients`: the {top_n} client IPs with the most requests across all the files, as a list of `{{\"ip\": ..., \"requests\": ...}}`, most requests first, ties by IP (string order)",
-                    "`total_bytes`: the sum of the response sizes of all requests",
-                    "`requests`: the total number of requests",
-                ])
+                + bullets(
+                    [
+                        (
+                            f"`top_clients`: the {top_n} client IPs with the most requests across all the files, as a "
+                            'list of `{"ip": ..., "requests": ...}`, most requests first, ties by IP (string order)'
+                        ),
+                        "`total_bytes`: the sum of the response sizes of all requests",
+                        "`requests`: the total number of requests",
+                    ]
+                )
                 + "\n"
             )
-            expected = {"path": out, "top": [{"ip": ip, "requests": c} for ip, c in ranked], "total_bytes": total_bytes, "requests": len(records)}
+            expected = {
+                "path": out,
+                "top": [{"ip": ip, "requests": c} for ip, c in ranked],
+                "total_bytes": total_bytes,
+                "requests": len(records),
+            }
             solution = (
                 f"mkdir -p {out_dir}\n"
                 f"cd {log_dir}\n"
                 f"zcat -f {name}* > /tmp/all.log\n"
-                f"top=$(awk '{{ print $1 }}' /tmp/all.log | sort | uniq -c | sort -k1,1nr -k2,2 | head -n {top_n} | jq -R -s 'split(\"\\n\") | map(select(length > 0) | capture(\" *(?<n>[0-9]+) (?<ip>[0-9.]+)\") | {{ip: .ip, requests: (.n | tonumber)}})')\n"
-                f"bytes=$(awk '$10 != \"-\" {{ s += $10 }} END {{ printf \"%d\", s }}' /tmp/all.log)\n"
+                f"top=$(awk '{{ print $1 }}' /tmp/all.log | sort | uniq -c | sort -k1,1nr -k2,2 | head -n {top_n} | "
+                'jq -R -s \'split("\\n") | map(select(length > 0) | capture(" *(?<n>[0-9]+) (?<ip>[0-9.]+)") '
+                "| {ip: .ip, requests: (.n | tonumber)})')\n"
+                f'bytes=$(awk \'$10 != "-" {{ s += $10 }} END {{ printf "%d", s }}\' /tmp/all.log)\n'
                 f"n=$(wc -l < /tmp/all.log)\n"
-                f"jq -n --argjson top \"$top\" --argjson bytes \"$bytes\" --argjson n \"$n\" '{{top_clients: $top, total_bytes: $bytes, requests: $n}}' > {out}\n"
+                'jq -n --argjson top "$top" --argjson bytes "$bytes" --argjson n "$n" '
+                f"'{{top_clients: $top, total_bytes: $bytes, requests: $n}}' > {out}\n"
             )
             body = """
                 def test_client_report():
@@ -171,20 +223,33 @@ class AccessLogReport(Family):
             instruction = (
                 f"{log_desc} are web server access logs. {fmt_note}\n\n"
                 f"Write `{out}` with the header `path,requests,errors,bytes`:\n"
-                + bullets([
-                    f"count only `{method}` requests whose time of day is from {start_h:02d}:00 (inclusive) to {end_h:02d}:00 (exclusive), on any day, across all the files",
-                    "leave out requests for `/health`",
-                    "one row per request path: number of requests, how many had a 5xx status, sum of response sizes",
-                    "most requests first, ties by path",
-                ])
+                + bullets(
+                    [
+                        (
+                            f"count only `{method}` requests whose time of day is from {start_h:02d}:00 (inclusive) "
+                            f"to {end_h:02d}:00 (exclusive), on any day, across all the files"
+                        ),
+                        "leave out requests for `/health`",
+                        (
+                            "one row per request path: number of requests, how many had a "
+                            "5xx status, sum of response sizes"
+                        ),
+                        "most requests first, ties by path",
+                    ]
+                )
                 + "\n"
             )
-            expected = {"path": out, "header": ["path", "requests", "errors", "bytes"], "rows": rows, "numeric": ["requests", "errors", "bytes"]}
+            expected = {
+                "path": out,
+                "header": ["path", "requests", "errors", "bytes"],
+                "rows": rows,
+                "numeric": ["requests", "errors", "bytes"],
+            }
             solution = f"mkdir -p {out_dir}\n" + python_block(f"""
                 import csv, glob, gzip, re
                 pat = re.compile(r'^(\\S+) \\S+ \\S+ \\[[^:]+:(\\d\\d):\\d\\d:\\d\\d [^]]+\\] "(\\S+) (\\S+) [^"]*" (\\d{{3}}) (\\S+)')
                 stats = {{}}
-                for path in glob.glob({log_dir + '/' + name + '*'!r}):
+                for path in glob.glob({log_dir + "/" + name + "*"!r}):
                     opener = gzip.open if path.endswith(".gz") else open
                     with opener(path, "rt") as handle:
                         for line in handle:
@@ -246,7 +311,12 @@ class LogLevelWindow(Family):
                 level = rng.choices(["DEBUG", "INFO", "WARN", "ERROR"], weights=[2, 5, 3, 2])[0]
                 cont = []
                 if difficulty == "hard" and level == "ERROR" and rng.random() < 0.6:
-                    cont = ["Traceback (most recent call last):", f'  File "/srv/{app}/handler.py", line {rng.randint(10, 300)}, in handle', "    raise TimeoutError(\"ERROR upstream\")", "TimeoutError: ERROR upstream"][: rng.randint(2, 4)]
+                    cont = [
+                        "Traceback (most recent call last):",
+                        f'  File "/srv/{app}/handler.py", line {rng.randint(10, 300)}, in handle',
+                        '    raise TimeoutError("ERROR upstream")',
+                        "TimeoutError: ERROR upstream",
+                    ][: rng.randint(2, 4)]
                 entries.append((f, minute, n_files - 1 - f, rng.choice(services), level, cont))
 
         def render(e) -> str:
@@ -256,7 +326,11 @@ class LogLevelWindow(Family):
                 shown = "WARNING"
             stamp = f"2024-{month:02d}-{day + off:02d}T{minute // 60:02d}:{minute % 60:02d}:{rng.randint(0, 59):02d}Z"
             msg = rng.choice(MESSAGES[level])
-            head = f"{stamp} [{shown}] {service}: {msg}" if style == "bracket" else f'{stamp} level={shown} service={service} msg="{msg}"'
+            head = (
+                f"{stamp} [{shown}] {service}: {msg}"
+                if style == "bracket"
+                else f'{stamp} level={shown} service={service} msg="{msg}"'
+            )
             return "\n".join([head, *cont])
 
         files = {}
@@ -264,9 +338,21 @@ class LogLevelWindow(Family):
         for f in range(n_files):
             lines = [render(e) for e in entries if e[0] == f]
             files[f"{log_dir}/{name}" if f == 0 else f"{log_dir}/{name}.{f}"] = "\n".join(lines) + "\n"
-        sample = "`2024-03-05T10:15:22Z [ERROR] api: upstream timeout`" if style == "bracket" else '`2024-03-05T10:15:22Z level=ERROR service=api msg="upstream timeout"`'
-        where = f"`{log_dir}/{name}`" if n_files == 1 else f"`{log_dir}/{name}` and its rotated predecessors `{name}.1`" + (f", `{name}.2`" if n_files > 2 else "")
-        intro = f"{where} {'is an application log' if n_files == 1 else 'are application logs'}; entries look like {sample}."
+        sample = (
+            "`2024-03-05T10:15:22Z [ERROR] api: upstream timeout`"
+            if style == "bracket"
+            else '`2024-03-05T10:15:22Z level=ERROR service=api msg="upstream timeout"`'
+        )
+        where = (
+            f"`{log_dir}/{name}`"
+            if n_files == 1
+            else f"`{log_dir}/{name}` and its rotated predecessors `{name}.1`"
+            + (f", `{name}.2`" if n_files > 2 else "")
+        )
+        intro = (
+            f"{where} {'is an application log' if n_files == 1 else 'are application logs'}; "
+            f"entries look like {sample}."
+        )
 
         if difficulty == "easy":
             out = f"{out_dir}/{rng.choice(['level_counts', 'levels', 'log_levels'])}.json"
@@ -276,16 +362,21 @@ class LogLevelWindow(Family):
                 if service is None or e[3] == service:
                     counts[e[4]] = counts.get(e[4], 0) + 1
             scope = f" from the `{service}` service" if service else ""
-            instruction = f"{intro}\n\nWrite `{out}`: a JSON object mapping each log level to its number of entries{scope}, e.g. `{{\"INFO\": 12, \"ERROR\": 3}}`; include only levels that occur.\n"
+            instruction = (
+                f"{intro}\n\nWrite `{out}`: a JSON object mapping each log level to its number of entries{scope}, e.g. "
+                '`{"INFO": 12, "ERROR": 3}`; include only levels that occur.\n'
+            )
             expected = {"path": out, "counts": counts, "nested": False}
             lvl = r"\[([A-Z]+)\]" if style == "bracket" else r"level=([A-Z]+)"
             svc_cond = ""
             if service:
-                svc_cond = f' && $0 ~ /{"] " + service + ":" if style == "bracket" else "service=" + service + " "}/'
+                svc_cond = f" && $0 ~ /{'] ' + service + ':' if style == 'bracket' else 'service=' + service + ' '}/"
             solution = (
                 f"mkdir -p {out_dir}\n"
-                f"gawk 'match($0, /{lvl}/, m){svc_cond} {{ c[m[1]]++ }} END {{ for (k in c) print k, c[k] }}' {log_dir}/{name} \\\n"
-                f"  | jq -R -s 'split(\"\\n\") | map(select(length > 0) | split(\" \") | {{key: .[0], value: (.[1] | tonumber)}}) | from_entries' > {out}\n"
+                f"gawk 'match($0, /{lvl}/, m){svc_cond} {{ c[m[1]]++ }} "
+                f"END {{ for (k in c) print k, c[k] }}' {log_dir}/{name} \\\n"
+                '  | jq -R -s \'split("\\n") | map(select(length > 0) | split(" ") '
+                f"| {{key: .[0], value: (.[1] | tonumber)}}) | from_entries' > {out}\n"
             )
         else:
             for _ in range(30):  # a window with WARN and ERROR entries in it
@@ -305,7 +396,8 @@ class LogLevelWindow(Family):
                     if e[4] == level:
                         counts[e[3]] = counts.get(e[3], 0) + 1
                 instruction = (
-                    f"{intro}\n\nWrite `{out}`: a JSON object mapping each service to its number of `{level}` entries with a timestamp from `{t0}` (inclusive) "
+                    f"{intro}\n\nWrite `{out}`: a JSON object mapping each service to its number of `{level}` entries "
+                    f"with a timestamp from `{t0}` (inclusive) "
                     f"to `{t1}` (exclusive), across all the files. Leave out services with no such entries.\n"
                 )
                 expected = {"path": out, "counts": counts, "nested": False}
@@ -316,9 +408,12 @@ class LogLevelWindow(Family):
                         nested.setdefault(e[3], {}).setdefault(e[4], 0)
                         nested[e[3]][e[4]] += 1
                 instruction = (
-                    f"{intro} Some entries span several lines (a stack trace follows the first line); count each entry once.\n\n"
-                    f"Write `{out}`: a JSON object mapping each service to an object that maps `WARN` and `ERROR` to the number of entries of that level "
-                    f"with a timestamp from `{t0}` (inclusive) to `{t1}` (exclusive), across all the files. The level `WARNING` counts as `WARN`. "
+                    f"{intro} Some entries span several lines (a stack trace follows the first line); "
+                    "count each entry once.\n\n"
+                    f"Write `{out}`: a JSON object mapping each service to an object that maps `WARN` and `ERROR` to "
+                    "the number of entries of that level "
+                    f"with a timestamp from `{t0}` (inclusive) to `{t1}` (exclusive), across all the files. "
+                    "The level `WARNING` counts as `WARN`. "
                     f"Leave out services with no such entries, and levels with a count of 0.\n"
                 )
                 expected = {"path": out, "counts": nested, "nested": True}
@@ -328,7 +423,7 @@ class LogLevelWindow(Family):
                 import glob, json, re
                 pat = re.compile({pattern!r})
                 counts = {{}}
-                for path in glob.glob({log_dir + '/' + name + '*'!r}):
+                for path in glob.glob({log_dir + "/" + name + "*"!r}):
                     for line in open(path):
                         m = pat.match(line)
                         if not m:
@@ -365,12 +460,26 @@ class LogLevelWindow(Family):
 # Regex extraction
 
 PROJECT_KEYS = ["OPS", "WEB", "DATA", "SEC", "PAY", "CORE"]
-FILLER = ["processed batch", "user reported", "see thread", "escalated to", "closed after review", "mentioned by", "blocked on", "follow-up for", "copied from", "linked to"]
+FILLER = [
+    "processed batch",
+    "user reported",
+    "see thread",
+    "escalated to",
+    "closed after review",
+    "mentioned by",
+    "blocked on",
+    "follow-up for",
+    "copied from",
+    "linked to",
+]
 
 
 def _item(rng: random.Random, kind: str) -> str:
     if kind == "email":
-        return f"{rng.choice(pools.PEOPLE)}{rng.choice(['', '.ops', '.dev', '_' + str(rng.randint(1, 9))])}@{rng.choice(pools.MAIL_DOMAINS)}"
+        return (
+            f"{rng.choice(pools.PEOPLE)}{rng.choice(['', '.ops', '.dev', '_' + str(rng.randint(1, 9))])}@"
+            f"{rng.choice(pools.MAIL_DOMAINS)}"
+        )
     if kind == "ipv4":
         return f"{rng.choice([10, 172, 192])}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
     if kind == "order":
@@ -381,19 +490,68 @@ def _item(rng: random.Random, kind: str) -> str:
 def _decoy(rng: random.Random, kind: str) -> str:
     """Text that looks like an item but breaks the stated rule."""
     if kind == "email":
-        return rng.choice([f"{rng.choice(pools.PEOPLE)}(at){rng.choice(pools.MAIL_DOMAINS)}", f"@{rng.choice(pools.PEOPLE)}", f"{rng.choice(pools.PEOPLE)}@localhost"])
+        return rng.choice(
+            [
+                f"{rng.choice(pools.PEOPLE)}(at){rng.choice(pools.MAIL_DOMAINS)}",
+                f"@{rng.choice(pools.PEOPLE)}",
+                f"{rng.choice(pools.PEOPLE)}@localhost",
+            ]
+        )
     if kind == "ipv4":
-        return rng.choice([f"{rng.randint(256, 999)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}", f"10.{rng.randint(0, 255)}.{rng.randint(300, 999)}.1", f"{rng.randint(1, 99)}.{rng.randint(1, 99)}.{rng.randint(1, 99)}"])
+        return rng.choice(
+            [
+                f"{rng.randint(256, 999)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
+                f"10.{rng.randint(0, 255)}.{rng.randint(300, 999)}.1",
+                f"{rng.randint(1, 99)}.{rng.randint(1, 99)}.{rng.randint(1, 99)}",
+            ]
+        )
     if kind == "order":
-        return rng.choice([f"ORD-{rng.randint(0, 99999):05d}", f"ord-{rng.randint(0, 999999):06d}", f"ORD-{rng.randint(1000000, 9999999)}"])
-    return rng.choice([f"{rng.choice(PROJECT_KEYS).lower()}-{rng.randint(1, 999)}", f"{rng.choice(PROJECT_KEYS)}_{rng.randint(1, 999)}", f"X-{rng.randint(1, 99)}"])
+        return rng.choice(
+            [
+                f"ORD-{rng.randint(0, 99999):05d}",
+                f"ord-{rng.randint(0, 999999):06d}",
+                f"ORD-{rng.randint(1000000, 9999999)}",
+            ]
+        )
+    return rng.choice(
+        [
+            f"{rng.choice(PROJECT_KEYS).lower()}-{rng.randint(1, 999)}",
+            f"{rng.choice(PROJECT_KEYS)}_{rng.randint(1, 999)}",
+            f"X-{rng.randint(1, 99)}",
+        ]
+    )
 
 
 KIND_RULES = {
-    "email": ("email addresses", "an email address is `local@domain.tld`: letters, digits, `.`, `_` or `-` before the `@`, and a domain with at least one dot; `name(at)host` and `name@localhost` do not count", r"[A-Za-z0-9._-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+"),
-    "ipv4": ("IPv4 addresses", "an IPv4 address is four dot-separated numbers, each from 0 to 255; anything else (such as `300.1.2.3` or three numbers) does not count", r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d)"),
-    "order": ("order IDs", "an order ID is `ORD-` followed by exactly 6 digits (uppercase `ORD`, not followed by another digit)", r"\bORD-\d{6}(?!\d)"),
-    "ticket": ("ticket keys", f"a ticket key is one of the project keys {', '.join('`' + k + '`' for k in PROJECT_KEYS)}, a hyphen and a number (uppercase key; `ops-12` or `OPS_12` do not count)", r"\b(?:" + "|".join(PROJECT_KEYS) + r")-\d+\b"),
+    "email": (
+        "email addresses",
+        (
+            "an email address is `local@domain.tld`: letters, digits, `.`, `_` or `-` before the `@`, "
+            "and a domain with at least one dot; `name(at)host` and `name@localhost` do not count"
+        ),
+        r"[A-Za-z0-9._-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+",
+    ),
+    "ipv4": (
+        "IPv4 addresses",
+        (
+            "an IPv4 address is four dot-separated numbers, each from 0 to 255; anything else (such as `300.1.2.3` "
+            "or three numbers) does not count"
+        ),
+        r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d)",
+    ),
+    "order": (
+        "order IDs",
+        "an order ID is `ORD-` followed by exactly 6 digits (uppercase `ORD`, not followed by another digit)",
+        r"\bORD-\d{6}(?!\d)",
+    ),
+    "ticket": (
+        "ticket keys",
+        (
+            f"a ticket key is one of the project keys {', '.join('`' + k + '`' for k in PROJECT_KEYS)}, "
+            "a hyphen and a number (uppercase key; `ops-12` or `OPS_12` do not count)"
+        ),
+        r"\b(?:" + "|".join(PROJECT_KEYS) + r")-\d+\b",
+    ),
 }
 
 
@@ -415,12 +573,22 @@ class RegexExtract(Family):
         out_dir = rng.choice(pools.OUT_DIRS)
         doc = rng.choice(["notes", "messages", "support", "audit", "handover"])
         n_files = 1 if difficulty == "easy" else rng.randint(2, 4)
-        vocab = sorted({_item(rng, kind) for _ in range(rng.randint(5, 10) if difficulty != "hard" else rng.randint(10, 16))})
+        vocab = sorted(
+            {_item(rng, kind) for _ in range(rng.randint(5, 10) if difficulty != "hard" else rng.randint(10, 16))}
+        )
         occurrences: dict[str, dict[str, int]] = {}
         files: dict[str, str] = {}
         setup: list[str] = []
         for f in range(n_files):
-            rel = f"{doc}.txt" if n_files == 1 else (f"{doc}-{f + 1}.txt" if difficulty == "medium" else f"{rng.choice(['2023', '2024'])}/{rng.choice(['q1', 'q2', 'q3', 'q4'])}/{doc}-{f + 1}.txt")
+            rel = (
+                f"{doc}.txt"
+                if n_files == 1
+                else (
+                    f"{doc}-{f + 1}.txt"
+                    if difficulty == "medium"
+                    else f"{rng.choice(['2023', '2024'])}/{rng.choice(['q1', 'q2', 'q3', 'q4'])}/{doc}-{f + 1}.txt"
+                )
+            )
             lines = []
             for _ in range(rng.randint(10, 20) if difficulty != "hard" else rng.randint(5, 9)):
                 words = [rng.choice(FILLER)]
@@ -457,7 +625,10 @@ class RegexExtract(Family):
                 want = sorted(totals)
                 order = "sorted in ascending string order"
                 solution = f"mkdir -p {out_dir}\ngrep -oP {_shell_quote(regex)} {path} | sort -u > {out}\n"
-            instruction = f"`{path}` contains {plural} scattered through free text; {rule}.\n\nWrite every distinct one to `{out}`, one per line, {order} (no other lines).\n"
+            instruction = (
+                f"`{path}` contains {plural} scattered through free text; {rule}.\n\n"
+                f"Write every distinct one to `{out}`, one per line, {order} (no other lines).\n"
+            )
             expected = {"path": out, "items": want, "mode": "list"}
             body = """
                 def test_items():
@@ -474,14 +645,18 @@ class RegexExtract(Family):
             limit = f", leaving out items that occur fewer than {at_least} times" if at_least > 1 else ""
             instruction = (
                 f"The `.txt` files in `{src}/` contain {plural} in free text; {rule}.\n\n"
-                f"Write `{out}` with the header `item,count`: one row per distinct item with its number of occurrences over all the files{limit}, most frequent first, ties by item (ascending string order).\n"
+                f"Write `{out}` with the header `item,count`: one row per distinct item with its number of occurrences "
+                f"over all the files{limit}, most frequent first, ties by item (ascending string order).\n"
             )
             solution = (
                 f"mkdir -p {out_dir}\n"
-                f"{{ echo item,count; cat {src}/*.txt | grep -oP {_shell_quote(regex)} | sort | uniq -c | sort -k1,1nr -k2,2 | awk '$1 >= {at_least} {{ print $2 \",\" $1 }}'; }} > {out}\n"
+                f"{{ echo item,count; cat {src}/*.txt | grep -oP {_shell_quote(regex)} | sort | uniq -c | sort -k1,1nr "
+                f"-k2,2 | awk '$1 >= {at_least} {{ print $2 \",\" $1 }}'; }} > {out}\n"
             )
             if kind == "ipv4":
-                solution = solution.replace("| sort | uniq -c", "| awk -F. '$1<=255 && $2<=255 && $3<=255 && $4<=255' | sort | uniq -c")
+                solution = solution.replace(
+                    "| sort | uniq -c", "| awk -F. '$1<=255 && $2<=255 && $3<=255 && $4<=255' | sort | uniq -c"
+                )
             expected = {"path": out, "header": ["item", "count"], "rows": rows, "numeric": ["count"], "mode": "csv"}
             body = """
                 def test_counts():
@@ -497,8 +672,10 @@ class RegexExtract(Family):
                 want = {rel: sorted(per) for rel, per in sorted(occurrences.items()) if per}
                 value = "the sorted list of distinct items in it"
             instruction = (
-                f"`{src}/` holds text files in nested folders (one gzip-compressed, `.txt.gz`) with {plural}; {rule}.\n\n"
-                f"Write `{out}`: a JSON object mapping each file's path relative to `{src}/` (like `2024/q1/{doc}-1.txt`, `.gz` kept) to {value}; leave out files without any.\n"
+                f"`{src}/` holds text files in nested folders (one gzip-compressed, "
+                f"`.txt.gz`) with {plural}; {rule}.\n\n"
+                f"Write `{out}`: a JSON object mapping each file's path relative to `{src}/` "
+                f"(like `2024/q1/{doc}-1.txt`, `.gz` kept) to {value}; leave out files without any.\n"
             )
             solution = f"mkdir -p {out_dir}\n" + python_block(f"""
                 import gzip, json, os, re
@@ -511,7 +688,7 @@ class RegexExtract(Family):
                         opener = gzip.open if name.endswith(".gz") else open
                         with opener(path, "rt") as handle:
                             found = [m.group(0) for m in pat.finditer(handle.read())]
-                        if {kind == 'ipv4'}:
+                        if {kind == "ipv4"}:
                             found = [t for t in found if all(int(p) <= 255 for p in t.split("."))]
                         if found:
                             counts = {{t: found.count(t) for t in sorted(set(found))}}
@@ -535,5 +712,3 @@ class RegexExtract(Family):
 
 def _shell_quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
-
-

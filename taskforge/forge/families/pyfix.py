@@ -38,87 +38,210 @@ WORDS = ["Alpha", "beta", "GAMMA", "delta", "alpha", "Beta", "gamma", "ALPHA"]
 
 KATAS = [
     Kata(
-        "chunk", ("chunk", "batched", "split_chunks"),
-        'def @name@(items, size):\n    """Split items into consecutive lists of at most `size` elements (the last may be shorter)."""\n    return [items[i:i + size] for i in range(0, len(items), size)]\n',
+        "chunk",
+        ("chunk", "batched", "split_chunks"),
+        (
+            "def @name@(items, size):\n"
+            '    """Split items into consecutive lists of at most `size` elements (the last may be shorter)."""\n'
+            "    return [items[i:i + size] for i in range(0, len(items), size)]\n"
+        ),
         ("range(0, len(items), size)", "range(0, len(items) - size, size)"),
         lambda rng: {},
-        lambda rng, c: [[list(range(1, n + 1)), s] for n, s in [(7, 3), (rng.randint(5, 12), rng.randint(2, 4)), (rng.randint(1, 3), 5), (0, 2), (rng.randint(6, 10), 1)]],
+        lambda rng, c: [
+            [list(range(1, n + 1)), s]
+            for n, s in [
+                (7, 3),
+                (rng.randint(5, 12), rng.randint(2, 4)),
+                (rng.randint(1, 3), 5),
+                (0, 2),
+                (rng.randint(6, 10), 1),
+            ]
+        ],
     ),
     Kata(
-        "grade", ("grade", "letter_grade", "classify_score"),
-        'def @name@(score):\n    """Letter grade: "A" from @a@ points up, "B" from @b@ points up, otherwise "C"."""\n    if score >= @a@:\n        return "A"\n    if score >= @b@:\n        return "B"\n    return "C"\n',
+        "grade",
+        ("grade", "letter_grade", "classify_score"),
+        (
+            "def @name@(score):\n"
+            '    """Letter grade: "A" from @a@ points up, "B" from @b@ points up, otherwise "C"."""\n'
+            "    if score >= @a@:\n"
+            '        return "A"\n'
+            "    if score >= @b@:\n"
+            '        return "B"\n'
+            '    return "C"\n'
+        ),
         ("if score >= @a@:", "if score > @a@:"),
         lambda rng: {"a": rng.randint(80, 95), "b": rng.randint(50, 70)},
         lambda rng, c: [[c["a"]], [c["a"] + 1], [c["b"]], [c["b"] - 1], [rng.randint(0, 100)], [rng.randint(0, 100)]],
     ),
     Kata(
-        "duration", ("parse_duration", "to_seconds", "duration_seconds"),
-        'def @name@(text):\n    """Seconds in a duration such as "1h30m", "90s" or "2h5m10s"."""\n    total = 0\n    for value, unit in re.findall(r"(\\d+)([hms])", text):\n        total += int(value) * {"h": 3600, "m": 60, "s": 1}[unit]\n    return total\n',
+        "duration",
+        ("parse_duration", "to_seconds", "duration_seconds"),
+        (
+            "def @name@(text):\n"
+            '    """Seconds in a duration such as "1h30m", "90s" or "2h5m10s"."""\n'
+            "    total = 0\n"
+            '    for value, unit in re.findall(r"(\\d+)([hms])", text):\n'
+            '        total += int(value) * {"h": 3600, "m": 60, "s": 1}[unit]\n'
+            "    return total\n"
+        ),
         (r'r"(\d+)([hms])"', r'r"(\d)([hms])"'),
         lambda rng: {},
-        lambda rng, c: [["90s"], ["1h30m"], [f"{rng.randint(2, 9)}h{rng.randint(10, 59)}m"], [f"{rng.randint(10, 99)}m{rng.randint(1, 9)}s"], ["5s"], [f"{rng.randint(1, 3)}h"]],
+        lambda rng, c: [
+            ["90s"],
+            ["1h30m"],
+            [f"{rng.randint(2, 9)}h{rng.randint(10, 59)}m"],
+            [f"{rng.randint(10, 99)}m{rng.randint(1, 9)}s"],
+            ["5s"],
+            [f"{rng.randint(1, 3)}h"],
+        ],
         imports="import re\n",
     ),
     Kata(
-        "median", ("median", "middle_value"),
-        'def @name@(values):\n    """Median of a non-empty list of numbers."""\n    ordered = sorted(values)\n    mid = len(ordered) // 2\n    if len(ordered) % 2:\n        return ordered[mid]\n    return (ordered[mid - 1] + ordered[mid]) / 2\n',
+        "median",
+        ("median", "middle_value"),
+        (
+            "def @name@(values):\n"
+            '    """Median of a non-empty list of numbers."""\n'
+            "    ordered = sorted(values)\n"
+            "    mid = len(ordered) // 2\n"
+            "    if len(ordered) % 2:\n"
+            "        return ordered[mid]\n"
+            "    return (ordered[mid - 1] + ordered[mid]) / 2\n"
+        ),
         ("ordered = sorted(values)", "ordered = list(values)"),
         lambda rng: {},
         lambda rng, c: [[[5, 1, 3]], [[4, 1, 3, 2]], [_ints(rng, 5)], [_ints(rng, 6)], [[7]], [_ints(rng, 7)]],
     ),
     Kata(
-        "discount", ("apply_discount", "discounted_price"),
-        'def @name@(price, percent):\n    """Price after a discount of `percent` per cent, rounded to cents."""\n    return round(price * (1 - percent / 100), 2)\n',
+        "discount",
+        ("apply_discount", "discounted_price"),
+        (
+            "def @name@(price, percent):\n"
+            '    """Price after a discount of `percent` per cent, rounded to cents."""\n'
+            "    return round(price * (1 - percent / 100), 2)\n"
+        ),
         ("round(price * (1 - percent / 100), 2)", "round(price * (1 - percent / 100))"),
         lambda rng: {},
-        lambda rng, c: [[19.99, 10], [rng.randint(100, 9999) / 100, rng.choice([5, 15, 25, 33])], [rng.randint(100, 9999) / 100, rng.choice([12, 20, 50])], [10.0, 0]],
+        lambda rng, c: [
+            [19.99, 10],
+            [rng.randint(100, 9999) / 100, rng.choice([5, 15, 25, 33])],
+            [rng.randint(100, 9999) / 100, rng.choice([12, 20, 50])],
+            [10.0, 0],
+        ],
     ),
     Kata(
-        "slug", ("slugify", "make_slug"),
-        'def @name@(title):\n    """URL slug: lowercase letters and digits, runs of anything else become one "-", no leading or trailing "-"."""\n    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")\n',
+        "slug",
+        ("slugify", "make_slug"),
+        (
+            "def @name@(title):\n"
+            '    """URL slug: lowercase letters and digits, runs of anything else become one "-", '
+            'no leading or trailing "-"."""\n'
+            '    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")\n'
+        ),
         ('title.lower()).strip("-")', "title.lower())"),
         lambda rng: {},
-        lambda rng, c: [["  Hello, World! "], ["Release 2.0 -- notes"], [f"{rng.choice(WORDS)} {rng.choice(WORDS)}!"], ["plain"], [f"({rng.choice(WORDS)}) & {rng.choice(WORDS)}"]],
+        lambda rng, c: [
+            ["  Hello, World! "],
+            ["Release 2.0 -- notes"],
+            [f"{rng.choice(WORDS)} {rng.choice(WORDS)}!"],
+            ["plain"],
+            [f"({rng.choice(WORDS)}) & {rng.choice(WORDS)}"],
+        ],
         imports="import re\n",
     ),
     Kata(
-        "ranges", ("merge_ranges", "merge_intervals"),
-        'def @name@(ranges):\n    """Merge overlapping or touching [start, end] ranges; returns sorted [start, end] lists."""\n    merged = []\n    for start, end in sorted(ranges):\n        if merged and start <= merged[-1][1]:\n            merged[-1][1] = max(merged[-1][1], end)\n        else:\n            merged.append([start, end])\n    return merged\n',
+        "ranges",
+        ("merge_ranges", "merge_intervals"),
+        (
+            "def @name@(ranges):\n"
+            '    """Merge overlapping or touching [start, end] ranges; returns sorted [start, end] lists."""\n'
+            "    merged = []\n"
+            "    for start, end in sorted(ranges):\n"
+            "        if merged and start <= merged[-1][1]:\n"
+            "            merged[-1][1] = max(merged[-1][1], end)\n"
+            "        else:\n"
+            "            merged.append([start, end])\n"
+            "    return merged\n"
+        ),
         ("start <= merged[-1][1]", "start < merged[-1][1]"),
         lambda rng: {},
-        lambda rng, c: [[[[1, 3], [3, 5], [8, 9]]], [[[5, 6], [1, 2]]], [sorted([sorted(_ints(rng, 2, 0, 20)) for _ in range(4)])], [[[2, 4], [1, 3], [4, 7]]], [[]]],
+        lambda rng, c: [
+            [[[1, 3], [3, 5], [8, 9]]],
+            [[[5, 6], [1, 2]]],
+            [sorted([sorted(_ints(rng, 2, 0, 20)) for _ in range(4)])],
+            [[[2, 4], [1, 3], [4, 7]]],
+            [[]],
+        ],
     ),
     Kata(
-        "words", ("word_counts", "count_words"),
-        'def @name@(text):\n    """How often each word occurs, ignoring letter case; words are separated by whitespace."""\n    counts = {}\n    for word in text.lower().split():\n        counts[word] = counts.get(word, 0) + 1\n    return counts\n',
+        "words",
+        ("word_counts", "count_words"),
+        (
+            "def @name@(text):\n"
+            '    """How often each word occurs, ignoring letter case; words are separated by whitespace."""\n'
+            "    counts = {}\n"
+            "    for word in text.lower().split():\n"
+            "        counts[word] = counts.get(word, 0) + 1\n"
+            "    return counts\n"
+        ),
         ("text.lower().split()", "text.split()"),
         lambda rng: {},
-        lambda rng, c: [["the The THE end"], [" ".join(rng.choice(WORDS) for _ in range(6))], [" ".join(rng.choice(WORDS) for _ in range(4))], [""]],
+        lambda rng, c: [
+            ["the The THE end"],
+            [" ".join(rng.choice(WORDS) for _ in range(6))],
+            [" ".join(rng.choice(WORDS) for _ in range(4))],
+            [""],
+        ],
     ),
     Kata(
-        "moving", ("moving_average", "rolling_mean"),
-        'def @name@(values, window):\n    """Average of every run of `window` consecutive values, in order."""\n    return [sum(values[i:i + window]) / window for i in range(len(values) - window + 1)]\n',
+        "moving",
+        ("moving_average", "rolling_mean"),
+        (
+            "def @name@(values, window):\n"
+            '    """Average of every run of `window` consecutive values, in order."""\n'
+            "    return [sum(values[i:i + window]) / window for i in range(len(values) - window + 1)]\n"
+        ),
         ("range(len(values) - window + 1)", "range(len(values) - window)"),
         lambda rng: {},
         lambda rng, c: [[[1, 2, 3, 4], 2], [_ints(rng, 6), 3], [_ints(rng, 5), 5], [_ints(rng, 7), 2]],
     ),
     Kata(
-        "leap", ("is_leap", "is_leap_year"),
-        'def @name@(year):\n    """True for leap years of the Gregorian calendar."""\n    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)\n',
+        "leap",
+        ("is_leap", "is_leap_year"),
+        (
+            "def @name@(year):\n"
+            '    """True for leap years of the Gregorian calendar."""\n'
+            "    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)\n"
+        ),
         ("year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)", "year % 4 == 0 and year % 100 != 0"),
         lambda rng: {},
         lambda rng, c: [[2000], [1900], [2024], [2023], [rng.choice([1600, 2400])], [rng.randint(1901, 2099)]],
     ),
     Kata(
-        "email", ("normalize_email", "clean_email"),
-        'def @name@(address):\n    """An email address without surrounding whitespace, in lowercase."""\n    return address.strip().lower()\n',
+        "email",
+        ("normalize_email", "clean_email"),
+        (
+            "def @name@(address):\n"
+            '    """An email address without surrounding whitespace, in lowercase."""\n'
+            "    return address.strip().lower()\n"
+        ),
         ("address.strip().lower()", "address.lower()"),
         lambda rng: {},
-        lambda rng, c: [["  Alice@Example.COM "], [f"{rng.choice(pools.PEOPLE).upper()}@{rng.choice(pools.MAIL_DOMAINS)}\n"], [f" {rng.choice(pools.PEOPLE)}@{rng.choice(pools.MAIL_DOMAINS)}"]],
+        lambda rng, c: [
+            ["  Alice@Example.COM "],
+            [f"{rng.choice(pools.PEOPLE).upper()}@{rng.choice(pools.MAIL_DOMAINS)}\n"],
+            [f" {rng.choice(pools.PEOPLE)}@{rng.choice(pools.MAIL_DOMAINS)}"],
+        ],
     ),
     Kata(
-        "celsius", ("to_fahrenheit", "celsius_to_fahrenheit"),
-        'def @name@(celsius):\n    """Degrees Fahrenheit for a Celsius temperature, rounded to one decimal."""\n    return round(celsius * 9 / 5 + 32, 1)\n',
+        "celsius",
+        ("to_fahrenheit", "celsius_to_fahrenheit"),
+        (
+            "def @name@(celsius):\n"
+            '    """Degrees Fahrenheit for a Celsius temperature, rounded to one decimal."""\n'
+            "    return round(celsius * 9 / 5 + 32, 1)\n"
+        ),
         ("celsius * 9 / 5 + 32", "celsius * 5 / 9 + 32"),
         lambda rng: {},
         lambda rng, c: [[100], [0], [-40], [rng.randint(-30, 45)], [rng.randint(-300, 450) / 10]],
@@ -202,15 +325,17 @@ class PythonBugfix(Family):
         project = f"/home/user/{app}-{rng.choice(['lib', 'utils', 'kit'])}"
         pkg = rng.choice(["toolkit", "helpers", "common", "shared", "corelib"])
         module_names = rng.sample(["text", "numbers", "dates", "ranges", "pricing", "parsing", "stats", "convert"], 2)
-        plan = {"easy": [(2, 1)], "medium": [(3, 2)], "hard": [(2, 1), (2, 2)]}[difficulty]  # (functions, bugs) per module
+        plan = {"easy": [(2, 1)], "medium": [(3, 2)], "hard": [(2, 1), (2, 2)]}[
+            difficulty
+        ]  # (functions, bugs) per module
         katas = rng.sample(KATAS, sum(n for n, _ in plan))
         files: dict[str, str] = {f"{project}/{pkg}/__init__.py": ""}
         hidden: dict[str, list] = {}
         test_files: dict[str, str] = {}
         fixes: list[tuple[str, str, str]] = []  # (path, buggy line, correct line)
         k = 0
-        for (n_funcs, n_bugs), module in zip(plan, module_names):
-            chosen = katas[k:k + n_funcs]
+        for (n_funcs, n_bugs), module in zip(plan, module_names, strict=False):
+            chosen = katas[k : k + n_funcs]
             k += n_funcs
             buggy = set(rng.sample(range(n_funcs), n_bugs))
             sources, imports, tests = [], "", []
@@ -223,35 +348,52 @@ class PythonBugfix(Family):
                 want = _run(good, kata.imports, fname, cases)
                 got_bad = _run(bad, kata.imports, fname, cases)
                 if i in buggy:
-                    exposing = [j for j, (a, b) in enumerate(zip(want, got_bad)) if a != b]
+                    exposing = [j for j, (a, b) in enumerate(zip(want, got_bad, strict=False)) if a != b]
                     assert exposing, f"kata {kata.key} has no case exposing its bug"
                     visible = sorted({exposing[0], 0 if 0 != exposing[0] else len(cases) - 1})
                     bug_old = kata.bug[1].replace("@name@", fname)
                     bug_new = kata.bug[0].replace("@name@", fname)
                     for key, value in consts.items():
-                        bug_old, bug_new = bug_old.replace(f"@{key}@", str(value)), bug_new.replace(f"@{key}@", str(value))
+                        bug_old, bug_new = (
+                            bug_old.replace(f"@{key}@", str(value)),
+                            bug_new.replace(f"@{key}@", str(value)),
+                        )
                     fixes.append((f"{project}/{pkg}/{module}.py", bug_old, bug_new))
                 else:
                     visible = [0, len(cases) - 1]
                 sources.append(bad if i in buggy else good)
                 if kata.imports and kata.imports not in imports:
                     imports += kata.imports
-                hidden[f"{pkg}.{module}:{fname}"] = [[args, w] for args, w in zip(cases, want)]
-                asserts = "".join(f"    assert {fname}({', '.join(repr(a) for a in cases[j])}) == {want[j]!r}\n" for j in visible)
+                hidden[f"{pkg}.{module}:{fname}"] = [[args, w] for args, w in zip(cases, want, strict=False)]
+                asserts = "".join(
+                    f"    assert {fname}({', '.join(repr(a) for a in cases[j])}) == {want[j]!r}\n" for j in visible
+                )
                 tests.append((fname, f"def test_{fname}():\n{asserts}"))
             header = f'"""{module.capitalize()} helpers for {app}."""\n\n' + (imports + "\n\n" if imports else "")
             files[f"{project}/{pkg}/{module}.py"] = header + "\n\n".join(sources)
             test_path = f"{project}/test_{module}.py"
-            test_text = f"from {pkg}.{module} import {', '.join(n for n, _ in tests)}\n\n\n" + "\n\n".join(t for _, t in tests)
+            test_text = f"from {pkg}.{module} import {', '.join(n for n, _ in tests)}\n\n\n" + "\n\n".join(
+                t for _, t in tests
+            )
             test_files[test_path] = test_text
             files[test_path] = test_text
         instruction = (
-            f"`{project}` is a small Python project; its unit tests (the `test_*.py` files in that folder, run with pytest from there) fail.\n\n"
-            + bullets([
-                f"fix the bugs in the package `{project}/{pkg}/` (in " + " and ".join(f"`{m}.py`" for m in module_names[:len(plan)]) + ") so that the tests pass",
-                "the docstrings describe what each function must do; the fixed functions must behave that way for any input, not only the tested ones",
-                "do not modify the test files",
-            ])
+            (
+                f"`{project}` is a small Python project; its unit tests (the `test_*.py` files in that folder, "
+                "run with pytest from there) fail.\n\n"
+            )
+            + bullets(
+                [
+                    f"fix the bugs in the package `{project}/{pkg}/` (in "
+                    + " and ".join(f"`{m}.py`" for m in module_names[: len(plan)])
+                    + ") so that the tests pass",
+                    (
+                        "the docstrings describe what each function must do; the fixed functions must behave that way "
+                        "for any input, not only the tested ones"
+                    ),
+                    "do not modify the test files",
+                ]
+            )
             + "\n"
         )
         solution = python_block(f"""
@@ -267,6 +409,11 @@ class PythonBugfix(Family):
             "test_files": {p: hashlib.sha256(t.encode()).hexdigest() for p, t in test_files.items()},
         }
         tests = test_module(self.name, expected, PYFIX_TEST, helpers=("nobody",))
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[project], files=files, extra={"bugs": len(fixes)})
-
-
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=[project],
+            files=files,
+            extra={"bugs": len(fixes)},
+        )

@@ -48,7 +48,9 @@ def _sql_value(v) -> str:
 
 def _inserts(table: str, rows: list[dict]) -> str:
     cols = list(rows[0])
-    return "".join(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(_sql_value(r[c]) for c in cols)});\n" for r in rows)
+    return "".join(
+        f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(_sql_value(r[c]) for c in cols)});\n" for r in rows
+    )
 
 
 class SqliteReport(Family):
@@ -66,30 +68,78 @@ class SqliteReport(Family):
         if theme == "shop":
             categories = pick(rng, pools.CATEGORIES, rng.randint(3, 5))
             countries = pick(rng, pools.COUNTRIES, rng.randint(3, 5))
-            products = [{"id": i + 1, "name": f"{rng.choice(pools.PRODUCTS)}-{i + 1}", "category": rng.choice(categories), "price": round(rng.uniform(2, 300), 2)} for i in range(rng.randint(6, 12))]
-            customers = [{"id": i + 1, "name": f"{rng.choice(pools.PEOPLE).capitalize()} {rng.choice(pools.SURNAMES)} {i + 1}", "country": rng.choice(countries)} for i in range(rng.randint(6, 10))]
+            products = [
+                {
+                    "id": i + 1,
+                    "name": f"{rng.choice(pools.PRODUCTS)}-{i + 1}",
+                    "category": rng.choice(categories),
+                    "price": round(rng.uniform(2, 300), 2),
+                }
+                for i in range(rng.randint(6, 12))
+            ]
+            customers = [
+                {
+                    "id": i + 1,
+                    "name": f"{rng.choice(pools.PEOPLE).capitalize()} {rng.choice(pools.SURNAMES)} {i + 1}",
+                    "country": rng.choice(countries),
+                }
+                for i in range(rng.randint(6, 10))
+            ]
             orders, items = [], []
             for oid in range(1, rng.randint(20, 40)):
-                orders.append({"id": oid, "customer_id": rng.choice(customers)["id"], "order_date": f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}", "status": rng.choice(["shipped", "shipped", "pending", "cancelled"])})
+                orders.append(
+                    {
+                        "id": oid,
+                        "customer_id": rng.choice(customers)["id"],
+                        "order_date": f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+                        "status": rng.choice(["shipped", "shipped", "pending", "cancelled"]),
+                    }
+                )
                 for p in rng.sample(products, rng.randint(1, 3)):
-                    items.append({"order_id": oid, "product_id": p["id"], "quantity": rng.randint(1, 6), "unit_price": p["price"]})
+                    items.append(
+                        {
+                            "order_id": oid,
+                            "product_id": p["id"],
+                            "quantity": rng.randint(1, 6),
+                            "unit_price": p["price"],
+                        }
+                    )
             schema = (
                 "CREATE TABLE products (id INTEGER PRIMARY KEY, name TEXT, category TEXT, price REAL);\n"
                 "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT, country TEXT);\n"
-                "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER REFERENCES customers(id), order_date TEXT, status TEXT);\n"
-                "CREATE TABLE order_items (order_id INTEGER REFERENCES orders(id), product_id INTEGER REFERENCES products(id), quantity INTEGER, unit_price REAL);\n"
+                "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER REFERENCES customers(id), "
+                "order_date TEXT, status TEXT);\n"
+                "CREATE TABLE order_items (order_id INTEGER REFERENCES orders(id), product_id INTEGER REFERENCES "
+                "products(id), quantity INTEGER, unit_price REAL);\n"
             )
-            sql = schema + _inserts("products", products) + _inserts("customers", customers) + _inserts("orders", orders) + _inserts("order_items", items)
-            tables = "`products`, `customers`, `orders` (with `order_date` as `YYYY-MM-DD` and a `status`) and `order_items` (`quantity`, `unit_price` per order line)"
-            order_total = {o["id"]: sum(i["quantity"] * i["unit_price"] for i in items if i["order_id"] == o["id"]) for o in orders}
+            sql = (
+                schema
+                + _inserts("products", products)
+                + _inserts("customers", customers)
+                + _inserts("orders", orders)
+                + _inserts("order_items", items)
+            )
+            tables = (
+                "`products`, `customers`, `orders` (with `order_date` as `YYYY-MM-DD` and a `status`) and "
+                "`order_items` (`quantity`, `unit_price` per order line)"
+            )
+            order_total = {
+                o["id"]: sum(i["quantity"] * i["unit_price"] for i in items if i["order_id"] == o["id"]) for o in orders
+            }
             if difficulty == "easy":
                 header = ["category", "products", "avg_price"]
                 rows = []
                 for cat in sorted({p["category"] for p in products}):
                     ps = [p["price"] for p in products if p["category"] == cat]
                     rows.append([cat, len(ps), round(sum(ps) / len(ps), 2)])
-                question = "one row per product category: the number of products and their average `price` (rounded to 2 decimals), sorted by category"
-                query = "SELECT category, COUNT(*) AS products, ROUND(AVG(price), 2) AS avg_price FROM products GROUP BY category ORDER BY category;"
+                question = (
+                    "one row per product category: the number of products and their average `price` "
+                    "(rounded to 2 decimals), sorted by category"
+                )
+                query = (
+                    "SELECT category, COUNT(*) AS products, ROUND(AVG(price), 2) AS avg_price FROM products "
+                    "GROUP BY category ORDER BY category;"
+                )
                 numeric = ["products", "avg_price"]
             elif difficulty == "medium":
                 status = rng.choice(["shipped", "pending"])
@@ -106,12 +156,15 @@ class SqliteReport(Family):
                     slot[1] += order_total[o["id"]]
                 rows = sorted(([c, n, round(r, 2)] for c, (n, r) in agg.items()), key=lambda r: (-r[2], r[0]))
                 question = (
-                    f"one row per customer country with `{status}` orders: the number of such orders and their revenue (sum of `quantity * unit_price` over their lines, rounded to 2 decimals), "
+                    f"one row per customer country with `{status}` orders: the number of such orders and their revenue "
+                    "(sum of `quantity * unit_price` over their lines, rounded to 2 decimals), "
                     "highest revenue first, ties by country"
                 )
                 query = (
-                    "SELECT c.country, COUNT(DISTINCT o.id) AS orders, ROUND(SUM(i.quantity * i.unit_price), 2) AS revenue "
-                    f"FROM orders o JOIN customers c ON c.id = o.customer_id JOIN order_items i ON i.order_id = o.id WHERE o.status = '{status}' "
+                    "SELECT c.country, COUNT(DISTINCT o.id) AS orders, ROUND(SUM(i.quantity * i.unit_price), 2) "
+                    "AS revenue "
+                    "FROM orders o JOIN customers c ON c.id = o.customer_id JOIN order_items i "
+                    f"ON i.order_id = o.id WHERE o.status = '{status}' "
                     "GROUP BY c.country ORDER BY revenue DESC, c.country;"
                 )
                 numeric = ["orders", "revenue"]
@@ -130,45 +183,70 @@ class SqliteReport(Family):
                         slot = agg.setdefault(name, [0, 0.0])
                         slot[0] += 1
                         slot[1] += order_total[o["id"]]
-                    ranked = sorted(([c, n, round(r, 2)] for c, (n, r) in agg.items() if n >= min_orders), key=lambda r: (-r[2], r[0]))
+                    ranked = sorted(
+                        ([c, n, round(r, 2)] for c, (n, r) in agg.items() if n >= min_orders),
+                        key=lambda r: (-r[2], r[0]),
+                    )
                     if len(ranked) >= 2:
                         break
                 rows = ranked[:top]
                 question = (
-                    f"the top {top} customers (by `name`) by revenue from `shipped` orders dated from 2024-{lo:02d}-01 through the end of 2024-{hi:02d}, counting only customers with at least {min_orders} such order{'s' if min_orders > 1 else ''}: "
-                    "the number of those orders and their revenue (sum of `quantity * unit_price`, rounded to 2 decimals), highest revenue first, ties by name"
+                    f"the top {top} customers (by `name`) by revenue from `shipped` orders dated from 2024-{lo:02d}-01 "
+                    f"through the end of 2024-{hi:02d}, counting only customers with at least {min_orders} such "
+                    f"order{'s' if min_orders > 1 else ''}: "
+                    "the number of those orders and their revenue (sum of `quantity * unit_price`, "
+                    "rounded to 2 decimals), highest revenue first, ties by name"
                 )
                 query = (
-                    "SELECT c.name AS customer, COUNT(DISTINCT o.id) AS orders, ROUND(SUM(i.quantity * i.unit_price), 2) AS revenue "
+                    "SELECT c.name AS customer, COUNT(DISTINCT o.id) AS orders, "
+                    "ROUND(SUM(i.quantity * i.unit_price), 2) AS revenue "
                     "FROM orders o JOIN customers c ON c.id = o.customer_id JOIN order_items i ON i.order_id = o.id "
                     f"WHERE o.status = 'shipped' AND o.order_date BETWEEN '2024-{lo:02d}-01' AND '2024-{hi:02d}-31' "
-                    f"GROUP BY c.id HAVING COUNT(DISTINCT o.id) >= {min_orders} ORDER BY revenue DESC, customer LIMIT {top};"
+                    f"GROUP BY c.id HAVING COUNT(DISTINCT o.id) >= {min_orders} "
+                    f"ORDER BY revenue DESC, customer LIMIT {top};"
                 )
                 numeric = ["orders", "revenue"]
                 view = rng.choice(["customer_revenue", "shipped_revenue", "revenue_by_customer"])
                 view_sql = (
-                    f"CREATE VIEW {view} AS SELECT c.id AS customer_id, c.name AS name, ROUND(COALESCE(SUM(i.quantity * i.unit_price), 0), 2) AS revenue "
-                    "FROM customers c LEFT JOIN orders o ON o.customer_id = c.id AND o.status = 'shipped' LEFT JOIN order_items i ON i.order_id = o.id GROUP BY c.id;"
+                    f"CREATE VIEW {view} AS SELECT c.id AS customer_id, c.name AS name, "
+                    "ROUND(COALESCE(SUM(i.quantity * i.unit_price), 0), 2) AS revenue "
+                    "FROM customers c LEFT JOIN orders o ON o.customer_id = c.id AND o.status = 'shipped' "
+                    "LEFT JOIN order_items i ON i.order_id = o.id GROUP BY c.id;"
                 )
                 view_query = f"SELECT customer_id, name, revenue FROM {view} ORDER BY customer_id"
                 view_rows = []
                 for c in customers:
-                    total = sum(order_total[o["id"]] for o in orders if o["customer_id"] == c["id"] and o["status"] == "shipped")
+                    total = sum(
+                        order_total[o["id"]] for o in orders if o["customer_id"] == c["id"] and o["status"] == "shipped"
+                    )
                     view_rows.append([c["id"], c["name"], float(round(total, 2))])
         else:
-            departments = [{"id": i + 1, "name": d} for i, d in enumerate(pick(rng, ["engineering", "sales", "support", "finance", "marketing", "legal"], rng.randint(3, 5)))]
+            departments = [
+                {"id": i + 1, "name": d}
+                for i, d in enumerate(
+                    pick(rng, ["engineering", "sales", "support", "finance", "marketing", "legal"], rng.randint(3, 5))
+                )
+            ]
             salaries = rng.sample(range(30_000, 150_000, 500), rng.randint(10, 18))
             employees = [
-                {"id": i + 1, "name": f"{rng.choice(pools.PEOPLE).capitalize()} {rng.choice(pools.SURNAMES)} {i + 1}", "department_id": rng.choice(departments)["id"], "salary": s,
-                 "hired_on": f"{rng.randint(2015, 2024)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}", "active": rng.choice([1, 1, 1, 0])}
+                {
+                    "id": i + 1,
+                    "name": f"{rng.choice(pools.PEOPLE).capitalize()} {rng.choice(pools.SURNAMES)} {i + 1}",
+                    "department_id": rng.choice(departments)["id"],
+                    "salary": s,
+                    "hired_on": f"{rng.randint(2015, 2024)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+                    "active": rng.choice([1, 1, 1, 0]),
+                }
                 for i, s in enumerate(salaries)
             ]
             for e in employees[:2]:  # one department with two active people, so every question has rows
                 e.update(department_id=departments[0]["id"], active=1)
             sql = (
                 "CREATE TABLE departments (id INTEGER PRIMARY KEY, name TEXT);\n"
-                "CREATE TABLE employees (id INTEGER PRIMARY KEY, name TEXT, department_id INTEGER REFERENCES departments(id), salary INTEGER, hired_on TEXT, active INTEGER);\n"
-                + _inserts("departments", departments) + _inserts("employees", employees)
+                "CREATE TABLE employees (id INTEGER PRIMARY KEY, name TEXT, department_id INTEGER REFERENCES "
+                "departments(id), salary INTEGER, hired_on TEXT, active INTEGER);\n"
+                + _inserts("departments", departments)
+                + _inserts("employees", employees)
             )
             tables = "`departments` and `employees` (`salary`, `hired_on` as `YYYY-MM-DD`, `active` 1 or 0)"
             dept_name = {d["id"]: d["name"] for d in departments}
@@ -180,8 +258,15 @@ class SqliteReport(Family):
                     s = [e["salary"] for e in active if e["department_id"] == d["id"]]
                     if s:
                         rows.append([d["name"], len(s), round(sum(s) / len(s), 2)])
-                question = "one row per department (by name) with active employees: how many active employees it has and their average `salary` (rounded to 2 decimals), sorted by department name"
-                query = "SELECT d.name AS department, COUNT(*) AS employees, ROUND(AVG(e.salary), 2) AS avg_salary FROM employees e JOIN departments d ON d.id = e.department_id WHERE e.active = 1 GROUP BY d.id ORDER BY d.name;"
+                question = (
+                    "one row per department (by name) with active employees: how many active employees it has and "
+                    "their average `salary` (rounded to 2 decimals), sorted by department name"
+                )
+                query = (
+                    "SELECT d.name AS department, COUNT(*) AS employees, ROUND(AVG(e.salary), 2) AS avg_salary "
+                    "FROM employees e JOIN departments d ON d.id = e.department_id WHERE e.active = 1 "
+                    "GROUP BY d.id ORDER BY d.name;"
+                )
                 numeric = ["employees", "avg_salary"]
             elif difficulty == "medium":
                 header = ["name", "department", "salary"]
@@ -190,11 +275,23 @@ class SqliteReport(Family):
                     s = [e["salary"] for e in active if e["department_id"] == d["id"]]
                     if s:
                         avg[d["id"]] = sum(s) / len(s)
-                rows = sorted(([e["name"], dept_name[e["department_id"]], e["salary"]] for e in active if e["salary"] > avg[e["department_id"]]), key=lambda r: (-r[2], r[0]))
-                question = "the active employees who earn more than the average salary of the active employees of their department: name, department name and salary, highest salary first"
+                rows = sorted(
+                    (
+                        [e["name"], dept_name[e["department_id"]], e["salary"]]
+                        for e in active
+                        if e["salary"] > avg[e["department_id"]]
+                    ),
+                    key=lambda r: (-r[2], r[0]),
+                )
+                question = (
+                    "the active employees who earn more than the average salary of the active employees of their "
+                    "department: name, department name and salary, highest salary first"
+                )
                 query = (
-                    "SELECT e.name, d.name AS department, e.salary FROM employees e JOIN departments d ON d.id = e.department_id "
-                    "WHERE e.active = 1 AND e.salary > (SELECT AVG(x.salary) FROM employees x WHERE x.department_id = e.department_id AND x.active = 1) "
+                    "SELECT e.name, d.name AS department, e.salary FROM employees e "
+                    "JOIN departments d ON d.id = e.department_id "
+                    "WHERE e.active = 1 AND e.salary > (SELECT AVG(x.salary) FROM employees x WHERE x.department_id = "
+                    "e.department_id AND x.active = 1) "
                     "ORDER BY e.salary DESC, e.name;"
                 )
                 numeric = ["salary"]
@@ -210,33 +307,78 @@ class SqliteReport(Family):
                     since = sum(1 for e in staff if e["hired_on"] >= f"{year}-01-01")
                     rows.append([d["name"], best["name"], best["salary"], since])
                 question = (
-                    f"one row per department with active employees (sorted by department name): the name and salary of its best-paid active employee, "
+                    "one row per department with active employees (sorted by department name): "
+                    "the name and salary of its best-paid active employee, "
                     f"and how many of its active employees were hired on or after {year}-01-01"
                 )
                 query = (
-                    "SELECT d.name AS department, (SELECT e.name FROM employees e WHERE e.department_id = d.id AND e.active = 1 ORDER BY e.salary DESC LIMIT 1) AS top_earner, "
-                    "(SELECT MAX(e.salary) FROM employees e WHERE e.department_id = d.id AND e.active = 1) AS top_salary, "
-                    f"(SELECT COUNT(*) FROM employees e WHERE e.department_id = d.id AND e.active = 1 AND e.hired_on >= '{year}-01-01') AS hired_since "
-                    "FROM departments d WHERE EXISTS (SELECT 1 FROM employees e WHERE e.department_id = d.id AND e.active = 1) ORDER BY d.name;"
+                    "SELECT d.name AS department, (SELECT e.name FROM employees e WHERE e.department_id = d.id AND "
+                    "e.active = 1 ORDER BY e.salary DESC LIMIT 1) AS top_earner, "
+                    "(SELECT MAX(e.salary) FROM employees e WHERE e.department_id = d.id AND e.active = 1) "
+                    "AS top_salary, "
+                    "(SELECT COUNT(*) FROM employees e WHERE e.department_id = d.id AND e.active = 1 AND e.hired_on >= "
+                    f"'{year}-01-01') AS hired_since "
+                    "FROM departments d WHERE EXISTS (SELECT 1 FROM employees e WHERE e.department_id = d.id AND "
+                    "e.active = 1) ORDER BY d.name;"
                 )
                 numeric = ["top_salary", "hired_since"]
                 view = rng.choice(["department_payroll", "payroll_by_department", "dept_payroll"])
                 view_sql = (
-                    f"CREATE VIEW {view} AS SELECT d.name AS department, COUNT(e.id) AS headcount, COALESCE(SUM(e.salary), 0) AS payroll "
+                    f"CREATE VIEW {view} AS SELECT d.name AS department, COUNT(e.id) AS headcount, "
+                    "COALESCE(SUM(e.salary), 0) AS payroll "
                     "FROM departments d LEFT JOIN employees e ON e.department_id = d.id AND e.active = 1 GROUP BY d.id;"
                 )
                 view_query = f"SELECT department, headcount, payroll FROM {view} ORDER BY department"
-                view_rows = sorted([[d["name"], sum(1 for e in active if e["department_id"] == d["id"]), sum(e["salary"] for e in active if e["department_id"] == d["id"])] for d in departments])
+                view_rows = sorted(
+                    [
+                        [
+                            d["name"],
+                            sum(1 for e in active if e["department_id"] == d["id"]),
+                            sum(e["salary"] for e in active if e["department_id"] == d["id"]),
+                        ]
+                        for d in departments
+                    ]
+                )
         lines = [f"`{out}`: a CSV with the header `{','.join(header)}` and {question}"]
         if view:
-            cols = "`customer_id`, `name`, `revenue` (one row per customer: revenue from its `shipped` orders, 0 when none, rounded to 2 decimals)" if theme == "shop" else "`department`, `headcount`, `payroll` (one row per department: number of active employees and the sum of their salaries, 0 when none)"
+            cols = (
+                (
+                    "`customer_id`, `name`, `revenue` (one row per customer: revenue from its `shipped` orders, "
+                    "0 when none, rounded to 2 decimals)"
+                )
+                if theme == "shop"
+                else (
+                    "`department`, `headcount`, `payroll` (one row per department: number of active employees and the "
+                    "sum of their salaries, 0 when none)"
+                )
+            )
             lines.append(f"also create in the database a view named `{view}` with the columns {cols}")
         instruction = f"The SQLite database `{db}` has the tables {tables}.\n\nWrite:\n{bullets(lines)}\n"
         # sqlite3 -header prints no header for an empty result, so the header is written here
-        solution = f"mkdir -p {out.rsplit('/', 1)[0]}\n{{ echo '{','.join(header)}'; sqlite3 -csv {db} \"{query}\"; }} > {out}\n"
+        solution = (
+            f"mkdir -p {out.rsplit('/', 1)[0]}\n"
+            f"{{ echo '{','.join(header)}'; sqlite3 -csv {db} \"{query}\"; }} > {out}\n"
+        )
         if view:
-            solution += f"sqlite3 {db} \"{view_sql}\"\n"
+            solution += f'sqlite3 {db} "{view_sql}"\n'
         setup = [f"mkdir -p {db.rsplit('/', 1)[0]}", f"sqlite3 {db} < {STAGE_SQL}", "rm -rf /tmp/forge-stage"]
-        expected = {"path": out, "header": header, "rows": rows, "numeric": numeric, "db": db, "view": view, "view_query": view_query, "view_rows": view_rows}
+        expected = {
+            "path": out,
+            "header": header,
+            "rows": rows,
+            "numeric": numeric,
+            "db": db,
+            "view": view,
+            "view_query": view_query,
+            "view_rows": view_rows,
+        }
         tests = test_module(self.name, expected, SQLITE_TEST, helpers=("csv",))
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[out] + ([db] if view else []), files={STAGE_SQL: sql}, setup=setup, extra={"theme": theme})
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=[out] + ([db] if view else []),
+            files={STAGE_SQL: sql},
+            setup=setup,
+            extra={"theme": theme},
+        )

@@ -23,14 +23,50 @@ class Theme:
 
 
 THEMES = [
-    Theme("sales", ("sales.csv", "transactions.csv"), "one sale", "S", {"region": pools.REGIONS, "product": pools.PRODUCTS, "channel": pools.CHANNELS}, {"amount": (5, 900, False), "units": (1, 60, True)}),
-    Theme("inventory", ("inventory.csv", "stock.csv"), "one stock line", "I", {"warehouse": pools.WAREHOUSES, "category": pools.CATEGORIES}, {"quantity": (0, 500, True), "unit_cost": (1, 250, False)}),
-    Theme("tickets", ("tickets.csv", "incidents.csv"), "one support ticket", "T", {"team": pools.TEAMS, "priority": pools.PRIORITIES}, {"hours": (0.5, 40, False), "reopened": (0, 6, True)}),
-    Theme("traffic", ("traffic.csv", "visits.csv"), "one day of site traffic", "V", {"country": pools.COUNTRIES, "device": pools.DEVICES}, {"sessions": (1, 3000, True), "load_ms": (80, 2500, True)}),
+    Theme(
+        "sales",
+        ("sales.csv", "transactions.csv"),
+        "one sale",
+        "S",
+        {"region": pools.REGIONS, "product": pools.PRODUCTS, "channel": pools.CHANNELS},
+        {"amount": (5, 900, False), "units": (1, 60, True)},
+    ),
+    Theme(
+        "inventory",
+        ("inventory.csv", "stock.csv"),
+        "one stock line",
+        "I",
+        {"warehouse": pools.WAREHOUSES, "category": pools.CATEGORIES},
+        {"quantity": (0, 500, True), "unit_cost": (1, 250, False)},
+    ),
+    Theme(
+        "tickets",
+        ("tickets.csv", "incidents.csv"),
+        "one support ticket",
+        "T",
+        {"team": pools.TEAMS, "priority": pools.PRIORITIES},
+        {"hours": (0.5, 40, False), "reopened": (0, 6, True)},
+    ),
+    Theme(
+        "traffic",
+        ("traffic.csv", "visits.csv"),
+        "one day of site traffic",
+        "V",
+        {"country": pools.COUNTRIES, "device": pools.DEVICES},
+        {"sessions": (1, 3000, True), "load_ms": (80, 2500, True)},
+    ),
 ]
 
 STATUSES = ["completed", "refunded", "pending", "cancelled"]
-NOTES = ["late delivery, refunded later", "ok", "customer called, twice", "gift wrap", "n/a, see ticket", "priority, rush", "damaged box"]
+NOTES = [
+    "late delivery, refunded later",
+    "ok",
+    "customer called, twice",
+    "gift wrap",
+    "n/a, see ticket",
+    "priority, rush",
+    "damaged box",
+]
 MISSING = ["", "NA", "n/a"]
 
 AGGS = {  # name -> (header prefix, phrase)
@@ -75,15 +111,26 @@ def _messy(rng: random.Random, cell: str) -> str:
 
 def _awk_aggregate(group: str, value: str, aggs: list[str], where: str = "") -> str:
     """An awk program aggregating `value` by `group` over CSV input with a header per file."""
-    updates = ["n[k]++", "s[k]+=$vi", "if (!(k in mx) || $vi+0 > mx[k]) mx[k]=$vi+0", "if (!(k in mn) || $vi+0 < mn[k]) mn[k]=$vi+0"]
-    outputs = {"sum": '"%.2f", s[k]', "mean": '"%.2f", s[k]/n[k]', "max": '"%.2f", mx[k]', "min": '"%.2f", mn[k]', "count": '"%d", n[k]'}
-    parts = " ".join(f"printf \",\"; printf {outputs[a]};" for a in aggs)
+    updates = [
+        "n[k]++",
+        "s[k]+=$vi",
+        "if (!(k in mx) || $vi+0 > mx[k]) mx[k]=$vi+0",
+        "if (!(k in mn) || $vi+0 < mn[k]) mn[k]=$vi+0",
+    ]
+    outputs = {
+        "sum": '"%.2f", s[k]',
+        "mean": '"%.2f", s[k]/n[k]',
+        "max": '"%.2f", mx[k]',
+        "min": '"%.2f", mn[k]',
+        "count": '"%d", n[k]',
+    }
+    parts = " ".join(f'printf ","; printf {outputs[a]};' for a in aggs)
     cond = f" && {where}" if where else ""
     return (
         f"awk -F, -v g={group} -v v={value} '\n"
-        "  FNR==1 { for (i=1; i<=NF; i++) { h[$i]=i }; gi=h[g]; vi=h[v]; si=h[\"status\"]; next }\n"
+        '  FNR==1 { for (i=1; i<=NF; i++) { h[$i]=i }; gi=h[g]; vi=h[v]; si=h["status"]; next }\n'
         f"  NF>1{cond} {{ k=$gi; {'; '.join(updates)} }}\n"
-        f"  END {{ for (k in n) {{ printf \"%s\", k; {parts} printf \"\\n\" }} }}'"
+        f'  END {{ for (k in n) {{ printf "%s", k; {parts} printf "\\n" }} }}\''
     )
 
 
@@ -175,15 +222,25 @@ class CsvGroupBy(Family):
             where = f"The CSV files in `{src_dir}/` each hold {theme.row_noun} per row, with a header line."
 
         agg_text = "; ".join(AGGS[a][1].format(v=value) for a in aggs)
-        lines = [f"`{out}` with the header `{','.join(header)}`", f"one row per `{group}` value: {agg_text}", "numbers rounded to 2 decimals"]
+        lines = [
+            f"`{out}` with the header `{','.join(header)}`",
+            f"one row per `{group}` value: {agg_text}",
+            "numbers rounded to 2 decimals",
+        ]
         if difficulty == "medium":
             lines.insert(2, f"count only rows whose `status` is `{keep_status}`")
             lines.append(f"rows sorted by `{header[1]}`, largest first (ties by `{group}`)")
         else:
             lines.append(f"rows sorted by `{group}`")
         if difficulty == "hard":
-            where += " The data is messy: cells may carry stray spaces, blank lines occur, and quoted `note` cells contain commas."
-            lines[2:2] = [f"trim and lowercase the `{group}` values (they differ in case and spacing)", f"skip rows whose `{value}` is empty, `NA` or `n/a`"]
+            where += (
+                " The data is messy: cells may carry stray spaces, blank lines occur, "
+                "and quoted `note` cells contain commas."
+            )
+            lines[2:2] = [
+                f"trim and lowercase the `{group}` values (they differ in case and spacing)",
+                f"skip rows whose `{value}` is empty, `NA` or `n/a`",
+            ]
         instruction = f"{where}\n\nWrite a report:\n{bullets(lines)}\n"
 
         out_dir = out.rsplit("/", 1)[0]
@@ -226,10 +283,15 @@ class CsvGroupBy(Family):
             )
 
         expected = {"path": out, "header": header, "rows": table, "numeric": header[1:]}
-        tests = test_module(self.name, expected, """
+        tests = test_module(
+            self.name,
+            expected,
+            """
             def test_report_table():
                 check_csv_table(EXPECTED["path"], EXPECTED["header"], EXPECTED["rows"], set(EXPECTED["numeric"]), ordered=True)
-            """, helpers=("csv",))
+            """,
+            helpers=("csv",),
+        )
         return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[out], files=image_files)
 
 
@@ -267,9 +329,63 @@ def _host(rng: random.Random) -> str:
 
 
 JOIN_THEMES = [
-    JoinTheme("customers", "customer_id", "C", "name", "country", pools.COUNTRIES, "orders", "order_id", "orders", "amount", (5, 400), ("paid", "refunded", "pending"), "products", "sku", "quantity", "unit_price", (2, 120)),
-    JoinTheme("employees", "employee_id", "E", "name", "team", pools.TEAMS, "timesheets", "entry_id", "entries", "hours", (0.5, 9), ("approved", "rejected", "draft"), "projects", "project_code", "hours", "hourly_rate", (20, 140)),
-    JoinTheme("hosts", "host_id", "H", "hostname", "region", pools.REGIONS, "jobs", "job_id", "jobs", "cpu_minutes", (1, 300), ("succeeded", "failed", "queued"), "instance_types", "instance_type", "cpu_minutes", "price_per_minute", (0.01, 0.5)),
+    JoinTheme(
+        "customers",
+        "customer_id",
+        "C",
+        "name",
+        "country",
+        pools.COUNTRIES,
+        "orders",
+        "order_id",
+        "orders",
+        "amount",
+        (5, 400),
+        ("paid", "refunded", "pending"),
+        "products",
+        "sku",
+        "quantity",
+        "unit_price",
+        (2, 120),
+    ),
+    JoinTheme(
+        "employees",
+        "employee_id",
+        "E",
+        "name",
+        "team",
+        pools.TEAMS,
+        "timesheets",
+        "entry_id",
+        "entries",
+        "hours",
+        (0.5, 9),
+        ("approved", "rejected", "draft"),
+        "projects",
+        "project_code",
+        "hours",
+        "hourly_rate",
+        (20, 140),
+    ),
+    JoinTheme(
+        "hosts",
+        "host_id",
+        "H",
+        "hostname",
+        "region",
+        pools.REGIONS,
+        "jobs",
+        "job_id",
+        "jobs",
+        "cpu_minutes",
+        (1, 300),
+        ("succeeded", "failed", "queued"),
+        "instance_types",
+        "instance_type",
+        "cpu_minutes",
+        "price_per_minute",
+        (0.01, 0.5),
+    ),
 ]
 
 
@@ -298,8 +414,10 @@ class CsvJoin(Family):
 
         items = []
         if difficulty == "hard":
-            for i, code in enumerate(rng.sample(range(100, 999), rng.randint(4, 6))):
-                items.append({t.item_key: f"{t.item_key[:1].upper()}{code}", t.price: f"{rng.uniform(*t.price_range):.2f}"})
+            for code in rng.sample(range(100, 999), rng.randint(4, 6)):
+                items.append(
+                    {t.item_key: f"{t.item_key[:1].upper()}{code}", t.price: f"{rng.uniform(*t.price_range):.2f}"}
+                )
         price_of = {i[t.item_key]: float(i[t.price]) for i in items}
 
         active = entities if difficulty == "easy" else rng.sample(entities, max(3, n_entities - rng.randint(1, 3)))
@@ -353,21 +471,51 @@ class CsvJoin(Family):
             files[f"{d}/{t.items}.csv"] = csv_text([t.item_key, t.price], [[i[t.item_key], i[t.price]] for i in items])
 
         if difficulty == "hard":
-            intro = f"The tables `{d}/{t.entities}.csv`, `{d}/{t.events}.csv` and `{d}/{t.items}.csv` each have a header line; `{t.events}.csv` rows point to `{t.entities}.csv` by `{t.key}` and to `{t.items}.csv` by `{t.item_key}`."
+            intro = (
+                f"The tables `{d}/{t.entities}.csv`, `{d}/{t.events}.csv` and `{d}/{t.items}.csv` each "
+                f"have a header line; `{t.events}.csv` rows point to `{t.entities}.csv` by `{t.key}` and to "
+                f"`{t.items}.csv` by `{t.item_key}`."
+            )
         else:
-            intro = f"The tables `{d}/{t.entities}.csv` and `{d}/{t.events}.csv` each have a header line and share the `{t.key}` column."
-        sort_line = f"sort by `{total_col}` descending, ties by `{t.key}`" if by_total else f"sort the rows by `{t.key}`"
+            intro = (
+                f"The tables `{d}/{t.entities}.csv` and `{d}/{t.events}.csv` each have a header line "
+                f"and share the `{t.key}` column."
+            )
+        sort_line = (
+            f"sort by `{total_col}` descending, ties by `{t.key}`" if by_total else f"sort the rows by `{t.key}`"
+        )
         lines = [f"`{out}` with the header `{','.join(header)}`"]
         if difficulty == "easy":
-            lines += [f"one row per {t.entities[:-1]} that has at least one row in `{t.events}.csv`", f"`{t.count_col}`: how many {t.events} rows it has; `{total_col}`: the sum of their `{t.amount}`", sort_line]
+            lines += [
+                f"one row per {t.entities[:-1]} that has at least one row in `{t.events}.csv`",
+                f"`{t.count_col}`: how many {t.events} rows it has; `{total_col}`: the sum of their `{t.amount}`",
+                sort_line,
+            ]
         elif difficulty == "medium":
-            lines += [f"one row per {t.entities[:-1]} in `{t.entities}.csv`, including those without {t.events} (count 0, total 0)", f"only {t.events} rows whose `status` is `{keep_status}` count", f"`{t.count_col}`: how many such rows; `{total_col}`: the sum of their `{t.amount}`", sort_line]
+            lines += [
+                (
+                    f"one row per {t.entities[:-1]} in `{t.entities}.csv`, including those "
+                    f"without {t.events} (count 0, total 0)"
+                ),
+                f"only {t.events} rows whose `status` is `{keep_status}` count",
+                f"`{t.count_col}`: how many such rows; `{total_col}`: the sum of their `{t.amount}`",
+                sort_line,
+            ]
         else:
             lines += [
-                f"one row per {t.entities[:-1]} whose `{t.attr}` is `{attr_filter}`, including those without {t.events} (count 0, total 0)",
+                (
+                    f"one row per {t.entities[:-1]} whose `{t.attr}` is `{attr_filter}`, including those "
+                    f"without {t.events} (count 0, total 0)"
+                ),
                 f"only {t.events} rows whose `status` is `{keep_status}` count",
-                f"the cost of a `{t.events}.csv` row is its `{t.qty}` times the `{t.price}` of its `{t.item_key}` in `{t.items}.csv`",
-                f"`{t.key}` values in `{t.events}.csv` may be lowercase or padded with spaces: match them to `{t.entities}.csv` after trimming and uppercasing",
+                (
+                    f"the cost of a `{t.events}.csv` row is its `{t.qty}` times the `{t.price}` of its "
+                    f"`{t.item_key}` in `{t.items}.csv`"
+                ),
+                (
+                    f"`{t.key}` values in `{t.events}.csv` may be lowercase or padded with spaces: "
+                    f"match them to `{t.entities}.csv` after trimming and uppercasing"
+                ),
                 f"`{t.count_col}`: how many such rows; `{total_col}`: the sum of their costs",
                 sort_line,
             ]
@@ -380,7 +528,8 @@ class CsvJoin(Family):
             solution = (
                 f"mkdir -p {out_dir}\n"
                 f"awk -F, 'NR==FNR {{ if (FNR>1) name[$1]=$2; next }} FNR>1 {{ n[$2]++; s[$2]+=$3 }}\n"
-                f"  END {{ for (k in n) printf \"%s,%s,%d,%.2f\\n\", k, name[k], n[k], s[k] }}' {d}/{t.entities}.csv {d}/{t.events}.csv \\\n"
+                f'  END {{ for (k in n) printf "%s,%s,%d,%.2f\\n", k, name[k], n[k], s[k] }}\' {d}/'
+                f"{t.entities}.csv {d}/{t.events}.csv \\\n"
                 f"  | {'sort -t, -k4,4gr -k1,1' if by_total else 'sort -t, -k1,1'} > /tmp/joined.csv\n"
                 f"{{ echo '{','.join(header)}'; cat /tmp/joined.csv; }} > {out}\n"
             )
@@ -392,7 +541,7 @@ class CsvJoin(Family):
                     with open(f"{{d}}/{{name}}.csv", newline="") as handle:
                         return list(csv.DictReader(handle))
                 entities = rows({t.entities!r})
-                prices = {{r[{t.item_key!r}]: float(r[{t.price!r}]) for r in rows({t.items!r})}} if {difficulty == 'hard'} else {{}}
+                prices = {{r[{t.item_key!r}]: float(r[{t.price!r}]) for r in rows({t.items!r})}} if {difficulty == "hard"} else {{}}
                 totals = {{}}
                 for ev in rows({t.events!r}):
                     if ev["status"] != {keep_status!r}:
@@ -414,10 +563,15 @@ class CsvJoin(Family):
                         w.writerow([r[0], r[1], r[2], "%.2f" % r[3]])
                 """)
         expected = {"path": out, "header": header, "rows": rows, "numeric": [t.count_col, total_col]}
-        tests = test_module(self.name, expected, """
+        tests = test_module(
+            self.name,
+            expected,
+            """
             def test_joined_table():
                 check_csv_table(EXPECTED["path"], EXPECTED["header"], EXPECTED["rows"], set(EXPECTED["numeric"]), ordered=True)
-            """, helpers=("csv",))
+            """,
+            helpers=("csv",),
+        )
         return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[out], files=files)
 
 
@@ -458,7 +612,10 @@ def _dedupe_value(rng: random.Random, column: str) -> str:
 def _dedupe_key(rng: random.Random, key: str, used: set[str]) -> str:
     while True:
         if key == "email":
-            value = f"{rng.choice(pools.PEOPLE)}.{rng.choice(pools.SURNAMES).lower()}{rng.randint(1, 99)}@{rng.choice(pools.MAIL_DOMAINS)}"
+            value = (
+                f"{rng.choice(pools.PEOPLE)}.{rng.choice(pools.SURNAMES).lower()}{rng.randint(1, 99)}@"
+                f"{rng.choice(pools.MAIL_DOMAINS)}"
+            )
         elif key == "serial":
             value = f"SN-{rng.randrange(16**6):06X}"
         else:
@@ -470,7 +627,10 @@ def _dedupe_key(rng: random.Random, key: str, used: set[str]) -> str:
 
 def _stamp(rng: random.Random, used: set[str]) -> str:
     while True:
-        value = f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d} {rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}"
+        value = (
+            f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d} {rng.randint(0, 23):02d}:"
+            f"{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}"
+        )
         if value not in used:
             used.add(value)
             return value
@@ -515,11 +675,17 @@ class DedupeRecords(Family):
             sort_by_key = rng.random() < 0.5
             src = f"{root}/{src_name}"
             files[src] = csv_text(header, rows)
-            lines = [f"`{out}` with the same header and columns", "every row exactly once: drop rows that repeat an earlier row exactly"]
+            lines = [
+                f"`{out}` with the same header and columns",
+                "every row exactly once: drop rows that repeat an earlier row exactly",
+            ]
             if sort_by_key:
                 expected_rows.sort(key=lambda r: r[0])
                 lines.append(f"rows sorted by `{t.key}`")
-                solution = f"mkdir -p {out_dir}\n{{ head -n 1 {src}; tail -n +2 {src} | sort -u -t, -k1,1 | sort -t, -k1,1; }} > {out}\n"
+                solution = (
+                    f"mkdir -p {out_dir}\n{{ head -n 1 {src}; tail -n +2 {src} | sort -u -t, "
+                    f"-k1,1 | sort -t, -k1,1; }} > {out}\n"
+                )
             else:
                 lines.append("keep the remaining rows in their original order")
                 solution = f"mkdir -p {out_dir}\nawk '!seen[$0]++' {src} > {out}\n"
@@ -548,14 +714,28 @@ class DedupeRecords(Family):
                 for p in range(n_parts):
                     part = all_rows[p::n_parts]
                     files[f"{src}/part-{p + 1}.csv"] = csv_text(header, part)
-                where = f"The CSV files in `{src}/` (header line each) hold records; the same `{t.key}` may repeat across files, in any letter case, with stray spaces."
+                where = (
+                    f"The CSV files in `{src}/` (header line each) hold records; the same `{t.key}` may repeat across "
+                    "files, in any letter case, with stray spaces."
+                )
                 summary_path = f"{out_dir}/{stem}_{rng.choice(['dedup_summary', 'counts', 'stats'])}.json"
             which = "latest" if keep_latest else "earliest"
             order = f"newest `{t.stamp}` first" if by_stamp else f"sorted by `{t.key}`"
-            lines = [f"`{out}` with the header `{','.join(header)}`: one row per `{t.key}`, the one with the {which} `{t.stamp}`, {order}"]
+            lines = [
+                (
+                    f"`{out}` with the header `{','.join(header)}`: one row per `{t.key}`, "
+                    f"the one with the {which} `{t.stamp}`, {order}"
+                )
+            ]
             if difficulty == "hard":
-                lines[0] = f"`{out}` with the header `{','.join(header)}`: one row per `{t.key}` (compared trimmed and lowercase, written that way), the one with the {which} `{t.stamp}`, {order}"
-                lines.append(f"`{summary_path}`: JSON `{{\"input_rows\": <data rows read>, \"unique\": <rows written>, \"removed\": <the difference>}}`")
+                lines[0] = (
+                    f"`{out}` with the header `{','.join(header)}`: one row per `{t.key}` (compared trimmed and "
+                    f"lowercase, written that way), the one with the {which} `{t.stamp}`, {order}"
+                )
+                lines.append(
+                    f'`{summary_path}`: JSON `{{"input_rows": <data rows read>, "unique": <rows written>, '
+                    '"removed": <the difference>}`'
+                )
                 for r in expected_rows:
                     r[0] = r[0].strip().lower()
             expected_rows.sort(key=(lambda r: r[-1]) if by_stamp else (lambda r: r[0]), reverse=by_stamp)
@@ -573,7 +753,7 @@ class DedupeRecords(Family):
                             if not row:
                                 continue
                             n += 1
-                            key = row[0].strip().lower() if {difficulty == 'hard'} else row[0]
+                            key = row[0].strip().lower() if {difficulty == "hard"} else row[0]
                             row[0] = key
                             if key not in best or (row[-1] > best[key][-1]) == {keep_latest}:
                                 best[key] = row
@@ -595,7 +775,11 @@ class DedupeRecords(Family):
         outputs = [out]
         if summary_path:
             n_input = sum(len(v) for v in versions.values())
-            expected["summary"] = {"input_rows": n_input, "unique": len(expected_rows), "removed": n_input - len(expected_rows)}
+            expected["summary"] = {
+                "input_rows": n_input,
+                "unique": len(expected_rows),
+                "removed": n_input - len(expected_rows),
+            }
             outputs.append(summary_path)
             body += """
 
@@ -647,7 +831,14 @@ class CsvCleanup(Family):
             person = rng.choice(pools.PEOPLE)
             y, m, d = 2024, rng.randint(1, 12), rng.randint(1, 28)
             amount = round(rng.uniform(1, 2500), 2)
-            clean = [str(serial), f"{person.capitalize()} {rng.choice(pools.SURNAMES)}", f"{person}{rng.randint(1, 99)}@{rng.choice(pools.MAIL_DOMAINS)}", f"{y}-{m:02d}-{d:02d}", f"{amount:.2f}", rng.choice(extra_pool)]
+            clean = [
+                str(serial),
+                f"{person.capitalize()} {rng.choice(pools.SURNAMES)}",
+                f"{person}{rng.randint(1, 99)}@{rng.choice(pools.MAIL_DOMAINS)}",
+                f"{y}-{m:02d}-{d:02d}",
+                f"{amount:.2f}",
+                rng.choice(extra_pool),
+            ]
             fmt = rng.choice(formats)
             date_raw = {"iso": clean[3], "dmy": f"{d:02d}/{m:02d}/{y}", "mon": f"{MONTH_NAMES[m - 1]} {d:02d} {y}"}[fmt]
             if difficulty == "hard":
@@ -677,18 +868,26 @@ class CsvCleanup(Family):
         rules = ["trim spaces around every cell; drop blank lines", f"drop rows with an empty `{required}`"]
         if difficulty != "easy":
             fmts = {"dmy": "`DD/MM/YYYY`", "mon": "`Mon DD YYYY` (`Mar 05 2024`)"}
-            rules.append(f"`{date_col}` as `YYYY-MM-DD` (it also occurs as " + " and ".join(fmts[f] for f in formats[1:]) + ")")
+            rules.append(
+                f"`{date_col}` as `YYYY-MM-DD` (it also occurs as " + " and ".join(fmts[f] for f in formats[1:]) + ")"
+            )
         if lower_email:
             rules.append("`email` in lowercase")
         if difficulty == "hard":
-            rules.append(f"`{amount_col}` as a plain number with 2 decimals (it occurs with `$`, `USD ` and thousands separators)")
+            rules.append(
+                f"`{amount_col}` as a plain number with 2 decimals (it occurs with `$`, "
+                "`USD ` and thousands separators)"
+            )
             rules.append("then drop rows that repeat an earlier row")
         if sort_by_date:
             expected.sort(key=lambda r: (r[3], int(r[0])))
             rules.append(f"rows sorted by `{date_col}`, then by `id`")
         else:
             rules.append("rows in the original order")
-        instruction = f"`{src}` is a messy CSV export (header line). Write the cleaned table, same columns, to `{out}`:\n{bullets(rules)}\n"
+        instruction = (
+            f"`{src}` is a messy CSV export (header line). Write the cleaned table, same columns, "
+            f"to `{out}`:\n{bullets(rules)}\n"
+        )
 
         solution = f"mkdir -p {out.rsplit('/', 1)[0]}\n" + python_block(f"""
             import csv, re
@@ -713,7 +912,7 @@ class CsvCleanup(Family):
                     row[3] = clean_date(row[3])
                     if {lower_email}:
                         row[2] = row[2].lower()
-                    if {difficulty == 'hard'}:
+                    if {difficulty == "hard"}:
                         row[4] = clean_amount(row[4])
                         if tuple(row) in seen:
                             continue
@@ -727,8 +926,13 @@ class CsvCleanup(Family):
                 w.writerows(out)
             """)
         exp = {"path": out, "header": header, "rows": expected, "numeric": [amount_col]}
-        tests = test_module(self.name, exp, """
+        tests = test_module(
+            self.name,
+            exp,
+            """
             def test_cleaned_table():
                 check_csv_table(EXPECTED["path"], EXPECTED["header"], EXPECTED["rows"], set(EXPECTED["numeric"]), ordered=True)
-            """, helpers=("csv",))
+            """,
+            helpers=("csv",),
+        )
         return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[out], files=files)

@@ -89,7 +89,7 @@ class UserAccounts(Family):
         names = pick(rng, pools.PEOPLE, 8)
         rng.shuffle(names)
         new_users = names[: rng.randint(2, 4)]
-        leaving = names[4: 4 + rng.randint(1, 2)] if difficulty != "easy" else []
+        leaving = names[4 : 4 + rng.randint(1, 2)] if difficulty != "easy" else []
         staying = names[6:7] if difficulty != "easy" else []
         folder = rng.choice(["/home/user/onboarding", "/srv/hr/onboarding", "/root/onboarding"])
         csv_path = f"{folder}/{rng.choice(['accounts.csv', 'new_accounts.csv', 'users.csv'])}"
@@ -114,7 +114,10 @@ class UserAccounts(Family):
                 expires = datetime.date(2027, 1, 1) + datetime.timedelta(days=rng.randint(0, 700))
                 row += [str(uids[i]), expires.isoformat()]
                 want.update(uid=uids[i], expires=expires.isoformat())
-                key = f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{''.join(rng.choice('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789') for _ in range(43))} {user}@laptop"
+                random_part = "".join(
+                    rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789") for _ in range(43)
+                )
+                key = f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{random_part} {user}@laptop"
                 files[f"{folder}/{keys_dir}/{user}.pub"] = key + "\n"
                 keys[user] = key
             rows.append(row)
@@ -129,7 +132,9 @@ class UserAccounts(Family):
 
         rules = [
             f"home directory `{home_base}/<username>`; login shell and full name (comment field) from the file",
-            "member of the groups in the `groups` column (`;`-separated)" + (f" and of `{common}`" if common else "") + "; create missing groups",
+            "member of the groups in the `groups` column (`;`-separated)"
+            + (f" and of `{common}`" if common else "")
+            + "; create missing groups",
         ]
         if policy == "expire":
             rules.append("password expired, so it must be changed at first login")
@@ -138,31 +143,61 @@ class UserAccounts(Family):
         if difficulty == "hard":
             rules += [
                 "user ID from the `uid` column, account expiry date from the `expires` column",
-                f"`{folder}/{keys_dir}/<username>.pub` installed as `~/.ssh/authorized_keys` (`.ssh` mode `700`, the file `600`, both owned by the user)",
+                (
+                    f"`{folder}/{keys_dir}/<username>.pub` installed as `~/.ssh/authorized_keys` (`.ssh` mode `700`, "
+                    "the file `600`, both owned by the user)"
+                ),
             ]
-        instruction = f"Create the user accounts listed in `{csv_path}` (CSV with a header line), each with:\n{bullets(rules)}\n"
+        instruction = (
+            f"Create the user accounts listed in `{csv_path}` (CSV with a header line), each with:\n{bullets(rules)}\n"
+        )
         if offboard:
             instruction += f"\nThen delete the accounts listed in `{offboard}` and their home directories.\n"
 
         sol = [
-            f"tail -n +2 {csv_path} | while IFS=, read -r user full shell groups {'uid expires' if difficulty == 'hard' else ''}; do",
-            f"  groups=\"$groups{';' + common if common else ''}\"",
-            "  for g in ${groups//;/ }; do getent group \"$g\" >/dev/null || groupadd \"$g\"; done",
+            (
+                f"tail -n +2 {csv_path} | while IFS=, read -r user full shell "
+                f"groups {'uid expires' if difficulty == 'hard' else ''}; do"
+            ),
+            f'  groups="$groups{";" + common if common else ""}"',
+            '  for g in ${groups//;/ }; do getent group "$g" >/dev/null || groupadd "$g"; done',
             f"  mkdir -p {home_base}",
-            f"  useradd -m -d {home_base}/$user -s \"$shell\" -c \"$full\" -G \"${{groups//;/,}}\"" + (" -u \"$uid\" -e \"$expires\"" if difficulty == "hard" else "") + " \"$user\"",
+            f'  useradd -m -d {home_base}/$user -s "$shell" -c "$full" -G "${{groups//;/,}}"'
+            + (' -u "$uid" -e "$expires"' if difficulty == "hard" else "")
+            + ' "$user"',
         ]
         if policy == "expire":
-            sol.append("  passwd -e \"$user\" >/dev/null")
+            sol.append('  passwd -e "$user" >/dev/null')
         elif policy == "inactive":
-            sol.append(f"  chage -I {inactive_days} \"$user\"")
+            sol.append(f'  chage -I {inactive_days} "$user"')
         if difficulty == "hard":
             sol += [
-                f"  install -d -m 700 -o \"$user\" -g \"$user\" {home_base}/$user/.ssh",
-                f"  install -m 600 -o \"$user\" -g \"$user\" {folder}/{keys_dir}/$user.pub {home_base}/$user/.ssh/authorized_keys",
+                f'  install -d -m 700 -o "$user" -g "$user" {home_base}/$user/.ssh',
+                (
+                    f'  install -m 600 -o "$user" -g "$user" {folder}/{keys_dir}/$user.pub '
+                    f"{home_base}/$user/.ssh/authorized_keys"
+                ),
             ]
         sol.append("done")
         if offboard:
-            sol.append(f"while read -r user; do [ -n \"$user\" ] && userdel -r \"$user\" 2>/dev/null || true; done < {offboard}")
-        expected = {"users": users, "removed": leaving, "kept": staying, "keys": keys, "home_base": home_base, "policy": policy, "inactive_days": inactive_days}
+            sol.append(
+                f'while read -r user; do [ -n "$user" ] && userdel -r "$user" 2>/dev/null || true; done < {offboard}'
+            )
+        expected = {
+            "users": users,
+            "removed": leaving,
+            "kept": staying,
+            "keys": keys,
+            "home_base": home_base,
+            "policy": policy,
+            "inactive_days": inactive_days,
+        }
         tests = test_module(self.name, expected, ACCOUNTS_TEST)
-        return Draft(instruction=instruction, tests=tests, solution="\n".join(sol) + "\n", outputs=[home_base], files=files, setup=setup)
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution="\n".join(sol) + "\n",
+            outputs=[home_base],
+            files=files,
+            setup=setup,
+        )

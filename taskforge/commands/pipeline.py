@@ -3,6 +3,9 @@ generate -> validate -> held-out transcripts -> expert SFT -> RL -> eval -> env 
 
 `taskforge demo` runs it at small size; benchmarks/echo_repro.py runs the same stages as a study
 (three RL modes x seeds). Every stage resumes from its files, so an interrupted run continues.
+
+It lives in the command layer because it composes taskforge's stages with trainer/ (which
+taskforge's core never imports).
 """
 
 from __future__ import annotations
@@ -67,7 +70,9 @@ def held_out_transcripts(val_dir: Path, out: Path) -> Path:
 def sft_start(size: PipelineSize, train_dir: Path, out: Path) -> Path:
     from trainer.sft import SFTConfig, sft
 
-    config = SFTConfig(tasks=str(train_dir), epochs=size.sft_epochs, lr=size.sft_lr, demonstrator="explorer", max_turns=size.max_turns)
+    config = SFTConfig(
+        tasks=str(train_dir), epochs=size.sft_epochs, lr=size.sft_lr, demonstrator="explorer", max_turns=size.max_turns
+    )
     return sft(config, out / "sft", log=log)
 
 
@@ -75,9 +80,18 @@ def train_mode(mode: str, seed: int, start: Path, train_dir: Path, run_dir: Path
     from trainer.train import TrainConfig, train
 
     config = TrainConfig(
-        mode=mode, tasks=str(train_dir), policy=str(start), steps=size.rl_steps, tasks_per_step=size.tasks_per_step, group_size=size.group_size,
-        env_coef=None if mode == "grpo" else (size.env_coef if mode == "echo" else 1.0), lr=size.rl_lr, max_turns=size.max_turns,
-        max_new_tokens=size.max_new_tokens, checkpoint_every=max(1, size.rl_steps), seed=seed,
+        mode=mode,
+        tasks=str(train_dir),
+        policy=str(start),
+        steps=size.rl_steps,
+        tasks_per_step=size.tasks_per_step,
+        group_size=size.group_size,
+        env_coef=None if mode == "grpo" else (size.env_coef if mode == "echo" else 1.0),
+        lr=size.rl_lr,
+        max_turns=size.max_turns,
+        max_new_tokens=size.max_new_tokens,
+        checkpoint_every=max(1, size.rl_steps),
+        seed=seed,
     )
     return train(config, run_dir, log=log)
 
@@ -87,20 +101,23 @@ def evaluate_checkpoint(checkpoint: Path, val_dir: Path, run_dir: Path, size: Pi
     import torch
 
     from taskforge.agent.episode import EpisodeConfig
-    from taskforge.evaluate import checkpoint_policy_factory, evaluate
+    from taskforge.evaluate import evaluate
     from taskforge.tasks import discover_task_dirs, load_task
+    from trainer.checkpoint_eval import checkpoint_policy_factory
     from trainer.train import TINY_SYSTEM_PROMPT
 
     torch.manual_seed(seed)
     tasks = [load_task(d) for d in discover_task_dirs([val_dir])]
     factory = checkpoint_policy_factory(str(checkpoint), temperature=0.6, max_new_tokens=size.max_new_tokens)
-    episode = EpisodeConfig(max_turns=size.max_turns, command_timeout_sec=10.0, max_output_chars=2000, system_prompt=TINY_SYSTEM_PROMPT)
+    episode = EpisodeConfig(
+        max_turns=size.max_turns, command_timeout_sec=10.0, max_output_chars=2000, system_prompt=TINY_SYSTEM_PROMPT
+    )
     summary, _ = evaluate(tasks, run_dir, factory, attempts=size.eval_attempts, concurrency=2, episode=episode)
     return summary.model_dump()
 
 
 def env_ce(checkpoint: Path, transcripts: Path) -> float:
-    from taskforge.evaluate import env_ce_of_checkpoint
+    from trainer.checkpoint_eval import env_ce_of_checkpoint
 
     return env_ce_of_checkpoint(str(checkpoint), [transcripts])["after"]
 

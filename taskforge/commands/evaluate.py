@@ -1,0 +1,180 @@
+"""`taskforge eval` and `taskforge env-ce`: how well a policy does, and how well it predicts the terminal."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from taskforge.commands.common import (
+    PathsArg,
+    RunOption,
+    RunsDirOption,
+    console,
+    exits_on_failure,
+    fail,
+    load_tasks_or_exit,
+    run_dir_for,
+)
+
+
+def eval_command(
+    tasks: PathsArg,
+    policy: Annotated[
+        str | None,
+        typer.Option(help="A checkpoint directory (runs/<run>/checkpoints/step-N) or 'tiny', run in-process."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Or: a model behind an OpenAI-compatible endpoint.")
+    ] = None,
+    base_url: Annotated[str | None, typer.Option(help="The endpoint of --model (default: $OPENAI_BASE_URL).")] = None,
+    attempts: Annotated[
+        int, typer.Option("--attempts", "-k", min=1, help="Attempts per task (pass@k for k up to this).")
+    ] = 1,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-n", min=1, help="Sandboxes at once.")] = 2,
+    max_turns: Annotated[int, typer.Option(help="Policy replies per episode.")] = 16,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (the paper evaluates at 0.6).")] = 0.6,
+    max_tokens: Annotated[int, typer.Option(help="Tokens per reply.")] = 256,
+    env_ce_on: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Also measure --policy's environment-token CE on these stored transcripts (another policy's run)."
+        ),
+    ] = None,
+    run: RunOption = None,
+    runs_dir: RunsDirOption = Path("runs"),
+) -> None:
+    from taskforge.agent.episode import EpisodeConfig
+    from taskforge.evaluate import evaluate
+
+    if (policy is None) == (model is None):
+        raise fail("pass exactly one of --policy CHECKPOINT or --model NAME")
+    if env_ce_on and policy is None:
+        raise fail("--env-ce-on needs --policy (the env CE is measured on a checkpoint)")
+    _, loaded = load_tasks_or_exit(tasks)
+    episode = EpisodeConfig(max_turns=max_turns)
+    if policy is not None:
+        from trainer.checkpoint_eval import checkpoint_policy_factory
+        from trainer.model import PolicyLoadError
+
+        try:
+            factory = checkpoint_policy_factory(policy, temperature=temperature, max_new_tokens=max_tokens)
+        except PolicyLoadError as exc:
+            raise fail(str(exc)) from None
+    else:
+        from taskforge.agent.openai_policy import ChatConfig, OpenAIChatPolicy
+
+        chat_policy = OpenAIChatPolicy(
+            ChatConfig(
+                model=model,
+                base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
+                temperature=temperature,
+                max_tokens=max_tokens,
+            )
+        )
+        factory = lambda: chat_policy  # noqa: E731 - one client shared by all attempts
+    settings = {
+        "tasks": sorted(str(t.path) for t in loaded),
+        "policy": policy,
+        "model": model,
+        "base_url": base_url,
+        "attempts": attempts,
+        "max_turns": max_turns,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+    }
+    run_dir = run_dir_for(runs_dir, run, "eval", settings)
+    with exits_on_failure("attempts"):
+        summary, not_recorded = evaluate(
+            loaded, run_dir, factory, attempts=attempts, concurrency=concurrency, episode=episode
+        )
+    if env_ce_on:
+        from trainer.checkpoint_eval import env_ce_of_checkpoint, write_env_ce
+
+        result = env_ce_of_checkpoint(policy, list(env_ce_on))
+        write_env_ce(run_dir, result)
+        summary.env_ce = result["after"]
+    print_eval(summary)
+    console.print(f"episodes: {run_dir / 'trials'}; summary: {run_dir / 'eval.json'}")
+    if not_recorded:
+        raise fail(
+            f"{len(not_recorded)} attempt(s) could not run; run the same command again to retry them:\n  "
+            + "\n  ".join(not_recorded[:5]),
+            1,
+        )
+
+
+def print_eval(summary) -> None:
+    from taskforge.report import format_number, format_percent
+
+    table = Table(title=escape(f"eval {summary.name}"))
+    for column in ("group", "tasks", "pass@1", "pass@k", "timeouts", "turns", "tokens in/out"):
+        table.add_column(column, justify="left" if column == "group" else "right")
+    rows = [("all", summary.overall)] if summary.overall else []
+    for attribute in ("by_domain", "by_difficulty", "by_family"):
+        rows += [(f"{attribute[3:]}: {name}", stats) for name, stats in getattr(summary, attribute).items()]
+    for name, stats in rows:
+        pass_k = ", ".join(f"@{k} {format_percent(v)}" for k, v in stats.pass_at_k.items() if k > 1) or "-"
+        tokens = f"{format_number(stats.mean_input_tokens, 0)}/{format_number(stats.mean_output_tokens, 0)}"
+        table.add_row(
+            escape(name),
+            str(stats.n_tasks),
+            format_percent(stats.pass_at_1),
+            pass_k,
+            format_percent(stats.timeout_rate),
+            format_number(stats.mean_turns),
+            tokens,
+        )
+    console.print(table)
+    if summary.env_ce is not None:
+        console.print(f"environment-token CE on held-out transcripts: {summary.env_ce:.3f} nats/token")
+
+
+# The help text, set here rather than as a docstring: typer would print a wrapped docstring's line
+# breaks in `taskforge --help`.
+eval_command.__doc__ = (
+    "Evaluate a checkpoint or an API model: pass@1 and unbiased pass@k, timeouts, turns and tokens, "
+    "per family, domain and difficulty."
+)
+
+
+def env_ce_command(
+    checkpoint: Annotated[str, typer.Argument(help="The checkpoint to score ('tiny' or a checkpoint directory).")],
+    transcripts: Annotated[
+        list[Path],
+        typer.Argument(help="Stored episodes another policy played: run directories or transcript.json files."),
+    ],
+    before: Annotated[
+        str | None, typer.Option(help="Also score this checkpoint (e.g. the starting point) on the same transcripts.")
+    ] = None,
+    write: Annotated[
+        Path | None, typer.Option(help="Write env_ce.json into this run directory (the report shows it).")
+    ] = None,
+) -> None:
+    from trainer.checkpoint_eval import env_ce_of_checkpoint, write_env_ce
+    from trainer.model import PolicyLoadError
+
+    try:
+        result = env_ce_of_checkpoint(checkpoint, transcripts, before=before)
+    except (PolicyLoadError, FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    line = (
+        f"env CE {result['after']:.4f} nats/token over {int(result['n_sequences'])} sequences "
+        f"({int(result['n_obs_tokens'])} observation tokens)"
+    )
+    if before is not None:
+        line += f"; before: {result['before']:.4f}"
+    console.print(line)
+    if write is not None:
+        console.print(f"written: {write_env_ce(write, result)}")
+
+
+# The help text, set here rather than as a docstring: typer would print a wrapped docstring's line
+# breaks in `taskforge --help`.
+env_ce_command.__doc__ = (
+    "Environment-token cross-entropy of a checkpoint on held-out rollouts, as the paper measures world-model quality."
+)

@@ -1,0 +1,53 @@
+"""`taskforge report`: runs side by side, as terminal tables, report.md, report.html and PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from taskforge.commands.common import console, err, fail, sorted_resolved
+
+
+def report(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run directories (runs/<run>) or Harbor job directories (jobs/<job>).")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where report.md, report.html and the PNG plots go (default: runs/report-<hash of the runs>)."
+        ),
+    ] = None,
+) -> None:
+    """Compare runs side by side: pass@1 (with CI), timeouts, turns, tokens, env-token CE."""
+    from taskforge.report import RunNotFoundError, comparison_rows, load_run, write_report
+    from taskforge.runner import run_name
+
+    try:
+        summaries = [load_run(path) for path in runs]
+    except RunNotFoundError as exc:
+        raise fail(str(exc)) from None
+    table = Table(title="runs")
+    for column in ("run", "pass@1 (95% CI)", "timeouts", "turns", "tokens in/out", "env CE"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for row in comparison_rows(summaries):
+        env_ce = row["env CE"] if row["env CE before"] == "-" else f"{row['env CE before']} -> {row['env CE']}"
+        table.add_row(
+            escape(row["run"]),
+            f"{row['pass@1']} ({row['95% CI']})",
+            row["timeouts"],
+            row["turns"],
+            f"{row['input tokens']}/{row['output tokens']}",
+            env_ce,
+        )
+    console.print(table)
+    for s in summaries:
+        for problem in s.missing:
+            err.print(f"[yellow]incomplete[/] {escape(s.name)}: {escape(problem)}")
+    out_dir = out or Path("runs") / run_name("report", {"runs": sorted_resolved(runs)})
+    md_path, html_path = write_report(summaries, out_dir)
+    console.print(f"report: {html_path} (and {md_path})")

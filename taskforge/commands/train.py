@@ -1,0 +1,199 @@
+"""`taskforge train sft|echo|grpo|env-only` and `taskforge serve`: the trainer's commands.
+
+The command layer is the only part of taskforge that imports trainer/ (lazily, inside the
+commands, so `generate` and `filter` never load torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from taskforge.commands.common import RunsDirOption, console, exits_on_failure, fail, run_dir_for
+
+train_app = typer.Typer(
+    help="Train a policy: sft (expert baseline), echo, grpo, env-only (verifier-free).", no_args_is_help=True
+)
+
+# Paragraphs are single lines: typer keeps a paragraph's line breaks in the help it prints.
+_TRAIN_HELP = (
+    "Train with {mode}: rollouts of the current policy in Docker sandboxes, {what}.\n"
+    "\n"
+    "Writes runs/<run>/metrics.jsonl (one line per step) and checkpoints/step-N; running the same command again "
+    "resumes from the last checkpoint (the default run name is derived from the settings).\n"
+    "\n"
+    "Defaults suit the tiny CPU model; --preset paper gives the paper's hyperparameters (lr 1e-6, lambda 0.05, "
+    "16 tasks x 16 samples, 16 turns, temperature 0.8, 2048 tokens per turn). Settings come from flags, "
+    "or from --config FILE (JSON or TOML with TrainConfig's field names)."
+)
+
+
+def _make_rl_command(mode: str, what: str):
+    def command(
+        tasks: Annotated[Path, typer.Option(help="Task set to train on.")] = Path("tasks/sample"),
+        steps: Annotated[int | None, typer.Option(help="Optimizer steps (rollout batches).")] = None,
+        group_size: Annotated[
+            int | None, typer.Option("--group-size", "-g", help="Rollouts per task per step (the GRPO group).")
+        ] = None,
+        tasks_per_step: Annotated[int | None, typer.Option(help="Tasks per step.")] = None,
+        env_coef: Annotated[
+            float | None,
+            typer.Option("--lambda", help="lambda, the env-CE coefficient (echo: 0.05, env-only: 1.0 by default)."),
+        ] = None,
+        lambda_schedule: Annotated[str | None, typer.Option(help="constant | linear | step")] = None,
+        lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+        policy: Annotated[
+            str | None,
+            typer.Option(help="tiny (offline default), a checkpoint dir (e.g. an SFT run's), or a HF model."),
+        ] = None,
+        max_turns: Annotated[int | None, typer.Option(help="Policy replies per episode.")] = None,
+        max_new_tokens: Annotated[int | None, typer.Option(help="Tokens per reply.")] = None,
+        temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+        checkpoint_every: Annotated[int | None, typer.Option(help="Save a checkpoint every N steps.")] = None,
+        concurrency: Annotated[int | None, typer.Option(help="Sandboxes running at once.")] = None,
+        sampler_url: Annotated[
+            str | None,
+            typer.Option(
+                help="Sample from this OpenAI-compatible server (vLLM token-id extension) instead of in-process."
+            ),
+        ] = None,
+        seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
+        preset: Annotated[
+            str, typer.Option(help="tiny (CPU defaults) or paper (the paper's hyperparameters).")
+        ] = "tiny",
+        config_file: Annotated[
+            Path | None, typer.Option("--config", help="JSON or TOML file of settings; flags override it.")
+        ] = None,
+        run: Annotated[
+            str | None, typer.Option(help="Run name (default derived from the settings); an existing run resumes.")
+        ] = None,
+        runs_dir: RunsDirOption = Path("runs"),
+    ) -> None:
+        from trainer.train import TrainConfig, train
+
+        overrides = dict(
+            tasks=str(tasks),
+            steps=steps,
+            group_size=group_size,
+            tasks_per_step=tasks_per_step,
+            env_coef=env_coef,
+            lambda_schedule=lambda_schedule,
+            lr=lr,
+            policy=policy,
+            max_turns=max_turns,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            checkpoint_every=checkpoint_every,
+            concurrency=concurrency,
+            sampler_url=sampler_url,
+            seed=seed,
+        )
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        try:
+            if config_file is not None:
+                config = TrainConfig.from_file(config_file, mode=mode, **overrides)
+            elif preset == "paper":
+                config = TrainConfig.paper(mode=mode, **overrides)
+            elif preset == "tiny":
+                config = TrainConfig(mode=mode, **overrides)
+            else:
+                raise ValueError(f"--preset must be tiny or paper, not {preset!r}")
+            config.loss_config()
+        except (ValueError, OSError) as exc:
+            raise fail(str(exc)) from None
+        run_dir = run_dir_for(runs_dir, run, mode, asdict(config))
+        try:
+            with exits_on_failure("steps"):
+                final = train(config, run_dir, log=console.print)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+        console.print(
+            f"done: {final}  (metrics: {run_dir / 'metrics.jsonl'}; compare runs with `taskforge report {run_dir}`)"
+        )
+
+    command.__doc__ = _TRAIN_HELP.format(mode=mode, what=what)
+    return command
+
+
+train_app.command("echo")(
+    _make_rl_command("echo", "loss = GRPO on action tokens + lambda x CE of the observation tokens")
+)
+train_app.command("grpo")(_make_rl_command("grpo", "loss = GRPO on action tokens only (lambda 0)"))
+train_app.command("env-only")(
+    _make_rl_command("env-only", "loss = CE of the observation tokens only: verifier-free, the reward is not used")
+)
+
+
+@train_app.command("sft")
+def train_sft(
+    tasks: Annotated[Path, typer.Option(help="Task set whose solutions are the demonstrations.")] = Path(
+        "tasks/sample"
+    ),
+    epochs: Annotated[int, typer.Option(help="Passes over the demonstrations.")] = 20,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    policy: Annotated[str, typer.Option(help="Model to start from.")] = "tiny",
+    env_coef: Annotated[
+        float, typer.Option("--lambda", help="Add lambda x env CE on the demonstrations' observations.")
+    ] = 0.0,
+    demonstrator: Annotated[
+        str,
+        typer.Option(help="oracle-text (the solution, then DONE) or explorer (ls and head first, then the solution)."),
+    ] = "oracle-text",
+    run: Annotated[
+        str | None, typer.Option(help="Run name (default derived from the settings, so re-running resumes).")
+    ] = None,
+    runs_dir: RunsDirOption = Path("runs"),
+) -> None:
+    from trainer.sft import SFTConfig, sft
+
+    if demonstrator not in ("oracle-text", "explorer"):
+        raise fail(f"--demonstrator must be oracle-text or explorer, not {demonstrator!r}")
+    config = SFTConfig(
+        tasks=str(tasks), epochs=epochs, lr=lr, policy=policy, env_coef=env_coef, demonstrator=demonstrator
+    )
+    run_dir = run_dir_for(runs_dir, run, "sft", asdict(config))
+    try:
+        with exits_on_failure("demonstrations"):
+            final = sft(config, run_dir, log=console.print)
+    except RuntimeError as exc:
+        raise fail(str(exc), 1) from None
+    console.print(f"done: {final}  (start RL from it with --policy {final})")
+
+
+# The help text, set here rather than as a docstring: typer would print a wrapped docstring's line
+# breaks in `taskforge --help`.
+train_sft.__doc__ = (
+    "Expert SFT (the paper's baseline): run every task's solution through the agent loop in Docker, "
+    "keep the transcripts the verifier scores 1.0, and fine-tune on their action tokens."
+)
+
+
+def serve(
+    checkpoint: Annotated[
+        str, typer.Argument(help="A checkpoint directory (runs/<run>/checkpoints/step-N) or 'tiny'.")
+    ],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    model_name: Annotated[
+        str | None, typer.Option(help="Model id clients send (default: the checkpoint's folder name).")
+    ] = None,
+) -> None:
+    """Serve a checkpoint as an OpenAI-compatible endpoint (chat completions, completions over token
+    ids, usage, logprobs and vLLM's return_token_ids), for Harbor's agents or `taskforge filter`."""
+    from trainer.model import PolicyLoadError, load_policy
+    from trainer.serve import CheckpointServer
+
+    try:
+        model, tokenizer = load_policy(checkpoint)
+    except PolicyLoadError as exc:
+        raise fail(str(exc)) from None
+    name = model_name or (Path(checkpoint).name if checkpoint != "tiny" else "tiny")
+    server = CheckpointServer(model, tokenizer, model_name=name, host=host, port=port)
+    console.print(f"serving {checkpoint} as model {name!r} at {server.base_url} (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.stop()
