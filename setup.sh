@@ -97,6 +97,9 @@ case "${1:-demo}" in
     exec "$VENV/bin/taskforge" demo ;;
   test)
     setup "dev,train,report"
+    say "checking lint and format (ruff, settings in pyproject.toml)"
+    "$VENV/bin/ruff" check --quiet . || die "ruff found problems (above); \`.venv/bin/ruff check --fix .\` fixes many"
+    "$VENV/bin/ruff" format --check --quiet . || die "files are not formatted (above); run \`.venv/bin/ruff format .\`"
     say "running the test suite"
     exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "${@:2}" ;;
   *)
