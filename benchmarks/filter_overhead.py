@@ -23,7 +23,6 @@ sys.path.insert(0, str(REPO))
 
 from harbor.models.trial.result import TrialResult  # noqa: E402
 
-from taskforge.agent.loop import TRANSCRIPT_FILE, read_transcript  # noqa: E402
 from taskforge.agent.openai_policy import ChatConfig, OpenAIChatPolicy  # noqa: E402
 from taskforge.filter import FilterConfig, filter_tasks  # noqa: E402
 from taskforge.runner import Ledger  # noqa: E402
@@ -31,7 +30,7 @@ from taskforge.sandbox.docker import wait_for_removals  # noqa: E402
 from taskforge.tasks import TaskLoadError, discover_task_dirs, load_task  # noqa: E402
 from taskforge.testing.openai_server import ScriptedOpenAIServer  # noqa: E402
 from taskforge.testing.scripts import competent  # noqa: E402
-from taskforge.trial import TrialRecord, image_for  # noqa: E402
+from taskforge.trial import TRANSCRIPT_FILE, TrialRecord, image_for, read_transcript  # noqa: E402  # noqa: E402
 
 TARGET_OVERHEAD_SEC = 1.5
 
@@ -66,7 +65,13 @@ def main() -> None:
         policy = OpenAIChatPolicy(ChatConfig(model="test-model", base_url=server.base_url))
         run_dir = Path(tmp) / "run"
         started = time.monotonic()
-        report = filter_tasks(tasks, run_dir, lambda: policy, FilterConfig(attempts=args.attempts, concurrency=args.concurrency), out_dir=Path(tmp))
+        report = filter_tasks(
+            tasks,
+            run_dir,
+            lambda: policy,
+            FilterConfig(attempts=args.attempts, concurrency=args.concurrency),
+            out_dir=Path(tmp),
+        )
         wait_for_removals()  # container removal runs in the background; count it in the wall time
         wall = time.monotonic() - started
 
@@ -86,14 +91,28 @@ def main() -> None:
     mean = statistics.mean
     overhead = mean(overheads)
     print(f"attempts: {n} ({passed} passed), wall {wall:.1f} s, server busy {server.busy_seconds:.2f} s")
-    print(f"throughput: {n / wall * 60:.1f} attempts/min ({wall / n:.2f} s of wall time per attempt at concurrency {args.concurrency})")
-    print(f"overhead per attempt (attempt wall time minus time waiting on the model server): mean {overhead:.2f} s, "
-          f"median {statistics.median(overheads):.2f} s, p90 {sorted(overheads)[int(0.9 * (n - 1))]:.2f} s, max {max(overheads):.2f} s")
-    print(f"  sandbox start {mean(setup):.2f} s | commands (agent phase minus model wait) {mean(agent_exec):.2f} s | "
-          f"verifier {mean(verifier):.2f} s | rest (bookkeeping, result files) {overhead - mean(setup) - mean(agent_exec) - mean(verifier):.2f} s")
-    print(f"  model wait per attempt: mean {mean(waits) * 1000:.0f} ms (scripted server, {len(server.requests)} requests)")
+    print(
+        f"throughput: {n / wall * 60:.1f} attempts/min "
+        f"({wall / n:.2f} s of wall time per attempt at concurrency {args.concurrency})"
+    )
+    print(
+        f"overhead per attempt (attempt wall time minus time waiting on the model server): mean {overhead:.2f} s, "
+        f"median {statistics.median(overheads):.2f} s, p90 {sorted(overheads)[int(0.9 * (n - 1))]:.2f} s, "
+        f"max {max(overheads):.2f} s"
+    )
+    print(
+        f"  sandbox start {mean(setup):.2f} s | commands (agent phase minus model wait) {mean(agent_exec):.2f} s | "
+        f"verifier {mean(verifier):.2f} s | rest (bookkeeping, result files) "
+        f"{overhead - mean(setup) - mean(agent_exec) - mean(verifier):.2f} s"
+    )
+    print(
+        f"  model wait per attempt: mean {mean(waits) * 1000:.0f} ms (scripted server, {len(server.requests)} requests)"
+    )
     verdict = "meets" if overhead <= TARGET_OVERHEAD_SEC else "MISSES"
-    print(f"target <= {TARGET_OVERHEAD_SEC} s per attempt: {verdict} ({overhead:.2f} s); kept {len(report.kept)}/{len(report.tasks)} tasks")
+    print(
+        f"target <= {TARGET_OVERHEAD_SEC} s per attempt: {verdict} ({overhead:.2f} s); "
+        f"kept {len(report.kept)}/{len(report.tasks)} tasks"
+    )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,9 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
     self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"tasks:           {args.n} ({len(summary['by_family'])} families, {summary['redrawn']} redrawn as duplicates)")
+    print(
+        f"tasks:           {args.n} ({len(summary['by_family'])} families, {summary['redrawn']} redrawn as duplicates)"
+    )
     print(f"wall time:       {wall:.1f} s  (jobs={args.jobs})")
     print(f"throughput:      {args.n / wall:.0f} tasks/s")
     print(f"peak RSS:        main {self_rss:.0f} MB, largest worker {child_rss:.0f} MB")

@@ -51,6 +51,7 @@ NAIVE_PEAK_COPIES = 3  # logits-sized fp32 tensors alive at once in the naive ba
 
 # ----- subprocess workers --------------------------------------------------------------------
 
+
 def make_inputs(tokens: int, vocab: int, hidden: int) -> tuple[torch.Tensor, ...]:
     generator = torch.Generator().manual_seed(0)
     states = torch.randn(tokens, hidden, generator=generator).requires_grad_()
@@ -101,8 +102,22 @@ def measure_timing(args: argparse.Namespace) -> dict:
 
 
 def measure(mode: str, tokens: int, args: argparse.Namespace, save: Path | None = None) -> dict:
-    command = [sys.executable, __file__, "--worker", mode, "--tokens", str(tokens), "--vocab", str(args.vocab),
-               "--hidden", str(args.hidden), "--chunk-size", str(args.chunk_size), "--threads", str(args.threads)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        mode,
+        "--tokens",
+        str(tokens),
+        "--vocab",
+        str(args.vocab),
+        "--hidden",
+        str(args.hidden),
+        "--chunk-size",
+        str(args.chunk_size),
+        "--threads",
+        str(args.threads),
+    ]
     if save is not None:
         command += ["--save", str(save)]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -110,6 +125,7 @@ def measure(mode: str, tokens: int, args: argparse.Namespace, save: Path | None 
 
 
 # ----- memory comparison ---------------------------------------------------------------------
+
 
 def memory_comparison(args: argparse.Namespace) -> dict:
     naive_estimate = NAIVE_PEAK_COPIES * args.tokens * args.vocab * 4
@@ -120,15 +136,22 @@ def memory_comparison(args: argparse.Namespace) -> dict:
             compare_tokens = args.tokens
         else:
             small = [args.tokens // 8, args.tokens // 4]
-            naive_points = [(t, measure("naive", t, args, Path(scratch, "naive.pt") if t == small[-1] else None))
-                            for t in small]
+            naive_points = [
+                (t, measure("naive", t, args, Path(scratch, "naive.pt") if t == small[-1] else None)) for t in small
+            ]
             compare_tokens = small[-1]
         measure("chunked", compare_tokens, args, Path(scratch, "chunked.pt"))
         differences = compare_outputs(Path(scratch, "chunked.pt"), Path(scratch, "naive.pt"))
     naive_peak, extrapolated = naive_peak_at(args.tokens, naive_points)
-    return {"chunked": chunked, "naive_points": naive_points, "naive_peak": naive_peak,
-            "extrapolated": extrapolated, "naive_estimate": naive_estimate,
-            "compare_tokens": compare_tokens, **differences}
+    return {
+        "chunked": chunked,
+        "naive_points": naive_points,
+        "naive_peak": naive_peak,
+        "extrapolated": extrapolated,
+        "naive_estimate": naive_estimate,
+        "compare_tokens": compare_tokens,
+        **differences,
+    }
 
 
 def naive_peak_at(tokens: int, points: list[tuple[int, dict]]) -> tuple[float, bool]:
@@ -146,13 +169,22 @@ def compare_outputs(chunked_path: Path, naive_path: Path) -> dict:
 
 # ----- time: echo vs grpo step ---------------------------------------------------------------
 
+
 def step_time_comparison(args: argparse.Namespace) -> dict:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=8192, hidden_size=128, intermediate_size=512, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=True)
+    config = Qwen3Config(
+        vocab_size=8192,
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        tie_word_embeddings=True,
+    )
     model = Qwen3ForCausalLM(config)
     batch, length = 2, 1024
     input_ids = torch.randint(0, config.vocab_size, (batch, length))
@@ -176,22 +208,33 @@ def step_time_comparison(args: argparse.Namespace) -> dict:
     step("echo"), step("grpo")  # warm-up
     times: dict[str, list[float]] = {"echo": [], "grpo": []}
     for repeat in range(args.repeats):
-        for mode in (("echo", "grpo") if repeat % 2 == 0 else ("grpo", "echo")):
+        for mode in ("echo", "grpo") if repeat % 2 == 0 else ("grpo", "echo"):
             times[mode].append(step(mode))
-    paired = [echo / grpo for echo, grpo in zip(times["echo"], times["grpo"])]
+    paired = [echo / grpo for echo, grpo in zip(times["echo"], times["grpo"], strict=True)]
     echo, grpo = statistics.median(times["echo"]), statistics.median(times["grpo"])
     loss_only = loss_only_times(old_logprobs, advantages, action_mask, observation_mask)
-    return {"echo_seconds": echo, "grpo_seconds": grpo, "median_ratio": echo / grpo,
-            "paired_median_ratio": statistics.median(paired),
-            "loss_only_extra_seconds": loss_only["echo"] - loss_only["grpo"],
-            "implied_ratio": (grpo + loss_only["echo"] - loss_only["grpo"]) / grpo, "tokens": batch * length}
+    return {
+        "echo_seconds": echo,
+        "grpo_seconds": grpo,
+        "median_ratio": echo / grpo,
+        "paired_median_ratio": statistics.median(paired),
+        "loss_only_extra_seconds": loss_only["echo"] - loss_only["grpo"],
+        "implied_ratio": (grpo + loss_only["echo"] - loss_only["grpo"]) / grpo,
+        "tokens": batch * length,
+    }
 
 
-def loss_only_times(old_logprobs: torch.Tensor, advantages: torch.Tensor, action_mask: torch.Tensor,
-                    observation_mask: torch.Tensor, repeats: int = 300) -> dict[str, float]:
+def loss_only_times(
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    action_mask: torch.Tensor,
+    observation_mask: torch.Tensor,
+    repeats: int = 300,
+) -> dict[str, float]:
     """Median time of echo_loss + backward to the log-probs alone: everything the two modes do
     differently (the model and the chunked head are identical). Short and repeated many times,
     so its median is stable even on a busy machine."""
+
     def once(mode: str) -> float:
         logprobs = old_logprobs.clone().requires_grad_()
         started = time.perf_counter()
@@ -213,6 +256,7 @@ def run_timing_worker(args: argparse.Namespace) -> None:
 
 # ----- report --------------------------------------------------------------------------------
 
+
 def gib(n: float) -> str:
     return f"{n / 1024**3:.2f} GiB"
 
@@ -226,41 +270,64 @@ def main() -> None:
         run_worker(args)
         return
     started = time.perf_counter()
-    print(f"per-token log-probs, forward + backward, fp32 CPU: T={args.tokens} V={args.vocab} H={args.hidden} "
-          f"chunk={args.chunk_size}")
+    print(
+        f"per-token log-probs, forward + backward, fp32 CPU: T={args.tokens} V={args.vocab} H={args.hidden} "
+        f"chunk={args.chunk_size}"
+    )
     memory = memory_comparison(args)
     chunked = memory["chunked"]
     print(f"  chunked peak at T={args.tokens}: {gib(chunked['peak_bytes'])} ({chunked['seconds']:.1f} s)")
     for tokens, point in memory["naive_points"]:
         print(f"  naive   peak at T={tokens}: {gib(point['peak_bytes'])} ({point['seconds']:.1f} s)")
     if memory["extrapolated"]:
-        print(f"  naive at T={args.tokens} needs about {gib(memory['naive_estimate'])} "
-              f"({NAIVE_PEAK_COPIES} x [T, V] fp32) > {gib(NAIVE_BUDGET_BYTES)} budget: not run; its peak is "
-              f"EXTRAPOLATED linearly from the two smaller T")
-    print(f"  naive   peak at T={args.tokens}: {gib(memory['naive_peak'])}"
-          f"{' (extrapolated)' if memory['extrapolated'] else ''}")
+        print(
+            f"  naive at T={args.tokens} needs about {gib(memory['naive_estimate'])} "
+            f"({NAIVE_PEAK_COPIES} x [T, V] fp32) > {gib(NAIVE_BUDGET_BYTES)} budget: not run; its peak is "
+            f"EXTRAPOLATED linearly from the two smaller T"
+        )
+    print(
+        f"  naive   peak at T={args.tokens}: {gib(memory['naive_peak'])}"
+        f"{' (extrapolated)' if memory['extrapolated'] else ''}"
+    )
     memory_ratio = chunked["peak_bytes"] / memory["naive_peak"]
     max_diff = max(value for key, value in memory.items() if key.startswith("max_abs_diff_"))
-    print(f"  chunked vs naive at T={memory['compare_tokens']}: max abs diff logprobs "
-          f"{memory['max_abs_diff_logprobs']:.2e}, grad hidden {memory['max_abs_diff_grad_states']:.2e}, "
-          f"grad weight {memory['max_abs_diff_grad_weight']:.2e}")
+    print(
+        f"  chunked vs naive at T={memory['compare_tokens']}: max abs diff logprobs "
+        f"{memory['max_abs_diff_logprobs']:.2e}, grad hidden {memory['max_abs_diff_grad_states']:.2e}, "
+        f"grad weight {memory['max_abs_diff_grad_weight']:.2e}"
+    )
 
     timing = measure_timing(args)
     time_ratio = timing["paired_median_ratio"]
-    print(f"training step, tiny Qwen3 (1.6M params), {timing['tokens']} tokens, 1 thread, {args.repeats} interleaved pairs:")
-    print(f"  median step: echo {timing['echo_seconds'] * 1000:.0f} ms, grpo {timing['grpo_seconds'] * 1000:.0f} ms; "
-          f"median of per-pair ratios {time_ratio:.3f} (ratio of medians {timing['median_ratio']:.3f})")
-    print(f"  what the modes do differently (loss + its backward, 300 reps): echo costs "
-          f"{timing['loss_only_extra_seconds'] * 1e6:+.0f} us more per step -> implied ratio {timing['implied_ratio']:.4f}")
+    print(
+        f"training step, tiny Qwen3 (1.6M params), {timing['tokens']} tokens, 1 thread, "
+        f"{args.repeats} interleaved pairs:"
+    )
+    print(
+        f"  median step: echo {timing['echo_seconds'] * 1000:.0f} ms, grpo {timing['grpo_seconds'] * 1000:.0f} ms; "
+        f"median of per-pair ratios {time_ratio:.3f} (ratio of medians {timing['median_ratio']:.3f})"
+    )
+    print(
+        f"  what the modes do differently (loss + its backward, 300 reps): echo costs "
+        f"{timing['loss_only_extra_seconds'] * 1e6:+.0f} us more per step "
+        f"-> implied ratio {timing['implied_ratio']:.4f}"
+    )
 
     print("summary:")
-    print(f"  memory ratio chunked/naive: {memory_ratio:.3f}   (target <= 0.25) "
-          f"{'ok' if memory_ratio <= 0.25 else 'MISSED'}")
+    print(
+        f"  memory ratio chunked/naive: {memory_ratio:.3f}   (target <= 0.25) "
+        f"{'ok' if memory_ratio <= 0.25 else 'MISSED'}"
+    )
     print(f"  max abs diff (values, grads): {max_diff:.2e}   (target <= 1e-5) {'ok' if max_diff <= 1e-5 else 'MISSED'}")
-    print(f"  echo/grpo step time ratio (median of pairs): {time_ratio:.3f}   (target <= 1.05) {'ok' if time_ratio <= 1.05 else 'MISSED'}")
+    print(
+        f"  echo/grpo step time ratio (median of pairs): {time_ratio:.3f}   (target <= 1.05) "
+        f"{'ok' if time_ratio <= 1.05 else 'MISSED'}"
+    )
     load = os.getloadavg()[0]
-    print(f"  total {time.perf_counter() - started:.0f} s; load average {load:.1f} on {os.cpu_count()} cores"
-          f"{' (machine busy: timings are noisy)' if load > (os.cpu_count() or 1) else ''}")
+    print(
+        f"  total {time.perf_counter() - started:.0f} s; load average {load:.1f} on {os.cpu_count()} cores"
+        f"{' (machine busy: timings are noisy)' if load > (os.cpu_count() or 1) else ''}"
+    )
 
 
 def parse_args() -> argparse.Namespace:

@@ -56,7 +56,10 @@ def main() -> None:
         else:
             failures[family].append(f"{r.task_name}: {r.status} {r.detail}")
     passed = sum(r.passed for r in results)
-    print(f"\npass rate: {passed}/{len(results)} = {100 * passed / max(1, len(results)):.1f}%  ({wall / 60:.1f} min, {wall / max(1, len(results)):.1f} s per task with jobs={args.jobs})")
+    print(
+        f"\npass rate: {passed}/{len(results)} = {100 * passed / max(1, len(results)):.1f}%  "
+        f"({wall / 60:.1f} min, {wall / max(1, len(results)):.1f} s per task with jobs={args.jobs})"
+    )
     statuses = Counter(r.status for r in results)
     print("statuses:", ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
     print("\nper family (passed/total):")

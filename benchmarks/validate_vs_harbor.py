@@ -39,7 +39,9 @@ def pick_tasks(source: Path | None, n: int, workdir: Path) -> list[Path]:
         from tests.conftest import hello_spec
 
         for i in range(n):
-            write_task(hello_spec(name=f"bench/hello-{i}", solution=f"echo forged > /app/out.txt  # {i}"), out / f"hello-{i}")
+            write_task(
+                hello_spec(name=f"bench/hello-{i}", solution=f"echo forged > /app/out.txt  # {i}"), out / f"hello-{i}"
+            )
     return sorted(p for p in out.iterdir() if p.is_dir())
 
 
@@ -51,7 +53,23 @@ def timed(command: list[str]) -> tuple[float, subprocess.CompletedProcess]:
 
 def harbor(tasks_dir: Path, jobs_dir: Path, name: str, jobs: int) -> tuple[float, int, int]:
     seconds, completed = timed(
-        [str(BIN / "harbor"), "run", "-p", str(tasks_dir), "-a", "oracle", "-n", str(jobs), "-o", str(jobs_dir), "--job-name", name, "-y", "--extra-docker-compose", str(REPO / "envs" / "harbor-fast.yaml")]
+        [
+            str(BIN / "harbor"),
+            "run",
+            "-p",
+            str(tasks_dir),
+            "-a",
+            "oracle",
+            "-n",
+            str(jobs),
+            "-o",
+            str(jobs_dir),
+            "--job-name",
+            name,
+            "-y",
+            "--extra-docker-compose",
+            str(REPO / "envs" / "harbor-fast.yaml"),
+        ]
     )
     if completed.returncode != 0:
         sys.exit(f"harbor run failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-3000:]}")
@@ -61,7 +79,19 @@ def harbor(tasks_dir: Path, jobs_dir: Path, name: str, jobs: int) -> tuple[float
 
 
 def taskforge(tasks_dir: Path, runs_dir: Path, name: str, jobs: int) -> tuple[float, int, int]:
-    seconds, completed = timed([str(BIN / "taskforge"), "validate", str(tasks_dir), "-j", str(jobs), "--run", name, "--runs-dir", str(runs_dir)])
+    seconds, completed = timed(
+        [
+            str(BIN / "taskforge"),
+            "validate",
+            str(tasks_dir),
+            "-j",
+            str(jobs),
+            "--run",
+            name,
+            "--runs-dir",
+            str(runs_dir),
+        ]
+    )
     ledger = [json.loads(line) for line in (runs_dir / name / "ledger.jsonl").read_text().splitlines()]
     if completed.returncode != 0:
         print(completed.stdout[-3000:], file=sys.stderr)
@@ -80,7 +110,10 @@ def main() -> None:
         workdir = Path(tmp)
         task_dirs = pick_tasks(args.tasks, args.n, workdir)
         tasks_dir = workdir / "tasks"
-        print(f"{len(task_dirs)} tasks from {args.tasks if args.tasks.exists() else 'built-in hello tasks'}, concurrency {args.jobs}")
+        print(
+            f"{len(task_dirs)} tasks from {args.tasks if args.tasks.exists() else 'built-in hello tasks'}, "
+            f"concurrency {args.jobs}"
+        )
 
         print("warm-up (image builds, untimed) ...", flush=True)
         taskforge(tasks_dir, workdir / "runs", "warmup", args.jobs)
@@ -91,8 +124,14 @@ def main() -> None:
 
     tf_per_trial = tf_seconds / tf_trials
     hb_per_trial = hb_seconds / hb_trials
-    print(f"taskforge validate: {tf_trials} trials (oracle + nop) in {tf_seconds:.1f} s = {tf_per_trial:.3f} s/trial; {tf_passed}/{len(task_dirs)} tasks passed")
-    print(f"harbor run oracle : {hb_trials} trials in {hb_seconds:.1f} s = {hb_per_trial:.3f} s/trial; {hb_solved}/{hb_trials} solved")
+    print(
+        f"taskforge validate: {tf_trials} trials (oracle + nop) in {tf_seconds:.1f} s = {tf_per_trial:.3f} s/trial; "
+        f"{tf_passed}/{len(task_dirs)} tasks passed"
+    )
+    print(
+        f"harbor run oracle : {hb_trials} trials in {hb_seconds:.1f} s = {hb_per_trial:.3f} s/trial; "
+        f"{hb_solved}/{hb_trials} solved"
+    )
     ratio = hb_per_trial / tf_per_trial
     print(f"ratio harbor/taskforge per trial: {ratio:.1f}x (target >= 5x: {'met' if ratio >= 5 else 'NOT met'})")
 
