@@ -26,7 +26,7 @@ def eval_command(
     tasks: PathsArg,
     policy: Annotated[
         str | None,
-        typer.Option(help="A checkpoint directory (runs/<run>/checkpoints/step-N) or 'tiny', run in-process."),
+        typer.Option(help="A checkpoint directory (runs/RUN/checkpoints/step-N) or 'tiny', run in-process."),
     ] = None,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Or: a model behind an OpenAI-compatible endpoint.")
@@ -48,6 +48,10 @@ def eval_command(
     run: RunOption = None,
     runs_dir: RunsDirOption = Path("runs"),
 ) -> None:
+    """Evaluate a checkpoint or an API model: pass@1, pass@k, timeouts, turns and tokens.
+
+    Results are broken down per family, domain and difficulty; pass@k is the unbiased estimator.
+    """
     from taskforge.agent.episode import EpisodeConfig
     from taskforge.evaluate import evaluate
 
@@ -134,14 +138,6 @@ def print_eval(summary) -> None:
         console.print(f"environment-token CE on held-out transcripts: {summary.env_ce:.3f} nats/token")
 
 
-# The help text, set here rather than as a docstring: typer would print a wrapped docstring's line
-# breaks in `taskforge --help`.
-eval_command.__doc__ = (
-    "Evaluate a checkpoint or an API model: pass@1 and unbiased pass@k, timeouts, turns and tokens, "
-    "per family, domain and difficulty."
-)
-
-
 def env_ce_command(
     checkpoint: Annotated[str, typer.Argument(help="The checkpoint to score ('tiny' or a checkpoint directory).")],
     transcripts: Annotated[
@@ -155,6 +151,7 @@ def env_ce_command(
         Path | None, typer.Option(help="Write env_ce.json into this run directory (the report shows it).")
     ] = None,
 ) -> None:
+    """Environment-token CE of a checkpoint on held-out rollouts (the paper's world-model measure)."""
     from trainer.checkpoint_eval import env_ce_of_checkpoint, write_env_ce
     from trainer.model import PolicyLoadError
 
@@ -171,10 +168,3 @@ def env_ce_command(
     console.print(line)
     if write is not None:
         console.print(f"written: {write_env_ce(write, result)}")
-
-
-# The help text, set here rather than as a docstring: typer would print a wrapped docstring's line
-# breaks in `taskforge --help`.
-env_ce_command.__doc__ = (
-    "Environment-token cross-entropy of a checkpoint on held-out rollouts, as the paper measures world-model quality."
-)

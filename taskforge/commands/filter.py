@@ -76,7 +76,7 @@ def filter_command(
 ) -> None:
     """Run a model on every task ATTEMPTS times; keep the tasks it solves at least MIN_SUCCESS times.
 
-    Attempts run in parallel sandboxes and are written under runs/<run>/trials/ (Harbor result.json
+    Attempts run in parallel sandboxes and are written under runs/RUN/trials/ (Harbor result.json
     plus transcript.json) with a crash-safe ledger: re-running the same command resumes. Writes
     kept.json and a Harbor registry.json. Exits 0 when the run completed (dropping tasks is not a
     failure), 1 when attempts could not run (bad key, unknown model, unreachable server), 2 on bad input.

@@ -14,12 +14,12 @@ from taskforge.commands.common import console, err, fail, sorted_resolved
 
 def report(
     runs: Annotated[
-        list[Path], typer.Argument(help="Run directories (runs/<run>) or Harbor job directories (jobs/<job>).")
+        list[Path], typer.Argument(help="Run directories (runs/RUN) or Harbor job directories (jobs/JOB).")
     ],
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Where report.md, report.html and the PNG plots go (default: runs/report-<hash of the runs>)."
+            help="Where report.md, report.html and the PNG plots go (default: runs/report-HASH, from the runs given)."
         ),
     ] = None,
 ) -> None:

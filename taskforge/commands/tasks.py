@@ -54,7 +54,7 @@ def validate(
 ) -> None:
     """Per task: the environment builds, the oracle scores 1.0 and the nop agent 0.0.
 
-    Trials are written under runs/<run>/trials/ in Harbor's result layout, with a JSONL ledger;
+    Trials are written under runs/RUN/trials/ in Harbor's result layout, with a JSONL ledger;
     re-running resumes. Exits 1 when any task fails.
     """
     from taskforge.validate import validate_tasks
@@ -168,7 +168,7 @@ def generate(
     """Write procedural Harbor tasks: instruction, Docker environment, tests with embedded answers, oracle solution.
 
     Each set gets a manifest.jsonl and a Harbor registry.json (task paths relative to the set), so
-    `cd OUT && harbor run --registry-path registry.json -d taskforge@<version> -a oracle` runs it offline.
+    `cd OUT && harbor run --registry-path registry.json -d taskforge@VERSION -a oracle` runs it offline.
     """
     from taskforge.forge.families import FAMILIES
     from taskforge.forge.generate import GenerateError

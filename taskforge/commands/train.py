@@ -18,11 +18,11 @@ train_app = typer.Typer(
     help="Train a policy: sft (expert baseline), echo, grpo, env-only (verifier-free).", no_args_is_help=True
 )
 
-# Paragraphs are single lines: typer keeps a paragraph's line breaks in the help it prints.
+# Rendered as Markdown (see taskforge/commands/__init__.py): placeholders are written RUN, not <run>.
 _TRAIN_HELP = (
     "Train with {mode}: rollouts of the current policy in Docker sandboxes, {what}.\n"
     "\n"
-    "Writes runs/<run>/metrics.jsonl (one line per step) and checkpoints/step-N; running the same command again "
+    "Writes runs/RUN/metrics.jsonl (one line per step) and checkpoints/step-N; running the same command again "
     "resumes from the last checkpoint (the default run name is derived from the settings).\n"
     "\n"
     "Defaults suit the tiny CPU model; --preset paper gives the paper's hyperparameters (lr 1e-6, lambda 0.05, "
@@ -147,6 +147,11 @@ def train_sft(
     ] = None,
     runs_dir: RunsDirOption = Path("runs"),
 ) -> None:
+    """Expert SFT (the paper's baseline) on the task set's own solutions.
+
+    Runs every task's solution through the agent loop in Docker, keeps the transcripts the
+    verifier scores 1.0, and fine-tunes on their action tokens.
+    """
     from trainer.sft import SFTConfig, sft
 
     if demonstrator not in ("oracle-text", "explorer"):
@@ -163,18 +168,8 @@ def train_sft(
     console.print(f"done: {final}  (start RL from it with --policy {final})")
 
 
-# The help text, set here rather than as a docstring: typer would print a wrapped docstring's line
-# breaks in `taskforge --help`.
-train_sft.__doc__ = (
-    "Expert SFT (the paper's baseline): run every task's solution through the agent loop in Docker, "
-    "keep the transcripts the verifier scores 1.0, and fine-tune on their action tokens."
-)
-
-
 def serve(
-    checkpoint: Annotated[
-        str, typer.Argument(help="A checkpoint directory (runs/<run>/checkpoints/step-N) or 'tiny'.")
-    ],
+    checkpoint: Annotated[str, typer.Argument(help="A checkpoint directory (runs/RUN/checkpoints/step-N) or 'tiny'.")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     model_name: Annotated[
