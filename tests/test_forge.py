@@ -190,6 +190,49 @@ def test_val_split_is_family_stratified():
     assert len({plan[i][1] for i in held}) == 3
 
 
+@pytest.mark.parametrize(
+    ("n", "val", "families", "difficulties"),
+    [
+        (144, 24, list(FAMILIES), DIFFICULTIES),  # the old study's split: 0 of its 24 held-out cells trained
+        (600, 58, list(FAMILIES), DIFFICULTIES),
+        (60, 20, list(FAMILIES)[:5], DIFFICULTIES),
+        (45, 30, list(FAMILIES)[:3], DIFFICULTIES),  # 5 per cell: up to 4 held out each
+    ],
+)
+def test_every_held_out_cell_is_also_in_training(n, val, families, difficulties):
+    """A held-out (family, difficulty) cell always has training tasks too: each difficulty of a family
+    is a different program, so a cell seen only at evaluation tests a skill no training task shows."""
+    plan = schedule(n, families, difficulties)
+    held = val_indices(plan, val)
+    assert len(held) == val
+    training_cells = {plan[i] for i in range(n) if i not in held}
+    held_cells = {plan[i] for i in held}
+    assert held_cells <= training_cells, held_cells - training_cells
+
+
+def test_val_split_that_would_empty_a_cell_is_refused():
+    plan = schedule(30, list(FAMILIES)[:5], DIFFICULTIES)  # 2 per cell: at most 1 of each held out
+    assert len(val_indices(plan, 15)) == 15
+    with pytest.raises(GenerateError, match="one training task left per cell"):
+        val_indices(plan, 16)
+    # The old demo's split (56 tasks over 29 families x 3 difficulties): no cell has two tasks.
+    with pytest.raises(GenerateError, match="at most 0 can be held out"):
+        val_indices(schedule(56, list(FAMILIES), DIFFICULTIES), 8)
+
+
+def test_generated_split_puts_held_out_cells_in_training(tmp_path):
+    """The same property on disk: the manifests of `generate --val` (what the study reads)."""
+    summary = generate(48, 5, tmp_path / "set", families=list(FAMILIES)[:4], val=12, progress=False)
+    assert summary["val"] == 12
+
+    def cells(split: str) -> Counter:
+        rows = (tmp_path / "set" / split / "manifest.jsonl").read_text().splitlines()
+        return Counter((json.loads(r)["family"], json.loads(r)["difficulty"]) for r in rows)
+
+    held, trained = cells("val"), cells("train")
+    assert sum(held.values()) == 12 and set(held) <= set(trained)
+
+
 def test_same_seed_gives_byte_identical_output(tmp_path):
     """Same seed and n: the same bytes with 1 or 2 workers and under another PYTHONHASHSEED
     (iterating a set of strings while drawing from the rng would differ there)."""

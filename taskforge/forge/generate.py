@@ -65,20 +65,50 @@ def schedule(n: int, families: Sequence[str], difficulties: Sequence[str]) -> li
 
 
 def val_indices(plan: Sequence[tuple[str, str]], k: int) -> set[int]:
-    """A family-stratified hold-out of k indices, evenly spaced within each family (so difficulties mix)."""
+    """A held-out split of k indices, stratified by family and then by (family, difficulty) cell.
+
+    Every held-out cell keeps at least one task in training: within a family each difficulty is a
+    different program, so a cell seen only at evaluation would test a skill no training task shows.
+    Held-out tasks differ from training ones only in their parameters and data (each index has its
+    own seed). Quotas: k spread evenly over families, then each family's share round-robin over its
+    cells (most populous first); within a cell, evenly spaced indices.
+    """
     if k <= 0:
         return set()
     if k >= len(plan):
         raise GenerateError(f"--val {k} leaves no training tasks out of --n {len(plan)}; use a smaller --val")
-    by_family: dict[str, list[int]] = {}
-    for i, (family, _) in enumerate(plan):
-        by_family.setdefault(family, []).append(i)
-    order = list(by_family)
-    quota = {f: k // len(order) + (1 if r < k % len(order) else 0) for r, f in enumerate(order)}
+    cells: dict[str, dict[str, list[int]]] = {}
+    for i, (family, difficulty) in enumerate(plan):
+        cells.setdefault(family, {}).setdefault(difficulty, []).append(i)
+    # How many tasks each family can lend: all but one per cell.
+    capacity = {f: sum(len(ix) - 1 for ix in by_d.values()) for f, by_d in cells.items()}
+    if k > sum(capacity.values()):
+        raise GenerateError(
+            f"--val {k} would hold out every task of some (family, difficulty) cell of --n {len(plan)}; "
+            f"at most {sum(capacity.values())} can be held out with one training task left per cell: "
+            "use a smaller --val or a larger --n"
+        )
+    quota = dict.fromkeys(cells, 0)
+    families = list(cells)
+    remaining = k
+    while remaining:  # round-robin over families with spare capacity
+        for family in families:
+            if remaining and quota[family] < capacity[family]:
+                quota[family] += 1
+                remaining -= 1
     chosen: set[int] = set()
-    for family, indices in by_family.items():
-        q = min(quota[family], len(indices))
-        chosen.update(indices[int((j + 0.5) * len(indices) / q)] for j in range(q))
+    for family, by_difficulty in cells.items():
+        order = sorted(by_difficulty, key=lambda d: -len(by_difficulty[d]))
+        per_cell = dict.fromkeys(order, 0)
+        left = quota[family]
+        while left:
+            for difficulty in order:
+                if left and per_cell[difficulty] < len(by_difficulty[difficulty]) - 1:
+                    per_cell[difficulty] += 1
+                    left -= 1
+        for difficulty, q in per_cell.items():
+            indices = by_difficulty[difficulty]
+            chosen.update(indices[int((j + 0.5) * len(indices) / q)] for j in range(q))
     return chosen
 
 
