@@ -119,6 +119,8 @@ def _train_command(run_dir: Path, steps: int) -> list[str]:
         "echo",
         "--tasks",
         str(AGENT_TASKS),
+        "--policy",
+        "tiny",
         "--steps",
         str(steps),
         "--tasks-per-step",
@@ -182,10 +184,50 @@ def test_training_writes_metrics_and_checkpoints_and_resumes_after_kill_9(tmp_pa
         "timeout_rate",
         "seconds",
         "lambda",
+        "signal_group_share",
+        "output_tokens_per_episode",
     ):
         assert key in rows[-1], key
+    for row in rows:
+        assert 0.0 <= row["signal_group_share"] <= 1.0
+        assert row["output_tokens_per_episode"] == row["action_tokens"] / row["n_rollouts"]
     assert rows[-1]["n_rollouts"] == 2
     model, tokenizer = load_checkpoint(run_dir / "checkpoints" / "step-3")
     assert model.config.model_type == "qwen3" and tokenizer.chat_template
     config = json.loads((run_dir / "config.json").read_text())
     assert config["mode"] == "echo" and config["steps"] == 3
+
+
+def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "taskforge.cli", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def test_rl_without_policy_starts_from_the_sft_checkpoint_of_the_same_tasks(tmp_path, base_image):
+    """An untrained model emits no runnable command, so RL from it learns nothing: without --policy,
+    train echo says what to run first, and after `train sft` on the same tasks it starts from there."""
+    runs = tmp_path / "runs"
+    rl = ["train", "grpo", "--tasks", str(AGENT_TASKS), "--runs-dir", str(runs), "--steps", "1"]
+    rl += ["--tasks-per-step", "1", "-g", "2", "--max-turns", "1", "--max-new-tokens", "16", "--run", "rl"]
+    refused = _cli(*rl)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    message = " ".join((refused.stdout + refused.stderr).split())
+    assert "untrained model will not act" in message and f"taskforge train sft --tasks {AGENT_TASKS}" in message
+    assert not (runs / "rl").exists()
+
+    sft_run = _cli("train", "sft", "--tasks", str(AGENT_TASKS), "--epochs", "1", "--runs-dir", str(runs))
+    assert sft_run.returncode == 0, sft_run.stdout[-2000:] + sft_run.stderr[-2000:]
+    (checkpoint,) = runs.glob("sft-*/checkpoints/final")
+    other_tasks = _cli(*[str(tmp_path) if a == str(AGENT_TASKS) else a for a in rl])
+    # An SFT run of another task set is not a start for this one.
+    assert other_tasks.returncode == 2 and "untrained model will not act" in other_tasks.stdout + other_tasks.stderr
+
+    started = _cli(*rl)
+    assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+    assert json.loads((runs / "rl" / "config.json").read_text())["policy"] == str(checkpoint)

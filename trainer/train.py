@@ -241,6 +241,14 @@ def collect_rollouts(
     return batch
 
 
+def signal_group_share(rollouts: list[Rollout]) -> float:
+    """Share of the batch's groups whose rewards are not all equal (non-zero GRPO advantages)."""
+    rewards_by_group: dict[str, set[float]] = {}
+    for rollout in rollouts:
+        rewards_by_group.setdefault(rollout.group_id, set()).add(rollout.reward)
+    return sum(len(rewards) > 1 for rewards in rewards_by_group.values()) / max(len(rewards_by_group), 1)
+
+
 def update(
     model, optimizer, scheduler, rollouts: list[Rollout], config: TrainConfig, env_coef: float, pad_token_id: int
 ) -> dict[str, float]:
@@ -404,6 +412,7 @@ def train(config: TrainConfig, run_dir: Path, *, log=print) -> Path:
             raise RuntimeError(f"step {step}: no rollout was produced (see {run_dir / 'rollouts'})")
         metrics = update(model, optimizer, scheduler, batch.rollouts, config, env_coef, pad_id)
         records = batch.records
+        action_tokens = sum(sum(r.action_mask) for r in batch.rollouts)
         row = {
             "step": step,
             "mode": config.mode,
@@ -413,9 +422,12 @@ def train(config: TrainConfig, run_dir: Path, *, log=print) -> Path:
             "timeout_rate": sum(1 for r in records if r.agent_timed_out) / len(records),
             "turns_mean": sum(r.n_turns or 0 for r in records) / len(records),
             "tokens": sum(len(r.token_ids) for r in batch.rollouts),
-            "action_tokens": sum(sum(r.action_mask) for r in batch.rollouts),
+            "action_tokens": action_tokens,
             "obs_tokens": sum(sum(r.observation_mask) for r in batch.rollouts),
             "n_rollouts": len(batch.rollouts),
+            # The policy term only learns from groups whose rewards differ; 0 means GRPO had no signal.
+            "signal_group_share": signal_group_share(batch.rollouts),
+            "output_tokens_per_episode": action_tokens / len(batch.rollouts),
             "rollout_seconds": round(rollout_seconds, 2),
             "seconds": round(time.monotonic() - started, 2),
             **{k: round(v, 6) for k, v in metrics.items()},
@@ -423,10 +435,11 @@ def train(config: TrainConfig, run_dir: Path, *, log=print) -> Path:
         if not row["obs_tokens"]:
             row["env_ce"] = None  # no observation token in this batch: nothing was measured
         append_jsonl(metrics_path, row)
+        env_ce_text = f"{row['env_ce']:.3f}" if row["env_ce"] is not None else "- (no observation tokens)"
         log(
             f"step {step}/{config.steps}: reward {row['reward_mean']:.3f} pass {row['pass_rate']:.2f} "
-            f"env_ce {row['env_ce'] if row['env_ce'] is not None else float('nan'):.3f} "
-            f"policy_loss {row.get('policy_loss', 0):+.4f} ({row['seconds']:.1f} s)"
+            f"groups with signal {row['signal_group_share']:.2f} env_ce {env_ce_text} "
+            f"out tokens/episode {row['output_tokens_per_episode']:.0f} ({row['seconds']:.1f} s)"
         )
         if step % config.checkpoint_every == 0 or step == config.steps:
             final = _save(run_dir, step, model, tokenizer, optimizer, scheduler)

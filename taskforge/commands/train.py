@@ -6,6 +6,7 @@ commands, so `generate` and `filter` never load torch).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -47,7 +48,10 @@ def _make_rl_command(mode: str, what: str):
         lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
         policy: Annotated[
             str | None,
-            typer.Option(help="tiny (offline default), a checkpoint dir (e.g. an SFT run's), or a HF model."),
+            typer.Option(
+                help="Start from: a checkpoint dir, tiny (the untrained offline default) or a HF model. "
+                "Default: the latest `train sft` checkpoint of the same --tasks under --runs-dir."
+            ),
         ] = None,
         max_turns: Annotated[int | None, typer.Option(help="Policy replies per episode.")] = None,
         max_new_tokens: Annotated[int | None, typer.Option(help="Tokens per reply.")] = None,
@@ -92,6 +96,9 @@ def _make_rl_command(mode: str, what: str):
             seed=seed,
         )
         overrides = {k: v for k, v in overrides.items() if v is not None}
+        if policy is None and not _config_names_policy(config_file):
+            overrides["policy"] = str(_sft_start_or_exit(runs_dir, tasks))
+            console.print(f"starting from the latest SFT checkpoint of {tasks}: {overrides['policy']}")
         try:
             if config_file is not None:
                 config = TrainConfig.from_file(config_file, mode=mode, **overrides)
@@ -116,6 +123,48 @@ def _make_rl_command(mode: str, what: str):
 
     command.__doc__ = _TRAIN_HELP.format(mode=mode, what=what)
     return command
+
+
+def _config_names_policy(config_file: Path | None) -> bool:
+    if config_file is None:
+        return False
+    try:
+        import tomllib
+
+        text = config_file.read_text()
+        data = tomllib.loads(text) if config_file.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError):
+        return False  # TrainConfig.from_file reports the bad file
+    return isinstance(data, dict) and "policy" in data
+
+
+def latest_sft_checkpoint(runs_dir: Path, tasks: Path) -> Path | None:
+    """The newest finished `train sft` checkpoint under runs_dir trained on the task set `tasks`."""
+    wanted = tasks.resolve()
+    found = []
+    for config_path in runs_dir.glob("*/config.json"):
+        final = config_path.parent / "checkpoints" / "final"
+        try:
+            config = json.loads(config_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if config.get("mode") == "sft" and final.is_dir() and Path(config.get("tasks", "")).resolve() == wanted:
+            found.append(final)
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def _sft_start_or_exit(runs_dir: Path, tasks: Path) -> Path:
+    """RL needs a policy that acts: the untrained model emits no runnable command, so every reward
+    is 0 and nothing is learned. Without --policy, start from SFT on the same tasks, or say so."""
+    checkpoint = latest_sft_checkpoint(runs_dir, tasks)
+    if checkpoint is None:
+        raise fail(
+            f"no SFT checkpoint for {tasks} under {runs_dir}/, and an untrained model will not act (it emits no "
+            f"runnable command, so every reward is 0). Run first:\n  taskforge train sft --tasks {tasks}\n"
+            "then run this command again (it starts from that checkpoint), or pass --policy (a checkpoint "
+            "directory, or tiny to train the untrained model anyway)."
+        )
+    return checkpoint
 
 
 train_app.command("echo")(
