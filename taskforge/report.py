@@ -20,6 +20,7 @@ from collections import defaultdict
 from datetime import datetime
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 import jinja2
 from pydantic import BaseModel, Field
@@ -63,7 +64,22 @@ class GroupStats(BaseModel):
     mean_turns: float | None = None
     mean_input_tokens: float | None = None
     mean_output_tokens: float | None = None
+    # Errored: no reward at all (sandbox, build or verifier failure); pass@1 counts them as not passed.
     error_rate: float | None = None
+    n_errored: int = 0
+    errored_by_kind: dict[str, int] = Field(default_factory=dict)  # error_kind -> trials
+
+
+class TrainingStats(BaseModel):
+    """Whether RL had anything to learn from, over a training run's logged steps. None: not logged
+    by this run (older runs lack signal_group_share and output_tokens_per_episode)."""
+
+    steps_logged: int
+    # mean over steps of the share of a step's groups whose rewards were not all equal (non-zero advantage)
+    signal_group_share: float | None = None
+    steps_without_obs_tokens: int | None = None  # steps where the policy ran no command at all
+    steps_with_obs_tokens_logged: int | None = None
+    output_tokens_per_episode: float | None = None  # mean over steps of sampled action tokens per rollout
 
 
 class RunSummary(BaseModel):
@@ -75,6 +91,7 @@ class RunSummary(BaseModel):
     by_domain: dict[str, GroupStats] = Field(default_factory=dict)
     by_difficulty: dict[str, GroupStats] = Field(default_factory=dict)
     curves: list[dict] = Field(default_factory=list)  # metrics.jsonl rows of a training run
+    training: TrainingStats | None = None  # from curves, for a training run
     env_ce: float | None = None  # held-out environment-token cross-entropy, when measured
     env_ce_before: float | None = None
     missing: list[str] = Field(default_factory=list)  # what a half-written run lacks
@@ -112,6 +129,10 @@ def _mean(values: list[float]) -> float | None:
 
 
 def group_stats(rows: list[TrialRow]) -> GroupStats:
+    errored = [r for r in rows if r.reward is None]
+    errored_by_kind: dict[str, int] = defaultdict(int)
+    for row in errored:
+        errored_by_kind[error_kind(row.error_type) or "unknown"] += 1
     by_task: dict[str, list[TrialRow]] = defaultdict(list)
     for row in rows:
         by_task[row.task_path or row.task_name].append(row)
@@ -131,7 +152,30 @@ def group_stats(rows: list[TrialRow]) -> GroupStats:
         mean_turns=_mean([r.n_turns for r in rows if r.n_turns is not None]),
         mean_input_tokens=_mean([r.n_input_tokens for r in rows if r.n_input_tokens is not None]),
         mean_output_tokens=_mean([r.n_output_tokens for r in rows if r.n_output_tokens is not None]),
-        error_rate=_mean([float(r.reward is None) for r in rows]),
+        error_rate=len(errored) / len(rows) if rows else None,
+        n_errored=len(errored),
+        errored_by_kind=dict(sorted(errored_by_kind.items())),
+    )
+
+
+def obs_tokens_of(step: dict) -> int | None:
+    """Observation tokens of a step's batch (older runs called the key n_obs_tokens); None: not logged."""
+    for key in ("obs_tokens", "n_obs_tokens"):
+        if step.get(key) is not None:
+            return step[key]
+    return None
+
+
+def training_stats(curves: list[dict]) -> TrainingStats:
+    shares = [c["signal_group_share"] for c in curves if c.get("signal_group_share") is not None]
+    obs_tokens = [n for n in map(obs_tokens_of, curves) if n is not None]
+    output_tokens = [c["output_tokens_per_episode"] for c in curves if c.get("output_tokens_per_episode") is not None]
+    return TrainingStats(
+        steps_logged=len(curves),
+        signal_group_share=_mean(shares),
+        steps_without_obs_tokens=sum(1 for n in obs_tokens if n == 0) if obs_tokens else None,
+        steps_with_obs_tokens_logged=len(obs_tokens) if obs_tokens else None,
+        output_tokens_per_episode=_mean(output_tokens),
     )
 
 
@@ -255,6 +299,7 @@ def load_run(path: Path) -> RunSummary:
     if (path / "metrics.jsonl").is_file():
         summary.kind = "train"
         summary.curves = _read_jsonl(path / "metrics.jsonl", missing)
+        summary.training = training_stats(summary.curves)
         _check_training_run(path, summary, missing)
         for ledger in (path / "eval" / "ledger.jsonl", path / "ledger.jsonl"):
             if ledger.is_file():
@@ -358,7 +403,15 @@ def _check_training_run(path: Path, summary: RunSummary, missing: list[str]) -> 
 # writing the report
 
 
-PASS_AT_1_NOTE = "pass@1 is the mean over tasks of each task's success rate; the 95% CI is a bootstrap over tasks."
+COMPARISON_NOTES = (
+    "pass@1 is the mean over tasks of each task's success rate, over all trials: an errored trial "
+    "(no reward: sandbox, build or verifier failure, verifier timeout) counts as not passed; "
+    "the errored column counts these trials apart from failures. The 95% CI is a bootstrap over tasks.",
+    "Training runs: groups with signal is the mean over steps of the share of a step's groups whose rewards "
+    "were not all equal (only they have a non-zero advantage, so only they move the policy); steps without "
+    "obs tokens are steps where the policy ran no command at all; output tokens/episode is the mean over steps "
+    "of the tokens sampled per rollout. '-': not logged by this run.",
+)
 # Per-group tables after the comparison: RunSummary attribute, section title.
 BREAKDOWNS = (("by_domain", "By domain"), ("by_difficulty", "By difficulty"), ("by_family", "By family"))
 
@@ -373,12 +426,24 @@ def format_number(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def format_errored(stats: GroupStats | None) -> str:
+    """Errored trials as a count and a share of all trials ("2 (12.5%)"); "-" when no trial was read."""
+    return "-" if stats is None else f"{stats.n_errored} ({format_percent(stats.error_rate)})"
+
+
 def comparison_rows(summaries: list[RunSummary]) -> list[dict[str, str]]:
-    """One row per run: the paper's table (pass@1 with CI, timeouts, turns, tokens, env CE)."""
+    """One row per run: the paper's table (pass@1 with CI, errored, timeouts, turns, tokens, env CE) and,
+    for training runs, whether the steps had a learning signal."""
     rows = []
     for s in summaries:
         o = s.overall
         ci = o.pass_at_1_ci if o and o.pass_at_1_ci else None
+        t = s.training
+        no_obs_steps = (
+            f"{t.steps_without_obs_tokens} of {t.steps_with_obs_tokens_logged}"
+            if t and t.steps_without_obs_tokens is not None
+            else "-"
+        )
         rows.append(
             {
                 "run": s.name,
@@ -387,15 +452,29 @@ def comparison_rows(summaries: list[RunSummary]) -> list[dict[str, str]]:
                 "trials": str(o.n_trials) if o else "-",
                 "pass@1": format_percent(o.pass_at_1) if o else "-",
                 "95% CI": f"{format_percent(ci[0])}-{format_percent(ci[1])}" if ci else "-",
+                "errored": format_errored(o),
                 "timeouts": format_percent(o.timeout_rate) if o else "-",
                 "turns": format_number(o.mean_turns) if o else "-",
                 "input tokens": format_number(o.mean_input_tokens, 0) if o else "-",
                 "output tokens": format_number(o.mean_output_tokens, 0) if o else "-",
                 "env CE": format_number(s.env_ce, 3),
                 "env CE before": format_number(s.env_ce_before, 3),
+                "groups with signal": format_percent(t.signal_group_share) if t else "-",
+                "steps without obs tokens": no_obs_steps,
+                "output tokens/episode": format_number(t.output_tokens_per_episode) if t else "-",
             }
         )
     return rows
+
+
+def errored_notes(summaries: list[RunSummary]) -> list[str]:
+    """One line per run with errored trials: what kind of error, so a reader can tell infrastructure from agent."""
+    notes = []
+    for s in summaries:
+        if s.overall and s.overall.n_errored:
+            kinds = ", ".join(f"{kind} {count}" for kind, count in s.overall.errored_by_kind.items())
+            notes.append(f"{s.name}: {s.overall.n_errored} of {s.overall.n_trials} trials errored ({kinds})")
+    return notes
 
 
 def _markdown_table(rows: list[dict[str, str]]) -> str:
@@ -409,72 +488,151 @@ def _markdown_table(rows: list[dict[str, str]]) -> str:
 
 def _group_rows(summaries: list[RunSummary], attribute: str) -> list[dict[str, str]]:
     groups = sorted({g for s in summaries for g in getattr(s, attribute)})
+    # An errored column only for runs that had errored trials: elsewhere it would be a column of zeros.
+    with_errors = {s.name for s in summaries if s.overall and s.overall.n_errored}
     rows = []
     for group in groups:
         row = {attribute.removeprefix("by_"): group}
         for s in summaries:
             stats = getattr(s, attribute).get(group)
             row[f"{s.name} pass@1"] = format_percent(stats.pass_at_1) if stats else "-"
+            if s.name in with_errors:
+                row[f"{s.name} errored"] = format_errored(stats)
         rows.append(row)
     return rows
 
 
-def make_plots(summaries: list[RunSummary]) -> dict[str, bytes]:
-    """PNG plots: training curves overlaid, and bars per run. Name -> PNG bytes."""
-    import matplotlib
+# ---------------------------------------------------------------------------------------------
+# plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    plots: dict[str, bytes] = {}
-    curves = [s for s in summaries if s.curves]
-    for metric, label in (
-        ("reward_mean", "mean reward"),
-        ("pass_rate", "pass rate (rollouts)"),
-        ("env_ce", "env-token cross-entropy (train batch)"),
-        ("heldout_env_ce", "held-out env-token CE"),
-    ):
+class Curve(NamedTuple):
+    """A per-step plot of training runs."""
+
+    key: str  # metrics.jsonl key
+    label: str
+    is_share: bool  # a share in 0..1: a fixed 0..100% axis, so runs and steps compare at a glance
+    always: bool  # plotted for every training run ("not measured" if none logged it), else only when logged
+
+
+CURVES = (
+    Curve("reward_mean", "mean reward", is_share=False, always=True),
+    Curve("pass_rate", "pass rate (rollouts)", is_share=True, always=True),
+    Curve("signal_group_share", "groups with signal (non-zero advantage)", is_share=True, always=True),
+    Curve("output_tokens_per_episode", "output tokens per episode", is_share=False, always=True),
+    Curve("env_ce", "env-token cross-entropy (train batch)", is_share=False, always=True),
+    Curve("heldout_env_ce", "held-out env-token CE", is_share=False, always=False),
+)
+# Bars per run: GroupStats attribute, title, whether it is a share (shown in %, on a fixed 0..100 axis).
+BARS = (
+    ("pass_at_1", "pass@1 (%)", True),
+    ("error_rate", "errored (%)", True),
+    ("timeout_rate", "timeouts (%)", True),
+    ("mean_turns", "turns", False),
+    ("mean_output_tokens", "output tokens", False),
+)
+SHARE_AXIS = (0.0, 1.0)
+PERCENT_AXIS = (0.0, 100.0)
+
+
+def y_range(
+    values: list[float | None], *, fixed: tuple[float, float] | None = None, from_zero: bool = False
+) -> tuple[tuple[float, float] | None, str | None]:
+    """The y limits of a plot of `values` (None: let matplotlib autoscale) and a note to print on it.
+
+    A fixed range (shares) is kept whatever the values; no value at all is "not measured"; an all-zero
+    series gets 0..1, not the tiny band around 0 autoscaling gives; `from_zero` (bars) starts at 0."""
+    measured = [v for v in values if v is not None]
+    if not measured:
+        return fixed or (0.0, 1.0), "not measured"
+    all_zero = all(v == 0 for v in measured)
+    if fixed is not None:
+        return fixed, "all zero" if all_zero else None
+    if all_zero:
+        return (0.0, 1.0), "all zero"
+    if from_zero and max(measured) > 0:
+        return (min(0.0, *measured), max(measured) * 1.15), None
+    return None, None
+
+
+def _set_y_range(ax, values: list[float | None], **options) -> None:
+    limits, note = y_range(values, **options)
+    if limits is not None:
+        ax.set_ylim(*limits)
+    if note:
+        ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", color="0.4", fontsize=11)
+    if note == "not measured":
+        ax.set_yticks([])  # tick labels would suggest values that were never logged
+
+
+def _curve_points(steps: list[dict], key: str) -> list[tuple[float, float]]:
+    points = []
+    for number, step in enumerate(steps, start=1):
         # A step whose rollouts had no observation token has no env CE (older runs logged 0).
-        has_value = (
-            (lambda c: c.get("obs_tokens", 1) and c.get("n_obs_tokens", 1)) if metric == "env_ce" else (lambda c: True)
-        )
-        series = [
-            (s.name, [(c["step"], c[metric]) for c in s.curves if c.get(metric) is not None and has_value(c)])
-            for s in curves
-        ]
-        series = [(name, points) for name, points in series if points]
-        if not series:
+        if key == "env_ce" and obs_tokens_of(step) == 0:
             continue
-        fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
-        for name, points in series:
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=name)
+        if step.get(key) is not None:
+            points.append((step.get("step", number), step[key]))
+    return points
+
+
+def report_figures(summaries: list[RunSummary]) -> dict:
+    """The report's plots as matplotlib Figures (name -> Figure): training curves overlaid, bars per run."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    figures = {}
+    training = [s for s in summaries if s.curves]
+    for curve in CURVES:
+        if not training or not (curve.always or any(curve.key in c for s in training for c in s.curves)):
+            continue
+        fig = Figure(figsize=(6, 3.6), dpi=110)
+        ax = fig.subplots()
+        values = []
+        for s in training:
+            points = _curve_points(s.curves, curve.key)
+            values += [v for _, v in points]
+            if points:
+                # clip_on=False: a point on a fixed axis' edge (a share of 0 or 1) stays whole
+                ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=s.name, clip_on=False)
+            else:
+                ax.plot([], [], label=f"{s.name} (not measured)")
+        if not values:
+            logged_steps = [c.get("step", n) for s in training for n, c in enumerate(s.curves, start=1)]
+            if min(logged_steps) < max(logged_steps):
+                ax.set_xlim(min(logged_steps), max(logged_steps))
+        _set_y_range(ax, values, fixed=SHARE_AXIS if curve.is_share else None)
+        if curve.is_share:
+            ax.yaxis.set_major_formatter(PercentFormatter(xmax=1))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole
         ax.set_xlabel("step")
-        ax.set_ylabel(label)
+        ax.set_ylabel(curve.label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        plots[f"curve_{metric}.png"] = _png(fig)
-        plt.close(fig)
+        figures[f"curve_{curve.key}.png"] = fig
     with_stats = [s for s in summaries if s.overall]
     if with_stats:
-        metrics = [
-            ("pass_at_1", "pass@1", 100),
-            ("timeout_rate", "timeouts (%)", 100),
-            ("mean_turns", "turns", 1),
-            ("mean_output_tokens", "output tokens", 1),
-        ]
-        fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4), dpi=110)
-        for ax, (attr, label, scale) in zip(axes, metrics, strict=True):
-            values = [(getattr(s.overall, attr) or 0) * scale for s in with_stats]
-            ax.bar(range(len(values)), values, color=[f"C{i}" for i in range(len(values))])
+        fig = Figure(figsize=(3.2 * len(BARS), 3.4), dpi=110)
+        for ax, (attribute, title, is_share) in zip(fig.subplots(1, len(BARS)), BARS, strict=True):
+            values = [getattr(s.overall, attribute) for s in with_stats]
+            values = [None if v is None else v * (100 if is_share else 1) for v in values]
+            ax.bar(range(len(values)), [v or 0 for v in values], color=[f"C{i}" for i in range(len(values))])
+            for position, value in enumerate(values):
+                if value is None:
+                    ax.text(position, 0, "n/a", ha="center", va="bottom", fontsize=7, color="0.4")
             ax.set_xticks(range(len(values)), [s.name for s in with_stats], rotation=30, ha="right", fontsize=7)
-            ax.set_title(label, fontsize=9)
+            ax.set_title(title, fontsize=9)
             ax.grid(axis="y", alpha=0.3)
-            ax.set_ylim(bottom=0, top=max(values + [1e-9]) * 1.15 or 1)
+            _set_y_range(ax, values, fixed=PERCENT_AXIS if is_share else None, from_zero=True)
         fig.tight_layout()
-        plots["bars.png"] = _png(fig)
-        plt.close(fig)
-    return plots
+        figures["bars.png"] = fig
+    return figures
+
+
+def make_plots(summaries: list[RunSummary]) -> dict[str, bytes]:
+    """PNG plots: training curves overlaid, and bars per run. Name -> PNG bytes."""
+    return {name: _png(fig) for name, fig in report_figures(summaries).items()}
 
 
 def _png(fig) -> bytes:
@@ -492,8 +650,9 @@ def write_report(summaries: list[RunSummary], out_dir: Path) -> tuple[Path, Path
     contents = {
         "generated": datetime.now().strftime("%Y-%m-%d %H:%M"),
         "run_names": [s.name for s in summaries],
-        "pass_at_1_note": PASS_AT_1_NOTE,
+        "comparison_notes": list(COMPARISON_NOTES),
         "comparison": comparison_rows(summaries),
+        "errored": errored_notes(summaries),
         "breakdowns": [(title, rows) for attribute, title in BREAKDOWNS if (rows := _group_rows(summaries, attribute))],
         "missing": [(s.name, m) for s in summaries for m in s.missing],
     }
@@ -510,8 +669,9 @@ def _markdown(
     *,
     generated: str,
     run_names: list[str],
-    pass_at_1_note: str,
+    comparison_notes: list[str],
     comparison: list[dict[str, str]],
+    errored: list[str],
     breakdowns: list[tuple[str, list[dict[str, str]]]],
     plot_names: list[str],
     missing: list[tuple[str, str]],
@@ -519,9 +679,12 @@ def _markdown(
     """report.md: the same tables as the HTML, readable as text and on GitHub (the PNGs sit beside it)."""
     sections = [
         f"# taskforge report\n\n_{generated}; runs: {', '.join(run_names)}_\n",
-        f"## Comparison\n\n{pass_at_1_note}\n",
+        "## Comparison\n",
+        *[f"{note}\n" for note in comparison_notes],
         _markdown_table(comparison),
     ]
+    if errored:
+        sections += ["Errored trials by kind:\n", *[f"- {line}" for line in errored], ""]
     for title, rows in breakdowns:
         sections += [f"\n## {title}\n", _markdown_table(rows)]
     if plot_names:

@@ -12,11 +12,14 @@ import pytest
 from taskforge.report import (
     RunNotFoundError,
     RunSummary,
+    comparison_rows,
     format_number,
     format_percent,
     load_run,
     pass_at_k,
+    report_figures,
     write_report,
+    y_range,
 )
 
 from .conftest import FIXTURES, REPO_ROOT
@@ -70,14 +73,23 @@ def write_eval_ledger(path: Path, outcomes=EVAL_OUTCOMES) -> None:
 
 
 def write_train_run(
-    run_dir: Path, steps: int, planned: int, *, env_ce: tuple[float, float] | None, checkpoint: bool, torn: bool = False
+    run_dir: Path,
+    steps: int,
+    planned: int,
+    *,
+    env_ce: tuple[float, float] | None,
+    checkpoint: bool,
+    torn: bool = False,
+    step_keys: dict[str, list] | None = None,
 ) -> None:
+    """A training run's directory; step_keys: metrics.jsonl key -> one value per step, over the defaults."""
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps({"steps": planned, "mode": "echo"}))
-    rows = [
-        json.dumps({"step": s, "reward_mean": 0.1 * s, "pass_rate": 0.05 * s, "env_ce": 3.0 - 0.2 * s})
-        for s in range(1, steps + 1)
-    ]
+    rows = []
+    for s in range(1, steps + 1):
+        row = {"step": s, "reward_mean": 0.1 * s, "pass_rate": 0.05 * s, "env_ce": 3.0 - 0.2 * s}
+        row.update({key: values[s - 1] for key, values in (step_keys or {}).items()})
+        rows.append(json.dumps(row))
     text = "\n".join(rows) + "\n"
     if torn:
         text += '{"step": 99, "reward_me'
@@ -137,10 +149,18 @@ def test_report_numbers_match_the_fixture_runs(tmp_path):
     assert "| 12.5% |" in markdown
     assert "| echo | train | 4 | 16 | 43.8% |" in markdown and "| 1.500 | 2.000 |" in markdown
     assert "| harbor-oracle-k3 | harbor-job | 1 | 3 | 100.0% |" in markdown
-    for png in ("curve_reward_mean.png", "curve_pass_rate.png", "curve_env_ce.png", "bars.png"):
+    pngs = (
+        "curve_reward_mean.png",
+        "curve_pass_rate.png",
+        "curve_signal_group_share.png",  # not logged by this run: the plot says "not measured"
+        "curve_output_tokens_per_episode.png",
+        "curve_env_ce.png",
+        "bars.png",
+    )
+    for png in pngs:
         assert (tmp_path / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = html_path.read_text()
-    assert html.count("data:image/png;base64,") == 4
+    assert html.count("data:image/png;base64,") == len(pngs)
     assert "<td>43.8%</td>" in html
     assert 'src="http' not in html  # self-contained
 
@@ -194,3 +214,132 @@ def test_report_cli_rejects_unknown_paths_clearly(tmp_path):
         cwd=REPO_ROOT,
     )
     assert completed.returncode == 2 and "not a run" in completed.stderr
+
+
+def test_training_runs_show_whether_the_steps_had_a_learning_signal(tmp_path):
+    learning = tmp_path / "learning"
+    write_train_run(
+        learning,
+        steps=4,
+        planned=4,
+        env_ce=None,
+        checkpoint=True,
+        step_keys={
+            "signal_group_share": [0.5, 0.25, 0.0, 1.0],
+            "obs_tokens": [120, 0, 0, 40],
+            "output_tokens_per_episode": [30.0, 50.0, 10.0, 20.0],
+        },
+    )
+    older = tmp_path / "older"  # logged before these keys existed
+    write_train_run(older, steps=2, planned=2, env_ce=None, checkpoint=True)
+    eval_only = tmp_path / "eval-only"
+    write_eval_ledger(eval_only / "ledger.jsonl")
+
+    learning_row, older_row, eval_row = comparison_rows([load_run(learning), load_run(older), load_run(eval_only)])
+    assert learning_row["groups with signal"] == "43.8%"  # (0.5 + 0.25 + 0 + 1) / 4
+    assert learning_row["steps without obs tokens"] == "2 of 4"
+    assert learning_row["output tokens/episode"] == "27.5"  # (30 + 50 + 10 + 20) / 4
+    for row in (older_row, eval_row):
+        assert (row["groups with signal"], row["steps without obs tokens"], row["output tokens/episode"]) == (
+            "-",
+            "-",
+            "-",
+        )
+
+    md_path, _ = write_report([load_run(learning)], tmp_path / "report")
+    markdown = md_path.read_text()
+    assert "| groups with signal | steps without obs tokens | output tokens/episode |" in markdown
+    assert "| 43.8% | 2 of 4 | 27.5 |" in markdown
+    for png in ("curve_signal_group_share.png", "curve_output_tokens_per_episode.png"):
+        assert f"![{png}]({png})" in markdown
+
+
+def _axis_notes(ax) -> list[str]:
+    return [text.get_text() for text in ax.texts]
+
+
+def test_y_range_of_shares_all_zero_and_unmeasured_series():
+    assert y_range([0.0, 0.0], fixed=(0.0, 1.0)) == ((0.0, 1.0), "all zero")
+    assert y_range([0.2, 0.4], fixed=(0.0, 1.0)) == ((0.0, 1.0), None)
+    assert y_range([0.0, 0.0, 0.0]) == ((0.0, 1.0), "all zero")  # not the 1e-9 axis of old
+    assert y_range([0.0, 0.0], from_zero=True) == ((0.0, 1.0), "all zero")
+    assert y_range([None, None]) == ((0.0, 1.0), "not measured")
+    assert y_range([2.0, None, 4.0], from_zero=True) == ((0.0, pytest.approx(4.6)), None)
+    assert y_range([2.0, 3.0]) == (None, None)  # a measured, non-zero series: matplotlib's autoscale
+
+
+def test_plots_of_all_zero_and_unmeasured_series_have_sensible_axes(tmp_path):
+    stuck = tmp_path / "stuck"  # a policy that never ran a command: nothing to learn from
+    write_train_run(
+        stuck,
+        steps=3,
+        planned=3,
+        env_ce=None,
+        checkpoint=True,
+        step_keys={
+            "pass_rate": [0.0, 0.0, 0.0],
+            "signal_group_share": [0.0, 0.0, 0.0],
+            "obs_tokens": [0, 0, 0],
+            "output_tokens_per_episode": [0.0, 0.0, 0.0],
+            "env_ce": [None, None, None],
+        },
+    )
+    write_eval_ledger(stuck / "eval" / "ledger.jsonl", {"t1": [(0, 0, 1, 10, 0)] * 2})
+
+    figures = report_figures([load_run(stuck)])
+    share_axes = figures["curve_signal_group_share.png"].axes[0]
+    assert share_axes.get_ylim() == (0.0, 1.0) and _axis_notes(share_axes) == ["all zero"]
+    assert figures["curve_pass_rate.png"].axes[0].get_ylim() == (0.0, 1.0)
+    tokens_axes = figures["curve_output_tokens_per_episode.png"].axes[0]
+    assert tokens_axes.get_ylim() == (0.0, 1.0) and _axis_notes(tokens_axes) == ["all zero"]
+    env_ce_axes = figures["curve_env_ce.png"].axes[0]
+    assert _axis_notes(env_ce_axes) == ["not measured"] and env_ce_axes.get_ylim() == (0.0, 1.0)
+    assert "stuck (not measured)" in [t.get_text() for t in env_ce_axes.get_legend().get_texts()]
+
+    bars = {ax.get_title(): ax for ax in figures["bars.png"].axes}
+    assert bars["pass@1 (%)"].get_ylim() == (0.0, 100.0) and _axis_notes(bars["pass@1 (%)"]) == ["all zero"]
+    assert bars["output tokens"].get_ylim() == (0.0, 1.0)  # zero output tokens: not a 1e-9 axis
+    assert bars["turns"].get_ylim() == (0.0, pytest.approx(1.15))
+
+
+def test_errored_trials_are_counted_apart_from_failures(tmp_path):
+    run = tmp_path / "flaky-infra"
+    ledger = run / "ledger.jsonl"
+    write_eval_ledger(ledger)  # 16 graded trials, 7 passed
+    task_dir = run / "tasks" / "t1"
+    errored = [("VerifierTimeoutError", 4), ("SandboxError", 5), ("SandboxError", 6)]
+    with ledger.open("a") as handle:
+        for error_type, attempt in errored:
+            record = {
+                "task_name": "sample/t1",
+                "task_path": str(task_dir),
+                "trial_name": f"t1__{attempt}",
+                "agent": "policy",
+                "attempt": attempt,
+                "reward": None,
+                "error_type": error_type,
+                "trial_dir": "x",
+                "finished_at": "2026-01-01T00:00:00",
+            }
+            handle.write(json.dumps(record) + "\n")
+
+    summary = load_run(run)
+    overall = summary.overall
+    assert (overall.n_trials, overall.n_errored) == (19, 3)
+    assert overall.errored_by_kind == {"sandbox_error": 2, "verifier_timeout": 1}
+    # pass@1 stays over all trials: t1 passed 4 of 7, the errored three count as not passed
+    assert overall.pass_at_1 == pytest.approx((4 / 7 + 0.5 + 0 + 0.25) / 4)
+    (row,) = comparison_rows([summary])
+    assert row["errored"] == "3 (15.8%)"
+    assert row["timeouts"] == "10.5%"  # 2 agent timeouts of 19: graded, so failures, not errored
+
+    md_path, html_path = write_report([summary], tmp_path / "report")
+    markdown = md_path.read_text()
+    assert "| pass@1 | 95% CI | errored | timeouts |" in markdown
+    assert "| 3 (15.8%) | 10.5% |" in markdown
+    assert "- flaky-infra: 3 of 19 trials errored (sandbox_error 2, verifier_timeout 1)" in markdown
+    assert "| domain | flaky-infra pass@1 | flaky-infra errored |" in markdown
+    assert "| data_processing | 53.6% | 3 (27.3%) |" in markdown  # t1 (7 trials, 3 errored) and t2 (4)
+    assert "| system_operations | 12.5% | 0 (0.0%) |" in markdown
+    html = html_path.read_text()
+    assert "<th>errored</th>" in html and "<td>3 (15.8%)</td>" in html
