@@ -1,21 +1,27 @@
-"""Reproduce the ECHO paper's claims in miniature, offline, on this machine's CPU.
+"""The ECHO study in miniature, offline, on this machine's CPU: does RL from an expert-SFT start raise
+pass@1, and does the environment-token term (ECHO) change that or the policy's world model?
 
-    .venv/bin/python benchmarks/echo_repro.py            # full: 3 seeds, < 60 min here
-    .venv/bin/python benchmarks/echo_repro.py --quick    # CI-sized: ~2 min here, one seed
+    .venv/bin/python benchmarks/echo_repro.py            # the full study (see FULL below)
+    .venv/bin/python benchmarks/echo_repro.py --quick    # CI-sized: checks the stages, not the outcome
+    .venv/bin/python benchmarks/echo_repro.py --render runs/repro   # table + plots again from results.json
 
-One command runs the whole study on the embedded default (procedural tasks, the tiny
-Qwen3-architecture model, the local Docker engine):
-  1. generate a procedural corpus with a held-out split (family-stratified);
-  2. held-out transcripts for the environment-token CE: a scripted explorer (ls, head, then the
-     reference solution) plays the held-out tasks; none of the compared policies generated them;
-  3. expert-SFT warm start on explorer demonstrations of the training split (run in Docker);
-  4. from that one start, GRPO, ECHO and env-only (verifier-free), equal budgets, >= 3 seeds;
-  5. every policy evaluated on the held-out split (pass@1 with a CI, timeouts, turns, tokens) and
-     scored for env CE on the held-out transcripts, before (the SFT start) and after;
-  6. results.json, results.md and the HTML/Markdown report with plots under --out.
-Every stage resumes: run the same command again after an interruption.
-Task parameters come from the families' closed pools (see taskforge/forge/pools.py), the
-setting in which a from-scratch CPU model can learn anything at all (reference/machine.md).
+Stages (each resumes from its files; run the same command again after an interruption):
+  1. a procedural corpus of the study's families with a fair held-out split (every held-out
+     (family, difficulty) cell also has training tasks); every demonstration reply must fit the
+     per-turn token budget (checked, not assumed);
+  2. held-out transcripts of a scripted explorer (ls, head, then the reference solution) on the
+     held-out tasks: the env CE is measured on rollouts none of the compared policies played;
+  3. explorer demonstrations of the training tasks, run once in Docker;
+  4. per seed, two SFT starts on them (the seed sets the data order): actions only (the paper's
+     baseline), and actions + env CE (the control: a start that already models observations);
+  5. per seed, from the actions-only start: GRPO, ECHO for each lambda, env-only; from the
+     control start: GRPO and ECHO (lambda 0.05); at the first seed, a learning-rate sweep;
+  6. every policy evaluated on all held-out tasks and on a fixed subset of training tasks
+     (sandbox-verified, several attempts per task), and scored for env CE on the held-out transcripts;
+  7. results.json, then results.md and plots written from results.json alone, and the HTML report.
+
+Intervals are 95% hierarchical-bootstrap intervals: seeds resampled, then tasks within each seed, so
+they account for both; effects are paired (same seed, same tasks).
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ sys.path.insert(0, str(REPO))
 
 from taskforge.commands.pipeline import (
     PipelineSize,
+    check_demonstration_budget,
+    demonstrations,
     env_ce,
     evaluate_checkpoint,
     generate_corpus,
@@ -45,65 +53,134 @@ from taskforge.commands.pipeline import (
     train_mode,
 )
 
-MODES = ("grpo", "echo", "env-only")
-
 
 @dataclass
 class Study(PipelineSize):
     seeds: tuple[int, ...] = (1, 2, 3)
+    lambdas: tuple[float, ...] = (0.01, 0.05, 0.2)
+    lr_sweep: tuple[float, ...] = ()  # extra RL learning rates, run at the first seed
+    control_sft_env_coef: float = 1.0  # the control start: SFT on actions + this x env CE
+    eval_train_tasks: int = 20
 
 
 FULL = Study(
-    n_train=120,
-    n_val=24,
+    n_train=150,
+    n_val=20,
     seeds=(1, 2, 3),
-    rl_steps=8,
-    tasks_per_step=4,
-    group_size=2,
-    sft_epochs=25,
-    rl_lr=1e-3,
-    eval_attempts=1,
+    lambdas=(0.01, 0.05, 0.2),
+    lr_sweep=(1e-4, 1e-3),
+    sft_epochs=12,
+    rl_steps=4,
+    tasks_per_step=2,
+    group_size=8,
+    rl_lr=3e-4,
+    eval_attempts=4,
+    eval_train_tasks=10,
 )
-# CI-sized: checks the study's stages and bookkeeping, not its outcome. One seed, short replies
-# and few turns keep it at ~2 min on a quiet machine and well inside the test's limit under load.
+# CI-sized: every stage and every kind of run once, on a handful of tasks. It checks the study's
+# plumbing and bookkeeping, not its outcome (~2 min on a quiet machine).
 QUICK = Study(
-    n_train=12,
-    n_val=4,
+    n_train=6,
+    n_val=3,
     seeds=(1,),
-    rl_steps=2,
+    lambdas=(0.05,),
+    lr_sweep=(),
+    sft_epochs=2,
+    rl_steps=1,
     tasks_per_step=1,
-    group_size=2,
-    sft_epochs=4,
-    rl_lr=1e-3,
+    group_size=4,
     eval_attempts=1,
-    max_turns=3,
-    max_new_tokens=64,
+    eval_train_tasks=1,
 )
 
 
-def mean_ci(values: list[float], seed: int = 0) -> tuple[float, float, float]:
-    """Mean and a 95% percentile-bootstrap CI."""
-    if not values:
-        return (math.nan, math.nan, math.nan)
-    rng = random.Random(seed)
-    means = sorted(sum(rng.choice(values) for _ in values) / len(values) for _ in range(2000))
-    return (sum(values) / len(values), means[50], means[1949])
+def run_plan(study: Study) -> list[dict]:
+    """Every RL run of the study: name, group label, mode, seed, start, lambda, lr."""
+    plan = []
+    for seed in study.seeds:
+        start, control = f"sft-s{seed}", f"sft-env-s{seed}"
+        plan.append(dict(name=f"grpo-s{seed}", group="SFT + GRPO", mode="grpo", seed=seed, start=start))
+        for lam in study.lambdas:
+            plan.append(
+                dict(name=f"echo{lam:g}-s{seed}", group=f"SFT + ECHO l={lam:g}", mode="echo", seed=seed, start=start)
+                | {"lambda": lam}
+            )
+        plan.append(dict(name=f"env-only-s{seed}", group="SFT + env-only", mode="env-only", seed=seed, start=start))
+        plan.append(
+            dict(name=f"control-grpo-s{seed}", group="SFT(+env CE) + GRPO", mode="grpo", seed=seed, start=control)
+        )
+        plan.append(
+            dict(
+                name=f"control-echo0.05-s{seed}",
+                group="SFT(+env CE) + ECHO l=0.05",
+                mode="echo",
+                seed=seed,
+                start=control,
+                **{"lambda": 0.05},
+            )
+        )
+    first = study.seeds[0]
+    for lr in study.lr_sweep:
+        plan.append(
+            dict(name=f"grpo-lr{lr:g}-s{first}", group=f"lr sweep: GRPO lr={lr:g}", mode="grpo", seed=first)
+            | dict(start=f"sft-s{first}", lr=lr)
+        )
+        plan.append(
+            dict(name=f"echo0.05-lr{lr:g}-s{first}", group=f"lr sweep: ECHO l=0.05 lr={lr:g}", mode="echo")
+            | dict(seed=first, start=f"sft-s{first}", lr=lr, **{"lambda": 0.05})
+        )
+    return plan
 
 
-def task_success_rates(run_dir: Path) -> list[float]:
-    """Per-task success rate of an eval run (the unit the pass@1 CI is bootstrapped over)."""
-    per_task: dict[str, list[float]] = {}
+def per_task_rates(run_dir: Path) -> dict[str, float]:
+    """Task -> share of its attempts that passed (reward 1.0; an errored attempt counts as failed)."""
+    attempts: dict[str, list[float]] = {}
     for line in (run_dir / "ledger.jsonl").read_text().splitlines():
         record = json.loads(line)
-        per_task.setdefault(record["task_path"], []).append(1.0 if (record.get("reward") or 0) >= 1.0 else 0.0)
-    return [sum(v) / len(v) for v in per_task.values()]
+        attempts.setdefault(Path(record["task_path"]).name, []).append(float((record.get("reward") or 0) >= 1.0))
+    return {task: sum(v) / len(v) for task, v in sorted(attempts.items())}
+
+
+def curve(run_dir: Path) -> list[dict]:
+    keys = ("step", "reward_mean", "pass_rate", "env_ce", "signal_group_share", "output_tokens_per_episode")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: row.get(k) for k in keys} for row in rows]
+
+
+def evaluate_policy(name: str, checkpoint: Path, study: Study, dirs: dict, out: Path, seed: int) -> dict:
+    """Held-out and training-subset pass@1 per task, and env CE on the held-out transcripts."""
+    run_dir = out / name
+    held = evaluate_checkpoint(checkpoint, dirs["val"], run_dir / "eval", study, seed=seed)
+    limit = study.eval_train_tasks
+    evaluate_checkpoint(checkpoint, dirs["train"], run_dir / "eval-train", study, seed=seed, limit=limit)
+    ce_file = run_dir / "env_ce.json"
+    if not ce_file.is_file():
+        ce_file.write_text(json.dumps({"after": env_ce(checkpoint, dirs["transcripts"])}))
+    result = {
+        "heldout": per_task_rates(run_dir / "eval"),
+        "train": per_task_rates(run_dir / "eval-train"),
+        "env_ce": json.loads(ce_file.read_text())["after"],
+        "heldout_eval": {
+            k: held["overall"][k]
+            for k in ("pass_at_1", "n_trials", "timeout_rate", "mean_turns", "mean_output_tokens", "error_rate")
+        },
+    }
+    log(
+        f"{name}: held-out pass@1 {_mean(result['heldout'].values()):.3f}, "
+        f"train pass@1 {_mean(result['train'].values()):.3f}, env CE {result['env_ce']:.3f}"
+    )
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="the CI-sized study (~2 min here, one seed)")
+    parser.add_argument("--quick", action="store_true", help="the CI-sized study (checks the stages, not the outcome)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/repro-quick or runs/repro)")
+    parser.add_argument("--render", type=Path, default=None, help="only write results.md + plots from DIR/results.json")
     args = parser.parse_args()
+    if args.render:
+        render_all(json.loads((args.render / "results.json").read_text()), args.render)
+        return
     study = QUICK if args.quick else FULL
     out = args.out or REPO / "runs" / ("repro-quick" if args.quick else "repro")
     out.mkdir(parents=True, exist_ok=True)
@@ -111,109 +188,265 @@ def main() -> None:
     log(f"study {'quick' if args.quick else 'full'}: {asdict(study)} -> {out}")
 
     train_dir, val_dir = generate_corpus(study, out)
-    transcripts = held_out_transcripts(val_dir, out)
-    start = sft_start(study, train_dir, out)
-    env_ce_start = env_ce(start, transcripts)
-    results: dict = {"study": asdict(study), "start": {"checkpoint": str(start), "env_ce": env_ce_start}, "runs": {}}
-    sft_eval = evaluate_checkpoint(start, val_dir, out / "sft" / "eval", study, seed=0)
-    (out / "sft" / "env_ce.json").write_text(json.dumps({"after": env_ce_start}))
-    results["start"]["eval"] = sft_eval["overall"]
-    log(f"SFT start: held-out pass@1 {sft_eval['overall']['pass_at_1']:.3f}, env CE {env_ce_start:.3f}")
+    longest = check_demonstration_budget(study, train_dir, val_dir)
+    log(f"longest demonstration reply: {longest} tokens (per-turn budget {study.max_new_tokens})")
+    dirs = {"train": train_dir, "val": val_dir, "transcripts": held_out_transcripts(study, val_dir, out)}
+    demos = demonstrations(study, train_dir, out)
 
+    results: dict = {"study": asdict(study), "longest_demonstration_tokens": longest, "policies": {}}
+    starts: dict[str, Path] = {}
     for seed in study.seeds:
-        for mode in MODES:
-            run_dir = out / f"{mode}-s{seed}"
-            final = train_mode(mode, seed, start, train_dir, run_dir, study)
-            summary = evaluate_checkpoint(final, val_dir, run_dir / "eval", study, seed=seed)
-            after = env_ce(final, transcripts)
-            (run_dir / "env_ce.json").write_text(json.dumps({"before": env_ce_start, "after": after}))
-            results["runs"][run_dir.name] = {
-                "mode": mode,
-                "seed": seed,
-                "eval": summary["overall"],
-                "env_ce_after": after,
-                "success_rates": task_success_rates(run_dir / "eval"),
-            }
-            log(
-                f"{run_dir.name}: held-out pass@1 {summary['overall']['pass_at_1']:.3f}, "
-                f"env CE {env_ce_start:.3f} -> {after:.3f}"
+        for name, coef, group in (
+            (f"sft-s{seed}", 0.0, "SFT start"),
+            (f"sft-env-s{seed}", study.control_sft_env_coef, "SFT(+env CE) start"),
+        ):
+            starts[name] = sft_start(study, train_dir, out / name, seed=seed, env_coef=coef, demos=demos)
+            results["policies"][name] = {"group": group, "seed": seed, "start": None} | evaluate_policy(
+                name, starts[name], study, dirs, out, seed
             )
-
-    table = aggregate(results)
-    results["table"] = table
+    for run in run_plan(study):
+        run_dir = out / run["name"]
+        final = train_mode(
+            run["mode"],
+            run["seed"],
+            starts[run["start"]],
+            train_dir,
+            run_dir,
+            study,
+            env_coef=run.get("lambda"),
+            lr=run.get("lr"),
+        )
+        results["policies"][run["name"]] = (
+            {k: run[k] for k in ("group", "seed", "start", "mode")}
+            | {"lambda": run.get("lambda"), "lr": run.get("lr", study.rl_lr), "curve": curve(run_dir)}
+            | evaluate_policy(run["name"], final, study, dirs, out, run["seed"])
+        )
     results["wall_seconds"] = time.monotonic() - started
     results["machine"] = machine()
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    markdown = render(results, args.quick)
-    (out / "results.md").write_text(markdown)
+    markdown = render_all(results, out)
+    print(markdown)
 
     from taskforge.report import load_run, write_report
 
-    runs = [out / "sft"] + [out / f"{mode}-s{seed}" for mode in MODES for seed in study.seeds]
-    md_path, html_path = write_report([load_run(p) for p in runs], out / "report")
-    print(markdown)
+    runs = [out / name for name in results["policies"]]
+    _, html_path = write_report([load_run(p) for p in runs], out / "report")
     log(f"done in {results['wall_seconds'] / 60:.1f} min; report: {html_path}")
 
 
-def aggregate(results: dict) -> list[dict]:
+# ---------------------------------------------------------------------------------------------
+# Statistics: hierarchical bootstrap over seeds and tasks
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else math.nan
+
+
+def hierarchical_ci(per_seed: list[dict[str, float]], reps: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean over seeds of the mean over tasks, and its 95% interval from resampling seeds, then tasks
+    within each resampled seed. per_seed: one {task: value} per seed."""
+    per_seed = [list(values.values()) for values in per_seed if values]
+    if not per_seed:
+        return (math.nan, math.nan, math.nan)
+    rng = random.Random(seed)
+    estimates = []
+    for _ in range(reps):
+        seeds = [rng.choice(per_seed) for _ in per_seed]
+        estimates.append(_mean(_mean(rng.choice(tasks) for _ in tasks) for tasks in seeds))
+    estimates.sort()
+    point = _mean(_mean(tasks) for tasks in per_seed)
+    return (point, estimates[int(0.025 * reps)], estimates[int(0.975 * reps) - 1])
+
+
+def paired(a: list[dict[str, float]], b: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Per seed, per task a - b over the tasks both have (a[i] and b[i] are the same seed)."""
+    return [{t: x[t] - y[t] for t in x if t in y} for x, y in zip(a, b, strict=True)]
+
+
+def summarise(results: dict) -> tuple[list[dict], list[dict]]:
+    """(table rows per group, paired effects) computed from results.json's per-task numbers."""
+    policies = results["policies"]
+    groups: dict[str, list[str]] = {}
+    for name, policy in policies.items():
+        groups.setdefault(policy["group"], []).append(name)
     rows = []
-    start = results["start"]
-    rows.append(
-        {
-            "policy": "expert SFT (start)",
-            "pass@1": start["eval"]["pass_at_1"],
-            "ci": None,
-            "timeouts": start["eval"]["timeout_rate"],
-            "turns": start["eval"]["mean_turns"],
-            "output_tokens": start["eval"]["mean_output_tokens"],
-            "env_ce": start["env_ce"],
-            "env_ce_delta": 0.0,
-        }
-    )
-    for mode in MODES:
-        runs = [r for r in results["runs"].values() if r["mode"] == mode]
-        rates = [rate for r in runs for rate in r["success_rates"]]
-        mean, lo, hi = mean_ci(rates)
-        env_after = sum(r["env_ce_after"] for r in runs) / len(runs)
+    for group, names in groups.items():
+        members = [policies[n] for n in names]
+        held = hierarchical_ci([m["heldout"] for m in members])
+        train = hierarchical_ci([m["train"] for m in members])
+        ces = [m["env_ce"] for m in members]
+        curves = [m.get("curve") or [] for m in members]
+        steps = [row for c in curves for row in c]
         rows.append(
             {
-                "policy": f"SFT + {mode} ({len(runs)} seed{'s' if len(runs) != 1 else ''})",
-                "pass@1": mean,
-                "ci": [lo, hi],
-                "timeouts": _mean_eval(runs, "timeout_rate"),
-                "turns": _mean_eval(runs, "mean_turns"),
-                "output_tokens": _mean_eval(runs, "mean_output_tokens"),
-                "env_ce": env_after,
-                "env_ce_delta": env_after - start["env_ce"],
+                "group": group,
+                "seeds": len(members),
+                "heldout": held,
+                "train": train,
+                "env_ce": _mean(ces),
+                "env_ce_range": [min(ces), max(ces)],
+                "timeouts": _mean(m["heldout_eval"]["timeout_rate"] or 0 for m in members),
+                "turns": _mean(m["heldout_eval"]["mean_turns"] or 0 for m in members),
+                "output_tokens": _mean(m["heldout_eval"]["mean_output_tokens"] or 0 for m in members),
+                "errored": _mean(m["heldout_eval"]["error_rate"] or 0 for m in members),
+                "signal_share": _mean(r["signal_group_share"] for r in steps) if steps else None,
+                "steps_without_obs": (
+                    f"{sum(1 for r in steps if r['env_ce'] is None)} of {len(steps)}" if steps else None
+                ),
             }
         )
-    return rows
+    effects = []
+
+    def by_seed(group: str) -> dict[int, dict]:
+        return {policies[n]["seed"]: policies[n] for n in groups.get(group, [])}
+
+    def effect(label: str, group_a: str, group_b: str) -> None:
+        a, b = by_seed(group_a), by_seed(group_b)
+        seeds = sorted(set(a) & set(b))
+        if not seeds:
+            return
+        row = {"effect": label, "seeds": len(seeds)}
+        for split in ("heldout", "train"):
+            row[split] = hierarchical_ci(paired([a[s][split] for s in seeds], [b[s][split] for s in seeds]))
+        ce = [a[s]["env_ce"] - b[s]["env_ce"] for s in seeds]
+        row["env_ce"] = (_mean(ce), min(ce), max(ce))
+        effects.append(row)
+
+    rl_groups = [g for g in groups if g.startswith("SFT + ")]
+    for group in rl_groups:
+        effect(f"{group} vs SFT start", group, "SFT start")
+    for group in rl_groups:
+        if group != "SFT + GRPO":
+            effect(f"{group} vs SFT + GRPO", group, "SFT + GRPO")
+    effect("control: SFT(+env CE) start vs SFT start", "SFT(+env CE) start", "SFT start")
+    control_echo, control_grpo = "SFT(+env CE) + ECHO l=0.05", "SFT(+env CE) + GRPO"
+    effect(f"control: {control_echo} vs {control_grpo}", control_echo, control_grpo)
+    return rows, effects
 
 
-def _mean_eval(runs: list[dict], key: str) -> float:
-    """Mean of one held-out eval metric over the seeds' runs (a missing value counts as 0)."""
-    return sum(r["eval"][key] or 0 for r in runs) / len(runs)
+# ---------------------------------------------------------------------------------------------
+# Rendering: everything below reads results.json only
 
 
-def render(results: dict, quick: bool) -> str:
+def _pct(ci) -> str:
+    point, lo, hi = ci
+    if math.isnan(point):
+        return "-"
+    return f"{100 * point:.1f}% ({100 * lo:.1f} to {100 * hi:.1f})"
+
+
+def _pp(ci) -> str:
+    point, lo, hi = ci
+    if math.isnan(point):
+        return "-"
+    return f"{100 * point:+.1f} pp ({100 * lo:+.1f} to {100 * hi:+.1f})"
+
+
+def render_all(results: dict, out: Path) -> str:
+    rows, effects = summarise(results)
+    results_md = render_markdown(results, rows, effects)
+    (out / "results.md").write_text(results_md)
+    plot(results, rows, out)
+    return results_md
+
+
+def render_markdown(results: dict, rows: list[dict], effects: list[dict]) -> str:
+    study = results["study"]
     lines = [
-        f"Study: {'quick' if quick else 'full'}; {results['study']['n_train']} training tasks, "
-        f"{results['study']['n_val']} held-out tasks; "
-        f"{len(results['study']['seeds'])} seeds x {results['study']['rl_steps']} steps x "
-        f"{results['study']['tasks_per_step']} tasks x {results['study']['group_size']} rollouts per mode; "
-        f"wall time {results['wall_seconds'] / 60:.1f} min on {results['machine']}.",
+        f"{study['n_train']} training and {study['n_val']} held-out tasks ({', '.join(study['families'])}; "
+        f"{', '.join(study['difficulties'])}); {len(study['seeds'])} seed(s); RL {study['rl_steps']} steps x "
+        f"{study['tasks_per_step']} tasks x {study['group_size']} rollouts, lr {study['rl_lr']:g}; eval "
+        f"{study['eval_attempts']} attempts per task on all held-out tasks and {study['eval_train_tasks']} "
+        f"training tasks; wall time {results.get('wall_seconds', 0) / 60:.1f} min on {results.get('machine', '?')}.",
         "",
-        "| policy | held-out pass@1 (95% CI) | timeouts | turns | output tokens "
-        "| held-out env CE (nats/token) | change vs start |",
-        "|---|---|---|---|---|---|---|",
+        "| policy | seeds | held-out pass@1 (95% CI) | training-task pass@1 (95% CI) | held-out env CE (seed range) "
+        "| groups with signal | steps without obs tokens | output tokens/episode | timeouts | errored |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in results["table"]:
-        ci = f" ({100 * row['ci'][0]:.1f}-{100 * row['ci'][1]:.1f})" if row["ci"] else ""
+    for r in rows:
+        signal = f"{100 * r['signal_share']:.0f}%" if r["signal_share"] is not None else "-"
         lines.append(
-            f"| {row['policy']} | {100 * row['pass@1']:.1f}%{ci} | {100 * row['timeouts']:.1f}% "
-            f"| {row['turns']:.2f} | {row['output_tokens']:.0f} | {row['env_ce']:.3f} | {row['env_ce_delta']:+.3f} |"
+            f"| {r['group']} | {r['seeds']} | {_pct(r['heldout'])} | {_pct(r['train'])} | {r['env_ce']:.3f} "
+            f"({r['env_ce_range'][0]:.3f}-{r['env_ce_range'][1]:.3f}) | {signal} | {r['steps_without_obs'] or '-'} "
+            f"| {r['output_tokens']:.0f} | {100 * r['timeouts']:.1f}% | {100 * r['errored']:.1f}% |"
+        )
+    lines += [
+        "",
+        "Paired effects (same seed, same tasks; 95% hierarchical-bootstrap interval):",
+        "",
+        "| effect | seeds | held-out pass@1 | training-task pass@1 | held-out env CE (seed range) |",
+        "|---|---|---|---|---|",
+    ]
+    for e in effects:
+        ce, lo, hi = e["env_ce"]
+        lines.append(
+            f"| {e['effect']} | {e['seeds']} | {_pp(e['heldout'])} | {_pp(e['train'])} "
+            f"| {ce:+.3f} ({lo:+.3f} to {hi:+.3f}) |"
         )
     return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, rows: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r["group"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.45 * len(rows) + 2), sharey=True)
+    for ax, split, title in ((axes[0], "heldout", "held-out pass@1"), (axes[1], "train", "training-task pass@1")):
+        points = [r[split][0] for r in rows]
+        below = [max(0.0, r[split][0] - r[split][1]) for r in rows]
+        above = [max(0.0, r[split][2] - r[split][0]) for r in rows]
+        errors = [below, above]
+        ax.barh(range(len(rows)), points, xerr=errors, color="#4c72b0", capsize=3)
+        ax.set_xlim(0, 1)
+        ax.set_title(f"{title} (95% CI over seeds and tasks)")
+    axes[0].set_yticks(range(len(rows)), labels)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(out / "pass_at_1.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 2))
+    for i, group in enumerate(labels):
+        values = [p["env_ce"] for p in results["policies"].values() if p["group"] == group]
+        ax.scatter(values, [i] * len(values), color="#dd8452", zorder=3)
+        ax.plot([min(values), max(values)], [i, i], color="#dd8452")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("held-out env CE, nats/token (one point per seed)")
+    fig.tight_layout()
+    fig.savefig(out / "env_ce.png", dpi=110)
+    plt.close(fig)
+
+    curve_keys = (
+        ("reward_mean", "training reward", (0, 1)),
+        ("signal_group_share", "share of groups with signal", (0, 1)),
+        ("output_tokens_per_episode", "output tokens per episode", None),
+        ("env_ce", "env CE of the training batch", None),
+    )
+    fig, axes = plt.subplots(1, len(curve_keys), figsize=(18, 3.6))
+    for ax, (key, title, limits) in zip(axes, curve_keys, strict=True):
+        for group in [g for g in labels if not g.endswith("start")]:
+            curves = [p["curve"] for p in results["policies"].values() if p["group"] == group and p.get("curve")]
+            steps = sorted({row["step"] for c in curves for row in c})
+            means = []
+            for step in steps:
+                values = [row[key] for c in curves for row in c if row["step"] == step and row[key] is not None]
+                means.append(_mean(values) if values else math.nan)
+            ax.plot(steps, means, marker="o", label=group)
+        ax.set_title(title)
+        ax.set_xlabel("RL step (mean over seeds)")
+        if limits:
+            ax.set_ylim(*limits)
+        else:
+            ax.set_ylim(bottom=0)
+    axes[-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
 
 
 def machine() -> str:

@@ -1,5 +1,6 @@
-"""The ECHO study's --quick mode end to end (generate, SFT, GRPO/ECHO/env-only x 3 seeds, eval,
-env CE, report), as CI runs it. It checks the study's shape and bookkeeping, not its outcome."""
+"""The ECHO study's --quick mode end to end (corpus, demonstrations, two SFT starts, GRPO / ECHO /
+env-only / control runs, evals, env CE, results.json -> results.md + plots, report), as CI runs it.
+It checks the study's shape and bookkeeping, not its outcome."""
 
 from __future__ import annotations
 
@@ -22,22 +23,31 @@ def test_quick_study_runs_end_to_end(tmp_path, base_image):
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    runs = results["runs"]
-    seeds = results["study"]["seeds"]
-    assert sorted(runs) == sorted(f"{mode}-s{seed}" for mode in ("grpo", "echo", "env-only") for seed in seeds)
-    for name, run in runs.items():
-        assert run["eval"]["n_trials"] == results["study"]["n_val"] * results["study"]["eval_attempts"], name
-        assert math.isfinite(run["env_ce_after"]) and run["env_ce_after"] > 0
-        metrics = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
-        assert [m["step"] for m in metrics] == list(range(1, results["study"]["rl_steps"] + 1))
-        assert {m["mode"] for m in metrics} == {run["mode"]}
-    n_seeds = f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
-    assert [row["policy"] for row in results["table"]] == [
-        "expert SFT (start)",
-        f"SFT + grpo ({n_seeds})",
-        f"SFT + echo ({n_seeds})",
-        f"SFT + env-only ({n_seeds})",
-    ]
-    assert "| policy | held-out pass@1 (95% CI) |" in (out / "results.md").read_text()
+    study, policies = results["study"], results["policies"]
+    (seed,) = study["seeds"]
+    assert sorted(policies) == sorted(
+        [f"sft-s{seed}", f"sft-env-s{seed}", f"grpo-s{seed}", f"echo0.05-s{seed}", f"env-only-s{seed}"]
+        + [f"control-grpo-s{seed}", f"control-echo0.05-s{seed}"]
+    )
+    for name, policy in policies.items():
+        assert len(policy["heldout"]) == study["n_val"], name  # every held-out task, each attempt counted
+        assert len(policy["train"]) == study["eval_train_tasks"], name
+        assert policy["heldout_eval"]["n_trials"] == study["n_val"] * study["eval_attempts"]
+        assert math.isfinite(policy["env_ce"]) and policy["env_ce"] > 0
+        if policy["start"] is not None:  # an RL run: its curve is one row per step, in its mode
+            assert [row["step"] for row in policy["curve"]] == list(range(1, study["rl_steps"] + 1))
+            metrics = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+            assert {m["mode"] for m in metrics} == {policy["mode"]}
+            assert policy["start"] == ("sft-env-s1" if name.startswith("control") else "sft-s1")
+    # The control start trained on observations: its held-out env CE is below the actions-only start's.
+    assert policies[f"sft-env-s{seed}"]["env_ce"] < policies[f"sft-s{seed}"]["env_ce"]
+
+    markdown = (out / "results.md").read_text()
+    assert "| SFT + ECHO l=0.05 | 1 |" in markdown and "control: SFT(+env CE) start vs SFT start" in markdown
+    assert all((out / png).stat().st_size > 0 for png in ("pass_at_1.png", "env_ce.png", "curves.png"))
+    # The table and plots come from results.json alone: rendering again gives the same table.
+    (out / "results.md").unlink()
+    subprocess.run([sys.executable, "benchmarks/echo_repro.py", "--render", str(out)], cwd=REPO_ROOT, check=True)
+    assert (out / "results.md").read_text() == markdown
     html = (out / "report" / "report.html").read_text()
-    assert all(name in html for name in runs) and "data:image/png;base64," in html
+    assert all(name in html for name in policies) and "data:image/png;base64," in html

@@ -74,6 +74,31 @@ def collect_demonstrations(task_dirs: list[Path], out_dir: Path, config: SFTConf
     return [e for e in episodes if e is not None and e.reward == 1.0]
 
 
+def demonstration_actions(task_dir: Path, demonstrator: str) -> list[str]:
+    """The replies the scripted demonstrator types on this task, in order (DONE last)."""
+    from taskforge.agent.scripted import ExplorerPolicy, SolutionTextPolicy
+    from taskforge.tasks import load_task
+
+    if demonstrator == "explorer":
+        commands = ExplorerPolicy(task_dir, load_task(task_dir).instruction).actions
+    else:
+        commands = [SolutionTextPolicy(task_dir).command]
+    return [f"```bash\n{command}\n```" for command in commands] + ["DONE"]
+
+
+def longest_demonstration_action(tokenizer, task_dirs: list[Path], demonstrator: str) -> tuple[int, Path | None]:
+    """(tokens, task) of the longest demonstration reply, counting the end-of-turn token the sampler
+    must also emit: the per-turn budget (max_new_tokens) has to cover it, or the policy is trained to
+    write replies it can never finish."""
+    longest, where = 0, None
+    for task_dir in task_dirs:
+        for action in demonstration_actions(task_dir, demonstrator):
+            n = len(tokenizer.encode(action, add_special_tokens=False)) + 1
+            if n > longest:
+                longest, where = n, task_dir
+    return longest, where
+
+
 def _length_bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
     """Shuffled batches of similar-length sequences (little padding), in shuffled order."""
     order = list(range(len(lengths)))

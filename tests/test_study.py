@@ -1,0 +1,89 @@
+"""The study's design, checked without running it: demonstrations fit the per-turn budget, the
+split is fair, and the statistics behave as their docstrings say."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+
+from taskforge.commands.pipeline import DEMO_SIZE, check_demonstration_budget, generate_corpus
+from taskforge.tasks import discover_task_dirs
+from trainer.model import load_policy
+from trainer.sft import demonstration_actions, longest_demonstration_action
+
+from .conftest import REPO_ROOT
+
+_spec = importlib.util.spec_from_file_location("echo_repro", REPO_ROOT / "benchmarks" / "echo_repro.py")
+echo_repro = importlib.util.module_from_spec(_spec)
+sys.modules["echo_repro"] = echo_repro  # dataclasses look their module up while the class is built
+_spec.loader.exec_module(echo_repro)
+
+
+@pytest.mark.parametrize("size", [echo_repro.FULL, echo_repro.QUICK, DEMO_SIZE], ids=["full", "quick", "demo"])
+def test_no_demonstration_reply_is_cut_by_the_turn_budget(tmp_path, size):
+    """Every reply the demonstrator types (with its end-of-turn token) fits max_new_tokens, so the
+    policy is never trained on replies it could not finish; and the held-out cells are trained."""
+    train_dir, val_dir = generate_corpus(size, tmp_path)
+    task_dirs = discover_task_dirs([train_dir, val_dir])
+    assert len(task_dirs) == size.n_train + size.n_val
+    _, tokenizer = load_policy("tiny")
+    longest, _ = longest_demonstration_action(tokenizer, task_dirs, size.demonstrator)
+    assert 0 < longest <= size.max_new_tokens
+    assert check_demonstration_budget(size, train_dir, val_dir) == longest
+    # Explorer demonstrations are 3 commands and DONE: the episode must allow them all.
+    assert max(len(demonstration_actions(d, size.demonstrator)) for d in task_dirs) <= size.max_turns
+
+    def cells(split: str) -> set:
+        rows = (tmp_path / "tasks" / split / "manifest.jsonl").read_text().splitlines()
+        return {(json.loads(r)["family"], json.loads(r)["difficulty"]) for r in rows}
+
+    assert cells("val") <= cells("train")
+
+
+def test_a_budget_that_would_cut_a_demonstration_is_refused(tmp_path):
+    size = replace(echo_repro.QUICK, max_new_tokens=20)
+    train_dir, val_dir = generate_corpus(size, tmp_path)
+    with pytest.raises(ValueError, match="Raise max_new_tokens to >="):
+        check_demonstration_budget(size, train_dir, val_dir)
+
+
+def test_hierarchical_ci_hand_checked():
+    ci = echo_repro.hierarchical_ci
+    # One seed, one task: no spread at all.
+    assert ci([{"t": 0.25}]) == (0.25, 0.25, 0.25)
+    # Identical seeds of identical tasks: the interval is the point.
+    assert ci([{"a": 0.5, "b": 0.5}, {"a": 0.5, "b": 0.5}]) == (0.5, 0.5, 0.5)
+    # Two seeds that disagree completely (all 0 vs all 1): the point is 0.5 and resampling seeds
+    # reaches both extremes (both draws the same seed: p = 1/2 per rep), so the interval is [0, 1].
+    point, lo, hi = ci([{"a": 0.0, "b": 0.0}, {"a": 1.0, "b": 1.0}])
+    assert (point, lo, hi) == (0.5, 0.0, 1.0)
+    # Pooling tasks x seeds would call two tasks x many seeds precise; the seed level keeps it wide.
+    _, lo_one, hi_one = ci([{"a": 0.0, "b": 1.0}])
+    assert lo_one == 0.0 and hi_one == 1.0
+    assert all(math.isnan(v) for v in ci([]))
+
+
+def test_paired_effects_use_the_same_seed_and_tasks():
+    a = [{"t1": 1.0, "t2": 0.5}, {"t1": 0.0}]
+    b = [{"t1": 0.5, "t2": 0.5, "t3": 1.0}, {"t1": 0.25}]
+    assert echo_repro.paired(a, b) == [{"t1": 0.5, "t2": 0.0}, {"t1": -0.25}]
+
+
+def test_study_plan_has_every_comparison_the_claims_need():
+    plan = echo_repro.run_plan(echo_repro.FULL)
+    groups = Counter(run["group"] for run in plan)
+    seeds = len(echo_repro.FULL.seeds)
+    assert seeds >= 3 and echo_repro.FULL.group_size >= 8
+    assert groups["SFT + GRPO"] == groups["SFT + env-only"] == seeds
+    assert len(echo_repro.FULL.lambdas) >= 3 and 0.05 in echo_repro.FULL.lambdas
+    assert all(groups[f"SFT + ECHO l={lam:g}"] == seeds for lam in echo_repro.FULL.lambdas)
+    assert groups["SFT(+env CE) + GRPO"] == groups["SFT(+env CE) + ECHO l=0.05"] == seeds
+    learning_rates = {run.get("lr", echo_repro.FULL.rl_lr) for run in plan if run["mode"] == "grpo"}
+    assert len(learning_rates) >= 3
+    assert all(run["start"].startswith("sft-env-") == run["group"].startswith("SFT(+env CE)") for run in plan)
