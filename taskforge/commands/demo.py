@@ -15,8 +15,10 @@ def demo(
 ) -> None:
     """Run the whole pipeline, small, on the embedded default; resumes when run again.
 
-    Generates tasks, validates them in Docker, runs expert SFT of the tiny model and a few ECHO
-    steps, evaluates both checkpoints on held-out tasks with their env CE, and writes a report.
+    Generates tasks of the study's five families (with a fair held-out split), validates the
+    held-out ones in Docker, runs expert SFT of the tiny model on explorer demonstrations and a
+    few ECHO steps (groups of 8), evaluates both checkpoints on held-out tasks (4 attempts each)
+    with their env CE, and writes a report. About 10-15 min on 2 CPU cores.
     """
     from taskforge.commands.pipeline import run_demo
 
