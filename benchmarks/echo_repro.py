@@ -11,11 +11,13 @@ Stages (each resumes from its files; run the same command again after an interru
      per-turn token budget (checked, not assumed);
   2. held-out transcripts of a scripted explorer (ls, head, then the reference solution) on the
      held-out tasks: the env CE is measured on rollouts none of the compared policies played;
-  3. explorer demonstrations of the training tasks, run once in Docker;
-  4. per seed, two SFT starts on them (the seed sets the data order): actions only (the paper's
-     baseline), and actions + env CE (the control: a start that already models observations);
-  5. per seed, from the actions-only start: GRPO, ECHO for each lambda, env-only; from the
-     control start: GRPO and ECHO (lambda 0.05); at the first seed, a learning-rate sweep;
+  3. demonstrations of the training tasks (the reference solution typed, then DONE), and explorer
+     transcripts of the same tasks, each run once in Docker;
+  4. per seed, two starts (the seed sets the data order): expert SFT on the demonstrations' action
+     tokens (the paper's baseline), and the control: that start further trained on the env CE of
+     the explorer transcripts alone, so it already models observations before RL;
+  5. per seed, from the SFT start: GRPO, ECHO (lambda 0.05), env-only; from the control start:
+     GRPO and ECHO; at the first seed, a lambda sweep (ECHO) and a learning-rate sweep (GRPO);
   6. every policy evaluated on all held-out tasks and on a fixed subset of training tasks
      (sandbox-verified, several attempts per task), and scored for env CE on the held-out transcripts;
   7. results.json, then results.md and plots written from results.json alone, and the HTML report.
@@ -51,83 +53,82 @@ from taskforge.commands.pipeline import (
     log,
     sft_start,
     train_mode,
+    world_model_start,
 )
 
 
 @dataclass
 class Study(PipelineSize):
     seeds: tuple[int, ...] = (1, 2, 3)
-    lambdas: tuple[float, ...] = (0.01, 0.05, 0.2)
-    lr_sweep: tuple[float, ...] = ()  # extra RL learning rates, run at the first seed
-    control_sft_env_coef: float = 1.0  # the control start: SFT on actions + this x env CE
-    eval_train_tasks: int = 20
+    lambda_sweep: tuple[float, ...] = (0.01, 0.2)  # ECHO lambdas beyond env_coef (0.05), at the first seed
+    lr_sweep: tuple[float, ...] = ()  # GRPO learning rates beyond rl_lr, at the first seed
+    eval_train_tasks: int = 5
 
 
 FULL = Study(
-    n_train=150,
+    n_train=200,
     n_val=20,
     seeds=(1, 2, 3),
-    lambdas=(0.01, 0.05, 0.2),
+    lambda_sweep=(0.01, 0.2),
     lr_sweep=(1e-4, 1e-3),
-    sft_epochs=12,
+    sft_epochs=15,
+    sft_lr=2e-3,
+    control_epochs=2,
     rl_steps=4,
     tasks_per_step=2,
     group_size=8,
     rl_lr=3e-4,
     eval_attempts=4,
-    eval_train_tasks=10,
+    eval_train_tasks=5,
+    concurrency=3,
 )
 # CI-sized: every stage and every kind of run once, on a handful of tasks. It checks the study's
-# plumbing and bookkeeping, not its outcome (~2 min on a quiet machine).
+# plumbing and bookkeeping, not its outcome.
 QUICK = Study(
     n_train=6,
     n_val=3,
     seeds=(1,),
-    lambdas=(0.05,),
+    lambda_sweep=(),
     lr_sweep=(),
     sft_epochs=2,
+    control_epochs=1,
     rl_steps=1,
     tasks_per_step=1,
     group_size=4,
     eval_attempts=1,
     eval_train_tasks=1,
+    max_turns=2,  # the solution, then DONE
+    max_new_tokens=64,  # covers the quick corpus's longest reply (checked at the start)
 )
 
 
 def run_plan(study: Study) -> list[dict]:
-    """Every RL run of the study: name, group label, mode, seed, start, lambda, lr."""
+    """Every RL run of the study: name, group label, mode, seed, start, lambda, lr. At every seed:
+    GRPO, ECHO (lambda env_coef), env-only, and GRPO and ECHO from the control start; at the first
+    seed also the lambda and learning-rate sweeps."""
     plan = []
+    first = study.seeds[0]
+    lam = study.env_coef
     for seed in study.seeds:
         start, control = f"sft-s{seed}", f"sft-env-s{seed}"
-        plan.append(dict(name=f"grpo-s{seed}", group="SFT + GRPO", mode="grpo", seed=seed, start=start))
-        for lam in study.lambdas:
-            plan.append(
-                dict(name=f"echo{lam:g}-s{seed}", group=f"SFT + ECHO l={lam:g}", mode="echo", seed=seed, start=start)
-                | {"lambda": lam}
-            )
-        plan.append(dict(name=f"env-only-s{seed}", group="SFT + env-only", mode="env-only", seed=seed, start=start))
+        plan += [
+            dict(name=f"grpo-s{seed}", group="SFT + GRPO", mode="grpo", seed=seed, start=start),
+            dict(name=f"echo{lam:g}-s{seed}", group=f"SFT + ECHO l={lam:g}", mode="echo", seed=seed, start=start)
+            | {"lambda": lam},
+            dict(name=f"env-only-s{seed}", group="SFT + env-only", mode="env-only", seed=seed, start=start),
+            dict(name=f"control-grpo-s{seed}", group="SFT(+env CE) + GRPO", mode="grpo", seed=seed, start=control),
+            dict(name=f"control-echo{lam:g}-s{seed}", group=f"SFT(+env CE) + ECHO l={lam:g}", mode="echo")
+            | dict(seed=seed, start=control, **{"lambda": lam}),
+        ]
+    for sweep_lambda in study.lambda_sweep:
         plan.append(
-            dict(name=f"control-grpo-s{seed}", group="SFT(+env CE) + GRPO", mode="grpo", seed=seed, start=control)
+            dict(name=f"echo{sweep_lambda:g}-s{first}", group=f"SFT + ECHO l={sweep_lambda:g}", mode="echo")
+            | dict(seed=first, start=f"sft-s{first}", **{"lambda": sweep_lambda})
         )
-        plan.append(
-            dict(
-                name=f"control-echo0.05-s{seed}",
-                group="SFT(+env CE) + ECHO l=0.05",
-                mode="echo",
-                seed=seed,
-                start=control,
-                **{"lambda": 0.05},
-            )
-        )
-    first = study.seeds[0]
     for lr in study.lr_sweep:
         plan.append(
-            dict(name=f"grpo-lr{lr:g}-s{first}", group=f"lr sweep: GRPO lr={lr:g}", mode="grpo", seed=first)
+            dict(name=f"grpo-lr{lr:g}-s{first}", group=f"SFT + GRPO lr={lr:g}", mode="grpo", seed=first)
             | dict(start=f"sft-s{first}", lr=lr)
-        )
-        plan.append(
-            dict(name=f"echo0.05-lr{lr:g}-s{first}", group=f"lr sweep: ECHO l=0.05 lr={lr:g}", mode="echo")
-            | dict(seed=first, start=f"sft-s{first}", lr=lr, **{"lambda": 0.05})
         )
     return plan
 
@@ -193,14 +194,17 @@ def main() -> None:
     dirs = {"train": train_dir, "val": val_dir, "transcripts": held_out_transcripts(study, val_dir, out)}
     demos = demonstrations(study, train_dir, out)
 
+    explorer_transcripts = demonstrations(study, train_dir, out, "explorer")
+
     results: dict = {"study": asdict(study), "longest_demonstration_tokens": longest, "policies": {}}
     starts: dict[str, Path] = {}
     for seed in study.seeds:
-        for name, coef, group in (
-            (f"sft-s{seed}", 0.0, "SFT start"),
-            (f"sft-env-s{seed}", study.control_sft_env_coef, "SFT(+env CE) start"),
-        ):
-            starts[name] = sft_start(study, train_dir, out / name, seed=seed, env_coef=coef, demos=demos)
+        sft_name, control_name = f"sft-s{seed}", f"sft-env-s{seed}"
+        starts[sft_name] = sft_start(study, train_dir, out / sft_name, seed=seed, demos=demos)
+        starts[control_name] = world_model_start(
+            study, starts[sft_name], train_dir, out / control_name, seed=seed, transcripts=explorer_transcripts
+        )
+        for name, group in ((sft_name, "SFT start"), (control_name, "SFT(+env CE) start")):
             results["policies"][name] = {"group": group, "seed": seed, "start": None} | evaluate_policy(
                 name, starts[name], study, dirs, out, seed
             )
@@ -313,7 +317,7 @@ def summarise(results: dict) -> tuple[list[dict], list[dict]]:
         row["env_ce"] = (_mean(ce), min(ce), max(ce))
         effects.append(row)
 
-    rl_groups = [g for g in groups if g.startswith("SFT + ")]
+    rl_groups = [g for g in groups if g.startswith("SFT + ")]  # sweeps included: paired at their seed
     for group in rl_groups:
         effect(f"{group} vs SFT start", group, "SFT start")
     for group in rl_groups:

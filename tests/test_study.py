@@ -76,14 +76,16 @@ def test_paired_effects_use_the_same_seed_and_tasks():
 
 
 def test_study_plan_has_every_comparison_the_claims_need():
-    plan = echo_repro.run_plan(echo_repro.FULL)
+    full = echo_repro.FULL
+    plan = echo_repro.run_plan(full)
     groups = Counter(run["group"] for run in plan)
-    seeds = len(echo_repro.FULL.seeds)
-    assert seeds >= 3 and echo_repro.FULL.group_size >= 8
-    assert groups["SFT + GRPO"] == groups["SFT + env-only"] == seeds
-    assert len(echo_repro.FULL.lambdas) >= 3 and 0.05 in echo_repro.FULL.lambdas
-    assert all(groups[f"SFT + ECHO l={lam:g}"] == seeds for lam in echo_repro.FULL.lambdas)
+    seeds = len(full.seeds)
+    assert seeds >= 3 and full.group_size >= 8 and full.eval_attempts >= 4
+    assert groups["SFT + GRPO"] == groups["SFT + env-only"] == groups["SFT + ECHO l=0.05"] == seeds
     assert groups["SFT(+env CE) + GRPO"] == groups["SFT(+env CE) + ECHO l=0.05"] == seeds
-    learning_rates = {run.get("lr", echo_repro.FULL.rl_lr) for run in plan if run["mode"] == "grpo"}
+    lambdas = {run["lambda"] for run in plan if run["mode"] == "echo"}
+    assert len(lambdas) >= 3 and 0.05 in lambdas
+    learning_rates = {run.get("lr", full.rl_lr) for run in plan if run["mode"] == "grpo"}
     assert len(learning_rates) >= 3
     assert all(run["start"].startswith("sft-env-") == run["group"].startswith("SFT(+env CE)") for run in plan)
+    assert len({run["name"] for run in plan}) == len(plan)

@@ -10,6 +10,7 @@ saving, the agent loop) treats it like any Hugging Face model.
 
     from trainer.model import load_policy
     policy = load_policy("tiny")                    # built on first use, then read from cache
+    policy = load_policy("small")                   # the same recipe at ~5 M parameters (the study's)
     policy = load_policy("smollm2-135m")            # a real pretrained model, after `taskforge model get`
     policy = load_policy("/ckpt/step-100")          # any local HF causal-LM checkpoint
     policy = load_policy("Qwen/Qwen3-8B", dtype="bfloat16", gradient_checkpointing=True)  # GPU hosts
@@ -108,6 +109,16 @@ class TinyPolicySpec:
     corpus_seed: int = 0
     corpus_snippets: int = 40_000
     recipe_version: int = 1
+
+
+# A larger from-scratch model for the learning study (benchmarks/echo_repro.py): 4 layers of 256,
+# about 5 M parameters. The 1.6 M default learns the command shapes of the study's families but
+# not to copy paths and names it has not seen together (about 2% held-out pass@1 after 15 epochs on
+# 300 demonstrations); see docs/repro.
+SMALL_SPEC = TinyPolicySpec(
+    hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4
+)
+SMALL_NAMES = frozenset({"small", "small-default"})
 
 
 def default_cache_dir() -> Path:
@@ -273,6 +284,8 @@ def load_policy(
 def _resolve_source(name_or_path: str | Path | None, cache_dir: str | Path | None) -> str:
     if name_or_path is None or str(name_or_path) in TINY_NAMES:
         return str(ensure_tiny_policy(cache_dir))
+    if str(name_or_path) in SMALL_NAMES:
+        return str(ensure_tiny_policy(cache_dir or default_cache_dir().with_name("small-default"), SMALL_SPEC))
     source = str(name_or_path)
     if not isinstance(name_or_path, Path) and source in PRETRAINED_MODELS:
         fetched = fetched_model_dir(source)

@@ -4,7 +4,8 @@ A demonstration is an episode of `SolutionTextPolicy`: its first action is the t
 solve.sh as a ```bash block, its second DONE. It runs through the same agent loop, sandbox and
 verifier as any policy, so the observations are the real terminal output and only episodes the
 verifier scores 1.0 are kept. Training is cross-entropy on the action tokens of those rollouts
-(token mean), optionally plus lambda x the environment CE (ECHO-style SFT).
+(token mean), optionally plus lambda x the environment CE (ECHO-style SFT); with action_coef 0 it
+trains the observation model alone (the study's control: a start that already models observations).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class SFTConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     env_coef: float = 0.0  # > 0 adds lambda x env CE on the demonstrations' observations
+    action_coef: float = 1.0  # 0 with env_coef > 0: train a world model only (the study's control start)
     demonstrator: str = "oracle-text"  # or "explorer": ls/head first, then the solution
     max_turns: int = 5
     command_timeout_sec: float = 30.0
@@ -122,6 +124,8 @@ def sft(config: SFTConfig, run_dir: Path, *, log=print, demonstrations: list[Pat
     from trainer.loss import mean_sequence_ce
     from trainer.model import load_policy, save_checkpoint
 
+    if not (config.action_coef or config.env_coef):
+        raise ValueError("SFT with action_coef 0 and env_coef 0 trains nothing: set one of them above 0")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(
         json.dumps({**asdict(config), "steps": config.epochs, "mode": "sft"}, indent=2)
@@ -161,7 +165,11 @@ def sft(config: SFTConfig, run_dir: Path, *, log=print, demonstrations: list[Pat
             action = batch["action_mask"].float()
             loss = -(logprobs * action).sum() / action.sum().clamp(min=1)
             env_ce = mean_sequence_ce(logprobs, batch["observation_mask"])
-            total = loss + config.env_coef * env_ce if config.env_coef else loss
+            # Terms with a zero coefficient are left out, not multiplied by 0: a batch without
+            # observation tokens has a NaN env CE, and 0 x NaN is NaN.
+            total = config.action_coef * loss if config.action_coef else 0.0
+            if config.env_coef:
+                total = total + config.env_coef * env_ce
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

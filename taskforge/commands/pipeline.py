@@ -31,8 +31,10 @@ class PipelineSize:
     families: tuple[str, ...] = STUDY_FAMILIES
     difficulties: tuple[str, ...] = ("easy",)
     corpus_seed: int = 2026
-    demonstrator: str = "explorer"
+    policy: str = "small"
+    demonstrator: str = "oracle-text"
     sft_epochs: int = 12
+    control_epochs: int = 3
     sft_lr: float = 3e-3
     sft_batch_size: int = 16
     rl_steps: int = 3
@@ -43,7 +45,7 @@ class PipelineSize:
     temperature: float = 1.0
     eval_attempts: int = 4
     eval_temperature: float = 1.0
-    max_turns: int = 4
+    max_turns: int = 3
     max_new_tokens: int = 96
     max_output_chars: int = 1000
     concurrency: int = 2
@@ -79,7 +81,7 @@ def check_demonstration_budget(size: PipelineSize, *task_sets: Path) -> int:
     from trainer.model import load_policy
     from trainer.sft import longest_demonstration_action
 
-    _, tokenizer = load_policy("tiny")
+    _, tokenizer = load_policy(size.policy)
     longest, where = longest_demonstration_action(tokenizer, discover_task_dirs(list(task_sets)), size.demonstrator)
     if longest > size.max_new_tokens:
         raise ValueError(
@@ -110,6 +112,8 @@ def _sft_config(size: PipelineSize, task_dir: Path, **overrides):
         max_output_chars=size.max_output_chars,
         concurrency=size.concurrency,
     )
+    if overrides.get("demonstrator", size.demonstrator) == "explorer":
+        settings["max_turns"] = max(size.max_turns, 4)  # ls, head, the solution, DONE
     return SFTConfig(**(settings | overrides))
 
 
@@ -126,25 +130,45 @@ def held_out_transcripts(size: PipelineSize, val_dir: Path, out: Path) -> Path:
     return target
 
 
-def demonstrations(size: PipelineSize, train_dir: Path, out: Path) -> Path:
-    """The demonstrator's episodes on the training tasks, run once in Docker and shared by every SFT."""
+def demonstrations(size: PipelineSize, train_dir: Path, out: Path, demonstrator: str | None = None) -> Path:
+    """A demonstrator's episodes on the training tasks, run once in Docker and shared by every SFT."""
     from taskforge.tasks import discover_task_dirs
     from trainer.sft import collect_demonstrations
 
-    target = out / "demonstrations"
-    episodes = collect_demonstrations(discover_task_dirs([train_dir]), target, _sft_config(size, train_dir))
-    log(f"demonstrations: {len(episodes)} {size.demonstrator} episodes scored 1.0 ({target})")
+    demonstrator = demonstrator or size.demonstrator
+    target = out / f"demonstrations-{demonstrator}"
+    config = _sft_config(size, train_dir, demonstrator=demonstrator)
+    episodes = collect_demonstrations(discover_task_dirs([train_dir]), target, config)
+    log(f"demonstrations: {len(episodes)} {demonstrator} episodes scored 1.0 ({target})")
     return target
 
 
-def sft_start(
-    size: PipelineSize, train_dir: Path, run_dir: Path, *, seed: int = 0, env_coef: float = 0.0, demos: Path
-) -> Path:
-    """Expert SFT on the shared demonstrations; seed sets the data order. env_coef > 0 also trains
-    on the observation tokens (the control start that already models the environment)."""
+def sft_start(size: PipelineSize, train_dir: Path, run_dir: Path, *, seed: int = 0, demos: Path) -> Path:
+    """Expert SFT of size.policy on the shared demonstrations (action tokens); seed sets the data order."""
     from trainer.sft import sft
 
-    return sft(_sft_config(size, train_dir, seed=seed, env_coef=env_coef), run_dir, log=log, demonstrations=[demos])
+    config = _sft_config(size, train_dir, seed=seed, policy=size.policy)
+    return sft(config, run_dir, log=log, demonstrations=[demos])
+
+
+def world_model_start(
+    size: PipelineSize, start: Path, train_dir: Path, run_dir: Path, *, seed: int = 0, transcripts: Path
+) -> Path:
+    """The control start: an SFT start further trained on the env CE alone (no action term) of
+    explorer transcripts of the training tasks, so it already models observations before RL."""
+    from trainer.sft import sft
+
+    config = _sft_config(
+        size,
+        train_dir,
+        seed=seed,
+        policy=str(start),
+        epochs=size.control_epochs,
+        action_coef=0.0,
+        env_coef=1.0,
+        demonstrator="explorer",
+    )
+    return sft(config, run_dir, log=log, demonstrations=[transcripts])
 
 
 def train_mode(
