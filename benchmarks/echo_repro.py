@@ -36,7 +36,7 @@ import random
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -178,12 +178,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the CI-sized study (checks the stages, not the outcome)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/repro-quick or runs/repro)")
     parser.add_argument("--render", type=Path, default=None, help="only write results.md + plots from DIR/results.json")
+    parser.add_argument(
+        "--policy", default=None, help="the model to start from (default small; e.g. smollm2-135m after `model get`)"
+    )
     args = parser.parse_args()
     if args.render:
         render_all(json.loads((args.render / "results.json").read_text()), args.render)
         return
     study = QUICK if args.quick else FULL
-    out = args.out or REPO / "runs" / ("repro-quick" if args.quick else "repro")
+    if args.policy:
+        study = replace(study, policy=args.policy)
+    default_out = ("repro-quick" if args.quick else "repro") + (f"-{args.policy}" if args.policy else "")
+    out = args.out or REPO / "runs" / default_out
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     log(f"study {'quick' if args.quick else 'full'}: {asdict(study)} -> {out}")

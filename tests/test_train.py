@@ -231,3 +231,28 @@ def test_rl_without_policy_starts_from_the_sft_checkpoint_of_the_same_tasks(tmp_
     started = _cli(*rl)
     assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
     assert json.loads((runs / "rl" / "config.json").read_text())["policy"] == str(checkpoint)
+
+
+def test_without_reward_signal_adam_makes_the_echo_step_independent_of_lambda(demonstrations):
+    """The regime behind ECHO drift when no group has a reward signal: the loss is lambda x env CE
+    alone, and Adam divides each gradient by its own running scale, so the first step is about
+    lr x sign(gradient) whatever lambda is. lambda 0.05 then moves the weights as far as lambda 1.0
+    (env-only) would: lambda only weighs the env term against a policy term that is present."""
+    deltas = {}
+    for env_coef in (0.05, 1.0):
+        torch.manual_seed(0)
+        model, tokenizer = load_policy("tiny")
+        rollouts = [
+            rollout_from_episode(tokenizer, e.model_copy(update={"reward": 0.0}), group_id="g")
+            for e in demonstrations[:2]
+        ]
+        config = TrainConfig(mode="echo", epochs_per_batch=1, lr=1e-3, weight_decay=0.0, micro_batch_size=2)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+        before = _snapshot(model)
+        metrics = update(model, optimizer, scheduler, rollouts, config, env_coef, tokenizer.pad_token_id)
+        assert metrics["loss"] == pytest.approx(env_coef * metrics["env_ce"], rel=1e-4)  # no policy term
+        deltas[env_coef] = torch.cat([(v - before[k]).flatten() for k, v in model.state_dict().items()])
+    small, full = deltas[0.05].norm().item(), deltas[1.0].norm().item()
+    assert small > 0
+    assert small / full == pytest.approx(1.0, abs=0.05), (small, full)  # a 20x smaller loss, the same step

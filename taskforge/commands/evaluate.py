@@ -26,7 +26,9 @@ def eval_command(
     tasks: PathsArg,
     policy: Annotated[
         str | None,
-        typer.Option(help="A checkpoint directory (runs/RUN/checkpoints/step-N) or 'tiny', run in-process."),
+        typer.Option(
+            help="A checkpoint directory (runs/RUN/checkpoints/step-N), tiny, small or smollm2-135m, run in-process."
+        ),
     ] = None,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Or: a model behind an OpenAI-compatible endpoint.")

@@ -183,7 +183,9 @@ def train_sft(
     ),
     epochs: Annotated[int, typer.Option(help="Passes over the demonstrations.")] = 20,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
-    policy: Annotated[str, typer.Option(help="Model to start from.")] = "tiny",
+    policy: Annotated[
+        str, typer.Option(help="Model to start from: tiny, small, smollm2-135m (after `model get`) or a checkpoint.")
+    ] = "tiny",
     env_coef: Annotated[
         float, typer.Option("--lambda", help="Add lambda x env CE on the demonstrations' observations.")
     ] = 0.0,
