@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from taskforge.agent.episode import EpisodeConfig
-from taskforge.attempts import run_attempts
+from taskforge.attempts import AttemptsNotRunError, run_attempts
 from taskforge.report import RunSummary, load_run
-from taskforge.runner import write_json
+from taskforge.runner import hold_run_dir, write_json
 from taskforge.tasks import Task
 
 
@@ -22,10 +22,20 @@ def evaluate(
     tasks: list[Task], run_dir: Path, policy_factory, *, attempts: int, concurrency: int, episode: EpisodeConfig
 ) -> tuple[RunSummary, list[str]]:
     """Runs the attempts (resuming), writes eval.json and returns the summary and the errors of
-    attempts that could not run."""
-    not_recorded = run_attempts(
-        tasks, run_dir, policy_factory, attempts=attempts, concurrency=concurrency, episode=episode, description="eval"
-    )
-    summary = load_run(run_dir)
-    write_json(run_dir / "eval.json", summary.model_dump())
+    attempts that could not run (always empty: when any could not run, AttemptsNotRunError is raised
+    and no eval.json is written, so pass rates never count attempts that never ran)."""
+    with hold_run_dir(run_dir):
+        not_recorded = run_attempts(
+            tasks,
+            run_dir,
+            policy_factory,
+            attempts=attempts,
+            concurrency=concurrency,
+            episode=episode,
+            description="eval",
+        )
+        if not_recorded:
+            raise AttemptsNotRunError(not_recorded)
+        summary = load_run(run_dir)
+        write_json(run_dir / "eval.json", summary.model_dump())
     return summary, not_recorded

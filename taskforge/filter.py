@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from taskforge.agent.episode import EpisodeConfig
 from taskforge.agent.policy import Policy
 from taskforge.attempts import run_attempts
-from taskforge.runner import Ledger, write_json
+from taskforge.runner import Ledger, hold_run_dir, write_json
 from taskforge.tasks import Task
 from taskforge.trial import TrialRecord
 
@@ -120,26 +120,27 @@ def filter_tasks(
 ) -> FilterReport:
     """Runs config.attempts episodes of the policy per task (resuming run_dir), writes the
     outputs and returns the report. Raises PolicyConfigError when the model cannot be used."""
-    not_recorded = run_attempts(
-        tasks,
-        run_dir,
-        policy_factory,
-        attempts=config.attempts,
-        concurrency=config.concurrency,
-        episode=config.episode,
-        stop_after_passes=config.min_success if config.stop_on_success else None,
-        description="filter",
-    )
-    report = filter_report(
-        tasks,
-        Ledger(run_dir / "ledger.jsonl", TrialRecord).load(),
-        config,
-        run_dir=run_dir,
-        backend="docker",
-        model=model,
-    )
-    report.n_not_recorded, report.not_recorded_errors = len(not_recorded), not_recorded[:20]
-    write_outputs(report, out_dir or run_dir, dataset_name or dataset_name_for(out_dir or run_dir))
+    with hold_run_dir(run_dir):
+        not_recorded = run_attempts(
+            tasks,
+            run_dir,
+            policy_factory,
+            attempts=config.attempts,
+            concurrency=config.concurrency,
+            episode=config.episode,
+            stop_after_passes=config.min_success if config.stop_on_success else None,
+            description="filter",
+        )
+        report = filter_report(
+            tasks,
+            Ledger(run_dir / "ledger.jsonl", TrialRecord).load(),
+            config,
+            run_dir=run_dir,
+            backend="docker",
+            model=model,
+        )
+        report.n_not_recorded, report.not_recorded_errors = len(not_recorded), not_recorded[:20]
+        write_outputs(report, out_dir or run_dir, dataset_name or dataset_name_for(out_dir or run_dir))
     return report
 
 
@@ -203,7 +204,10 @@ def dataset_name_for(out_dir: Path) -> str:
 
 
 def write_outputs(report: FilterReport, out_dir: Path, dataset_name: str) -> None:
-    """filter.json in the run dir; kept.json and a Harbor registry.json in out_dir."""
+    """filter.json in the run dir; kept.json and a Harbor registry.json in out_dir. Nothing while
+    attempts could not run: a task missing them would be dropped on attempts that never happened."""
+    if report.n_not_recorded:
+        return
     run_dir = Path(report.run_dir)
     kept_path, registry_path = out_dir / "kept.json", out_dir / "registry.json"
     report.kept_path, report.registry_path, report.dataset_name = (

@@ -3,18 +3,22 @@
 A run lives in runs/<run>/: ledger.jsonl (one line per finished trial, appended and fsynced
 before the trial counts as done) and trials/<trial>/ in Harbor's layout. Re-running the same
 command with the same run name reads the ledger and skips what is there, so a run killed at any
-point (Ctrl-C, kill -9, a crash) loses at most the trials that were in flight.
+point (Ctrl-C, kill -9, a crash) loses at most the trials that were in flight. One process at a
+time works in a run dir (`hold_run_dir`, an flock the kernel drops when the process dies).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
+import shutil
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -50,6 +54,70 @@ def run_settings_mismatch(
     if not changed:
         write_json(path, settings)  # keeps ignored keys (e.g. a longer step count) current
     return "; ".join(changed) or None
+
+
+RUN_LOCK_FILE = "run.lock"
+
+
+class RunDirBusyError(RuntimeError):
+    """Another process is working in the run directory."""
+
+
+_held_run_dirs: dict[Path, int] = {}  # run dir -> nesting depth, for this process
+_held_lock = threading.Lock()
+
+
+@contextmanager
+def hold_run_dir(run_dir: Path) -> Iterator[None]:
+    """Holds run_dir/run.lock (flock) for the block, so two processes never run the same trials
+    into one ledger. Re-entrant within a process (the stage and its attempt loop both hold it);
+    raises RunDirBusyError when another process holds it. The kernel releases it if we die."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    key = run_dir.resolve()
+    with _held_lock:
+        if key in _held_run_dirs:
+            _held_run_dirs[key] += 1
+            handle = None
+        else:
+            handle = (key / RUN_LOCK_FILE).open("a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                handle.close()
+                raise RunDirBusyError(
+                    f"{run_dir} is in use: another process (pid {holder}) holds {key / RUN_LOCK_FILE}. "
+                    "Wait for it to finish, or pass --run NAME for a separate run."
+                ) from None
+            handle.truncate(0)
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            _held_run_dirs[key] = 1
+    try:
+        yield
+    finally:
+        with _held_lock:
+            _held_run_dirs[key] -= 1
+            if not _held_run_dirs[key]:
+                del _held_run_dirs[key]
+                if handle is not None:
+                    handle.close()  # closing the file releases the flock
+
+
+def empty_run_dir(run_dir: Path) -> None:
+    """Removes what an earlier run left in run_dir (for --fresh), holding it so no running process
+    loses its files; raises RunDirBusyError when one holds it."""
+    if not run_dir.exists():
+        return
+    with hold_run_dir(run_dir):
+        for child in run_dir.iterdir():
+            if child.name == RUN_LOCK_FILE:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
 
 
 def safe_name(name: str) -> str:
@@ -88,6 +156,27 @@ class Ledger[R: BaseModel]:
                 if line_number != len(self.path.read_text().splitlines()):
                     raise ValueError(f"{self.path}:{line_number}: unreadable ledger line; fix or delete it") from None
         return records
+
+    def retire(self, stale: Callable[[R], bool]) -> list[R]:
+        """Moves the records `stale` picks out of the ledger into <ledger>.retired.jsonl (kept for the
+        record) and rewrites the ledger atomically, so every reader sees only current verdicts.
+        Call it holding the run dir (hold_run_dir). Returns the retired records."""
+        with self._lock:
+            records = self.load()
+            retired = [record for record in records if stale(record)]
+            if not retired:
+                return []
+            retired_path = self.path.with_name(self.path.stem + ".retired.jsonl")
+            for record in retired:
+                append_line(retired_path, record.model_dump_json())
+            kept = "".join(record.model_dump_json() + "\n" for record in records if not stale(record))
+            tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+            with tmp.open("w") as handle:
+                handle.write(kept)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        return retired
 
     def append(self, record: R) -> None:
         with self._lock:

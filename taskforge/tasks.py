@@ -5,7 +5,9 @@ A task we write goes through Harbor's own TaskConfig model, so it is valid Harbo
 
 from __future__ import annotations
 
+import json
 import os
+import posixpath
 import re
 import stat
 import tomllib
@@ -316,13 +318,25 @@ def lint_task(path: Path) -> list[LintProblem]:
             LintProblem(dockerfile, "missing", "add environment/Dockerfile or set [environment] docker_image")
         )
     if dockerfile.is_file():
-        for match in _COPY_LINE.finditer(dockerfile.read_text()):
+        # Continuation lines joined, so a COPY split over lines is one instruction.
+        for match in _COPY_LINE.finditer(re.sub(r"\\\n", " ", dockerfile.read_text())):
+            line = " ".join(match.group(0).split())
             if _TESTS_OR_SOLUTION.search(match.group(2)):
                 problems.append(
                     LintProblem(
                         dockerfile,
-                        f"copies tests or solution into the image: `{match.group(0).strip()}`",
+                        f"copies tests or solution into the image: `{line}`",
                         "remove that line: Harbor uploads tests/ after the agent and solution/ only for the oracle",
+                    )
+                )
+                continue
+            for source in _missing_copy_sources(env_dir, match.group(2)):
+                problems.append(
+                    LintProblem(
+                        dockerfile,
+                        f"`{line}` copies {source!r}, which is not in environment/ (the build context): "
+                        "the build fails with 'not found'",
+                        f"add environment/{source} or remove that line",
                     )
                 )
     if env_dir.is_dir():
@@ -359,6 +373,16 @@ def lint_task(path: Path) -> list[LintProblem]:
                     "write 1 or 0 to /logs/verifier/reward.txt (or a JSON dict to reward.json)",
                 )
             )
+        else:
+            for misplaced in _misplaced_reward_paths(text):
+                problems.append(
+                    LintProblem(
+                        test_sh,
+                        f"writes its reward to {misplaced}, outside /logs/verifier/: the verifier reads "
+                        "only /logs/verifier/reward.txt or reward.json, so every trial would end in a verifier error",
+                        "write the reward to /logs/verifier/reward.txt (or /logs/verifier/reward.json)",
+                    )
+                )
         _check_executable(test_sh, problems)
 
     solve_sh = path / "solution" / "solve.sh"
@@ -374,6 +398,47 @@ def lint_task(path: Path) -> list[LintProblem]:
     else:
         _check_executable(solve_sh, problems)
     return problems
+
+
+_REWARD_PATH = re.compile(r"[^\s\"'<>|;&()=]*reward\.(?:txt|json)\b")
+
+
+def _misplaced_reward_paths(test_sh_text: str) -> list[str]:
+    """Reward file paths in test.sh that are not /logs/verifier/reward.*: an absolute path elsewhere,
+    or only relative ones when the script never names /logs/verifier/ (so they land in its cwd)."""
+    paths = sorted(set(_REWARD_PATH.findall(test_sh_text)))
+    misplaced = [p for p in paths if p.startswith("/") and not p.startswith("/logs/verifier/")]
+    if "/logs/verifier" not in test_sh_text:
+        misplaced += [p for p in paths if not p.startswith("/") and "$" not in p]
+    return misplaced
+
+
+def _missing_copy_sources(env_dir: Path, arguments: str) -> list[str]:
+    """Sources of one COPY/ADD (its arguments) that are not in the build context. Copies from another
+    stage or image (--from), heredocs and URLs are not the build context's business."""
+    arguments = arguments.strip()
+    if arguments.startswith("<<"):
+        return []
+    if arguments.startswith("["):
+        try:
+            words = [str(w) for w in json.loads(arguments)]
+        except json.JSONDecodeError:
+            return []
+    else:
+        words = arguments.split()
+    if any(w.startswith("--from") for w in words):
+        return []
+    words = [w for w in words if not w.startswith("--")]
+    missing = []
+    for source in words[:-1]:  # the last word is the destination
+        if "://" in source or "$" in source:
+            continue
+        relative = posixpath.normpath(source.lstrip("/"))  # sources are relative to the context, "/" included
+        if relative == ".":
+            continue
+        if relative.split("/")[0] == ".." or not any(env_dir.glob(relative)):
+            missing.append(source)
+    return missing
 
 
 def _check_executable(script: Path, problems: list[LintProblem]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import traceback
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -22,12 +23,14 @@ from harbor.models.trial.config import TrialConfig
 from harbor.models.trial.result import AgentInfo, ExceptionInfo, ModelInfo, TimingInfo, TrialResult
 from harbor.models.verifier.result import VerifierResult
 from pydantic import BaseModel
+from rich.markup import escape
 
 from taskforge import __version__
 from taskforge.agent.base import Agent, AgentOutcome, AgentTimeoutError
 from taskforge.agent.episode import Episode, EpisodeConfig
 from taskforge.agent.loop import run_episode
 from taskforge.agent.policy import Policy
+from taskforge.runner import Ledger, console
 from taskforge.sandbox.base import ImageBuildError, Resources, Sandbox, SandboxError
 from taskforge.sandbox.docker import DockerSandbox, ensure_image
 from taskforge.tasks import Task, task_checksum
@@ -74,6 +77,9 @@ class TrialRecord(BaseModel):
     trial_name: str
     agent: str
     attempt: int = 0
+    # The task's content when the trial ran (tasks.task_checksum); a verdict holds only for that content.
+    # None in ledgers written before it was recorded: such a verdict is not trusted.
+    task_checksum: str | None = None
     reward: float | None = None
     rewards: dict[str, float] | None = None
     error_type: str | None = None
@@ -94,6 +100,23 @@ class TrialRecord(BaseModel):
     @property
     def error_kind(self) -> ErrorKind | None:
         return error_kind(self.error_type)
+
+
+def retire_changed_tasks(ledger: Ledger[TrialRecord], task_paths: Iterable[Path]) -> list[str]:
+    """A finished trial counts only for the task content it ran: the ledger's records of these tasks
+    that ran other content (the task was edited since) are retired, so resuming runs them again.
+    Says so on the console; returns the names of the changed tasks."""
+    checksums = {str(path.resolve()): task_checksum(path.resolve()) for path in task_paths}
+    retired = ledger.retire(
+        lambda record: record.task_path in checksums and record.task_checksum != checksums[record.task_path]
+    )
+    changed = sorted({record.task_name for record in retired})
+    if changed:
+        shown = ", ".join(changed[:10]) + (", ..." if len(changed) > 10 else "")
+        console.print(
+            escape(f"{len(changed)} task(s) changed since the last run: run again ({shown})"), highlight=False
+        )
+    return changed
 
 
 def _now() -> datetime:
@@ -117,6 +140,7 @@ def run_trial(task: Task, agent: Agent, trial_dir: Path, *, attempt: int = 0) ->
     """Runs one trial and writes trial_dir/result.json; never raises for a failing task."""
     trial_dir.mkdir(parents=True, exist_ok=True)
     started = _now()
+    checksum = task_checksum(task.path)  # what this trial runs, before anything can change it
     timings: dict[str, TimingInfo] = {}
     outcome = AgentOutcome()
     rewards: dict[str, float] | None = None
@@ -161,6 +185,7 @@ def run_trial(task: Task, agent: Agent, trial_dir: Path, *, attempt: int = 0) ->
         trial_name=trial_dir.name,
         agent=agent.name,
         attempt=attempt,
+        task_checksum=checksum,
         reward=None if rewards is None else scalar_reward(rewards),
         rewards=rewards,
         error_type=error_type,
@@ -207,7 +232,7 @@ def _write_harbor_result(task, agent, trial_dir, record, outcome, timings, error
         trial_name=trial_dir.name,
         trial_uri=trial_dir.resolve().as_uri(),
         task_id=LocalTaskId(path=task.path),
-        task_checksum=task_checksum(task.path),
+        task_checksum=record.task_checksum,
         config=TrialConfig(
             task=HarborTaskRef(path=task.path),
             trial_name=trial_dir.name,

@@ -9,11 +9,20 @@ from typing import Literal
 from pydantic import BaseModel
 
 from taskforge.agent.scripted import NopAgent, OracleAgent
-from taskforge.runner import Ledger, run_concurrently, trial_dir_name, write_json
+from taskforge.runner import Ledger, hold_run_dir, run_concurrently, trial_dir_name, write_json
 from taskforge.tasks import Task, TaskLoadError, discover_task_dirs, load_task
-from taskforge.trial import TrialRecord, run_trial
+from taskforge.trial import TrialRecord, retire_changed_tasks, run_trial
 
-Status = Literal["passed", "invalid_task", "build_failed", "oracle_failed", "nop_passed", "verifier_error", "timeout"]
+Status = Literal[
+    "passed",
+    "invalid_task",
+    "build_failed",
+    "solution_missing",
+    "oracle_failed",
+    "nop_passed",
+    "verifier_error",
+    "timeout",
+]
 
 
 class TaskValidation(BaseModel):
@@ -77,11 +86,14 @@ def validate_task(
     each new record to `on_record` (a ledger's append) and classifies the outcome."""
     finished = finished or {}
     records: dict[str, TrialRecord] = {}
-    for agent in (OracleAgent(), NopAgent()):
+    solve_sh = task.solution_dir / "solve.sh"
+    # Without solve.sh the oracle has nothing to run: name that, as Harbor does, rather than "scored 0".
+    agents = (OracleAgent(), NopAgent()) if solve_sh.is_file() else (NopAgent(),)
+    for agent in agents:
         if agent.name in finished:
             records[agent.name] = finished[agent.name]
             continue
-        if agent.name == "nop" and records["oracle"].error_kind == "build_failed":
+        if agent.name == "nop" and "oracle" in records and records["oracle"].error_kind == "build_failed":
             # The same build would fail again; record nop as not run for the same reason.
             record = records["oracle"].model_copy(
                 update={"agent": "nop", "trial_name": records["oracle"].trial_name.replace("__oracle", "__nop")}
@@ -91,22 +103,34 @@ def validate_task(
         if on_record is not None:
             on_record(record)
         records[agent.name] = record
-    status, detail = classify(records["oracle"], records["nop"])
+    if "oracle" in records:
+        status, detail = classify(records["oracle"], records["nop"])
+    elif records["nop"].error_kind == "build_failed":
+        status, detail = classify(None, records["nop"])
+    else:
+        status, detail = "solution_missing", f"{solve_sh} is missing: add solution/solve.sh that solves the task"
     return TaskValidation(
         task_name=task.name,
         task_path=str(task.path),
         status=status,
         detail=detail,
-        oracle_reward=records["oracle"].reward,
+        oracle_reward=records["oracle"].reward if "oracle" in records else None,
         nop_reward=records["nop"].reward,
         seconds=sum(r.seconds for r in records.values()),
     )
 
 
 def validate_tasks(paths: list[Path], run_dir: Path, *, jobs: int = 2) -> list[TaskValidation]:
-    """Validates every task under `paths`, resuming from run_dir/ledger.jsonl."""
+    """Validates every task under `paths`, resuming from run_dir/ledger.jsonl. Raises RunDirBusyError
+    when another process is validating into run_dir."""
+    with hold_run_dir(run_dir):
+        return _validate_tasks(paths, run_dir, jobs=jobs)
+
+
+def _validate_tasks(paths: list[Path], run_dir: Path, *, jobs: int) -> list[TaskValidation]:
     task_dirs = discover_task_dirs(paths)
     ledger = Ledger(run_dir / "ledger.jsonl", TrialRecord)
+    retire_changed_tasks(ledger, task_dirs)
     finished: dict[str, dict[str, TrialRecord]] = {}
     for record in ledger.load():
         finished.setdefault(record.task_path, {})[record.agent] = record

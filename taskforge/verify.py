@@ -3,7 +3,8 @@
 After the agent: kill what it left running, replace /tests with the task's tests, run
 `bash /tests/test.sh > /logs/verifier/test-stdout.txt 2>&1`, then read /logs/verifier/reward.json
 (a flat dict of numbers; wins when both exist) or reward.txt (one number). A missing, empty or
-non-numeric (NaN included) reward is a named verifier error, never a silent 0.
+non-numeric (NaN included) reward, or one outside [0, 1], is a named verifier error, never a silent
+0 or a pass: `usable_reward` is the one rule, so validate, filter and eval read a reward alike.
 """
 
 from __future__ import annotations
@@ -61,6 +62,15 @@ class VerifierTimeoutError(VerifierError):
     pass
 
 
+def usable_reward(value: object, where: str) -> float:
+    """The one rule for a reward value: a finite number in [0, 1], else InvalidRewardError naming `where`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidRewardError(f"{where} is {value!r}, not a finite number")
+    if not 0.0 <= value <= 1.0:
+        raise InvalidRewardError(f"{where} is {value:g}, outside [0, 1]: a reward is a score between 0 and 1")
+    return float(value)
+
+
 def parse_reward(reward_json: bytes | None, reward_txt: bytes | None) -> dict[str, float]:
     """Applies Harbor's contract to the two reward files' contents (None: file absent)."""
     if reward_json is not None:
@@ -73,9 +83,7 @@ def parse_reward(reward_json: bytes | None, reward_txt: bytes | None) -> dict[st
             value = float(text)
         except ValueError:
             raise InvalidRewardError(f"{REWARD_TXT} holds {text[:80]!r}, not a number") from None
-        if not math.isfinite(value):
-            raise InvalidRewardError(f"{REWARD_TXT} holds {text!r}, not a finite number")
-        return {"reward": value}
+        return {"reward": usable_reward(value, REWARD_TXT)}
     raise RewardFileNotFoundError(f"test.sh wrote neither {REWARD_TXT} nor {REWARD_JSON}")
 
 
@@ -91,9 +99,7 @@ def _parse_reward_json(raw: bytes) -> dict[str, float]:
         raise InvalidRewardError(f"{REWARD_JSON} must be a non-empty flat dict of numbers, got {text[:80]!r}")
     rewards = {}
     for key, value in data.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise InvalidRewardError(f"{REWARD_JSON}: {key!r} is {value!r}, not a finite number")
-        rewards[str(key)] = float(value)
+        rewards[str(key)] = usable_reward(value, f"{REWARD_JSON}: {key!r}")
     return rewards
 
 

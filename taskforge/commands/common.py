@@ -8,7 +8,6 @@ bad key), 2 bad input (a path, an option), 130 interrupted. Messages are printed
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from taskforge.runner import run_name
+from taskforge.runner import RunDirBusyError, empty_run_dir, run_name
 
 os.environ.setdefault("HARBOR_TELEMETRY", "0")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -44,10 +43,13 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def run_dir_for(runs_dir: Path, run: str | None, prefix: str, settings: dict, *, fresh: bool = False) -> Path:
     """runs_dir/<run>, the name derived from the settings unless given (taskforge.runner.run_name);
-    with fresh, what an earlier run left there is removed first."""
+    with fresh, what an earlier run left there is removed first (not while another process runs it)."""
     run_dir = runs_dir / (run or run_name(prefix, settings))
-    if fresh and run_dir.exists():
-        shutil.rmtree(run_dir)
+    if fresh:
+        try:
+            empty_run_dir(run_dir)
+        except RunDirBusyError as exc:
+            raise fail(str(exc), 1) from None
     return run_dir
 
 
@@ -55,6 +57,7 @@ def run_dir_for(runs_dir: Path, run: str | None, prefix: str, settings: dict, *,
 def exits_on_failure(what: str = "trials") -> Iterator[None]:
     """Turns the failures a long run can end with into a message and an exit code."""
     from taskforge.agent.policy import PolicyConfigError
+    from taskforge.attempts import AttemptsNotRunError
     from taskforge.sandbox.base import SandboxError
 
     try:
@@ -63,7 +66,7 @@ def exits_on_failure(what: str = "trials") -> Iterator[None]:
         raise fail(
             f"{exc}\nFinished {what} are in the ledger; fix this and run the same command to resume.", 1
         ) from None
-    except SandboxError as exc:
+    except (SandboxError, RunDirBusyError, AttemptsNotRunError) as exc:
         raise fail(str(exc), 1) from None
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted[/]: finished {what} are in the ledger; run the same command again to resume.")

@@ -41,6 +41,9 @@ def eval_command(
     max_turns: Annotated[int, typer.Option(help="Policy replies per episode.")] = 16,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (the paper evaluates at 0.6).")] = 0.6,
     max_tokens: Annotated[int, typer.Option(help="Tokens per reply.")] = 256,
+    max_retries: Annotated[
+        int, typer.Option(min=0, help="With --model: retries of a failing request (5xx, 429, malformed replies).")
+    ] = 6,
     env_ce_on: Annotated[
         list[Path] | None,
         typer.Option(
@@ -56,6 +59,7 @@ def eval_command(
     """
     from taskforge.agent.episode import EpisodeConfig
     from taskforge.evaluate import evaluate
+    from taskforge.runner import run_settings_mismatch
 
     if (policy is None) == (model is None):
         raise fail("pass exactly one of --policy CHECKPOINT or --model NAME")
@@ -80,6 +84,7 @@ def eval_command(
                 base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
                 temperature=temperature,
                 max_tokens=max_tokens,
+                max_retries=max_retries,
             )
         )
         factory = lambda: chat_policy  # noqa: E731 - one client shared by all attempts
@@ -94,10 +99,13 @@ def eval_command(
         "max_tokens": max_tokens,
     }
     run_dir = run_dir_for(runs_dir, run, "eval", settings)
-    with exits_on_failure("attempts"):
-        summary, not_recorded = evaluate(
-            loaded, run_dir, factory, attempts=attempts, concurrency=concurrency, episode=episode
-        )
+    # A run named with --run resumes only with the policy and sampling it started with (the same model
+    # may move to another address; more attempts or other tasks extend the run).
+    changed = run_settings_mismatch(run_dir, settings, file="eval-run.json", ignore=("tasks", "attempts", "base_url"))
+    if changed:
+        raise fail(f"{run_dir} was started with other settings ({changed}); pass --run NAME for a new run")
+    with exits_on_failure("attempts"):  # attempts that could not run exit 1 with their cause, writing no verdict
+        summary, _ = evaluate(loaded, run_dir, factory, attempts=attempts, concurrency=concurrency, episode=episode)
     if env_ce_on:
         from trainer.checkpoint_eval import env_ce_of_checkpoint, write_env_ce
 
@@ -106,12 +114,6 @@ def eval_command(
         summary.env_ce = result["after"]
     print_eval(summary)
     console.print(f"episodes: {run_dir / 'trials'}; summary: {run_dir / 'eval.json'}")
-    if not_recorded:
-        raise fail(
-            f"{len(not_recorded)} attempt(s) could not run; run the same command again to retry them:\n  "
-            + "\n  ".join(not_recorded[:5]),
-            1,
-        )
 
 
 def print_eval(summary) -> None:

@@ -53,6 +53,9 @@ def filter_command(
     max_tokens: Annotated[int, typer.Option(help="Output tokens per reply.")] = 4096,
     api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key.")] = "OPENAI_API_KEY",
     request_timeout: Annotated[float, typer.Option(help="Seconds to wait for one reply before retrying.")] = 600.0,
+    max_retries: Annotated[
+        int, typer.Option(min=0, help="Retries of a failing request (5xx, 429, timeouts, malformed replies).")
+    ] = 6,
     tools: Annotated[
         bool, typer.Option(help="Offer bash/done as chat-API tools; --no-tools: plain text (```bash blocks, DONE).")
     ] = True,
@@ -83,6 +86,7 @@ def filter_command(
     """
     from taskforge.agent.episode import EpisodeConfig
     from taskforge.agent.openai_policy import ChatConfig, OpenAIChatPolicy
+    from taskforge.attempts import AttemptsNotRunError
     from taskforge.filter import filter_tasks
     from taskforge.runner import run_settings_mismatch
 
@@ -117,6 +121,7 @@ def filter_command(
         temperature=temperature,
         max_tokens=max_tokens,
         request_timeout_sec=request_timeout,
+        max_retries=max_retries,
         use_tools=tools,
     )
     config = FilterConfig(
@@ -139,14 +144,9 @@ def filter_command(
         else:
             policy = OpenAIChatPolicy(chat)  # one client (and connection pool) shared by all attempts
             report = filter_tasks(loaded, run_dir, lambda: policy, config, out_dir=out_dir, model=model)
+    if report.n_not_recorded:  # no verdict was written (filter.write_outputs): say why, not a table of 0/0
+        raise fail(str(AttemptsNotRunError(report.not_recorded_errors, report.n_not_recorded)), 1)
     print_report(report)
-    if report.n_not_recorded:
-        first = "\n  ".join(report.not_recorded_errors[:5])
-        raise fail(
-            f"{report.n_not_recorded} attempt(s) could not run and were not recorded; "
-            f"run the same command again to retry them:\n  {first}",
-            1,
-        )
 
 
 def _default_out_dir(paths: list[Path], run_dir: Path) -> Path:

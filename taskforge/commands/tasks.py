@@ -69,7 +69,7 @@ def validate(
 
 
 def print_validation(results, run_dir: Path) -> None:
-    table = Table(title=f"validation ({run_dir})", show_lines=False)
+    table = Table(title=escape(f"validation ({run_dir})"), show_lines=False)
     for column in ("task", "status", "oracle", "nop", "seconds", "reason"):
         table.add_column(column, overflow="fold")
     n_failed = sum(not r.passed for r in results)
@@ -86,7 +86,9 @@ def print_validation(results, run_dir: Path) -> None:
         )
     console.print(table)
     if len(shown) < len(results):
-        console.print(f"(showing {len(shown)} of {len(results)} tasks; all are in {run_dir / 'validation.json'})")
+        console.print(
+            escape(f"(showing {len(shown)} of {len(results)} tasks; all are in {run_dir / 'validation.json'})")
+        )
     n_passed = len(results) - n_failed
     by_status: dict[str, int] = {}
     for r in results:
@@ -95,7 +97,8 @@ def print_validation(results, run_dir: Path) -> None:
     color = "green" if n_failed == 0 else "red"
     console.print(
         f"[{color}]{n_passed}/{len(results)} tasks passed validation[/] ({breakdown}). "
-        f"Ledger: {run_dir / 'ledger.jsonl'}"
+        f"Ledger: {escape(str(run_dir / 'ledger.jsonl'))}",
+        highlight=False,
     )
 
 
