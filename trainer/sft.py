@@ -10,7 +10,6 @@ trains the observation model alone (the study's control: a start that already mo
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -126,10 +125,17 @@ def sft(config: SFTConfig, run_dir: Path, *, log=print, demonstrations: list[Pat
 
     if not (config.action_coef or config.env_coef):
         raise ValueError("SFT with action_coef 0 and env_coef 0 trains nothing: set one of them above 0")
+    from taskforge.runner import run_settings_mismatch
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(
-        json.dumps({**asdict(config), "steps": config.epochs, "mode": "sft"}, indent=2)
+    # A finished run is reused only if it was trained with these settings (not a stale checkpoint).
+    changed = run_settings_mismatch(
+        run_dir, {**asdict(config), "steps": config.epochs, "mode": "sft"}, file="config.json"
     )
+    if changed:
+        raise ValueError(
+            f"{run_dir} was trained with other settings ({changed}); use a new --run, or the same settings to resume"
+        )
     final = run_dir / "checkpoints" / "final"
     if final.is_dir():
         log(f"{final} exists: SFT already done")

@@ -214,6 +214,8 @@ def train_sft(
     try:
         with exits_on_failure("demonstrations"):
             final = sft(config, run_dir, log=console.print)
+    except ValueError as exc:  # the run dir was trained with other settings
+        raise fail(str(exc)) from None
     except RuntimeError as exc:
         raise fail(str(exc), 1) from None
     console.print(f"done: {final}  (start RL from it with --policy {final})")
