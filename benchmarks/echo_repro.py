@@ -14,8 +14,8 @@ Stages (each resumes from its files; run the same command again after an interru
   3. demonstrations of the training tasks (the reference solution typed, then DONE), and explorer
      transcripts of the same tasks, each run once in Docker;
   4. per seed, two starts (the seed sets the data order): expert SFT on the demonstrations' action
-     tokens (the paper's baseline), and the control: that start further trained on the env CE of
-     the explorer transcripts alone, so it already models observations before RL;
+     tokens (the paper's baseline), and the control: that start trained further on the same
+     actions plus the env CE of the explorer transcripts, so it already models observations;
   5. per seed, from the SFT start: GRPO, ECHO (lambda 0.05), env-only; from the control start:
      GRPO and ECHO; at the first seed, a lambda sweep (ECHO) and a learning-rate sweep (GRPO);
   6. every policy evaluated on all held-out tasks and on a fixed subset of training tasks
@@ -208,7 +208,13 @@ def main() -> None:
         sft_name, control_name = f"sft-s{seed}", f"sft-env-s{seed}"
         starts[sft_name] = sft_start(study, train_dir, out / sft_name, seed=seed, demos=demos)
         starts[control_name] = world_model_start(
-            study, starts[sft_name], train_dir, out / control_name, seed=seed, transcripts=explorer_transcripts
+            study,
+            starts[sft_name],
+            train_dir,
+            out / control_name,
+            seed=seed,
+            demos=demos,
+            transcripts=explorer_transcripts,
         )
         for name, group in ((sft_name, "SFT start"), (control_name, "SFT(+env CE) start")):
             results["policies"][name] = {"group": group, "seed": seed, "start": None} | evaluate_policy(

@@ -113,8 +113,19 @@ def _length_bucketed_batches(lengths: list[int], batch_size: int, rng: random.Ra
     return batches
 
 
-def sft(config: SFTConfig, run_dir: Path, *, log=print, demonstrations: list[Path] | None = None) -> Path:
-    """Collects (or reads) demonstrations and fine-tunes; returns the checkpoint directory."""
+def sft(
+    config: SFTConfig,
+    run_dir: Path,
+    *,
+    log=print,
+    demonstrations: list[Path] | None = None,
+    observation_transcripts: list[Path] | None = None,
+) -> Path:
+    """Collects (or reads) demonstrations and fine-tunes; returns the checkpoint directory.
+
+    observation_transcripts: more episodes trained on for their observation tokens only (env CE,
+    weighted by env_coef); their actions are not imitated. The study's control start uses it to
+    learn how the environment answers without changing what the policy does."""
     from transformers import get_cosine_with_min_lr_schedule_with_warmup_lr_rate
 
     from taskforge.runner import append_jsonl
@@ -151,6 +162,12 @@ def sft(config: SFTConfig, run_dir: Path, *, log=print, demonstrations: list[Pat
     torch.manual_seed(config.seed)
     model, tokenizer = load_policy(config.policy)
     rollouts = [rollout_from_episode(tokenizer, e) for e in episodes]
+    if observation_transcripts:
+        observed = [e for e in load_transcripts(observation_transcripts) if e.reward == 1.0]
+        for episode in observed:
+            rollout = rollout_from_episode(tokenizer, episode)
+            rollouts.append(rollout.model_copy(update={"action_mask": [False] * len(rollout.action_mask)}))
+        log(f"{len(observed)} transcripts for their observations only")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     rng = random.Random(config.seed)
     total_steps = config.epochs * math.ceil(len(rollouts) / config.batch_size)
