@@ -204,8 +204,19 @@ def main() -> None:
 
     results: dict = {"study": asdict(study), "longest_demonstration_tokens": longest, "policies": {}}
     starts: dict[str, Path] = {}
-    for seed in study.seeds:
+
+    def save(complete: bool) -> None:
+        """results.json after every policy, so an interrupted study still has what it measured."""
+        results["complete"] = complete
+        results["wall_seconds"] = time.monotonic() - started
+        results["machine"] = machine()
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+
+    def ensure_starts(seed: int) -> None:
+        """The seed's SFT start and control start, trained and evaluated once."""
         sft_name, control_name = f"sft-s{seed}", f"sft-env-s{seed}"
+        if sft_name in starts:
+            return
         starts[sft_name] = sft_start(study, train_dir, out / sft_name, seed=seed, demos=demos)
         starts[control_name] = world_model_start(
             study,
@@ -220,7 +231,11 @@ def main() -> None:
             results["policies"][name] = {"group": group, "seed": seed, "start": None} | evaluate_policy(
                 name, starts[name], study, dirs, out, seed
             )
+            save(complete=False)
+
+    # Seed by seed (its starts, then its runs), sweeps last: a stopped study has whole seeds.
     for run in run_plan(study):
+        ensure_starts(run["seed"])
         run_dir = out / run["name"]
         final = train_mode(
             run["mode"],
@@ -237,9 +252,8 @@ def main() -> None:
             | {"lambda": run.get("lambda"), "lr": run.get("lr", study.rl_lr), "curve": curve(run_dir)}
             | evaluate_policy(run["name"], final, study, dirs, out, run["seed"])
         )
-    results["wall_seconds"] = time.monotonic() - started
-    results["machine"] = machine()
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+        save(complete=False)
+    save(complete=True)
     markdown = render_all(results, out)
     print(markdown)
 
