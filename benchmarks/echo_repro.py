@@ -66,12 +66,12 @@ class Study(PipelineSize):
 
 
 FULL = Study(
-    n_train=200,
+    n_train=300,
     n_val=20,
     seeds=(1, 2, 3),
     lambda_sweep=(0.01, 0.2),
     lr_sweep=(1e-4, 1e-3),
-    sft_epochs=15,
+    sft_epochs=20,
     sft_lr=2e-3,
     control_epochs=2,
     rl_steps=4,
@@ -181,6 +181,7 @@ def main() -> None:
     parser.add_argument(
         "--policy", default=None, help="the model to start from (default small; e.g. smollm2-135m after `model get`)"
     )
+    parser.add_argument("--seeds", default=None, help="run only these seeds, e.g. 1 or 1,2 (default: the study's)")
     args = parser.parse_args()
     if args.render:
         render_all(json.loads((args.render / "results.json").read_text()), args.render)
@@ -188,6 +189,8 @@ def main() -> None:
     study = QUICK if args.quick else FULL
     if args.policy:
         study = replace(study, policy=args.policy)
+    if args.seeds:
+        study = replace(study, seeds=tuple(int(seed) for seed in args.seeds.split(",")))
     default_out = ("repro-quick" if args.quick else "repro") + (f"-{args.policy}" if args.policy else "")
     out = args.out or REPO / "runs" / default_out
     out.mkdir(parents=True, exist_ok=True)
