@@ -105,7 +105,7 @@ QUICK = Study(
 def run_plan(study: Study) -> list[dict]:
     """Every RL run of the study: name, group label, mode, seed, start, lambda, lr. At every seed:
     GRPO, ECHO (lambda env_coef), env-only, and GRPO and ECHO from the control start; at the first
-    seed also the lambda and learning-rate sweeps."""
+    seed also the learning-rate (GRPO) and lambda (ECHO) sweeps."""
     plan = []
     first = study.seeds[0]
     lam = study.env_coef
@@ -120,17 +120,18 @@ def run_plan(study: Study) -> list[dict]:
             dict(name=f"control-echo{lam:g}-s{seed}", group=f"SFT(+env CE) + ECHO l={lam:g}", mode="echo")
             | dict(seed=seed, start=control, **{"lambda": lam}),
         ]
-    for sweep_lambda in study.lambda_sweep:
-        plan.append(
-            dict(name=f"echo{sweep_lambda:g}-s{first}", group=f"SFT + ECHO l={sweep_lambda:g}", mode="echo")
-            | dict(seed=first, start=f"sft-s{first}", **{"lambda": sweep_lambda})
-        )
-    for lr in study.lr_sweep:
-        plan.append(
-            dict(name=f"grpo-lr{lr:g}-s{first}", group=f"SFT + GRPO lr={lr:g}", mode="grpo", seed=first)
-            | dict(start=f"sft-s{first}", lr=lr)
-        )
-    return plan
+    sweeps = [
+        dict(name=f"grpo-lr{lr:g}-s{first}", group=f"SFT + GRPO lr={lr:g}", mode="grpo", seed=first)
+        | dict(start=f"sft-s{first}", lr=lr)
+        for lr in study.lr_sweep
+    ] + [
+        dict(name=f"echo{sweep_lambda:g}-s{first}", group=f"SFT + ECHO l={sweep_lambda:g}", mode="echo")
+        | dict(seed=first, start=f"sft-s{first}", **{"lambda": sweep_lambda})
+        for sweep_lambda in study.lambda_sweep
+    ]
+    # The first seed's main runs, then its sweeps (the lowest learning rate first), then the other seeds.
+    first_runs = [run for run in plan if run["seed"] == first]
+    return first_runs[:1] + sweeps[:1] + first_runs[1:] + sweeps[1:] + [run for run in plan if run["seed"] != first]
 
 
 def per_task_rates(run_dir: Path) -> dict[str, float]:
@@ -236,7 +237,7 @@ def main() -> None:
             )
             save(complete=False)
 
-    # Seed by seed (its starts, then its runs), sweeps last: a stopped study has whole seeds.
+    # Seed by seed (its starts, then its runs), in run_plan's order: a stopped study has whole seeds.
     for run in run_plan(study):
         ensure_starts(run["seed"])
         run_dir = out / run["name"]
