@@ -208,11 +208,15 @@ def main() -> None:
 
     results: dict = {"study": asdict(study), "longest_demonstration_tokens": longest, "policies": {}}
     starts: dict[str, Path] = {}
+    earlier = out / "results.json"
+    # Wall time counts from the study's first start, across interruptions and resumes.
+    first_started = json.loads(earlier.read_text()).get("started_at") if earlier.is_file() else None
+    results["started_at"] = first_started or time.time() - (time.monotonic() - started)
 
     def save(complete: bool) -> None:
         """results.json after every policy, so an interrupted study still has what it measured."""
         results["complete"] = complete
-        results["wall_seconds"] = time.monotonic() - started
+        results["wall_seconds"] = time.time() - results["started_at"]
         results["machine"] = machine()
         (out / "results.json").write_text(json.dumps(results, indent=2))
 
@@ -392,7 +396,8 @@ def render_markdown(results: dict, rows: list[dict], effects: list[dict]) -> str
         f"{', '.join(study['difficulties'])}); {len(study['seeds'])} seed(s); RL {study['rl_steps']} steps x "
         f"{study['tasks_per_step']} tasks x {study['group_size']} rollouts, lr {study['rl_lr']:g}; eval "
         f"{study['eval_attempts']} attempts per task on all held-out tasks and {study['eval_train_tasks']} "
-        f"training tasks; wall time {results.get('wall_seconds', 0) / 60:.1f} min on {results.get('machine', '?')}.",
+        f"training tasks; wall time {results.get('wall_seconds', 0) / 60:.1f} min (from the first start, resumes "
+        f"included) on {results.get('machine', '?')}.",
         "",
         "| policy | seeds | held-out pass@1 (95% CI) | training-task pass@1 (95% CI) | held-out env CE (seed range) "
         "| groups with signal | steps without obs tokens | output tokens/episode | timeouts | errored |",
