@@ -412,6 +412,24 @@ def test_real_template_masks_decode_to_exactly_the_observation_bodies(real_token
     assert im_end not in rollout.ids_of(TokenKind.OBSERVATION)  # the body's literal <|im_end|> stays text
 
 
+def test_binary_output_with_bytes_the_vocabulary_lacks_round_trips_as_escapes(real_tokenizer):
+    """`head` of a gzip file prints control bytes; SmolLM2's vocabulary has no token for 0x14 (and
+    five others), so its tokenizer drops it silently. The builder writes such characters as \\xNN
+    escapes; every other character stays as it was, and the masks still decode exactly."""
+    name, tokenizer = real_tokenizer
+    body = "\x1f\x8b\x08\x00 gz \x14\x04 é Î;\n"
+    dropped = [char for char in "\x04\x14" if tokenizer.decode(tokenizer.encode(char, add_special_tokens=False)) != char]
+    assert dropped == (["\x04", "\x14"] if name == "smollm2" else [])
+    builder = RolloutBuilder(tokenizer, prompt_messages())
+    action = tokenizer.encode("head a.tgz", add_special_tokens=False)
+    builder.add_action(action, [-0.1] * len(action))
+    builder.add_observation(body)
+    rollout = builder.build()
+    shown = body.replace("\x14", "\\x14").replace("\x04", "\\x04") if name == "smollm2" else body
+    assert decode(tokenizer, rollout.ids_of(TokenKind.OBSERVATION)) == shown
+    assert builder.messages[-1]["content"] == shown
+
+
 def test_qwen3_stock_template_is_refused_and_the_training_template_replaces_it(qwen3_tokenizer):
     from trainer.templates import QWEN3_TRAINING_TEMPLATE, choose_training_template, is_append_only
 

@@ -224,6 +224,8 @@ class RolloutBuilder:
         prompt, with the body under `observation_mask` and the warning under `warning_mask`."""
         if self._expecting_action:
             raise RolloutError("add_observation called before the action it answers")
+        body = self._representable(body)
+        warning = self._representable(warning) if warning else warning
         for text, kind in self._observation_delta_pieces(body, warning):
             self._append(self._encode_piece(text, kind), kind)
         self.messages.append({"role": self.observation_role, "content": render_observation(body, warning)})
@@ -324,6 +326,22 @@ class RolloutBuilder:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
 
     # ----- tokens -----------------------------------------------------------------------
+
+    def _representable(self, text: str) -> str:
+        """text with every character the vocabulary cannot encode written as its UTF-8 bytes in
+        \\xNN escapes. A byte-level vocabulary can lack rare bytes (SmolLM2-135M has no token for
+        six ASCII control bytes, e.g. 0x14, which `head` of a gzip file prints) and its tokenizer
+        then drops them without a word; escaped, the observation round-trips and the policy still
+        sees that a byte was there."""
+        if self._round_trips(text):
+            return text
+        return "".join(
+            char if self._round_trips(char) else "".join(f"\\x{byte:02x}" for byte in char.encode()) for char in text
+        )
+
+    def _round_trips(self, text: str) -> bool:
+        ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return self._decode(ids) == text
 
     def _encode_piece(self, text: str, kind: TokenKind) -> list[int]:
         """Tokenise one piece on its own. Template text keeps its control tokens; warning and
