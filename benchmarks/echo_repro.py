@@ -63,6 +63,8 @@ class Study(PipelineSize):
     lambda_sweep: tuple[float, ...] = (0.01, 0.2)  # ECHO lambdas beyond env_coef (0.05), at the first seed
     lr_sweep: tuple[float, ...] = ()  # GRPO learning rates beyond rl_lr, at the first seed
     eval_train_tasks: int = 5
+    control: bool = True  # the control start (SFT + env CE on explorer transcripts) and its GRPO / ECHO runs
+    env_only: bool = True  # the env-only run at every seed
 
 
 FULL = Study(
@@ -100,6 +102,32 @@ QUICK = Study(
     max_turns=2,  # the solution, then DONE
     max_new_tokens=64,  # covers the quick corpus's longest reply (checked at the start)
 )
+# SmolLM2-135M-Instruct (`taskforge model get smollm2-135m`): 27x the parameters of `small` and about
+# 10x slower per token here (training 50-100 tokens/s on one thread), so one seed, the SFT start,
+# GRPO and ECHO only, at a size that finishes in about 1.5 h on 2 cores. Learning rates for a
+# pretrained model: 1e-4 for SFT (3 epochs), 1e-5 for RL.
+SMOLLM2 = Study(
+    policy="smollm2-135m",
+    n_train=100,
+    n_val=10,
+    seeds=(1,),
+    lambda_sweep=(),
+    lr_sweep=(),
+    control=False,
+    env_only=False,
+    sft_epochs=3,
+    sft_lr=1e-4,
+    sft_batch_size=8,
+    rl_steps=4,
+    tasks_per_step=2,
+    group_size=8,
+    rl_lr=1e-5,
+    eval_attempts=4,
+    eval_train_tasks=5,
+    concurrency=3,
+)
+# A policy named here runs at its own size; any other --policy runs at FULL's.
+POLICY_SIZES = {"smollm2-135m": SMOLLM2}
 
 
 def run_plan(study: Study) -> list[dict]:
@@ -115,11 +143,15 @@ def run_plan(study: Study) -> list[dict]:
             dict(name=f"grpo-s{seed}", group="SFT + GRPO", mode="grpo", seed=seed, start=start),
             dict(name=f"echo{lam:g}-s{seed}", group=f"SFT + ECHO l={lam:g}", mode="echo", seed=seed, start=start)
             | {"lambda": lam},
-            dict(name=f"env-only-s{seed}", group="SFT + env-only", mode="env-only", seed=seed, start=start),
-            dict(name=f"control-grpo-s{seed}", group="SFT(+env CE) + GRPO", mode="grpo", seed=seed, start=control),
-            dict(name=f"control-echo{lam:g}-s{seed}", group=f"SFT(+env CE) + ECHO l={lam:g}", mode="echo")
-            | dict(seed=seed, start=control, **{"lambda": lam}),
         ]
+        if study.env_only:
+            plan.append(dict(name=f"env-only-s{seed}", group="SFT + env-only", mode="env-only", seed=seed, start=start))
+        if study.control:
+            plan += [
+                dict(name=f"control-grpo-s{seed}", group="SFT(+env CE) + GRPO", mode="grpo", seed=seed, start=control),
+                dict(name=f"control-echo{lam:g}-s{seed}", group=f"SFT(+env CE) + ECHO l={lam:g}", mode="echo")
+                | dict(seed=seed, start=control, **{"lambda": lam}),
+            ]
     sweeps = [
         dict(name=f"grpo-lr{lr:g}-s{first}", group=f"SFT + GRPO lr={lr:g}", mode="grpo", seed=first)
         | dict(start=f"sft-s{first}", lr=lr)
@@ -134,6 +166,34 @@ def run_plan(study: Study) -> list[dict]:
     return first_runs[:1] + sweeps[:1] + first_runs[1:] + sweeps[1:] + [run for run in plan if run["seed"] != first]
 
 
+def sft_curve(run_dir: Path) -> list[dict]:
+    """Per epoch: action CE, env CE, tokens trained on and seconds."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: row.get(k) for k in ("step", "sft_loss", "env_ce", "tokens", "seconds")} for row in rows]
+
+
+def throughput(results: dict) -> dict[str, float | None]:
+    """Tokens per second over the whole study: SFT (forward + backward over every token of the
+    demonstrations), RL sampling (action tokens per second of rollout time, Docker included) and RL
+    training (every token of the batch, forward + backward, per second of update time)."""
+    policies = results["policies"].values()
+    sft = [row for p in policies for row in p.get("sft_curve") or [] if row.get("tokens")]
+    rl = [row for p in policies for row in p.get("curve") or [] if row.get("rollout_seconds")]
+
+    def rate(tokens: float, seconds: float) -> float | None:
+        return round(tokens / seconds, 1) if seconds > 0 else None
+
+    return {
+        "sft_tokens_per_s": rate(sum(r["tokens"] for r in sft), sum(r["seconds"] for r in sft)),
+        "rl_sampling_action_tokens_per_s": rate(
+            sum(r["action_tokens"] for r in rl), sum(r["rollout_seconds"] for r in rl)
+        ),
+        "rl_training_tokens_per_s": rate(
+            sum(r["tokens"] for r in rl), sum(r["seconds"] - r["rollout_seconds"] for r in rl)
+        ),
+    }
+
+
 def per_task_rates(run_dir: Path) -> dict[str, float]:
     """Task -> share of its attempts that passed (reward 1.0; an errored attempt counts as failed)."""
     attempts: dict[str, list[float]] = {}
@@ -144,7 +204,10 @@ def per_task_rates(run_dir: Path) -> dict[str, float]:
 
 
 def curve(run_dir: Path) -> list[dict]:
-    keys = ("step", "reward_mean", "pass_rate", "env_ce", "signal_group_share", "output_tokens_per_episode")
+    keys = (
+        *("step", "reward_mean", "pass_rate", "env_ce", "signal_group_share", "output_tokens_per_episode"),
+        *("tokens", "action_tokens", "rollout_seconds", "seconds"),
+    )
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: row.get(k) for k in keys} for row in rows]
 
@@ -187,7 +250,7 @@ def main() -> None:
     if args.render:
         render_all(json.loads((args.render / "results.json").read_text()), args.render)
         return
-    study = QUICK if args.quick else FULL
+    study = QUICK if args.quick else POLICY_SIZES.get(args.policy, FULL)
     if args.policy:
         study = replace(study, policy=args.policy)
     if args.seeds:
@@ -204,7 +267,7 @@ def main() -> None:
     dirs = {"train": train_dir, "val": val_dir, "transcripts": held_out_transcripts(study, val_dir, out)}
     demos = demonstrations(study, train_dir, out)
 
-    explorer_transcripts = demonstrations(study, train_dir, out, "explorer")
+    explorer_transcripts = demonstrations(study, train_dir, out, "explorer") if study.control else None
 
     results: dict = {"study": asdict(study), "longest_demonstration_tokens": longest, "policies": {}}
     starts: dict[str, Path] = {}
@@ -218,6 +281,7 @@ def main() -> None:
         results["complete"] = complete
         results["wall_seconds"] = time.time() - results["started_at"]
         results["machine"] = machine()
+        results["torch_threads"] = torch_threads()
         (out / "results.json").write_text(json.dumps(results, indent=2))
 
     def ensure_starts(seed: int) -> None:
@@ -226,19 +290,25 @@ def main() -> None:
         if sft_name in starts:
             return
         starts[sft_name] = sft_start(study, train_dir, out / sft_name, seed=seed, demos=demos)
-        starts[control_name] = world_model_start(
-            study,
-            starts[sft_name],
-            train_dir,
-            out / control_name,
-            seed=seed,
-            demos=demos,
-            transcripts=explorer_transcripts,
-        )
-        for name, group in ((sft_name, "SFT start"), (control_name, "SFT(+env CE) start")):
-            results["policies"][name] = {"group": group, "seed": seed, "start": None} | evaluate_policy(
-                name, starts[name], study, dirs, out, seed
+        named = [(sft_name, "SFT start")]
+        if study.control:
+            starts[control_name] = world_model_start(
+                study,
+                starts[sft_name],
+                train_dir,
+                out / control_name,
+                seed=seed,
+                demos=demos,
+                transcripts=explorer_transcripts,
             )
+            named.append((control_name, "SFT(+env CE) start"))
+        for name, group in named:
+            results["policies"][name] = {
+                "group": group,
+                "seed": seed,
+                "start": None,
+                "sft_curve": sft_curve(out / name),
+            } | evaluate_policy(name, starts[name], study, dirs, out, seed)
             save(complete=False)
 
     # Seed by seed (its starts, then its runs), in run_plan's order: a stopped study has whole seeds.
@@ -399,6 +469,14 @@ def render_markdown(results: dict, rows: list[dict], effects: list[dict]) -> str
         f"training tasks; wall time {results.get('wall_seconds', 0) / 60:.1f} min (from the first start, resumes "
         f"included) on {results.get('machine', '?')}.",
         "",
+        "Throughput (tokens/s; policy {policy}, {threads} torch thread(s)): SFT {sft_tokens_per_s}; RL sampling "
+        "{rl_sampling_action_tokens_per_s} action tokens/s of rollout time (Docker included); RL update "
+        "{rl_training_tokens_per_s}.".format(
+            policy=study.get("policy", "small"),
+            threads=results.get("torch_threads", "?"),
+            **{k: "-" if v is None else v for k, v in throughput(results).items()},
+        ),
+        "",
         "| policy | seeds | held-out pass@1 (95% CI) | training-task pass@1 (95% CI) | held-out env CE (seed range) "
         "| groups with signal | steps without obs tokens | output tokens/episode | timeouts | errored |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -486,6 +564,12 @@ def plot(results: dict, rows: list[dict], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=110)
     plt.close(fig)
+
+
+def torch_threads() -> int:
+    from trainer.threads import requested_threads
+
+    return requested_threads()
 
 
 def machine() -> str:

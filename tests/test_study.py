@@ -89,3 +89,29 @@ def test_study_plan_has_every_comparison_the_claims_need():
     assert len(learning_rates) >= 3
     assert all(run["start"].startswith("sft-env-") == run["group"].startswith("SFT(+env CE)") for run in plan)
     assert len({run["name"] for run in plan}) == len(plan)
+
+
+def test_smollm2_study_is_the_sft_start_then_grpo_and_echo():
+    study = echo_repro.POLICY_SIZES["smollm2-135m"]
+    assert study.policy == "smollm2-135m" and study.group_size >= 8 and study.eval_attempts >= 4
+    plan = echo_repro.run_plan(study)
+    assert [(run["name"], run["start"]) for run in plan] == [("grpo-s1", "sft-s1"), ("echo0.05-s1", "sft-s1")]
+
+
+def test_throughput_divides_tokens_by_the_time_each_phase_took():
+    results = {
+        "policies": {
+            "sft-s1": {"sft_curve": [{"tokens": 1000, "seconds": 10.0}, {"tokens": 1000, "seconds": 30.0}]},
+            "grpo-s1": {
+                "curve": [
+                    {"tokens": 600, "action_tokens": 100, "rollout_seconds": 4.0, "seconds": 10.0},
+                    {"tokens": 600, "action_tokens": 200, "rollout_seconds": 2.0, "seconds": 2.0 + 6.0},
+                ]
+            },
+        }
+    }
+    assert echo_repro.throughput(results) == {
+        "sft_tokens_per_s": 50.0,  # 2000 tokens / 40 s
+        "rl_sampling_action_tokens_per_s": 50.0,  # 300 action tokens / 6 s of rollouts
+        "rl_training_tokens_per_s": 100.0,  # 1200 tokens / 12 s of updates
+    }

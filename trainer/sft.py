@@ -181,7 +181,7 @@ def sft(
     model.train()
     for epoch in range(1, config.epochs + 1):
         started = time.monotonic()
-        losses, env_ces = [], []
+        losses, env_ces, tokens = [], [], 0
         for batch_indices in _length_bucketed_batches([len(r.token_ids) for r in rollouts], config.batch_size, rng):
             batch = collate_rollouts([rollouts[i] for i in batch_indices], tokenizer.pad_token_id)
             logprobs = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"])
@@ -199,6 +199,7 @@ def sft(
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
+            tokens += int(batch["attention_mask"].sum())
             env_ces.append(env_ce.item())
         row = {
             "step": epoch,
@@ -206,6 +207,7 @@ def sft(
             "sft_loss": sum(losses) / len(losses),
             "env_ce": sum(env_ces) / len(env_ces),
             "n_demonstrations": len(rollouts),
+            "tokens": tokens,  # every token of the epoch, forward and backward
             "seconds": round(time.monotonic() - started, 2),
         }
         append_jsonl(metrics_path, row)
