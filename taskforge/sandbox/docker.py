@@ -1,9 +1,10 @@
 """Docker sandbox: one container per trial, talking to the engine through the docker SDK.
 
 Speed matters (validation and RL rollouts start thousands of containers), so a trial costs one
-create+start, one exec per command and one forced remove. Every container carries labels naming
-the process that owns it; containers of a process that died (kill -9, a crash) are reaped the
-next time any taskforge process opens the engine.
+create+start, one exec per command and one forced remove. Every exec has a host-side deadline: a
+command that stops its own wrapper (`kill -STOP $PPID`) cannot hang a trial. Every container
+carries labels naming the process that owns it; containers of a process that died (kill -9, a
+crash) are reaped the next time any taskforge process opens the engine (`prepare_run`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import atexit
 import hashlib
 import io
 import os
+import secrets
 import signal
 import socket
 import tarfile
@@ -35,18 +37,14 @@ IMAGE_REPO = "taskforge-env"
 DEFAULT_HEAD_BYTES = 25_000
 DEFAULT_TAIL_BYTES = 25_000
 
-# Runs a command in its own process group under GNU timeout (which signals the whole group, so
-# background children die with it), writes its output to a file rather than the exec stream (a
-# background process holding the stream would block the exec), then prints "rc size\n" and the
-# capped output; then, when asked, the files named in TF_COLLECT (saves an exec per trial).
-_EXEC_WRAPPER = r"""
-d=/tmp/.taskforge; mkdir -p "$d" 2>/dev/null; out="$d/out.$$"
-if command -v timeout >/dev/null 2>&1; then
-  timeout -k 2 "$TF_TIMEOUT" bash -c "$TF_CMD" >"$out" 2>&1 </dev/null
-else
-  bash -c "$TF_CMD" >"$out" 2>&1 </dev/null
-fi
-rc=$?
+# The wrapper's GNU timeout kills a command at timeout_sec (SIGKILL 2 s later), so an exec still
+# running this long after its timeout has had its wrapper stopped: the host kills it (_kill_exec).
+EXEC_GRACE_SEC = 5.0
+# The host-side deadline of the sandbox's own short execs (reading files, killing leftovers).
+RAW_EXEC_DEADLINE_SEC = 120.0
+
+# Prints "rc size\n" and the capped contents of $out, then removes it.
+_PRINT_OUTPUT = r"""
 size=$(wc -c <"$out")
 printf '%s %s\n' "$rc" "$size"
 if [ "$size" -le $((TF_HEAD + TF_TAIL)) ]; then
@@ -55,6 +53,24 @@ else
   head -c "$TF_HEAD" "$out"; tail -c "$TF_TAIL" "$out"
 fi
 rm -f "$out"
+"""
+
+# Runs a command in its own process group under GNU timeout (which signals the whole group, so
+# background children die with it), writes its output to a file rather than the exec stream (a
+# background process holding the stream would block the exec), then prints "rc size\n" and the
+# capped output; then, when asked, the files named in TF_COLLECT (saves an exec per trial).
+_EXEC_WRAPPER = (
+    r"""
+d=/tmp/.taskforge; mkdir -p "$d" 2>/dev/null; out="$d/out.$$"
+if command -v timeout >/dev/null 2>&1; then
+  timeout -k 2 "$TF_TIMEOUT" bash -c "$TF_CMD" >"$out" 2>&1 </dev/null
+else
+  bash -c "$TF_CMD" >"$out" 2>&1 </dev/null
+fi
+rc=$?
+"""
+    + _PRINT_OUTPUT
+    + r"""
 if [ -n "${TF_COLLECT:-}" ]; then
   IFS=: read -r -a collect <<<"$TF_COLLECT"
   for f in "${collect[@]}"; do
@@ -66,6 +82,7 @@ if [ -n "${TF_COLLECT:-}" ]; then
   done
 fi
 """
+)
 
 # Kills every process except PID 1 (docker-init), its `sleep infinity` child (the lowest-numbered
 # child of PID 1: it started first), docker exec sessions (parent outside the namespace) and this
@@ -94,6 +111,41 @@ done
 true
 """
 
+# Kills one exec that stopped answering: its wrapper (started with $0 = $1, as are the wrapper's
+# subshells) and every process under it. All are stopped first, so none can fork away while the
+# tree is read; then killed. Prints what the command had written in the wrapper's format (exit
+# code 137), so its output is not lost. Only bash builtins in the loop: the container may be near
+# its pids limit.
+_KILL_EXEC = (
+    r"""
+exec 2>/dev/null
+tree=" "
+while :; do
+  grew=0
+  for d in /proc/[0-9]*; do
+    p=${d#/proc/}
+    case "$tree" in *" $p "*) continue ;; esac
+    read -r stat <"$d/stat" || continue
+    rest=${stat##*) }; rest=${rest#* }; ppid=${rest%% *}
+    mapfile -d '' -t argv <"$d/cmdline"
+    if [ "${argv[3]:-}" = "$1" ] || [[ "$tree" == *" $ppid "* ]]; then
+      kill -STOP "$p"; tree="$tree$p "; grew=1
+    fi
+  done
+  [ "$grew" = 0 ] && break
+done
+[ "$tree" = " " ] && exit 0
+kill -KILL $tree
+out=""
+for p in $tree; do
+  if [ -f "/tmp/.taskforge/out.$p" ]; then out=/tmp/.taskforge/out.$p; break; fi
+done
+[ -n "$out" ] || exit 0
+rc=137
+"""
+    + _PRINT_OUTPUT
+)
+
 _client: docker.DockerClient | None = None
 _client_lock = threading.Lock()
 _live_containers: dict[str, Container] = {}
@@ -121,6 +173,19 @@ def docker_client() -> docker.DockerClient:
             atexit.register(remove_all_live_containers)
             _install_signal_handlers()
         return _client
+
+
+def prepare_run() -> None:
+    """Call from the main thread when a run starts (every command that runs trials passes through
+    runner.run_concurrently, which calls it). SIGTERM and SIGHUP then remove this process's
+    containers as Ctrl-C does: the client is often first made in a worker thread, where no signal
+    handler can be installed. And containers of killed taskforge processes are reaped now, even
+    when this run starts none (one served from its ledger). Cheap after the first call."""
+    _install_signal_handlers()
+    try:
+        docker_client()  # reaps on first use: one list call when there is nothing to reap
+    except SandboxError:
+        pass  # no engine: a run served from its ledger needs none, and one that starts a container says so
 
 
 def started_docker_client() -> docker.DockerClient | None:
@@ -357,18 +422,72 @@ class DockerSandbox(Sandbox):
             raise SandboxError("sandbox is not started")
         return self.container
 
-    def _raw_exec(
-        self, argv: list[str], env: dict[str, str] | None = None, workdir: str | None = None, user: str | None = None
-    ) -> bytes:
+    def _run_exec(
+        self,
+        script: str,
+        args: tuple[str, ...] = (),
+        *,
+        deadline_sec: float,
+        env: dict[str, str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+    ) -> tuple[bytes, bool]:
+        """Runs `bash -c script args` in the container: (its output, False). If it has not
+        returned within deadline_sec, the host kills it: (the output recovered from it, True)."""
         container = self._require()
         api = container.client.api
+        marker = f"taskforge-exec-{secrets.token_hex(8)}"  # the script's $0: how _kill_exec finds it
         try:
             exec_id = api.exec_create(
-                container.id, argv, stdout=True, stderr=True, environment=env, workdir=workdir, user=user or ""
+                container.id,
+                ["bash", "-c", script, marker, *args],
+                stdout=True,
+                stderr=True,
+                environment=env,
+                workdir=workdir,
+                user=user or "",
             )["Id"]
-            return api.exec_start(exec_id, stream=False, demux=False) or b""
+            started = _ExecStart(api, exec_id)
+            if started.wait(deadline_sec):
+                return started.result(), False
         except docker.errors.APIError as exc:
             raise SandboxError(f"exec failed in {container.short_id}: {exc.explanation or exc}") from exc
+        return self._kill_exec(marker, started), True
+
+    def _kill_exec(self, marker: str, started: _ExecStart) -> bytes:
+        """Kills the processes of the exec whose script runs as `marker`, from a second exec (as
+        root, so none is out of reach); returns the output recovered from the killed command, or
+        b"". Waits a bounded time for each exec: if even the killer cannot run (the pids limit is
+        used up), the stuck exec is left to end when the container is removed."""
+        container = self._require()
+        api = container.client.api
+        recovered = b""
+        try:
+            exec_id = api.exec_create(
+                container.id,
+                ["bash", "-c", _KILL_EXEC, "taskforge-kill", marker],
+                stdout=True,
+                stderr=True,
+                environment={"TF_HEAD": str(self.head_bytes), "TF_TAIL": str(self.tail_bytes)},
+                user="0",
+            )["Id"]
+            killer = _ExecStart(api, exec_id)
+            if killer.wait(EXEC_GRACE_SEC):
+                recovered = killer.result()
+        except docker.errors.APIError:
+            pass  # the caller reports the command as timed out all the same
+        started.wait(EXEC_GRACE_SEC)  # lets the killed exec's thread finish
+        return recovered
+
+    def _raw_exec(self, script: str, *args: str, env: dict[str, str] | None = None) -> bytes:
+        """`bash -c script args` for the sandbox's own short jobs (reading files, killing leftovers)."""
+        output, killed = self._run_exec(script, args, deadline_sec=RAW_EXEC_DEADLINE_SEC, env=env)
+        if killed:
+            raise SandboxError(
+                f"an exec in {self._require().short_id} stopped answering and was killed by the host "
+                f"after {RAW_EXEC_DEADLINE_SEC:g} s"
+            )
+        return output
 
     def exec(
         self,
@@ -399,22 +518,31 @@ class DockerSandbox(Sandbox):
         if collect_files:
             wrapper_env["TF_COLLECT"] = ":".join(collect_files)
             wrapper_env["TF_COLLECT_MAX"] = str(collect_max_bytes)
-        raw = self._raw_exec(["bash", "-c", _EXEC_WRAPPER], env=wrapper_env, workdir=workdir, user=user)
+        raw, killed = self._run_exec(
+            _EXEC_WRAPPER,
+            deadline_sec=max(timeout_sec, 0.1) + EXEC_GRACE_SEC,
+            env=wrapper_env,
+            workdir=workdir,
+            user=user,
+        )
         seconds = time.monotonic() - started
         header, _, body = raw.partition(b"\n")
         try:
             exit_code_text, size_text = header.split()
             exit_code, size = int(exit_code_text), int(size_text)
         except ValueError:
-            # The wrapper itself could not run to the end (for example a fork bomb has used up
-            # the pids limit): report what came back as the command's failure.
-            return ExecResult(
-                exit_code=-1,
-                output_bytes=raw[-(self.head_bytes + self.tail_bytes) :],
-                seconds=seconds,
-                notices=["the sandbox could not run the command to completion (process limit or OOM?)"],
-            )
-        timed_out = exit_code in (124, 137) and seconds >= timeout_sec * 0.95
+            if killed:  # the host killed the command (see _kill_exec) and recovered none of its output
+                exit_code, size, body = 137, 0, b""
+            else:
+                # The wrapper itself could not run to the end (for example a fork bomb has used up
+                # the pids limit): report what came back as the command's failure.
+                return ExecResult(
+                    exit_code=-1,
+                    output_bytes=raw[-(self.head_bytes + self.tail_bytes) :],
+                    seconds=seconds,
+                    notices=["the sandbox could not run the command to completion (process limit or OOM?)"],
+                )
+        timed_out = killed or (exit_code in (124, 137) and seconds >= timeout_sec * 0.95)
         truncated = size > self.head_bytes + self.tail_bytes
         shown = min(size, self.head_bytes + self.tail_bytes)
         body, rest = body[:shown], body[shown:]
@@ -428,7 +556,12 @@ class DockerSandbox(Sandbox):
             notices.append(
                 f"output truncated: showing the first {self.head_bytes} and last {self.tail_bytes} of {size} bytes"
             )
-        if timed_out:
+        if killed:
+            notices.append(
+                f"command stopped answering after its {timeout_sec:g} s timeout and was killed by the host "
+                f"after {seconds:.1f} s"
+            )
+        elif timed_out:
             notices.append(f"command timed out after {timeout_sec:g} s and was killed")
         return ExecResult(
             exit_code=exit_code,
@@ -464,14 +597,7 @@ class DockerSandbox(Sandbox):
     def read_file(self, container_path: str, max_bytes: int = 1 << 20) -> bytes | None:
         """The file's bytes (at most max_bytes), or None when it does not exist."""
         raw = self._raw_exec(
-            [
-                "bash",
-                "-c",
-                'if [ -f "$1" ]; then printf Y; head -c "$2" "$1"; else printf N; fi',
-                "_",
-                container_path,
-                str(max_bytes),
-            ]
+            'if [ -f "$1" ]; then printf Y; head -c "$2" "$1"; else printf N; fi', container_path, str(max_bytes)
         )
         if not raw.startswith(b"Y"):
             return None
@@ -483,14 +609,14 @@ class DockerSandbox(Sandbox):
             'for f in "$@"; do if [ -f "$f" ]; then n=$(head -c "$TF_MAX" "$f" | wc -c); printf "Y %s\\n" "$n"; '
             'head -c "$TF_MAX" "$f"; else printf "N 0\\n"; fi; done'
         )
-        raw = self._raw_exec(["bash", "-c", script, "_", *container_paths], env={"TF_MAX": str(max_bytes)})
+        raw = self._raw_exec(script, *container_paths, env={"TF_MAX": str(max_bytes)})
         return _parse_collected(raw, container_paths)
 
     def kill_leftovers(self, then: str = "") -> bytes:
         """Kills every process the agent left running (daemons, background jobs), then runs
         `then` in the same exec (saves a round trip); returns that exec's output."""
         try:
-            return self._raw_exec(["bash", "-c", _KILL_LEFTOVERS + then])
+            return self._raw_exec(_KILL_LEFTOVERS + then)
         except SandboxError:
             if then:
                 raise
@@ -509,6 +635,33 @@ class DockerSandbox(Sandbox):
         future.add_done_callback(lambda f: _discard_pending(f))
         if wait:
             future.result()
+
+
+class _ExecStart:
+    """One exec's output, read in a daemon thread: the docker client reads exec streams with no
+    socket timeout, so only a thread the caller can stop waiting for bounds an exec."""
+
+    def __init__(self, api: docker.APIClient, exec_id: str):
+        self._output = b""
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._read, args=(api, exec_id), name="taskforge-exec", daemon=True)
+        self._thread.start()
+
+    def _read(self, api: docker.APIClient, exec_id: str) -> None:
+        try:
+            self._output = api.exec_start(exec_id, stream=False, demux=False) or b""
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by result()
+            self._error = exc
+
+    def wait(self, seconds: float) -> bool:
+        """True once the exec has returned; False when it has not within `seconds`."""
+        self._thread.join(seconds)
+        return not self._thread.is_alive()
+
+    def result(self) -> bytes:
+        if self._error is not None:
+            raise self._error
+        return self._output
 
 
 def _removal_pool() -> ThreadPoolExecutor:
