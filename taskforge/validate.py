@@ -70,9 +70,13 @@ def _trial_problem(record: TrialRecord) -> Status | None:
     return None
 
 
-def _short(message: str | None, limit: int = 300) -> str:
+def _short(message: str | None, limit: int = 1500) -> str:
+    """The message, or its start and its end when long: a build error's cause is in its last lines."""
     message = (message or "").strip()
-    return message if len(message) <= limit else message[: limit - 3] + "..."
+    if len(message) <= limit:
+        return message
+    head = limit // 3
+    return message[:head] + "\n...\n" + message[-(limit - head - 5) :]
 
 
 def validate_task(

@@ -74,6 +74,13 @@ def test_validate_and_eval_both_call_a_reward_of_2_5_a_verifier_error(write_hell
         )
     assert not_recorded == []
     assert summary.overall.pass_at_1 == 0.0 and summary.overall.errored_by_kind == {"verifier_error": 1}
+    # The eval table shows the errored share apart from pass@1 (an errored attempt is not a plain failure).
+    from taskforge.commands import evaluate as evaluate_command
+
+    with evaluate_command.console.capture() as captured:
+        evaluate_command.print_eval(summary)
+    header, row = [line for line in captured.get().splitlines() if "pass@1" in line or line.startswith("│ all")]
+    assert header.split("┃")[5].strip() == "errored" and row.split("│")[5].strip() == "100.0%"
     (record,) = ledger_of(tmp_path / "eval")
     assert record.reward is None and record.error_kind == "verifier_error" and not record.passed
 
@@ -274,3 +281,25 @@ def test_a_missing_solution_is_named_and_brackets_survive_the_output(write_hello
 
     linted = cli("lint", str(task_dir))
     assert "fix: set [agent] timeout_sec" in linted.stdout and "solve.sh" in linted.stdout
+
+
+def test_validate_prints_a_failure_reason_whole_on_a_narrow_terminal(write_hello, base_image, tmp_path):
+    """The reason used to sit in a table column wrapped to ~17 characters; now each failure's
+    reason follows the table in full, the build error's last lines included."""
+    task_dir = write_hello("broken_build")
+    marker = "marker-of-a-build-step-that-fails-" + "x" * 60
+    dockerfile = task_dir / "environment" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + f"RUN echo {marker} && exit 3\n")
+    narrow = {**ENV, "COLUMNS": "80"}
+    validated = subprocess.run(
+        [sys.executable, "-m", "taskforge.cli", "validate", str(task_dir), "--runs-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+        env=narrow,
+    )
+    assert validated.returncode == 1
+    assert marker in validated.stdout  # on one line, not folded into a column
+    assert "build_failed:" in validated.stdout and "returned a non-zero code: 3" in validated.stdout
+    assert f"Ledger: {tmp_path}" in validated.stdout  # the path whole, not wrapped

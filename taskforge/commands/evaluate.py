@@ -120,7 +120,9 @@ def print_eval(summary) -> None:
     from taskforge.report import format_number, format_percent
 
     table = Table(title=escape(f"eval {summary.name}"))
-    for column in ("group", "tasks", "pass@1", "pass@k", "timeouts", "turns", "tokens in/out"):
+    # errored: attempts the harness could not score (build, sandbox, endpoint, verifier errors),
+    # shown apart from plain failures; pass@1 counts them as failed.
+    for column in ("group", "tasks", "pass@1", "pass@k", "errored", "timeouts", "turns", "tokens in/out"):
         table.add_column(column, justify="left" if column == "group" else "right")
     rows = [("all", summary.overall)] if summary.overall else []
     for attribute in ("by_domain", "by_difficulty", "by_family"):
@@ -133,6 +135,7 @@ def print_eval(summary) -> None:
             str(stats.n_tasks),
             format_percent(stats.pass_at_1),
             pass_k,
+            format_percent(stats.error_rate),
             format_percent(stats.timeout_rate),
             format_number(stats.mean_turns),
             tokens,

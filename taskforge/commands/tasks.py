@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Annotated
 
@@ -69,26 +70,27 @@ def validate(
 
 
 def print_validation(results, run_dir: Path) -> None:
-    table = Table(title=escape(f"validation ({run_dir})"), show_lines=False)
-    for column in ("task", "status", "oracle", "nop", "seconds", "reason"):
+    """A table of verdicts, then each failure's reason in full below it: a reason column wrapped
+    to the terminal's last few characters is unreadable (a build error's last lines, a hint)."""
+    console.print(escape(f"validation ({run_dir})"), highlight=False, soft_wrap=True)
+    table = Table(show_lines=False)
+    for column in ("task", "status", "oracle", "nop", "seconds"):
         table.add_column(column, overflow="fold")
     n_failed = sum(not r.passed for r in results)
     shown = [r for r in results if not r.passed] + [r for r in results if r.passed][: max(0, 20 - n_failed)]
     for r in shown:
-        status = "[green]passed[/]" if r.passed else f"[red]{r.status}[/]"
-        table.add_row(
-            escape(r.task_name),
-            status,
-            _reward(r.oracle_reward),
-            _reward(r.nop_reward),
-            f"{r.seconds:.1f}",
-            escape(r.detail),
-        )
+        status = "[green]passed[/]" if r.passed else f"[red]{escape(r.status)}[/]"
+        table.add_row(escape(r.task_name), status, _reward(r.oracle_reward), _reward(r.nop_reward), f"{r.seconds:.1f}")
     console.print(table)
     if len(shown) < len(results):
         console.print(
             escape(f"(showing {len(shown)} of {len(results)} tasks; all are in {run_dir / 'validation.json'})")
         )
+    for r in results:
+        if not r.passed and r.detail:
+            console.print(f"[red]{escape(r.task_name)}[/] {escape(r.status)}:", highlight=False)
+            # soft_wrap: long lines go to the terminal as they are (copyable), not cut into columns
+            console.print(textwrap.indent(escape(r.detail.rstrip()), "  "), highlight=False, soft_wrap=True)
     n_passed = len(results) - n_failed
     by_status: dict[str, int] = {}
     for r in results:
@@ -99,6 +101,7 @@ def print_validation(results, run_dir: Path) -> None:
         f"[{color}]{n_passed}/{len(results)} tasks passed validation[/] ({breakdown}). "
         f"Ledger: {escape(str(run_dir / 'ledger.jsonl'))}",
         highlight=False,
+        soft_wrap=True,
     )
 
 
