@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from taskforge.sandbox.docker import remove_all_live_containers
+from taskforge.sandbox.docker import prepare_run, remove_all_live_containers
 
 console = Console(stderr=True)
 
@@ -228,6 +228,9 @@ def run_concurrently[Item, Result](
     On Ctrl-C no new work starts, every container is removed (which ends work in flight) and
     KeyboardInterrupt propagates; what finished is already in the caller's ledger.
     """
+    # On the main thread, before any worker: SIGTERM/SIGHUP clean up like Ctrl-C, and containers
+    # of killed runs are reaped even when this run serves everything from its ledger.
+    prepare_run()
     items = list(items)
     results: list[Result] = []
     progress = Progress(

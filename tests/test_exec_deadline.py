@@ -28,6 +28,8 @@ ENV = {**os.environ, "COLUMNS": "250", "OPENAI_API_KEY": "unused"}
 TIMEOUT_SEC = 1.0
 # What the host needs past the deadline: one more exec to kill the stuck one, on a busy machine.
 SLACK_SEC = 8.0
+# A whole trial besides its stuck command: the container, uploads and the verifier.
+TRIAL_SEC = 30.0
 
 # `kill -STOP $PPID` stops GNU timeout (the command's parent), which the wrapper waits for; the
 # loop stops every ancestor up to the wrapper shell (its parent is outside the container), however
@@ -72,7 +74,7 @@ def test_an_agent_that_stops_its_wrapper_is_recorded_as_an_agent_timeout(write_h
     assert record.error_kind == "agent_timeout" and record.agent_timed_out, record
     assert episode.stop_reason == "agent_timeout" and episode.turns[0].timed_out
     assert record.reward == 1.0  # a timed-out agent is graded all the same: it had written the file
-    assert record.seconds < TIMEOUT_SEC + EXEC_GRACE_SEC + 30
+    assert record.seconds < TIMEOUT_SEC + EXEC_GRACE_SEC + TRIAL_SEC
 
 
 @pytest.mark.timeout(60)
@@ -83,7 +85,7 @@ def test_a_verifier_that_stops_its_wrapper_is_recorded_as_a_verifier_timeout(wri
     )
     record = run_trial(load_task(task_dir), NopAgent(), tmp_path / "trial")
     assert record.error_kind == "verifier_timeout" and record.reward is None, record
-    assert record.seconds < TIMEOUT_SEC + EXEC_GRACE_SEC + 30
+    assert record.seconds < TIMEOUT_SEC + EXEC_GRACE_SEC + TRIAL_SEC
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,6 +125,7 @@ def test_sigterm_removes_the_containers_of_a_running_validate(write_hello, base_
         while not containers_of(run.pid):  # the oracle is sleeping in its container
             assert run.poll() is None and time.monotonic() < deadline, stderr_path.read_text()
             time.sleep(0.2)
+        time.sleep(0.5)  # past the moment the container is created but not yet recorded as the run's
         run.send_signal(signal.SIGTERM)
         run.wait(timeout=30)
         # It exited through SystemExit (so its finally blocks and atexit ran), not killed by the signal.

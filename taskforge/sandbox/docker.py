@@ -358,6 +358,33 @@ def _tar_of(files: dict[str, tuple[bytes, int]]) -> bytes:
     return buffer.getvalue()
 
 
+class _ExecStart:
+    """One exec's output, read in a daemon thread: the docker client reads exec streams with no
+    socket timeout, so only a thread the caller can stop waiting for bounds an exec."""
+
+    def __init__(self, api: docker.APIClient, exec_id: str):
+        self._output = b""
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._read, args=(api, exec_id), name="taskforge-exec", daemon=True)
+        self._thread.start()
+
+    def _read(self, api: docker.APIClient, exec_id: str) -> None:
+        try:
+            self._output = api.exec_start(exec_id, stream=False, demux=False) or b""
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by result()
+            self._error = exc
+
+    def wait(self, seconds: float) -> bool:
+        """True once the exec has returned; False when it has not within `seconds`."""
+        self._thread.join(seconds)
+        return not self._thread.is_alive()
+
+    def result(self) -> bytes:
+        if self._error is not None:
+            raise self._error
+        return self._output
+
+
 class DockerSandbox(Sandbox):
     """A running container for one trial (the `Sandbox` backend). Use as a context manager: it is always removed."""
 
@@ -501,7 +528,9 @@ class DockerSandbox(Sandbox):
         collect_max_bytes: int = 1 << 20,
         mark_truncation: bool = True,
     ) -> ExecResult:
-        """Runs `command` with bash; kills its whole process group after `timeout_sec`.
+        """Runs `command` with bash; kills its whole process group after `timeout_sec`. An exec
+        still running EXEC_GRACE_SEC later (the command stopped its own wrapper) is killed by the
+        host and reported as timed out, with a notice saying so.
 
         `collect_files` are read right after the command in the same exec (ExecResult.files).
         With mark_truncation=False a truncated output is head + tail bytes with no marker line
@@ -622,6 +651,14 @@ class DockerSandbox(Sandbox):
                 raise
             return b""  # the container may be at its pids limit; removal kills everything anyway
 
+    def changed_paths(self) -> list[str]:
+        """Every path added, changed or deleted in the container since its image (the engine's
+        diff of the writable layer); the verifier checks them for a tampered toolchain."""
+        try:
+            return [change["Path"] for change in self._require().diff() or []]
+        except docker.errors.APIError as exc:
+            raise SandboxError(f"could not list the container's file changes: {exc.explanation or exc}") from exc
+
     def stop(self, wait: bool = False) -> None:
         """Removes the container. By default in the background (it does not change the trial's
         outcome, and removal costs ~50 ms per trial); `wait_for_removals()` or process exit
@@ -635,33 +672,6 @@ class DockerSandbox(Sandbox):
         future.add_done_callback(lambda f: _discard_pending(f))
         if wait:
             future.result()
-
-
-class _ExecStart:
-    """One exec's output, read in a daemon thread: the docker client reads exec streams with no
-    socket timeout, so only a thread the caller can stop waiting for bounds an exec."""
-
-    def __init__(self, api: docker.APIClient, exec_id: str):
-        self._output = b""
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._read, args=(api, exec_id), name="taskforge-exec", daemon=True)
-        self._thread.start()
-
-    def _read(self, api: docker.APIClient, exec_id: str) -> None:
-        try:
-            self._output = api.exec_start(exec_id, stream=False, demux=False) or b""
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by result()
-            self._error = exc
-
-    def wait(self, seconds: float) -> bool:
-        """True once the exec has returned; False when it has not within `seconds`."""
-        self._thread.join(seconds)
-        return not self._thread.is_alive()
-
-    def result(self) -> bytes:
-        if self._error is not None:
-            raise self._error
-        return self._output
 
 
 def _removal_pool() -> ThreadPoolExecutor:
