@@ -35,6 +35,7 @@ from taskforge.sandbox.base import ImageBuildError, Resources, Sandbox, SandboxE
 from taskforge.sandbox.docker import DockerSandbox, ensure_image
 from taskforge.tasks import Task, task_checksum
 from taskforge.verify import (
+    GradingToolchainChangedError,
     InvalidRewardError,
     RewardFileEmptyError,
     RewardFileNotFoundError,
@@ -57,7 +58,13 @@ _ERROR_KINDS: dict[str, ErrorKind] = {
     SandboxError.__name__: "sandbox_error",
     **{
         cls.__name__: "verifier_error"
-        for cls in (VerifierError, RewardFileNotFoundError, RewardFileEmptyError, InvalidRewardError)
+        for cls in (
+            VerifierError,
+            RewardFileNotFoundError,
+            RewardFileEmptyError,
+            InvalidRewardError,
+            GradingToolchainChangedError,
+        )
     },
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,37 @@ class InvalidRewardError(VerifierError):
 
 class VerifierTimeoutError(VerifierError):
     pass
+
+
+class GradingToolchainChangedError(VerifierError):
+    """The agent changed what the verifier runs through (its interpreter, test runner, loader or
+    Python's start-up hooks): the tests' verdict cannot be trusted, so the trial is not scored."""
+
+
+# The verifier runs in the agent's container (as in Harbor), so an agent could make every test pass
+# by replacing the tools the tests run through. Checked against the image (the container's file
+# changes) before the verifier runs; these names, on these PATH directories, are the toolchain.
+_TOOLCHAIN_NAMES = frozenset({"bash", "sh", "dash", "env", "python", "python3", "pytest", "py.test", "uv", "uvx"})
+_PATH_DIRS = ("/bin/", "/sbin/", "/usr/bin/", "/usr/sbin/", "/usr/local/bin/", "/usr/local/sbin/")
+_PYTHON_LIB = re.compile(r"^/(usr/)?(local/)?lib/python3[^/]*/")
+_PYTHON_HOOKS = re.compile(r"(^|/)(sitecustomize|usercustomize)\.py$|\.pth$|/_?pytest/|/pytest\.py$|/pluggy/")
+_LOADER = re.compile(r"^/(usr/)?lib(64|32)?(/[^/]*-linux-gnu)?/(ld-linux[^/]*|libc\.so[^/]*)$")
+
+
+def toolchain_changes(changed_paths: list[str]) -> list[str]:
+    """The changed paths (added, modified or deleted since the image) that touch the grading toolchain."""
+    hits = []
+    for path in changed_paths:
+        name = path.rsplit("/", 1)[-1]
+        on_path = path[: len(path) - len(name)] in _PATH_DIRS
+        if (
+            (on_path and (name in _TOOLCHAIN_NAMES or re.fullmatch(r"python3\.\d+", name)))
+            or path in ("/etc/ld.so.preload", "/conftest.py")
+            or (_PYTHON_LIB.match(path) and _PYTHON_HOOKS.search(path))
+            or _LOADER.match(path)
+        ):
+            hits.append(path)
+    return hits
 
 
 def usable_reward(value: object, where: str) -> float:
@@ -129,6 +161,14 @@ def run_verifier(sandbox, tests_dir: Path, timeout_sec: float, workdir: str | No
     prepared = _prepare(sandbox)
     if not _is_prepared(prepared):
         raise SandboxError(f"could not prepare /tests and /logs/verifier: {prepared[-500:]!r}")
+    changed_paths = getattr(sandbox, "changed_paths", None)
+    tampered = toolchain_changes(changed_paths()) if changed_paths else []
+    if tampered:
+        shown = ", ".join(tampered[:5]) + (f" and {len(tampered) - 5} more" if len(tampered) > 5 else "")
+        error = GradingToolchainChangedError(
+            f"the agent changed the verifier's toolchain ({shown}): the tests were not run and the trial is not scored"
+        )
+        return VerifierOutcome(None, error, b"", time.monotonic() - started, {})
     sandbox.upload_dir(tests_dir, "/tests")
     run = sandbox.exec(
         f"bash /tests/test.sh > {TEST_STDOUT} 2>&1",
