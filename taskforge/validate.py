@@ -104,7 +104,9 @@ def validate_task(
             )
         else:
             record = run_trial(task, agent, trials_dir / trial_dir_name(task, agent.name))
-        if on_record is not None:
+        # A sandbox failure (the container removed under the trial by Ctrl-C or SIGTERM, an engine
+        # error) says nothing about the task: not recorded, so the next run tries again.
+        if on_record is not None and record.error_kind != "sandbox_error":
             on_record(record)
         records[agent.name] = record
     if "oracle" in records:

@@ -134,6 +134,11 @@ def test_sigterm_removes_the_containers_of_a_running_validate(write_hello, base_
         while containers_of(run.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert containers_of(run.pid) == []
+        # The interrupted trial is not a verdict: nothing (or only the untouched nop) is in the
+        # ledger, so the next run runs the oracle again instead of calling the task broken.
+        ledger = tmp_path / "v" / "ledger.jsonl"
+        recorded = ledger.read_text().splitlines() if ledger.is_file() else []
+        assert all('"agent":"oracle"' not in line.replace(" ", "") for line in recorded), recorded
     finally:
         if run.poll() is None:
             run.kill()
