@@ -272,14 +272,14 @@ def main() -> None:
     results: dict = {"study": asdict(study), "longest_demonstration_tokens": longest, "policies": {}}
     starts: dict[str, Path] = {}
     earlier = out / "results.json"
-    # Wall time counts from the study's first start, across interruptions and resumes.
-    first_started = json.loads(earlier.read_text()).get("started_at") if earlier.is_file() else None
-    results["started_at"] = first_started or time.time() - (time.monotonic() - started)
+    # Time counts the study's processes, summed over interruptions and resumes (a resume days later
+    # adds its own run time, not the gap).
+    earlier_seconds = json.loads(earlier.read_text()).get("wall_seconds", 0.0) if earlier.is_file() else 0.0
 
     def save(complete: bool) -> None:
         """results.json after every policy, so an interrupted study still has what it measured."""
         results["complete"] = complete
-        results["wall_seconds"] = time.time() - results["started_at"]
+        results["wall_seconds"] = earlier_seconds + time.monotonic() - started
         results["machine"] = machine()
         results["torch_threads"] = torch_threads()
         (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -466,8 +466,8 @@ def render_markdown(results: dict, rows: list[dict], effects: list[dict]) -> str
         f"{', '.join(study['difficulties'])}); {len(study['seeds'])} seed(s); RL {study['rl_steps']} steps x "
         f"{study['tasks_per_step']} tasks x {study['group_size']} rollouts, lr {study['rl_lr']:g}; eval "
         f"{study['eval_attempts']} attempts per task on all held-out tasks and {study['eval_train_tasks']} "
-        f"training tasks; wall time {results.get('wall_seconds', 0) / 60:.1f} min (from the first start, resumes "
-        f"included) on {results.get('machine', '?')}.",
+        f"training tasks; run time {results.get('wall_seconds', 0) / 60:.1f} min (summed over "
+        f"resumes) on {results.get('machine', '?')}.",
         "",
         "Throughput (tokens/s; policy {policy}, {threads} torch thread(s)): SFT {sft_tokens_per_s}; RL sampling "
         "{rl_sampling_action_tokens_per_s} action tokens/s of rollout time (Docker included); RL update "
