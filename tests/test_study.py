@@ -115,3 +115,11 @@ def test_throughput_divides_tokens_by_the_time_each_phase_took():
         "rl_sampling_action_tokens_per_s": 50.0,  # 300 action tokens / 6 s of rollouts
         "rl_training_tokens_per_s": 100.0,  # 1200 tokens / 12 s of updates
     }
+
+
+def test_a_run_folder_with_another_corpus_is_refused_not_reused(tmp_path):
+    """Resuming reuses the corpus on disk; one made for other settings (an older demo) is named."""
+    generate_corpus(echo_repro.QUICK, tmp_path)
+    assert generate_corpus(echo_repro.QUICK, tmp_path)[0] == tmp_path / "tasks" / "train"  # same settings: resumed
+    with pytest.raises(ValueError, match=r"holds another corpus \(n: 9 there, 10 now\).*Delete"):
+        generate_corpus(replace(echo_repro.QUICK, n_train=7), tmp_path)

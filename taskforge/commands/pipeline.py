@@ -61,7 +61,24 @@ def generate_corpus(size: PipelineSize, out: Path) -> tuple[Path, Path]:
     from taskforge.forge.generate import generate
 
     tasks = out / "tasks"
-    if not (tasks / "summary.json").is_file():
+    summary = tasks / "summary.json"
+    if summary.is_file():
+        made = json.loads(summary.read_text())
+        wanted = {
+            "seed": size.corpus_seed,
+            "n": size.n_train + size.n_val,
+            "val": size.n_val,
+            "families": list(size.families),
+            "difficulties": list(size.difficulties),
+        }
+        differs = {key: (made.get(key), value) for key, value in wanted.items() if made.get(key) != value}
+        if differs:
+            shown = "; ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in differs.items())
+            raise ValueError(
+                f"{tasks} holds another corpus ({shown}): it comes from an earlier version of this run. "
+                f"Delete {out} or choose another output folder (--out)"
+            )
+    else:
         generate(
             size.n_train + size.n_val,
             size.corpus_seed,
