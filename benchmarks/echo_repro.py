@@ -51,6 +51,7 @@ from taskforge.commands.pipeline import (
     generate_corpus,
     held_out_transcripts,
     log,
+    per_task_pass_rates,
     sft_start,
     train_mode,
     world_model_start,
@@ -194,15 +195,6 @@ def throughput(results: dict) -> dict[str, float | None]:
     }
 
 
-def per_task_rates(run_dir: Path) -> dict[str, float]:
-    """Task -> share of its attempts that passed (reward 1.0; an errored attempt counts as failed)."""
-    attempts: dict[str, list[float]] = {}
-    for line in (run_dir / "ledger.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        attempts.setdefault(Path(record["task_path"]).name, []).append(float((record.get("reward") or 0) >= 1.0))
-    return {task: sum(v) / len(v) for task, v in sorted(attempts.items())}
-
-
 def curve(run_dir: Path) -> list[dict]:
     keys = (
         *("step", "reward_mean", "pass_rate", "env_ce", "signal_group_share", "output_tokens_per_episode"),
@@ -222,8 +214,8 @@ def evaluate_policy(name: str, checkpoint: Path, study: Study, dirs: dict, out: 
     if not ce_file.is_file():
         ce_file.write_text(json.dumps({"after": env_ce(checkpoint, dirs["transcripts"])}))
     result = {
-        "heldout": per_task_rates(run_dir / "eval"),
-        "train": per_task_rates(run_dir / "eval-train"),
+        "heldout": per_task_pass_rates(run_dir / "eval"),
+        "train": per_task_pass_rates(run_dir / "eval-train"),
         "env_ce": json.loads(ce_file.read_text())["after"],
         "heldout_eval": {
             k: held["overall"][k]

@@ -26,7 +26,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from taskforge.commands.pipeline import PipelineSize, evaluate_checkpoint, evenly_spaced, log, train_mode  # noqa: E402
+from taskforge.commands.pipeline import (  # noqa: E402
+    PipelineSize,
+    evaluate_checkpoint,
+    evenly_spaced,
+    log,
+    per_task_pass_rates,
+    train_mode,
+)
 
 
 @dataclass
@@ -40,14 +47,6 @@ class Size(PipelineSize):
     held_out_attempts: int = 4
     concurrency: int = 3
     modes: tuple[str, ...] = ("grpo", "echo")
-
-
-def rates(run_dir: Path) -> dict[str, float]:
-    attempts: dict[str, list[float]] = {}
-    for line in (run_dir / "ledger.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        attempts.setdefault(Path(record["task_path"]).name, []).append(float((record.get("reward") or 0) >= 1.0))
-    return {task: sum(v) / len(v) for task, v in sorted(attempts.items())}
 
 
 def bootstrap(diffs: list[float], reps: int = 4000, seed: int = 0) -> tuple[float, float, float]:
@@ -95,7 +94,9 @@ def main() -> None:
             row["heldout"] = evaluate_checkpoint(
                 checkpoint, args.val, out / name / "eval-heldout", held_out_size, seed=args.seed
             )
-        return {split: rates(out / name / f"eval-{split}") for split in ("train", "heldout") if split in row}
+        return {
+            split: per_task_pass_rates(out / name / f"eval-{split}") for split in ("train", "heldout") if split in row
+        }
 
     results = {"size": asdict(size), "start": str(args.start), "seed": args.seed, "policies": {}}
     results["policies"]["start"] = evaluate("start", args.start)

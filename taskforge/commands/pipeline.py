@@ -258,6 +258,16 @@ def evaluate_checkpoint(
     return summary.model_dump()
 
 
+def per_task_pass_rates(run_dir: Path) -> dict[str, float]:
+    """Task -> share of its attempts in run_dir's ledger that passed (reward 1.0; an errored
+    attempt counts as failed)."""
+    attempts: dict[str, list[float]] = {}
+    for line in (run_dir / "ledger.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        attempts.setdefault(Path(record["task_path"]).name, []).append(float((record.get("reward") or 0) >= 1.0))
+    return {task: sum(v) / len(v) for task, v in sorted(attempts.items())}
+
+
 def env_ce(checkpoint: Path, transcripts: Path) -> float:
     from trainer.checkpoint_eval import env_ce_of_checkpoint
 
