@@ -132,7 +132,12 @@ def _now() -> datetime:
 
 def resources_for(task: Task) -> Resources:
     env = task.config.environment
-    return Resources(cpus=float(env.cpus or 1), memory_mb=int(env.memory_mb or 2048), network=task.wants_network)
+    return Resources(
+        cpus=float(env.cpus or 1),
+        memory_mb=int(env.memory_mb or 2048),
+        storage_mb=int(env.storage_mb or Resources.storage_mb),
+        network=task.wants_network,
+    )
 
 
 def image_for(task: Task) -> str:

@@ -15,6 +15,7 @@ class Resources:
     memory_mb: int = 2048
     pids_limit: int = 512
     network: bool = False  # no network unless the task asks for it
+    storage_mb: int = 10240  # the container's writable layer (task.toml's storage_mb)
 
 
 @dataclass
@@ -45,6 +46,12 @@ class ExecResult:
 
 class SandboxError(RuntimeError):
     """The sandbox itself failed (not the command run inside it)."""
+
+
+class SandboxLimitError(SandboxError):
+    """A command went past a limit of its sandbox (its disk), or broke the sandbox (killed every
+    process in it): the task's or the agent's doing, not the infrastructure's, so the trial is
+    recorded with this error rather than retried. The message names the cause."""
 
 
 class ImageBuildError(SandboxError):

@@ -5,6 +5,11 @@ create+start, one exec per command and one forced remove. Every exec has a host-
 command that stops its own wrapper (`kill -STOP $PPID`) cannot hang a trial. Every container
 carries labels naming the process that owns it; containers of a process that died (kill -9, a
 crash) are reaped the next time any taskforge process opens the engine (`prepare_run`).
+
+A command that breaks its sandbox is named, from the container's cgroup counters and state: a fork
+bomb at the pids limit, an OOM kill, `kill -9 -1` (SandboxLimitError: the container stopped). The
+writable layer is bounded by the engine's quota where it has one (overlay2 on xfs with pquota),
+else by `ulimit -f` and a throttled measure of the layer after execs (SandboxLimitError).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import atexit
 import hashlib
 import io
 import os
+import re
 import secrets
 import signal
 import socket
@@ -26,7 +32,7 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from taskforge.sandbox.base import ExecResult, ImageBuildError, Resources, Sandbox, SandboxError
+from taskforge.sandbox.base import ExecResult, ImageBuildError, Resources, Sandbox, SandboxError, SandboxLimitError
 
 LABEL = "taskforge"
 LABEL_OWNER_PID = "taskforge.owner_pid"
@@ -42,6 +48,37 @@ DEFAULT_TAIL_BYTES = 25_000
 EXEC_GRACE_SEC = 5.0
 # The host-side deadline of the sandbox's own short execs (reading files, killing leftovers).
 RAW_EXEC_DEADLINE_SEC = 120.0
+# How long the diagnosis of a broken exec waits for its own exec (the pids limit may still be used up).
+DIAGNOSE_EXEC_DEADLINE_SEC = 5.0
+# Without the engine's disk quota the writable layer is measured after execs, at most this share of
+# the time (the engine walks the layer: ~1 ms for a fresh one, ~60 ms for 20,000 files).
+DISK_CHECK_SHARE = 0.1
+# A command killed by SIGXFSZ wrote a file past the `ulimit -f` the wrapper sets at the disk limit.
+EXIT_FILE_TOO_LARGE = 128 + signal.SIGXFSZ
+
+# Sets `refused` (forks refused at the pids limit), `ooms` (processes the OOM killer killed) and
+# `pids` (processes in the container), all so far, from the container's cgroup (v1 or v2). Bash
+# builtins only: no fork, so it costs nothing and works at the pids limit.
+_CGROUP_COUNTERS = r"""
+_tf_counters() {
+  local key value f
+  refused=0 ooms=0 pids=0
+  for f in /sys/fs/cgroup/pids/pids.events /sys/fs/cgroup/pids.events; do
+    [ -r "$f" ] && read -r key refused <"$f" && break
+  done
+  for f in /sys/fs/cgroup/pids/pids.current /sys/fs/cgroup/pids.current; do
+    [ -r "$f" ] && read -r pids <"$f" && break
+  done
+  for f in /sys/fs/cgroup/memory/memory.oom_control /sys/fs/cgroup/memory.events; do
+    [ -r "$f" ] || continue
+    while read -r key value; do [ "$key" = oom_kill ] && ooms=$value; done <"$f"
+    break
+  done
+} 2>/dev/null
+"""
+_PRINT_COUNTERS = r"""
+_tf_counters; printf 'C %s %s %s\n' "$refused" "$ooms" "$pids"
+"""
 
 # Prints "rc size\n" and the capped contents of $out, then removes it.
 _PRINT_OUTPUT = r"""
@@ -58,18 +95,25 @@ rm -f "$out"
 # Runs a command in its own process group under GNU timeout (which signals the whole group, so
 # background children die with it), writes its output to a file rather than the exec stream (a
 # background process holding the stream would block the exec), then prints "rc size\n" and the
-# capped output; then, when asked, the files named in TF_COLLECT (saves an exec per trial).
+# capped output; then "C refused ooms pids\n", the cgroup's counters, read last so that a fork
+# bomb the command left running has had time to hit the pids limit; then, when asked, the files
+# named in TF_COLLECT (saves an exec per trial). $1, when set, is `ulimit -f` (KiB): without the
+# engine's disk quota no single file may outgrow the disk limit. The `{ } 2>/dev/null` keeps
+# bash's job report ("Killed ...") out of the stream, ahead of the header.
 _EXEC_WRAPPER = (
-    r"""
+    _CGROUP_COUNTERS
+    + r"""
 d=/tmp/.taskforge; mkdir -p "$d" 2>/dev/null; out="$d/out.$$"
+if [ -n "${1:-}" ]; then ulimit -f "$1"; fi
 if command -v timeout >/dev/null 2>&1; then
-  timeout -k 2 "$TF_TIMEOUT" bash -c "$TF_CMD" >"$out" 2>&1 </dev/null
+  { timeout -k 2 "$TF_TIMEOUT" bash -c "$TF_CMD" >"$out" 2>&1 </dev/null; } 2>/dev/null
 else
-  bash -c "$TF_CMD" >"$out" 2>&1 </dev/null
+  { bash -c "$TF_CMD" >"$out" 2>&1 </dev/null; } 2>/dev/null
 fi
 rc=$?
 """
     + _PRINT_OUTPUT
+    + _PRINT_COUNTERS
     + r"""
 if [ -n "${TF_COLLECT:-}" ]; then
   IFS=: read -r -a collect <<<"$TF_COLLECT"
@@ -147,6 +191,9 @@ rc=137
 )
 
 _client: docker.DockerClient | None = None
+# Whether the engine bounds a container's writable layer (storage_opt size: overlay2 on xfs with
+# pquota); None until the first container of this process tries it.
+_storage_opt_supported: bool | None = None
 _client_lock = threading.Lock()
 _live_containers: dict[str, Container] = {}
 _live_lock = threading.Lock()
@@ -298,23 +345,63 @@ def ensure_image(environment_dir: Path, build_timeout_sec: float = 600.0) -> str
         return tag
 
 
+_BUILD_STEP = re.compile(r"^Step \d+/\d+ : (\S+)\s*(.*)$")
+_MISSING_SOURCE = re.compile(r"stat (\S+?): file does not exist|(\S+?): no such file or directory")
+
+
 def _build_failure_message(environment_dir: Path, log_lines: list[str]) -> str:
     tail = "\n".join(log_lines[-15:])
-    hint = ""
-    if (
-        "pull access denied" in tail
-        or "repository does not exist" in tail
-        or "not found" in tail.lower()
-        and "FROM" in tail
-    ):
-        from taskforge import BASE_IMAGE
-
-        hint = (
-            f"\nhint: the base image is missing; build it with `bash envs/build-base.sh {BASE_IMAGE}` "
-            "(or `bash setup.sh env`)."
-        )
     error_line = log_lines[-1] if log_lines else "no build output"
+    hint = _build_failure_hint(log_lines)
+    hint = f"\nhint: {hint}" if hint else ""
     return f"{environment_dir / 'Dockerfile'} failed to build: {error_line}{hint}\nbuild log (tail):\n{tail}"
+
+
+def _build_failure_hint(log_lines: list[str]) -> str:
+    """Names what failed when the failing step says it: the FROM image that could not be found or
+    pulled, or a COPY/ADD source that is not in environment/ (both print "not found"-type errors)."""
+    step = None  # the last step the builder started, and whether it got past it (" ---> ")
+    finished = False
+    for line in log_lines:
+        match = _BUILD_STEP.match(line.strip())
+        if match:
+            step, finished = (match.group(1).upper(), match.group(2)), False
+        elif line.strip().startswith("--->"):
+            finished = True
+    error = log_lines[-1] if log_lines else ""
+    if step is None:  # no step started: only a failed pull says which image
+        pull_failed = any(
+            text in error for text in ("pull access denied", "repository does not exist", "manifest unknown")
+        )
+        return _missing_image_hint(None) if pull_failed else ""
+    instruction, arguments = step
+    if finished:
+        return ""
+    if instruction == "FROM":
+        image = next((word for word in arguments.split() if not word.startswith("--")), None)
+        return _missing_image_hint(image)
+    if instruction in ("COPY", "ADD") and ("not found" in error or "no such file" in error.lower()):
+        match = _MISSING_SOURCE.search(error)
+        sources = [word for word in arguments.split() if not word.startswith("--")][:-1]
+        missing = (match.group(1) or match.group(2)) if match else ", ".join(sources)
+        return (
+            f"{instruction} source {missing} is not in environment/ (the build context): "
+            "add the file there or fix the path in the Dockerfile"
+        )
+    return ""
+
+
+def _missing_image_hint(image: str | None) -> str:
+    from taskforge import BASE_IMAGE
+
+    if image is None or image == BASE_IMAGE or image.split(":")[0] == BASE_IMAGE.split(":")[0]:
+        return (
+            f"the base image is missing; build it with `bash envs/build-base.sh {BASE_IMAGE}` (or `bash setup.sh env`)."
+        )
+    return (
+        f"the FROM image {image} could not be found or pulled: check its name and that the engine can reach "
+        "its registry."
+    )
 
 
 def _parse_collected(raw: bytes, container_paths: list[str]) -> dict[str, bytes | None]:
@@ -405,6 +492,15 @@ class DockerSandbox(Sandbox):
         self.head_bytes = head_bytes
         self.tail_bytes = tail_bytes
         self.container: Container | None = None
+        # Without the engine's disk quota: the wrapper's `ulimit -f` and a measure of the writable
+        # layer after execs (throttled to DISK_CHECK_SHARE of the time) stand in for it.
+        self.watch_disk = False
+        self._disk_checked_at = 0.0
+        self._disk_check_sec = 0.0
+        # The cgroup's counters (forks refused at the pids limit, OOM kills) as of the last exec:
+        # what grew since is what the next command did.
+        self._forks_refused_seen = 0
+        self._oom_kills_seen = 0
 
     def __enter__(self) -> DockerSandbox:
         self.start()
@@ -414,27 +510,40 @@ class DockerSandbox(Sandbox):
         self.stop()
 
     def start(self) -> None:
+        global _storage_opt_supported
         client = docker_client()
         labels = {LABEL: "1", LABEL_OWNER_PID: str(os.getpid()), LABEL_OWNER_HOST: socket.gethostname()}
+        settings = dict(
+            command=["sleep", "infinity"],
+            init=True,
+            detach=True,
+            labels=labels,
+            environment=self.env,
+            working_dir=self.workdir,
+            network_mode="bridge" if self.resources.network else "none",
+            nano_cpus=int(self.resources.cpus * 1e9),
+            mem_limit=f"{self.resources.memory_mb}m",
+            memswap_limit=f"{self.resources.memory_mb}m",
+            pids_limit=self.resources.pids_limit,
+        )
+        bounded = _storage_opt_supported is not False  # ask the engine for a disk quota
         try:
-            container = client.containers.create(
-                self.image,
-                command=["sleep", "infinity"],
-                init=True,
-                detach=True,
-                labels=labels,
-                environment=self.env,
-                working_dir=self.workdir,
-                network_mode="bridge" if self.resources.network else "none",
-                nano_cpus=int(self.resources.cpus * 1e9),
-                mem_limit=f"{self.resources.memory_mb}m",
-                memswap_limit=f"{self.resources.memory_mb}m",
-                pids_limit=self.resources.pids_limit,
-            )
+            try:
+                # The first container of the process finds out whether the engine can bound its
+                # disk: one refused create (~0.1 s) when it cannot.
+                storage_opt = {"size": f"{self.resources.storage_mb}M"} if bounded else None
+                container = client.containers.create(self.image, **settings, storage_opt=storage_opt)
+                _storage_opt_supported = _storage_opt_supported or bounded
+            except docker.errors.APIError as exc:
+                if not bounded or not _refuses_storage_opt(exc):
+                    raise
+                _storage_opt_supported = bounded = False
+                container = client.containers.create(self.image, **settings)
         except docker.errors.ImageNotFound as exc:
             raise SandboxError(f"image {self.image} is not built: {exc}") from exc
         except docker.errors.APIError as exc:
             raise SandboxError(f"could not create a container from {self.image}: {exc}") from exc
+        self.watch_disk = not bounded
         with _live_lock:
             _live_containers[container.id] = container
         self.container = container
@@ -478,8 +587,100 @@ class DockerSandbox(Sandbox):
             if started.wait(deadline_sec):
                 return started.result(), False
         except docker.errors.APIError as exc:
+            # A command stopped the container, or left a fork bomb running: say so, rather than
+            # the engine's "is not running" or "OCI runtime exec failed".
+            stopped = self._why_stopped()
+            if stopped:
+                raise SandboxLimitError(f"exec failed in {container.short_id}: {stopped}") from exc
+            pids, limit = self._pids_in_use(), self.resources.pids_limit
+            if pids is not None and pids >= limit - 2:
+                raise SandboxLimitError(f"exec failed in {container.short_id}: {_pids_used_up(pids, limit)}") from exc
             raise SandboxError(f"exec failed in {container.short_id}: {exc.explanation or exc}") from exc
         return self._kill_exec(marker, started), True
+
+    def _is_live(self) -> bool:
+        """False once this process is removing the container (stop, Ctrl-C, SIGTERM)."""
+        with _live_lock:
+            return self.container is not None and self.container.id in _live_containers
+
+    def _why_stopped(self) -> str | None:
+        """In plain words, why the container stopped running; None while it runs (or is being
+        removed or gone, which is this process's doing, not a command's)."""
+        container = self.container
+        if container is None or not self._is_live():
+            return None
+        try:
+            state = container.client.api.inspect_container(container.id)["State"]
+        except docker.errors.APIError:
+            return None
+        if state.get("Running") or state.get("Status") in ("removing", "dead"):
+            return None
+        exit_code = state.get("ExitCode")
+        if state.get("OOMKilled"):
+            return f"the container ran out of memory (OOM-killed; its limit is {self.resources.memory_mb} MB)"
+        if exit_code in (128 + signal.SIGKILL, 128 + signal.SIGTERM):
+            return (
+                "the command killed every process in the container (kill -9 -1?): "
+                f"the container stopped (exit code {exit_code})"
+            )
+        return f"the container stopped (exit code {exit_code})"
+
+    def _read_counters(self) -> tuple[int, int, int] | None:
+        """The cgroup's (forks refused, OOM kills, pids) from a short exec; None when no exec
+        starts (the pids limit is used up, or every process is dying)."""
+        try:
+            raw, killed = self._run_exec(
+                _CGROUP_COUNTERS + _PRINT_COUNTERS,
+                deadline_sec=DIAGNOSE_EXEC_DEADLINE_SEC,
+                user="0",
+            )
+            refused, ooms, pids = (int(n) for n in raw.split()[1:4])
+        except (SandboxError, ValueError):
+            return None
+        return None if killed else (refused, ooms, pids)
+
+    def _limit_notices(self, forks_refused: int, oom_kills: int, pids: int) -> list[str]:
+        """Names the limits the cgroup's counters say were hit since the last exec."""
+        notices = []
+        limit = self.resources.pids_limit
+        new_refusals = forks_refused - self._forks_refused_seen
+        if new_refusals > 0 or pids >= limit - 2:
+            notices.append(_pids_used_up(pids, limit, max(new_refusals, 0)))
+        if oom_kills > self._oom_kills_seen:
+            notices.append(_out_of_memory(self.resources.memory_mb, oom_kills - self._oom_kills_seen))
+        self._forks_refused_seen = max(self._forks_refused_seen, forks_refused)
+        self._oom_kills_seen = max(self._oom_kills_seen, oom_kills)
+        return notices
+
+    def _why_the_exec_broke(self) -> tuple[list[str], bool]:
+        """For an exec whose wrapper did not finish or was killed by the host: (the causes in
+        plain words, whether the container has stopped). Asks the engine for the container's
+        state, then the cgroup's counters (from an exec, or the engine's stats when none starts)."""
+        stopped = self._why_stopped()
+        if stopped:
+            return [stopped], True
+        counters = self._read_counters()
+        if counters is None and self._is_live():
+            for _ in range(10):  # kill -9 -1 stops the container a moment later
+                time.sleep(0.2)
+                stopped = self._why_stopped()
+                if stopped:
+                    return [stopped], True
+            pids, limit = self._pids_in_use(), self.resources.pids_limit
+            if pids is not None and pids >= limit - 2:
+                return [_pids_used_up(pids, limit)], False
+            return ["the sandbox could not run the command to completion (no process could start in it)"], False
+        if counters is None:
+            return ["the sandbox was removed while the command ran"], False
+        return self._limit_notices(*counters), False
+
+    def _pids_in_use(self) -> int | None:
+        container = self._require()
+        try:
+            stats = container.client.api.stats(container.id, stream=False, one_shot=True)
+            return int(stats["pids_stats"]["current"])
+        except (docker.errors.APIError, KeyError, TypeError, ValueError):
+            return None
 
     def _kill_exec(self, marker: str, started: _ExecStart) -> bytes:
         """Kills the processes of the exec whose script runs as `marker`, from a second exec (as
@@ -547,8 +748,10 @@ class DockerSandbox(Sandbox):
         if collect_files:
             wrapper_env["TF_COLLECT"] = ":".join(collect_files)
             wrapper_env["TF_COLLECT_MAX"] = str(collect_max_bytes)
+        file_size_limit_kib = str(self.resources.storage_mb * 1024) if self.watch_disk else ""
         raw, killed = self._run_exec(
             _EXEC_WRAPPER,
+            (file_size_limit_kib,),
             deadline_sec=max(timeout_sec, 0.1) + EXEC_GRACE_SEC,
             env=wrapper_env,
             workdir=workdir,
@@ -563,18 +766,34 @@ class DockerSandbox(Sandbox):
             if killed:  # the host killed the command (see _kill_exec) and recovered none of its output
                 exit_code, size, body = 137, 0, b""
             else:
-                # The wrapper itself could not run to the end (for example a fork bomb has used up
-                # the pids limit): report what came back as the command's failure.
+                # The wrapper itself could not run to the end (a fork bomb used up the pids limit,
+                # the command killed every process): name the cause. A stopped container ends the trial.
+                causes, stopped = self._why_the_exec_broke()
+                if stopped:
+                    raise SandboxLimitError(causes[0]) from None
                 return ExecResult(
                     exit_code=-1,
                     output_bytes=raw[-(self.head_bytes + self.tail_bytes) :],
                     seconds=seconds,
-                    notices=["the sandbox could not run the command to completion (process limit or OOM?)"],
+                    notices=causes or ["the sandbox could not run the command to completion (its wrapper was killed)"],
                 )
+        if self.watch_disk:
+            self._check_disk(exit_code)
         timed_out = killed or (exit_code in (124, 137) and seconds >= timeout_sec * 0.95)
         truncated = size > self.head_bytes + self.tail_bytes
         shown = min(size, self.head_bytes + self.tail_bytes)
         body, rest = body[:shown], body[shown:]
+        limit_notices = []
+        if rest.startswith(b"C "):  # absent when the host killed the command
+            counters, _, rest = rest.partition(b"\n")
+            try:
+                limit_notices = self._limit_notices(*(int(n) for n in counters.split()[1:4]))
+            except (TypeError, ValueError):
+                pass  # the wrapper could not read the cgroup
+        elif killed:  # a fork bomb can keep the wrapper from finishing: ask the cgroup
+            limit_notices, stopped = self._why_the_exec_broke()
+            if stopped:
+                raise SandboxLimitError(limit_notices[0])
         files = _parse_collected(rest, collect_files) if collect_files else {}
         notices = []
         if truncated:
@@ -592,6 +811,7 @@ class DockerSandbox(Sandbox):
             )
         elif timed_out:
             notices.append(f"command timed out after {timeout_sec:g} s and was killed")
+        notices.extend(limit_notices)
         return ExecResult(
             exit_code=exit_code,
             output_bytes=body,
@@ -602,6 +822,37 @@ class DockerSandbox(Sandbox):
             notices=notices,
             files=files,
         )
+
+    def _check_disk(self, exit_code: int) -> None:
+        """Without the engine's quota: ends the trial (SandboxLimitError) when the command wrote a
+        file past the disk limit (the wrapper's `ulimit -f` killed it) or the writable layer has
+        outgrown the limit. The layer is measured at most DISK_CHECK_SHARE of the time."""
+        limit_bytes = self.resources.storage_mb << 20
+        if exit_code == EXIT_FILE_TOO_LARGE:
+            raise SandboxLimitError(
+                f"the command tried to write a file over the container's disk limit of {_size(limit_bytes)} "
+                "(killed by SIGXFSZ)"
+            )
+        now = time.monotonic()
+        if self._disk_checked_at and now - self._disk_checked_at < self._disk_check_sec / DISK_CHECK_SHARE:
+            return
+        used = self.writable_layer_bytes()
+        self._disk_checked_at = time.monotonic()
+        self._disk_check_sec = self._disk_checked_at - now
+        if used > limit_bytes:
+            raise SandboxLimitError(
+                f"the task's container wrote {_size(used)}, over its disk limit of {_size(limit_bytes)}"
+            )
+
+    def writable_layer_bytes(self) -> int:
+        """The size of the files the container added or changed (the engine walks its writable
+        layer; it counts apparent sizes, so a sparse file counts whole)."""
+        container = self._require()
+        try:
+            listed = container.client.api.containers(all=True, filters={"id": container.id}, size=True)
+        except docker.errors.APIError as exc:
+            raise SandboxError(f"could not measure the container's disk use: {exc.explanation or exc}") from exc
+        return int(listed[0].get("SizeRw") or 0) if listed else 0
 
     def upload_files(self, files: dict[str, bytes | tuple[bytes, int]], container_dir: str) -> None:
         """Writes files (relative path -> bytes, or (bytes, mode)) under container_dir."""
@@ -645,11 +896,17 @@ class DockerSandbox(Sandbox):
         """Kills every process the agent left running (daemons, background jobs), then runs
         `then` in the same exec (saves a round trip); returns that exec's output."""
         try:
-            return self._raw_exec(_KILL_LEFTOVERS + then)
+            raw = self._raw_exec(_CGROUP_COUNTERS + _KILL_LEFTOVERS + _PRINT_COUNTERS + then)
         except SandboxError:
             if then:
                 raise
             return b""  # the container may be at its pids limit; removal kills everything anyway
+        counters, _, output = raw.partition(b"\n")
+        try:  # what the leftovers did is not the next command's doing: no notice for it
+            self._limit_notices(*(int(n) for n in counters.split()[1:4]))
+        except (TypeError, ValueError):
+            return raw
+        return output
 
     def changed_paths(self) -> list[str]:
         """Every path added, changed or deleted in the container since its image (the engine's
@@ -672,6 +929,27 @@ class DockerSandbox(Sandbox):
         future.add_done_callback(lambda f: _discard_pending(f))
         if wait:
             future.result()
+
+
+def _refuses_storage_opt(exc: docker.errors.APIError) -> bool:
+    """The engine's answer to a storage_opt it cannot honour (overlay2 on xfs without pquota,
+    other storage drivers)."""
+    text = str(exc).lower()
+    return any(words in text for words in ("storage-opt", "storage opt", "storage_opt", "storageopt"))
+
+
+def _pids_used_up(pids: int, limit: int, forks_refused: int = 0) -> str:
+    refused = f"; {forks_refused} forks refused" if forks_refused else ""
+    return f"the container's processes used up its process limit ({pids} of {limit} pids{refused}): a fork bomb?"
+
+
+def _out_of_memory(memory_mb: int, oom_kills: int = 0) -> str:
+    killed = f"{oom_kills} process(es)" if oom_kills else "processes"
+    return f"the container ran out of memory (OOM-killed: the kernel killed {killed} at its {memory_mb} MB limit)"
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / (1 << 30):.1f} GB" if n_bytes >= 1 << 30 else f"{n_bytes / (1 << 20):.0f} MB"
 
 
 def _removal_pool() -> ThreadPoolExecutor:
