@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import subprocess
 import sys
 from collections import Counter
 from dataclasses import replace
@@ -123,3 +125,17 @@ def test_a_run_folder_with_another_corpus_is_refused_not_reused(tmp_path):
     assert generate_corpus(echo_repro.QUICK, tmp_path)[0] == tmp_path / "tasks" / "train"  # same settings: resumed
     with pytest.raises(ValueError, match=r"holds another corpus \(n: 9 there, 10 now\).*Delete"):
         generate_corpus(replace(echo_repro.QUICK, n_train=7), tmp_path)
+
+
+def test_demo_on_a_folder_of_an_older_demo_exits_2_with_what_to_do(tmp_path):
+    generate_corpus(echo_repro.QUICK, tmp_path)  # an older, different corpus in the folder
+    done = subprocess.run(
+        [sys.executable, "-m", "taskforge.cli", "demo", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "250"},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "holds another corpus" in done.stderr and "Traceback" not in done.stderr

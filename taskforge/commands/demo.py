@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from taskforge.commands.common import console, exits_on_failure
+from taskforge.commands.common import console, exits_on_failure, fail
 
 
 def demo(
@@ -24,5 +24,8 @@ def demo(
     from taskforge.commands.pipeline import run_demo
 
     with exits_on_failure("stages"):
-        html_path = run_demo(out)
+        try:
+            html_path = run_demo(out)
+        except ValueError as exc:  # the folder holds a run made with other settings: the message says what to do
+            raise fail(str(exc), 2) from None
     console.print(f"report: {html_path.resolve()}")
