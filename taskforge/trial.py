@@ -96,6 +96,7 @@ class TrialRecord(BaseModel):
     n_output_tokens: int | None = None
     stop_reason: str | None = None
     n_turns: int | None = None
+    notices: list[str] = []  # what the sandbox said about the agent's commands (process limit, OOM, disk)
     seconds: float = 0.0
     trial_dir: str
     finished_at: str
@@ -207,6 +208,7 @@ def run_trial(task: Task, agent: Agent, trial_dir: Path, *, attempt: int = 0) ->
         n_output_tokens=outcome.n_output_tokens,
         stop_reason=outcome.stop_reason,
         n_turns=outcome.n_turns,
+        notices=outcome.notices,
         seconds=(finished - started).total_seconds(),
         trial_dir=str(trial_dir),
         finished_at=finished.isoformat(),

@@ -49,9 +49,10 @@ def classify(oracle: TrialRecord | None, nop: TrialRecord | None) -> tuple[Statu
         if status:
             return status, f"oracle: {_short(oracle.error_message)}"
         if oracle.reward != 1.0:
+            said = "".join(f"; {notice}" for notice in oracle.notices)
             return (
                 "oracle_failed",
-                f"oracle scored {oracle.reward:g} (needs 1.0); see {oracle.trial_dir}/verifier/test-stdout.txt",
+                f"oracle scored {oracle.reward:g} (needs 1.0){said}; see {oracle.trial_dir}/verifier/test-stdout.txt",
             )
     if nop is not None:
         status = _trial_problem(nop)

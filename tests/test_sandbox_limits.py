@@ -123,3 +123,12 @@ def test_task_toml_storage_mb_is_the_containers_disk_limit(write_hello):
     toml = task_dir / "task.toml"
     toml.write_text(toml.read_text().replace("[environment]\n", "[environment]\nstorage_mb = 64\n", 1))
     assert resources_for(load_task(task_dir)).storage_mb == 64
+
+
+def test_validate_names_an_oracle_fork_bomb_instead_of_scored_0(write_hello, base_image, tmp_path):
+    from taskforge.validate import validate_tasks
+
+    bomb = "bomb() { bomb | bomb & }; bomb; sleep 2"
+    (result,) = validate_tasks([write_hello("bomb", solution=bomb)], tmp_path / "run", jobs=1)
+    assert result.status != "passed"
+    assert "process limit" in result.detail, result

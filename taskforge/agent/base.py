@@ -25,6 +25,7 @@ class AgentOutcome:
     timed_out: bool = False  # the agent stopped at its time limit; the trial is still verified
     stop_reason: str | None = None  # why a multi-turn agent stopped (taskforge.agent.episode.StopReason)
     n_turns: int | None = None
+    notices: list[str] = field(default_factory=list)  # the sandbox's notices on the agent's commands
     metadata: dict[str, Any] = field(default_factory=dict)
 
 

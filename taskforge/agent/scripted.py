@@ -42,7 +42,8 @@ class OracleAgent:
         (logs_dir / "oracle.txt").write_bytes(result.output_bytes)
         if result.timed_out:
             raise AgentTimeoutError(f"solution/solve.sh ran past the agent timeout of {timeout_sec:g} s")
-        return AgentOutcome(metadata={"exit_code": result.exit_code})
+        # What the sandbox saw (process limit, OOM, disk): validate names it instead of "scored 0".
+        return AgentOutcome(metadata={"exit_code": result.exit_code}, notices=list(result.notices))
 
 
 class NopAgent:
