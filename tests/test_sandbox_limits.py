@@ -132,3 +132,32 @@ def test_validate_names_an_oracle_fork_bomb_instead_of_scored_0(write_hello, bas
     (result,) = validate_tasks([write_hello("bomb", solution=bomb)], tmp_path / "run", jobs=1)
     assert result.status != "passed"
     assert "process limit" in result.detail, result
+
+
+def test_an_agent_that_kills_its_sandbox_is_recorded_not_retried(write_hello, base_image, tmp_path):
+    """kill -9 -1 from a model's command stops the container: the attempt is the agent's doing, so it is
+    recorded (errored, not passed) and the next run does not play it again."""
+    from taskforge.agent.episode import EpisodeConfig
+    from taskforge.agent.openai_policy import ChatConfig, OpenAIChatPolicy
+    from taskforge.evaluate import evaluate
+    from taskforge.runner import Ledger
+    from taskforge.testing.openai_server import ScriptedOpenAIServer
+    from taskforge.testing.scripts import competent
+    from taskforge.trial import TrialRecord
+
+    task_dir = write_hello("killer", solution="kill -9 -1")
+    with ScriptedOpenAIServer(competent([task_dir])) as server:
+        policy = OpenAIChatPolicy(ChatConfig(model="test-model", base_url=server.base_url))
+        for _ in range(2):  # the second run finds the attempt in the ledger
+            summary, not_recorded = evaluate(
+                [load_task(task_dir)],
+                tmp_path / "eval",
+                lambda: policy,
+                attempts=1,
+                concurrency=1,
+                episode=EpisodeConfig(),
+            )
+            assert not_recorded == []
+    (record,) = Ledger(tmp_path / "eval" / "ledger.jsonl", TrialRecord).load()
+    assert record.stop_reason == "sandbox_limit" and not record.passed and record.error_kind != "sandbox_error"
+    assert summary.overall.pass_at_1 == 0.0

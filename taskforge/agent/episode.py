@@ -34,7 +34,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 ObservationPieceKind = Literal["warning", "separator", "body"]
-StopReason = Literal["done", "max_turns", "agent_timeout", "context_exceeded", "policy_error", "sandbox_error"]
+StopReason = Literal[
+    "done", "max_turns", "agent_timeout", "context_exceeded", "policy_error", "sandbox_error", "sandbox_limit"
+]
 ActionKind = Literal["command", "done", "none"]
 
 WARNING_PREFIX = "[harness] "

@@ -27,7 +27,7 @@ import jinja2
 from taskforge.agent.episode import ActionKind, Episode, EpisodeConfig, StopReason, Turn, harness_warning
 from taskforge.agent.policy import ContextLengthExceededError, Policy, PolicyConfigError, PolicyError, PolicyReply
 from taskforge.agent.shell import CommandTooLongError, PersistentShell
-from taskforge.sandbox.base import Sandbox, SandboxError
+from taskforge.sandbox.base import Sandbox, SandboxError, SandboxLimitError
 from taskforge.tasks import TEMPLATES_DIR, Task
 
 _FENCED_COMMAND = re.compile(r"```(?:bash|sh|shell)[ \t]*\n(.*?)```", re.DOTALL)
@@ -227,6 +227,11 @@ def _play(
         if action.kind == "command":
             try:
                 _run_command(turn, action, shell, config, deadline)
+            except SandboxLimitError as exc:
+                # The agent's own command broke its sandbox (kill -9 -1, a fork bomb): the episode
+                # ends and is graded as it stands, not retried as an infrastructure failure.
+                _record_error(episode, exc)
+                return "sandbox_limit"
             except SandboxError as exc:
                 _record_error(episode, exc)
                 return "sandbox_error"
