@@ -120,6 +120,10 @@ def test_a_small_write_is_within_the_disk_limit(sandbox):
 def test_task_toml_storage_mb_is_the_containers_disk_limit(write_hello):
     task_dir = write_hello("disk")
     assert resources_for(load_task(task_dir)).storage_mb == Resources.storage_mb  # unset: the default
+    assert resources_for(load_task(task_dir)).cpus == 1.0  # what taskforge's tasks write
+    toml = task_dir / "task.toml"
+    toml.write_text("".join(line for line in toml.read_text().splitlines(True) if not line.startswith("cpus")))
+    assert resources_for(load_task(task_dir)).cpus is None  # unset: no CPU quota, as Harbor
     toml = task_dir / "task.toml"
     toml.write_text(toml.read_text().replace("[environment]\n", "[environment]\nstorage_mb = 64\n", 1))
     assert resources_for(load_task(task_dir)).storage_mb == 64
@@ -161,3 +165,10 @@ def test_an_agent_that_kills_its_sandbox_is_recorded_not_retried(write_hello, ba
     (record,) = Ledger(tmp_path / "eval" / "ledger.jsonl", TrialRecord).load()
     assert record.stop_reason == "sandbox_limit" and not record.passed and record.error_kind != "sandbox_error"
     assert summary.overall.pass_at_1 == 0.0
+
+
+@pytest.mark.parametrize(("cpus", "nano_cpus"), [(None, 0), (1.5, 1_500_000_000)])
+def test_a_cpu_quota_only_when_the_task_sets_one(base_image, cpus, nano_cpus):
+    with DockerSandbox(base_image, Resources(cpus=cpus, memory_mb=256, pids_limit=64)) as sandbox:
+        sandbox.container.reload()
+        assert sandbox.container.attrs["HostConfig"]["NanoCpus"] == nano_cpus

@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 class Resources:
     """Container limits, read from a task's [environment] table."""
 
-    cpus: float = 1.0
+    cpus: float | None = None  # None: no CPU quota, as Harbor when task.toml sets none
     memory_mb: int = 2048
     pids_limit: int = 512
     network: bool = False  # no network unless the task asks for it

@@ -521,11 +521,12 @@ class DockerSandbox(Sandbox):
             environment=self.env,
             working_dir=self.workdir,
             network_mode="bridge" if self.resources.network else "none",
-            nano_cpus=int(self.resources.cpus * 1e9),
             mem_limit=f"{self.resources.memory_mb}m",
             memswap_limit=f"{self.resources.memory_mb}m",
             pids_limit=self.resources.pids_limit,
         )
+        if self.resources.cpus:
+            settings["nano_cpus"] = int(self.resources.cpus * 1e9)
         bounded = _storage_opt_supported is not False  # ask the engine for a disk quota
         try:
             try:
