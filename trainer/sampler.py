@@ -48,7 +48,7 @@ def sample_tokens(
         model.eval()
         try:
             output = model(input_ids=torch.tensor([prompt_ids], dtype=torch.long), use_cache=True)
-            past, logits = output.past_key_values, output.logits[0, -1]
+            cache, logits = output.cache, output.logits[0, -1]
             ids: list[int] = []
             logprobs: list[float] = []
             for _ in range(max_new_tokens):
@@ -62,8 +62,8 @@ def sample_tokens(
                 logprobs.append(float(log_probs[token]))
                 if token in stop_ids:
                     return ids, logprobs, True
-                output = model(input_ids=torch.tensor([[token]]), past_key_values=past, use_cache=True)
-                past, logits = output.past_key_values, output.logits[0, -1]
+                output = model(input_ids=torch.tensor([[token]]), cache=cache, use_cache=True)
+                cache, logits = output.cache, output.logits[0, -1]
             return ids, logprobs, False
         finally:
             model.train(was_training)
