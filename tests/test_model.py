@@ -168,3 +168,14 @@ def test_chat_template_option_keeps_or_replaces_the_tokenizers_template(cache_di
     assert forced.chat_template == QWEN3_TRAINING_TEMPLATE
     with pytest.raises(PolicyLoadError, match="unknown chat template 'chatml-2'"):
         load_policy("tiny", cache_dir=cache_dir, chat_template="chatml-2")
+
+
+def test_a_missing_checkpoint_path_is_named_with_what_is_there(tmp_path):
+    from trainer.model import PolicyLoadError, load_policy
+
+    (tmp_path / "run" / "checkpoints" / "step-2").mkdir(parents=True)
+    with pytest.raises(PolicyLoadError, match=r"no checkpoint directory at .*/checkpoints/final \(.* holds: step-2\)"):
+        load_policy(str(tmp_path / "run" / "checkpoints" / "final"))
+    # a relative path is a path too, not a hub id
+    with pytest.raises(PolicyLoadError, match=r"no checkpoint directory at tests/no-such-run/final"):
+        load_policy("tests/no-such-run/final")

