@@ -45,11 +45,11 @@ def classify(oracle: TrialRecord | None, nop: TrialRecord | None) -> tuple[Statu
         if record is not None and record.error_kind == "build_failed":
             return "build_failed", _short(record.error_message)
     if oracle is not None:
+        said = "".join(f"; {notice}" for notice in oracle.notices)  # what the sandbox saw the oracle do
         status = _trial_problem(oracle)
         if status:
-            return status, f"oracle: {_short(oracle.error_message)}"
+            return status, f"oracle: {_short(oracle.error_message)}{said}"
         if oracle.reward != 1.0:
-            said = "".join(f"; {notice}" for notice in oracle.notices)
             return (
                 "oracle_failed",
                 f"oracle scored {oracle.reward:g} (needs 1.0){said}; see {oracle.trial_dir}/verifier/test-stdout.txt",

@@ -172,3 +172,14 @@ def test_a_cpu_quota_only_when_the_task_sets_one(base_image, cpus, nano_cpus):
     with DockerSandbox(base_image, Resources(cpus=cpus, memory_mb=256, pids_limit=64)) as sandbox:
         sandbox.container.reload()
         assert sandbox.container.attrs["HostConfig"]["NanoCpus"] == nano_cpus
+
+
+def test_collected_files_after_a_broken_record_count_as_absent_not_a_crash():
+    """At the pids limit the wrapper's bash prints "fork: retry" where a file record belongs (seen in CI
+    under load, with a fork bomb's leftovers still running when the verifier started)."""
+    from taskforge.sandbox.docker import _parse_collected
+
+    paths = ["/logs/verifier/reward.json", "/logs/verifier/reward.txt", "/logs/verifier/test-stdout.txt"]
+    broken = b"N 0\nbash: fork: retry: Resource temporarily unavailable\n"
+    assert _parse_collected(broken, paths) == dict.fromkeys(paths)
+    assert _parse_collected(b"N 0\nY 2\n1\nY 0\n", paths) == {paths[0]: None, paths[1]: b"1\n", paths[2]: b""}

@@ -413,7 +413,13 @@ def _parse_collected(raw: bytes, container_paths: list[str]) -> dict[str, bytes 
         if newline < 0:
             result[path] = None
             continue
-        flag, size = raw[offset:newline].split()
+        header = raw[offset:newline].split()
+        if len(header) != 2 or header[0] not in (b"Y", b"N") or not header[1].isdigit():
+            # The wrapper could not finish reading (a fork bomb's leftovers at the pids limit print
+            # "fork: retry" into the stream): what is not readable counts as not there.
+            result.update(dict.fromkeys(container_paths[len(result) :]))
+            break
+        flag, size = header
         offset = newline + 1
         if flag == b"Y":
             result[path] = raw[offset : offset + int(size)]
