@@ -2,22 +2,21 @@
 
 from taskforge.forge.skeleton import instruction_skeleton, skeleton_key, solution_skeleton
 
-INSTRUCTION_A = """`/srv/data/sales` holds the CSV files `2024-03.csv`, `2024-04.csv` of the `berlin` shop.
+INSTRUCTION_A = """`/srv/data/sales` holds the CSV files `2024-03.csv`, `2024-04.csv` of `berlin`.
 
 - write `/home/user/out/totals.csv` with the header `region,total`: one row per `region`, the sum of `amount`
 - numbers rounded to 2 decimals
 - rows sorted by total, largest first
 """
 # The same template: other paths, another month list (three files, not two), other columns and numbers.
-INSTRUCTION_A2 = """`/opt/data/orders` holds the CSV files `2024-07.csv`, `2024-08.csv` and `2024-09.csv` of the
-`osaka` shop.
+INSTRUCTION_A2 = """`/opt/data/orders` holds the CSV files `2024-07.csv`, `2024-08.csv` and `2024-09.csv` of `osaka`.
 
 - write `/srv/reports/sums.csv` with the header `product,total`: one row per `product`, the sum of `units`
 - numbers rounded to 3 decimals
 - rows sorted by total, largest first
 """
 # Another program over the same data: a filter and a count instead of a sum, no sorting.
-INSTRUCTION_B = """`/srv/data/sales` holds the CSV files `2024-03.csv`, `2024-04.csv` of the `berlin` shop.
+INSTRUCTION_B = """`/srv/data/sales` holds the CSV files `2024-03.csv`, `2024-04.csv` of `berlin`.
 
 - write `/home/user/out/totals.csv` with the header `region,count`: one row per `region`, the number of rows
 - count only rows whose `status` is `completed`
