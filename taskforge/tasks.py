@@ -24,6 +24,9 @@ from pydantic import BaseModel, Field, ValidationError
 from taskforge import BASE_IMAGE
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+# Near-miss solutions live beside solve.sh: Harbor's oracle uploads solution/ and runs solve.sh only.
+NEAR_MISS_DIR = "solution/near_miss"
+NEAR_MISS_SLUG = re.compile(r"[a-z0-9][a-z0-9_]*")
 DEFAULT_AGENT_TIMEOUT_SEC = 600.0  # when task.toml sets no [agent] timeout_sec
 
 Domain = Literal["data_processing", "system_operations", "development_tooling"]
@@ -55,6 +58,9 @@ class TaskSpec(BaseModel):
     tests: dict[str, str]
     # Body of solution/solve.sh (bash).
     solution: str
+    # Near-miss solutions: slug -> body of solution/near_miss/<slug>.sh. Each skips or bends one stated
+    # requirement; `taskforge validate` fails the task when one of them scores above 0.
+    near_misses: dict[str, str] = Field(default_factory=dict)
     metadata: TaskMetadata
     agent_timeout_sec: float = 600.0
     verifier_timeout_sec: float = 120.0
@@ -126,6 +132,13 @@ def render_files(spec: TaskSpec, base_image: str = BASE_IMAGE) -> dict[str, tupl
         ),
         "solution/solve.sh": (env.get_template("solve.sh.j2").render(body=spec.solution.strip()), 0o755),
     }
+    for slug, body in spec.near_misses.items():
+        if not NEAR_MISS_SLUG.fullmatch(slug):
+            raise ValueError(f"near-miss name {slug!r}: use lowercase letters, digits and '_' (a slug)")
+        files[f"{NEAR_MISS_DIR}/{slug}.sh"] = (
+            env.get_template("near_miss.sh.j2").render(body=body.strip(), slug=slug),
+            0o755,
+        )
     for rel, text in spec.environment_files.items():
         files[f"environment/{rel}"] = (text, 0o644)
     for rel, text in spec.tests.items():
@@ -176,6 +189,12 @@ class Task:
     @property
     def solution_dir(self) -> Path:
         return self.path / "solution"
+
+    @property
+    def near_miss_scripts(self) -> dict[str, Path]:
+        """Near-miss solution scripts by name (solution/near_miss/<name>.sh), sorted by name."""
+        folder = self.path / NEAR_MISS_DIR
+        return {p.stem: p for p in sorted(folder.glob("*.sh"))} if folder.is_dir() else {}
 
     @property
     def metadata(self) -> dict:
@@ -397,6 +416,21 @@ def lint_task(path: Path) -> list[LintProblem]:
         )
     else:
         _check_executable(solve_sh, problems)
+    near_miss_dir = path / NEAR_MISS_DIR
+    if near_miss_dir.is_dir():
+        for script in sorted(near_miss_dir.iterdir()):
+            if script.suffix != ".sh" or not NEAR_MISS_SLUG.fullmatch(script.stem) or not script.is_file():
+                problems.append(
+                    LintProblem(
+                        script,
+                        "not a near-miss solution: validate runs only solution/near_miss/<name>.sh "
+                        "(name: lowercase letters, digits, '_')",
+                        "rename it to <name>.sh or move it out of solution/near_miss/",
+                        "warning",
+                    )
+                )
+            else:
+                _check_executable(script, problems)
     return problems
 
 

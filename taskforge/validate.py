@@ -1,4 +1,5 @@
-"""`taskforge validate`: per task, the environment builds, the oracle scores 1.0, nop scores 0.0."""
+"""`taskforge validate`: per task, the environment builds, the oracle scores 1.0, nop scores 0.0, and
+every near-miss solution (solution/near_miss/<name>.sh: right but for one stated requirement) 0.0."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from taskforge.agent.scripted import NopAgent, OracleAgent
+from taskforge.agent.scripted import NearMissAgent, NopAgent, OracleAgent
 from taskforge.runner import Ledger, hold_run_dir, run_concurrently, trial_dir_name, write_json
 from taskforge.tasks import Task, TaskLoadError, discover_task_dirs, load_task
 from taskforge.trial import TrialRecord, retire_changed_tasks, run_trial
@@ -20,6 +21,7 @@ Status = Literal[
     "solution_missing",
     "oracle_failed",
     "nop_passed",
+    "near_miss_passed",
     "verifier_error",
     "timeout",
 ]
@@ -32,6 +34,8 @@ class TaskValidation(BaseModel):
     detail: str = ""
     oracle_reward: float | None = None
     nop_reward: float | None = None
+    # near-miss name -> its reward; empty when the task has none or failed before they ran
+    near_miss_rewards: dict[str, float | None] = {}
     seconds: float = 0.0
 
     @property
@@ -63,6 +67,22 @@ def classify(oracle: TrialRecord | None, nop: TrialRecord | None) -> tuple[Statu
     return "passed", ""
 
 
+def classify_near_misses(records: Mapping[str, TrialRecord]) -> tuple[Status, str]:
+    """Names the first near-miss (by name) that scored above 0 or could not be graded, or 'passed'.
+    A near-miss that ran past its timeout but was graded 0 is a near-miss caught."""
+    for slug, record in sorted(records.items()):
+        if record.reward is None:
+            status = _trial_problem(record) or "verifier_error"
+            return status, f"near-miss {slug}: {_short(record.error_message)}"
+        if record.reward > 0.0:
+            return (
+                "near_miss_passed",
+                f"near-miss solution {slug} scored {record.reward:g} (needs 0.0): the tests do not check the "
+                f"requirement it skips; see {record.trial_dir}/verifier/test-stdout.txt",
+            )
+    return "passed", ""
+
+
 def _trial_problem(record: TrialRecord) -> Status | None:
     if record.error_kind in ("agent_timeout", "verifier_timeout") or record.agent_timed_out:
         return "timeout"
@@ -86,9 +106,11 @@ def validate_task(
     *,
     finished: Mapping[str, TrialRecord] | None = None,
     on_record: Callable[[TrialRecord], None] | None = None,
+    near_misses: bool = True,
 ) -> TaskValidation:
-    """Runs the oracle and nop trials of one task (those not in `finished`, by agent name), hands
-    each new record to `on_record` (a ledger's append) and classifies the outcome."""
+    """Runs the oracle and nop trials of one task, then (when both are right and `near_misses`) one
+    trial per near-miss solution; trials in `finished` (by agent name) are not run again. Hands each
+    new record to `on_record` (a ledger's append) and classifies the outcome."""
     finished = finished or {}
     records: dict[str, TrialRecord] = {}
     solve_sh = task.solution_dir / "solve.sh"
@@ -103,12 +125,10 @@ def validate_task(
             record = records["oracle"].model_copy(
                 update={"agent": "nop", "trial_name": records["oracle"].trial_name.replace("__oracle", "__nop")}
             )
+            if on_record is not None:
+                on_record(record)
         else:
-            record = run_trial(task, agent, trials_dir / trial_dir_name(task, agent.name))
-        # A sandbox failure (the container removed under the trial by Ctrl-C or SIGTERM, an engine
-        # error) says nothing about the task: not recorded, so the next run tries again.
-        if on_record is not None and record.error_kind != "sandbox_error":
-            on_record(record)
+            record = _run_and_record(task, agent, trials_dir, on_record)
         records[agent.name] = record
     if "oracle" in records:
         status, detail = classify(records["oracle"], records["nop"])
@@ -116,6 +136,14 @@ def validate_task(
         status, detail = classify(None, records["nop"])
     else:
         status, detail = "solution_missing", f"{solve_sh} is missing: add solution/solve.sh that solves the task"
+    near_miss_records: dict[str, TrialRecord] = {}
+    if status == "passed" and near_misses:
+        # Only a task whose oracle and nop are right says something through its near-misses.
+        for slug in task.near_miss_scripts:
+            agent = NearMissAgent(slug)
+            record = finished.get(agent.name) or _run_and_record(task, agent, trials_dir, on_record)
+            near_miss_records[slug] = records[agent.name] = record
+        status, detail = classify_near_misses(near_miss_records)
     return TaskValidation(
         task_name=task.name,
         task_path=str(task.path),
@@ -123,18 +151,30 @@ def validate_task(
         detail=detail,
         oracle_reward=records["oracle"].reward if "oracle" in records else None,
         nop_reward=records["nop"].reward,
+        near_miss_rewards={slug: record.reward for slug, record in near_miss_records.items()},
         seconds=sum(r.seconds for r in records.values()),
     )
 
 
-def validate_tasks(paths: list[Path], run_dir: Path, *, jobs: int = 2) -> list[TaskValidation]:
+def _run_and_record(task: Task, agent, trials_dir: Path, on_record) -> TrialRecord:
+    record = run_trial(task, agent, trials_dir / trial_dir_name(task, agent.name))
+    # A sandbox failure (the container removed under the trial by Ctrl-C or SIGTERM, an engine
+    # error) says nothing about the task: not recorded, so the next run tries again.
+    if on_record is not None and record.error_kind != "sandbox_error":
+        on_record(record)
+    return record
+
+
+def validate_tasks(
+    paths: list[Path], run_dir: Path, *, jobs: int = 2, near_misses: bool = True
+) -> list[TaskValidation]:
     """Validates every task under `paths`, resuming from run_dir/ledger.jsonl. Raises RunDirBusyError
-    when another process is validating into run_dir."""
+    when another process is validating into run_dir. `near_misses=False` skips the near-miss trials."""
     with hold_run_dir(run_dir):
-        return _validate_tasks(paths, run_dir, jobs=jobs)
+        return _validate_tasks(paths, run_dir, jobs=jobs, near_misses=near_misses)
 
 
-def _validate_tasks(paths: list[Path], run_dir: Path, *, jobs: int) -> list[TaskValidation]:
+def _validate_tasks(paths: list[Path], run_dir: Path, *, jobs: int, near_misses: bool) -> list[TaskValidation]:
     task_dirs = discover_task_dirs(paths)
     ledger = Ledger(run_dir / "ledger.jsonl", TrialRecord)
     retire_changed_tasks(ledger, task_dirs)
@@ -150,7 +190,13 @@ def _validate_tasks(paths: list[Path], run_dir: Path, *, jobs: int) -> list[Task
             return TaskValidation(
                 task_name=task_dir.name, task_path=str(task_dir.resolve()), status="invalid_task", detail=str(exc)
             )
-        return validate_task(task, trials_dir, finished=finished.get(str(task.path), {}), on_record=ledger.append)
+        return validate_task(
+            task,
+            trials_dir,
+            finished=finished.get(str(task.path), {}),
+            on_record=ledger.append,
+            near_misses=near_misses,
+        )
 
     def show(result: TaskValidation, progress, bar) -> None:
         counts = getattr(show, "counts", {"ok": 0, "failed": 0})

@@ -17,8 +17,8 @@ from .conftest import FIXTURES, REPO_ROOT
 
 @pytest.fixture
 def bad_and_good_tasks(write_hello, base_image):
-    """One task per failure reason validate must name, plus a good one."""
-    good = write_hello("set/good")
+    """One task per failure reason validate must name, plus a good one (whose near-miss is caught)."""
+    good = write_hello("set/good", near_misses={"wrong_word": "echo forget > /app/out.txt"})
     malformed = write_hello("set/malformed_toml")
     (malformed / "task.toml").write_text("[agent\ntimeout_sec = 1\n")
     no_build = write_hello("set/build_fails", dockerfile_steps=["RUN exit 7"])
@@ -27,6 +27,11 @@ def bad_and_good_tasks(write_hello, base_image):
     wrong_oracle = write_hello("set/oracle_wrong", solution="echo wrong > /app/out.txt")
     trivial_tests = write_hello("set/nop_passes", tests={"test_outputs.py": "def test_nothing():\n    assert True\n"})
     slow_oracle = write_hello("set/oracle_slow", solution="sleep 30; echo forged > /app/out.txt", agent_timeout_sec=2.0)
+    # The tests strip the line, so a solution that skips the stated newline passes them.
+    lax_tests = write_hello(
+        "set/near_miss_passes",
+        near_misses={"wrong_word": "echo forget > /app/out.txt", "no_newline": "printf forged > /app/out.txt"},
+    )
     return {
         "passed": good,
         "invalid_task": malformed,
@@ -35,6 +40,7 @@ def bad_and_good_tasks(write_hello, base_image):
         "oracle_failed": wrong_oracle,
         "nop_passed": trivial_tests,
         "timeout": slow_oracle,
+        "near_miss_passed": lax_tests,
     }
 
 
@@ -45,7 +51,11 @@ def test_validate_names_the_reason_for_each_failure_and_resumes(tmp_path, bad_an
     for expected, task_dir in bad_and_good_tasks.items():
         assert by_dir[str(task_dir.resolve())].status == expected, (expected, by_dir[str(task_dir.resolve())])
     good = by_dir[str(bad_and_good_tasks["passed"].resolve())]
-    assert (good.oracle_reward, good.nop_reward) == (1.0, 0.0)
+    assert (good.oracle_reward, good.nop_reward, good.near_miss_rewards) == (1.0, 0.0, {"wrong_word": 0.0})
+    lax = by_dir[str(bad_and_good_tasks["near_miss_passed"].resolve())]
+    assert lax.near_miss_rewards == {"no_newline": 1.0, "wrong_word": 0.0}
+    # Near-misses run only for a task whose oracle and nop are right.
+    assert all(not r.near_miss_rewards for r in results if r.status not in ("passed", "near_miss_passed"))
     detail = {status: by_dir[str(path.resolve())].detail for status, path in bad_and_good_tasks.items()}
     assert (
         "Dockerfile failed to build: The command '/bin/sh -c exit 7' returned a non-zero code: 7"
@@ -56,17 +66,22 @@ def test_validate_names_the_reason_for_each_failure_and_resumes(tmp_path, bad_an
     assert "nop scored 1 (needs 0.0)" in detail["nop_passed"]
     assert "agent ran past 2 s" in detail["timeout"]
     assert "not valid TOML" in detail["invalid_task"]
+    assert "near-miss solution no_newline scored 1 (needs 0.0)" in detail["near_miss_passed"]
 
     # Harbor's trial layout and the ledger: one directory per (task, agent), even for same-named tasks
     result_files = list((run_dir / "trials").glob("*/result.json"))
-    # 5 runnable tasks x (oracle, nop), plus the unbuildable task's oracle trial (its nop is not run)
-    assert len(result_files) == 11
+    # 6 runnable tasks x (oracle, nop), the unbuildable task's oracle trial (its nop is not run), and
+    # the 3 near-miss trials of the two tasks whose oracle and nop are right
+    assert len(result_files) == 16
     from harbor.models.trial.result import TrialResult
 
     parsed = [TrialResult.model_validate_json(p.read_text()) for p in result_files]
     assert any(r.verifier_result and r.verifier_result.rewards == {"reward": 1.0} for r in parsed)
     ledger_lines = (run_dir / "ledger.jsonl").read_text().splitlines()
-    assert len(ledger_lines) == 2 * (len(bad_and_good_tasks) - 1)  # the malformed task never ran
+    assert len(ledger_lines) == 2 * (len(bad_and_good_tasks) - 1) + 3  # the malformed task never ran
+    agents = [json.loads(line)["agent"] for line in ledger_lines]
+    near_miss_agents = sorted(a for a in agents if a.startswith("near_miss-"))
+    assert near_miss_agents == ["near_miss-no_newline", "near_miss-wrong_word", "near_miss-wrong_word"]
 
     # Re-running resumes: nothing is redone, the outcome is the same.
     again = validate_tasks(list(bad_and_good_tasks.values()), run_dir, jobs=2)

@@ -1,8 +1,9 @@
 """Scripted players: everything that acts without a model, in one place.
 
 Two kinds, for the two ways a trial can be driven:
-- trial agents (`OracleAgent`, `NopAgent`) act on the sandbox directly, as Harbor's oracle and
-  nop agents do: `taskforge validate` runs every task with both (oracle must score 1, nop 0);
+- trial agents (`OracleAgent`, `NopAgent`, `NearMissAgent`) act on the sandbox directly, as Harbor's
+  oracle and nop agents do: `taskforge validate` runs every task with each (oracle must score 1, nop
+  and every near-miss solution 0);
 - policies (`OraclePolicy`, `NopPolicy`, `SolutionTextPolicy`, `ExplorerPolicy`) go through the
   agent loop like a model, so their episodes are transcripts: they check the loop itself and are
   the expert demonstrations of SFT and the held-out transcripts of the env-CE measure.
@@ -34,16 +35,34 @@ class OracleAgent:
 
     name = "oracle"
     version = "1.0"
+    script = "solve.sh"  # relative to solution/
 
     def run(self, task: Task, sandbox: Sandbox, logs_dir: Path, timeout_sec: float) -> AgentOutcome:
         sandbox.upload_dir(task.solution_dir, "/solution")
-        result = sandbox.exec("bash /solution/solve.sh", timeout_sec, env=dict(task.config.solution.env))
+        result = sandbox.exec(f"bash /solution/{self.script}", timeout_sec, env=dict(task.config.solution.env))
         logs_dir.mkdir(parents=True, exist_ok=True)
-        (logs_dir / "oracle.txt").write_bytes(result.output_bytes)
+        (logs_dir / f"{self.name}.txt").write_bytes(result.output_bytes)
         if result.timed_out:
-            raise AgentTimeoutError(f"solution/solve.sh ran past the agent timeout of {timeout_sec:g} s")
+            raise AgentTimeoutError(f"solution/{self.script} ran past the agent timeout of {timeout_sec:g} s")
         # What the sandbox saw (process limit, OOM, disk): validate names it instead of "scored 0".
         return AgentOutcome(metadata={"exit_code": result.exit_code}, notices=list(result.notices))
+
+
+class NearMissAgent(OracleAgent):
+    """Runs one near-miss solution, solution/near_miss/<slug>.sh, as the oracle runs solve.sh: a
+    solution right but for one stated requirement, which a well-made task scores 0."""
+
+    version = "1.0"
+
+    def __init__(self, slug: str):
+        self.slug = slug
+        self.name = near_miss_agent_name(slug)
+        self.script = f"near_miss/{slug}.sh"
+
+
+def near_miss_agent_name(slug: str) -> str:
+    """The agent name a near-miss trial is recorded under (ledger, trial directory)."""
+    return f"near_miss-{slug}"
 
 
 class NopAgent:
@@ -123,7 +142,12 @@ def solution_command(task_dir: Path) -> str:
     model): other files of solution/ are unpacked to /solution first."""
     solution = Path(task_dir) / "solution"
     solve = (solution / "solve.sh").read_text()
-    others = [p for p in sorted(solution.rglob("*")) if p.is_file() and p.name != "solve.sh"]
+    # Near-miss solutions are validate's business, not the player's.
+    others = [
+        p
+        for p in sorted(solution.rglob("*"))
+        if p.is_file() and p.name != "solve.sh" and p.relative_to(solution).parts[0] != "near_miss"
+    ]
     if not others:
         return solve
     buffer = io.BytesIO()

@@ -53,7 +53,8 @@ def validate(
     runs_dir: RunsDirOption = Path("runs"),
     fresh: Annotated[bool, typer.Option(help="Start the run over instead of resuming it.")] = False,
 ) -> None:
-    """Per task: the environment builds, the oracle scores 1.0 and the nop agent 0.0.
+    """Per task: the environment builds, the oracle scores 1.0, the nop agent 0.0, and each near-miss
+    solution (solution/near_miss/NAME.sh, right but for one stated requirement) 0.0.
 
     Trials are written under runs/RUN/trials/ in Harbor's result layout, with a JSONL ledger;
     re-running resumes. Exits 1 when any task fails.
@@ -74,13 +75,20 @@ def print_validation(results, run_dir: Path) -> None:
     to the terminal's last few characters is unreadable (a build error's last lines, a hint)."""
     console.print(escape(f"validation ({run_dir})"), highlight=False, soft_wrap=True)
     table = Table(show_lines=False)
-    for column in ("task", "status", "oracle", "nop", "seconds"):
+    for column in ("task", "status", "oracle", "nop", "near-misses 0", "seconds"):
         table.add_column(column, overflow="fold")
     n_failed = sum(not r.passed for r in results)
     shown = [r for r in results if not r.passed] + [r for r in results if r.passed][: max(0, 20 - n_failed)]
     for r in shown:
         status = "[green]passed[/]" if r.passed else f"[red]{escape(r.status)}[/]"
-        table.add_row(escape(r.task_name), status, _reward(r.oracle_reward), _reward(r.nop_reward), f"{r.seconds:.1f}")
+        table.add_row(
+            escape(r.task_name),
+            status,
+            _reward(r.oracle_reward),
+            _reward(r.nop_reward),
+            _near_misses_caught(r.near_miss_rewards),
+            f"{r.seconds:.1f}",
+        )
     console.print(table)
     if len(shown) < len(results):
         console.print(
@@ -107,6 +115,11 @@ def print_validation(results, run_dir: Path) -> None:
 
 def _reward(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
+
+
+def _near_misses_caught(rewards: dict[str, float | None]) -> str:
+    """'caught/run': how many near-miss solutions scored 0, of those run."""
+    return f"{sum(r == 0.0 for r in rewards.values())}/{len(rewards)}" if rewards else "-"
 
 
 def _split(values: list[str] | None) -> list[str] | None:

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from taskforge.tasks import Difficulty, Domain, TaskMetadata, TaskSpec
+from taskforge.tasks import NEAR_MISS_SLUG, Difficulty, Domain, TaskMetadata, TaskSpec
 
 # Bump when a change to any family alters the tasks a given seed produces.
 GENERATOR_VERSION = "1.0"
@@ -37,6 +37,9 @@ class Draft:
     setup: shell lines run once at build time, as root, after the files are in place (create
         users, set modes, build git history, make archives). Deleted from the image afterwards.
     outputs: every path the tests check; the instruction must name each of them.
+    near_misses: name -> bash body of a solution that is right but for one stated requirement it
+        skips or bends (the name says which, e.g. "keeps_empty_dirs"). Rendered as
+        solution/near_miss/<name>.sh; `taskforge validate` fails the task if one scores above 0.
     """
 
     instruction: str
@@ -47,6 +50,7 @@ class Draft:
     setup: list[str] = field(default_factory=list)
     workdir: str = "/home/user"
     extra: dict[str, str | int | float | bool] = field(default_factory=dict)
+    near_misses: dict[str, str] = field(default_factory=dict)
 
 
 class DraftError(ValueError):
@@ -105,6 +109,9 @@ def to_spec(family: Family, draft: Draft, difficulty: Difficulty, seed: int) -> 
         raise DraftError(
             f"{family.name}: the instruction does not name {missing}; every path the tests check must be in it"
         )
+    bad_names = [name for name in draft.near_misses if not NEAR_MISS_SLUG.fullmatch(name)]
+    if bad_names:
+        raise DraftError(f"{family.name}: near-miss names {bad_names} are not slugs (lowercase letters, digits, '_')")
     environment_files, steps = image_layout(draft)
     short_hash = content_hash(instruction, environment_files, steps)[:10]
     extra = {"param_pool": PARAM_POOL, "outputs": " ".join(draft.outputs), **draft.extra}
@@ -116,6 +123,7 @@ def to_spec(family: Family, draft: Draft, difficulty: Difficulty, seed: int) -> 
         workdir=draft.workdir,
         tests={"test_outputs.py": draft.tests},
         solution=draft.solution,
+        near_misses=dict(sorted(draft.near_misses.items())),
         metadata=TaskMetadata(
             family=family.name,
             domain=family.domain,

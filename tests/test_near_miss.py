@@ -1,0 +1,143 @@
+"""Near-miss solutions (issue 15, point 4): every family ships >= 2 per instance, each right but for
+one stated requirement, and in the real Docker engine every one of them scores 0 on one instance
+per family (so `taskforge validate` passes it). Both tests are parametrised over FAMILIES: a new
+family is covered without editing this file.
+
+`near_miss_problems(family, n)` is the fast check other tests can reuse (no Docker).
+"""
+
+from __future__ import annotations
+
+import random
+import stat
+
+import pytest
+
+from taskforge.forge.base import DIFFICULTIES, DraftError
+from taskforge.forge.families import FAMILIES
+from taskforge.forge.generate import task_seed
+from taskforge.tasks import NEAR_MISS_DIR, TaskSpec, lint_task, load_task, render_files, write_task
+from taskforge.validate import validate_tasks
+
+from .conftest import hello_spec
+
+MIN_NEAR_MISSES = 2
+# Families whose near-misses are still being written (issue 15): strict xfail, so a family that
+# gains them fails here until it is taken off this list. Must end empty.
+PENDING: set[str] = {
+    "access_log_report",
+    "archive_backup",
+    "archive_restore",
+    "changelog_from_git",
+    "compose_config_edit",
+    "cron_schedule",
+    "csv_cleanup",
+    "csv_groupby",
+    "csv_join",
+    "dedupe_records",
+    "disk_usage_report",
+    "env_merge",
+    "format_convert",
+    "git_branch_report",
+    "git_merge_conflict",
+    "git_release_tag",
+    "json_rollup",
+    "log_level_window",
+    "logrotate_config",
+    "makefile_build",
+    "packaging_metadata",
+    "permission_audit",
+    "permissions_fix",
+    "python_bugfix",
+    "regex_extract",
+    "sqlite_report",
+    "stale_file_cleanup",
+    "systemd_unit",
+    "user_accounts",
+}
+
+
+def instances(family: str, n: int, seed: int = 15) -> list[TaskSpec]:
+    """n instances of one family from fixed seeds, difficulties rotating (easy, medium, hard, ...)."""
+    specs = []
+    for i in range(n):
+        task = task_seed(seed, i, attempt=len(family))
+        specs.append(FAMILIES[family].sample(random.Random(task), DIFFICULTIES[i % 3], seed=task))
+    return specs
+
+
+def near_miss_problems(family: str, n: int = 12, seed: int = 15) -> list[str]:
+    """What is wrong with the near-misses of n instances of `family`: fewer than MIN_NEAR_MISSES,
+    or one that is the reference solution itself. Empty when all is well."""
+    problems = []
+    for spec in instances(family, n, seed):
+        if len(spec.near_misses) < MIN_NEAR_MISSES:
+            problems.append(
+                f"{spec.name} ({spec.metadata.difficulty}): {len(spec.near_misses)} near-miss(es) "
+                f"{sorted(spec.near_misses)}, needs >= {MIN_NEAR_MISSES}"
+            )
+        for slug, body in spec.near_misses.items():
+            if body.strip() == spec.solution.strip():
+                problems.append(f"{spec.name}: near-miss {slug} is the reference solution itself")
+    return problems
+
+
+def pending(family: str):
+    """The family, marked strict-xfail while its near-misses are still to be written."""
+    marks = [pytest.mark.xfail(strict=True, reason="near-misses not written yet")] if family in PENDING else []
+    return pytest.param(family, marks=marks)
+
+
+@pytest.mark.parametrize("family", [pending(f) for f in sorted(FAMILIES)])
+def test_every_instance_ships_near_misses(family):
+    problems = near_miss_problems(family)
+    assert not problems, "\n".join(problems)
+
+
+def test_near_misses_render_as_executable_scripts_lint_accepts(tmp_path):
+    spec = hello_spec(near_misses={"no_newline": "printf forged > /app/out.txt", "wrong_word": "echo x > /app/out.txt"})
+    files = render_files(spec)
+    text, mode = files[f"{NEAR_MISS_DIR}/no_newline.sh"]
+    assert mode == 0o755 and "printf forged > /app/out.txt" in text and text.startswith("#!/bin/bash\n")
+    assert "set -euo pipefail" in text
+    task_dir = write_task(spec, tmp_path / "hello")
+    assert lint_task(task_dir) == []
+    task = load_task(task_dir)
+    assert list(task.near_miss_scripts) == ["no_newline", "wrong_word"]
+    assert task.near_miss_scripts["wrong_word"].stat().st_mode & stat.S_IXUSR
+    (task_dir / NEAR_MISS_DIR / "notes.txt").write_text("not a script")
+    (task_dir / NEAR_MISS_DIR / "wrong_word.sh").chmod(0o644)
+    problems = {(p.path.name, p.severity, p.message.split(":")[0]) for p in lint_task(task_dir)}
+    assert problems == {
+        ("notes.txt", "warning", "not a near-miss solution"),
+        ("wrong_word.sh", "error", "not executable"),
+    }
+    assert list(load_task(task_dir).near_miss_scripts) == ["no_newline", "wrong_word"]
+
+
+def test_near_miss_names_must_be_slugs():
+    with pytest.raises(ValueError, match="near-miss name 'Bad Name'"):
+        render_files(hello_spec(near_misses={"Bad Name": "true"}))
+    from taskforge.forge.base import Draft, to_spec
+
+    family = FAMILIES["csv_groupby"]
+    draft = Draft(instruction="Write /tmp/x.", tests="", solution="true", outputs=["/tmp/x"], near_misses={"a-b": "x"})
+    with pytest.raises(DraftError, match="not slugs"):
+        to_spec(family, draft, "easy", 0)
+
+
+@pytest.mark.docker
+def test_one_instance_per_family_validates_with_every_near_miss_at_zero(tmp_path, base_image):
+    """One validate call (-j 2) over one instance of every family, difficulties rotating by family."""
+    task_dirs = []
+    for i, family in enumerate(sorted(FAMILIES)):
+        spec = instances(family, i % 3 + 1)[-1]  # instance i % 3 has difficulty DIFFICULTIES[i % 3]
+        task_dirs.append(write_task(spec, tmp_path / "set" / family))
+    results = validate_tasks(task_dirs, tmp_path / "run", jobs=2)
+    failed = [f"{r.task_name}: {r.status} {r.detail}" for r in results if not r.passed]
+    assert not failed, "\n".join(failed)
+    for result in results:
+        family = load_task(result.task_path).metadata["family"]
+        if family not in PENDING:
+            assert len(result.near_miss_rewards) >= MIN_NEAR_MISSES, (result.task_name, result.near_miss_rewards)
+        assert all(reward == 0.0 for reward in result.near_miss_rewards.values()), result
