@@ -269,7 +269,16 @@ def test_layout_manifest_and_registry(tmp_path):
         manifest = [json.loads(line) for line in (set_dir / "manifest.jsonl").read_text().splitlines()]
         assert len(manifest) == count
         for row in manifest:
-            assert set(row) == {"name", "family", "domain", "difficulty", "seed", "path"}
+            assert set(row) == {
+                "name",
+                "family",
+                "domain",
+                "difficulty",
+                "seed",
+                "path",
+                "instruction_skeleton",
+                "solution_skeleton",
+            }
             task = load_task(set_dir / row["path"])
             assert task.name == row["name"] and task.metadata["seed"] == row["seed"]
             assert row["name"] == f"taskforge/{row['path']}"
@@ -317,6 +326,23 @@ def test_family_and_difficulty_filters(tmp_path):
     )
     assert summary["by_family"] == {"cron_schedule": 6, "sqlite_report": 6}
     assert summary["by_difficulty"] == {"hard": 12}
+
+
+def test_skeleton_cap_spreads_programs_and_a_saturated_family_still_finishes(tmp_path):
+    """Under a cap of 1 a family with several programs per cell shows more of them in its first tasks;
+    a cell with fewer programs than tasks keeps its over-cap draws (counted) instead of looping."""
+    uncapped = generate(24, 6, tmp_path / "a", families=["csv_groupby"], jobs=1, progress=False, skeleton_cap=1000)
+    capped = generate(24, 6, tmp_path / "b", families=["csv_groupby"], jobs=2, progress=False, skeleton_cap=1)
+    assert capped["skeletons"]["solution"] > uncapped["skeletons"]["solution"]
+    assert capped["skeletons"]["redrawn_over_cap"] > 0 and uncapped["skeletons"]["redrawn_over_cap"] == 0
+    rows = [json.loads(line) for line in (tmp_path / "b" / "manifest.jsonl").read_text().splitlines()]
+    assert len({r["solution_skeleton"] for r in rows}) == capped["skeletons"]["solution"]
+    generate(24, 6, tmp_path / "c", families=["csv_groupby"], jobs=1, progress=False, skeleton_cap=1)
+    assert (tmp_path / "c" / "manifest.jsonl").read_text() == (tmp_path / "b" / "manifest.jsonl").read_text()
+    saturated = generate(30, 2, tmp_path / "d", families=["makefile_build"], jobs=1, progress=False, skeleton_cap=2)
+    programs = saturated["skeletons"]
+    assert saturated["n"] == 30 and programs["over_cap"] >= 30 - 2 * programs["solution"]
+    assert json.loads((tmp_path / "d" / "summary.json").read_text())["skeletons"] == programs
 
 
 def test_distinct_over_2000_tasks(big_set):

@@ -155,6 +155,14 @@ def generate(
     ] = 0,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes (output does not depend on it).")] = 2,
     force: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
+    skeleton_cap: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Tasks that may share one instruction or solution skeleton (a program with its data abstracted) "
+            "before a task over it is redrawn (a few times at most).",
+        ),
+    ] = 30,
     list_families: Annotated[bool, typer.Option("--list-families", help="Print the families and exit.")] = False,
     llm: Annotated[
         bool,
@@ -206,7 +214,15 @@ def generate(
         return
     try:
         summary = generate_tasks(
-            n, seed, out, families=_split(families), difficulties=_split(difficulty), val=val, jobs=jobs, force=force
+            n,
+            seed,
+            out,
+            families=_split(families),
+            difficulties=_split(difficulty),
+            val=val,
+            jobs=jobs,
+            force=force,
+            skeleton_cap=skeleton_cap,
         )
     except GenerateError as exc:
         raise fail(str(exc)) from None
@@ -215,6 +231,12 @@ def generate(
         f"({summary['tasks_per_sec']:.0f} tasks/s; {summary['redrawn']} redrawn as duplicates)"
     )
     console.print("by difficulty: " + ", ".join(f"{d} {c}" for d, c in summary["by_difficulty"].items()))
+    programs = summary["skeletons"]
+    console.print(
+        f"programs: {programs['instruction']} distinct instruction skeletons, {programs['solution']} solution "
+        f"skeletons (cap {programs['cap']} tasks each; {programs['redrawn_over_cap']} redrawn over it, "
+        f"{programs['over_cap']} kept over it)"
+    )
     for name, info in summary["sets"].items():
         console.print(f"[bold]{name}[/]: {info['tasks']} tasks in {info['path']}  dataset {info['dataset']}")
         console.print(f"  run with Harbor: {escape(info['harbor'])}", highlight=False, soft_wrap=True)

@@ -8,11 +8,19 @@ Layout written under out_dir:
     always:    out_dir/summary.json   (parameters and counts; no timings, so it is deterministic)
 
 Task i draws its family and difficulty from a round-robin schedule (every family once per round,
-difficulties rotating), and its seed from sha256(seed, i, attempt). A task is redrawn with the next
-attempt when its instruction + environment repeat an earlier task, when its normalised instruction
-(digits kept) does, or when its instruction is a near-duplicate of an earlier one of the same
-family (character 5-gram Jaccard >= 0.95, see dedup.py). Decisions are made in index order, so 1
-or 2 workers give the same bytes.
+or `schedule_weight` times for a family that sets it, difficulties rotating), and its seed from
+sha256(seed, i, attempt). A task is redrawn with the next attempt when its instruction +
+environment repeat an earlier task, when its normalised instruction (digits kept) does, or when its
+instruction is a near-duplicate of an earlier one of the same family (character 5-gram Jaccard >=
+0.95, see dedup.py). Decisions are made in index order, so 1 or 2 workers give the same bytes.
+
+Programs, not just data: each task's instruction and solution skeletons (skeleton.py: values, paths,
+numbers, names and comments abstracted) are recorded in manifest.jsonl and counted in summary.json.
+A task whose instruction or solution skeleton is already held by `skeleton_cap` accepted tasks is
+redrawn too, but at most SKELETON_CAP_REDRAWS times: a (family, difficulty) cell that cannot make a
+new program keeps the last draw, which is counted as over the cap; once a cell has ended over the cap
+CELL_GIVES_UP times, its later over-cap tasks are kept at once (no draws spent on a cell that has
+shown it has no more programs).
 
 registry.json task paths are relative to the set's folder (so a set can be moved or committed):
 run Harbor from inside it, `cd <set> && harbor run --registry-path registry.json -d <name>@<version>`.
@@ -30,18 +38,23 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from taskforge.forge import dedup
+from taskforge.forge import dedup, skeleton
 from taskforge.forge.base import DIFFICULTIES, GENERATOR_VERSION, content_hash
 from taskforge.forge.families import FAMILIES, get_family
-from taskforge.tasks import write_task
+from taskforge.tasks import TaskSpec, write_task
 
 MAX_ATTEMPTS = 50
+# How many accepted tasks may share one instruction skeleton or one solution skeleton: about the
+# number of tasks per (family, difficulty) cell at --n 4000 with one program per cell.
+DEFAULT_SKELETON_CAP = 30
+SKELETON_CAP_REDRAWS = 3
+CELL_GIVES_UP = 3
 DATASET_PREFIX = "taskforge"
 
 
@@ -59,9 +72,16 @@ normalise_instruction = dedup.normalise
 
 
 def schedule(n: int, families: Sequence[str], difficulties: Sequence[str]) -> list[tuple[str, str]]:
-    """(family, difficulty) for each index: every family once per round, difficulties rotating."""
-    n_f, n_d = len(families), len(difficulties)
-    return [(families[i % n_f], difficulties[(i // n_f + i % n_f) % n_d]) for i in range(n)]
+    """(family, difficulty) for each index: every family once per round (a family with a
+    `schedule_weight` k, k times in a row), difficulties rotating."""
+    slots = [f for f in families for _ in range(schedule_weight(f))]
+    n_f, n_d = len(slots), len(difficulties)
+    return [(slots[i % n_f], difficulties[(i // n_f + i % n_f) % n_d]) for i in range(n)]
+
+
+def schedule_weight(family: str) -> int:
+    """Slots per round: 1, or more for a family that composes many programs (composite.py)."""
+    return int(getattr(get_family(family), "schedule_weight", 1))
 
 
 def val_indices(plan: Sequence[tuple[str, str]], k: int) -> set[int]:
@@ -137,16 +157,24 @@ class Written:
     instruction_key: str
     normalised: str
     signature: bytes
+    instruction_skeleton: str
+    solution_skeleton: str
 
 
 def build_and_write(job: Job) -> Written:
     """Samples one task and writes its directory; runs in a worker process."""
+    task, spec = build(job)
+    write_task(spec, Path(job.set_dir) / task.dir_name)
+    return task
+
+
+def build(job: Job) -> tuple[Written, TaskSpec]:
+    """Samples one task (not written yet) and computes what the uniqueness rules compare."""
     family = get_family(job.family)
     spec = family.sample(random.Random(job.seed), job.difficulty, seed=job.seed)
     dir_name = spec.name.split("/", 1)[1]
-    write_task(spec, Path(job.set_dir) / dir_name)
     normalised = normalise_instruction(spec.instruction)
-    return Written(
+    task = Written(
         index=job.index,
         attempt=job.attempt,
         name=spec.name,
@@ -160,7 +188,10 @@ def build_and_write(job: Job) -> Written:
         instruction_key=hashlib.sha256(normalised.encode()).hexdigest(),
         normalised=normalised,
         signature=dedup.signature(normalised),
+        instruction_skeleton=skeleton.skeleton_key(skeleton.instruction_skeleton(spec.instruction)),
+        solution_skeleton=skeleton.skeleton_key(skeleton.solution_skeleton(spec.solution)),
     )
+    return task, spec
 
 
 def _pool(jobs: int):
@@ -209,6 +240,8 @@ class TaskSet:
             "difficulty": task.difficulty,
             "seed": task.seed,
             "path": task.dir_name,
+            "instruction_skeleton": task.instruction_skeleton,
+            "solution_skeleton": task.solution_skeleton,
         }
         self._manifest.write(json.dumps(row) + "\n")
         self.rows.append((task.name, task.dir_name))
@@ -240,11 +273,21 @@ class TaskSet:
 class Uniqueness:
     """What accepted tasks look like, to refuse a new task that repeats or nearly repeats one."""
 
-    def __init__(self) -> None:
+    def __init__(self, skeleton_cap: int = DEFAULT_SKELETON_CAP) -> None:
         self.content: set[str] = set()
         self.instructions: set[str] = set()
         self.names: set[str] = set()
         self.near = dedup.NearDuplicateIndex()
+        self.skeleton_cap = skeleton_cap
+        self.instruction_skeletons: Counter = Counter()
+        self.solution_skeletons: Counter = Counter()
+
+    def over_cap(self, task: Written) -> bool:
+        """Its instruction or solution skeleton is already held by skeleton_cap accepted tasks."""
+        return (
+            self.instruction_skeletons[task.instruction_skeleton] >= self.skeleton_cap
+            or self.solution_skeletons[task.solution_skeleton] >= self.skeleton_cap
+        )
 
     def accepts(self, task: Written) -> bool:
         if task.content_key in self.content or task.instruction_key in self.instructions or task.name in self.names:
@@ -256,6 +299,53 @@ class Uniqueness:
         self.instructions.add(task.instruction_key)
         self.names.add(task.name)
         self.near.add(task.family, task.normalised, task.signature)
+        self.instruction_skeletons[task.instruction_skeleton] += 1
+        self.solution_skeletons[task.solution_skeleton] += 1
+
+
+@dataclass
+class Tally:
+    """Counts of one run's redraws, and the distinct skeletons of each family."""
+
+    redrawn: int = 0  # redraws of duplicates
+    redrawn_over_cap: int = 0
+    over_cap: int = 0  # tasks kept although a skeleton of theirs was at the cap
+    cells_giving_up: Counter = field(default_factory=Counter)  # (family, difficulty) -> over-cap ends in a row
+    programs: dict[str, tuple[set[str], set[str]]] = field(default_factory=dict)
+
+
+def _settle(task: Written, seen: Uniqueness, tally: Tally, job) -> Written:
+    """The draw for task.index that the uniqueness rules accept (redrawn as needed), written to disk.
+
+    The first draw was written by a worker; redraws are built here and only the accepted one is written.
+    """
+    spec = None
+    cap_redraws = 0
+    cell = (task.family, task.difficulty)
+    while True:
+        if not seen.accepts(task):
+            tally.redrawn += 1
+        elif seen.over_cap(task) and cap_redraws < SKELETON_CAP_REDRAWS and tally.cells_giving_up[cell] < CELL_GIVES_UP:
+            cap_redraws += 1
+            tally.redrawn_over_cap += 1
+        else:
+            break
+        if spec is None and task.name not in seen.names:  # the worker's folder, not an accepted task's
+            shutil.rmtree(Path(task.set_dir) / task.dir_name, ignore_errors=True)
+        if task.attempt + 1 >= MAX_ATTEMPTS:
+            raise GenerateError(
+                f"{task.family}/{task.difficulty}: {MAX_ATTEMPTS} draws in a row repeated earlier tasks; "
+                "the family's parameter space is too small for this --n (lower --n or widen the family)"
+            )
+        task, spec = build(job(task.index, task.attempt + 1))
+    if seen.over_cap(task):
+        tally.over_cap += 1
+        tally.cells_giving_up[cell] += 1
+    elif cap_redraws:
+        tally.cells_giving_up[cell] = 0  # a redraw found a new program: the cell is not exhausted
+    if spec is not None:
+        write_task(spec, Path(task.set_dir) / task.dir_name)
+    return task
 
 
 def _check_arguments(n: int, families: list[str], difficulties: list[str]) -> None:
@@ -309,12 +399,19 @@ def generate(
     jobs: int = 2,
     force: bool = False,
     progress: bool = True,
+    skeleton_cap: int = DEFAULT_SKELETON_CAP,
 ) -> dict:
-    """Writes n tasks under out_dir (layout in the module docstring) and returns a summary."""
+    """Writes n tasks under out_dir (layout in the module docstring) and returns a summary.
+
+    skeleton_cap: how many tasks may share one instruction or solution skeleton before a task that
+    would exceed it is redrawn (bounded; see the module docstring).
+    """
     started = time.monotonic()
     families = list(families) if families else list(FAMILIES)
     difficulties = list(difficulties) if difficulties else list(DIFFICULTIES)
     _check_arguments(n, families, difficulties)
+    if skeleton_cap < 1:
+        raise GenerateError(f"--skeleton-cap must be at least 1, not {skeleton_cap}")
     out_dir = Path(out_dir)
     _prepare(out_dir, force)
 
@@ -332,8 +429,8 @@ def generate(
         family, difficulty = plan[index]
         return Job(index, attempt, family, difficulty, task_seed(seed, index, attempt), set_dirs[index])
 
-    seen = Uniqueness()
-    redrawn = 0
+    seen = Uniqueness(skeleton_cap)
+    tally = Tally()
     counts: Counter = Counter()
     bar = _progress(progress)
     pool = _pool(jobs)
@@ -345,19 +442,13 @@ def generate(
                 pool.imap(build_and_write, first_draws, chunksize=8) if pool else map(build_and_write, first_draws)
             )
             for task in results:  # in index order, whatever the number of workers
-                while not seen.accepts(task):
-                    redrawn += 1
-                    if task.name not in seen.names:  # not an accepted task's own folder
-                        shutil.rmtree(Path(task.set_dir) / task.dir_name, ignore_errors=True)
-                    if task.attempt + 1 >= MAX_ATTEMPTS:
-                        raise GenerateError(
-                            f"{task.family}/{task.difficulty}: {MAX_ATTEMPTS} draws in a row repeated earlier tasks; "
-                            "the family's parameter space is too small for this --n (lower --n or widen the family)"
-                        )
-                    task = build_and_write(job(task.index, task.attempt + 1))
+                task = _settle(task, seen, tally, job)
                 seen.add(task)
                 sets[split_of[task.index]].add(task)
                 counts[(task.family, task.difficulty)] += 1
+                tally.programs.setdefault(task.family, (set(), set()))
+                tally.programs[task.family][0].add(task.instruction_skeleton)
+                tally.programs[task.family][1].add(task.solution_skeleton)
                 bar.advance(bar_id)
                 bar.update(bar_id, rate=f"{bar.tasks[0].completed / max(time.monotonic() - started, 1e-6):.0f} tasks/s")
     finally:
@@ -380,7 +471,17 @@ def generate(
         "val": len(held_out),
         "families": families,
         "difficulties": difficulties,
-        "redrawn": redrawn,
+        "redrawn": tally.redrawn,
+        "skeletons": {
+            "cap": skeleton_cap,
+            "instruction": len(seen.instruction_skeletons),
+            "solution": len(seen.solution_skeletons),
+            "redrawn_over_cap": tally.redrawn_over_cap,
+            "over_cap": tally.over_cap,
+            "by_family": {
+                f: {"instruction": len(i), "solution": len(s)} for f, (i, s) in sorted(tally.programs.items())
+            },
+        },
         "by_family": dict(sorted(by_family.items())),
         "by_difficulty": {d: by_difficulty[d] for d in difficulties},
         "sets": {
