@@ -191,6 +191,14 @@ def generate(
     concurrency: Annotated[
         int, typer.Option(help="With --llm: tasks drafted and validated at once.", rich_help_panel="LLM generation")
     ] = 4,
+    repair_rounds: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="With --llm: per task, how many failed gates go back to the failing stage with the error.",
+            rich_help_panel="LLM generation",
+        ),
+    ] = 3,
 ) -> None:
     """Write procedural Harbor tasks: instruction, Docker environment, tests with embedded answers, oracle solution.
 
@@ -202,7 +210,7 @@ def generate(
     from taskforge.forge.generate import generate as generate_tasks
 
     if llm:
-        _generate_with_llm(n, seed, out, model, base_url, api_key_env, concurrency)
+        _generate_with_llm(n, seed, out, model, base_url, api_key_env, concurrency, repair_rounds)
         return
     if list_families:
         table = Table(title=f"{len(FAMILIES)} families")
@@ -243,7 +251,14 @@ def generate(
 
 
 def _generate_with_llm(
-    n: int, seed: int, out: Path, model: str | None, base_url: str | None, api_key_env: str, concurrency: int
+    n: int,
+    seed: int,
+    out: Path,
+    model: str | None,
+    base_url: str | None,
+    api_key_env: str,
+    concurrency: int,
+    repair_rounds: int,
 ) -> None:
     """`--llm`: staged LLM generation with the same validation gates; resumes from OUT."""
     from taskforge.forge.llm import LLMForgeConfig, generate_llm, print_summary
@@ -255,6 +270,7 @@ def _generate_with_llm(
         base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
         api_key_env=api_key_env,
         concurrency=concurrency,
+        repair_rounds=repair_rounds,
     )
     with exits_on_failure("tasks"):
         records = generate_llm(n, seed, out, config)
