@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/exec_overhead.py                  # ~4 minutes on 2 busy cores
     .venv/bin/python benchmarks/exec_overhead.py --rounds 10 --scale 0.75 --workloads cpu forks
-    .venv/bin/python benchmarks/exec_overhead.py --no-cpus-too    # also Harbor with no CPU limit
+    .venv/bin/python benchmarks/exec_overhead.py --workloads go --old-default-too --rounds 3
+                                   # a real Go build-and-bisect, also under the old 1-CPU default
 
 Why: a Go build-and-bisect solve.sh took 343 s under taskforge and 54 s under `harbor run` on the
 same machine. This separates the exec path (the wrapper: GNU timeout in its own process group,
@@ -14,13 +15,18 @@ output to a file, cgroup counters) from the container's settings, with three way
 - harbor: plain `docker exec` into a container started as Harbor's docker environment starts one
   (compose's `cpus`/`mem_limit` from task.toml, `sh -c "sleep infinity"`, no init, no pids limit,
   bridge network);
-- harbor-no-cpus (with --no-cpus-too): the same for a task.toml without `cpus`, which Harbor runs
-  with no CPU limit and taskforge (trial.resources_for) with 1 CPU.
+- taskforge-cpus1 (with --old-default-too): `DockerSandbox.exec` in a container with a 1-CPU quota,
+  which taskforge applied to every task before 071afbd (now only when task.toml sets cpus = 1).
+
+--cpus (task.toml's cpus) applies to the taskforge and harbor ways; by default neither has a quota,
+as a task.toml without cpus runs in both.
 
 Workloads (sized by --scale to a few seconds each on a free core):
 - cpu: one python loop;
 - parallel: --procs python loops at once (a build's parallel compiles);
-- forks: many short processes in a row (a build or a bisect spawns thousands).
+- forks: many short processes in a row (a build or a bisect spawns thousands);
+- go: benchmarks/go/bisect.sh, a Go module's `git bisect run go test ./...` over 24 commits, in
+  the image benchmarks/go/Dockerfile builds (base + Debian's golang-go; built on first use).
 
 The runs are interleaved (each round runs every workload in every way, in rotating order) so a
 busy phase of the machine hits all of them; figures are min and median over rounds, and the ratio
@@ -44,8 +50,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from taskforge import BASE_IMAGE  # noqa: E402
-from taskforge.sandbox.base import Resources  # noqa: E402
+from taskforge.sandbox.base import Resources, Sandbox  # noqa: E402
 from taskforge.sandbox.docker import DockerSandbox, wait_for_removals  # noqa: E402
+
+GO_DIR = Path(__file__).resolve().parent / "go"
+GO_IMAGE = "taskforge/bench-go:1"
+GO_SCRIPT = "/tmp/go_bisect.sh"  # where each container gets benchmarks/go/bisect.sh
 
 
 def workloads(scale: float, procs: int) -> dict[str, str]:
@@ -54,7 +64,18 @@ def workloads(scale: float, procs: int) -> dict[str, str]:
         "cpu": loop,
         "parallel": " ".join(f"{loop} &" for _ in range(procs)) + " wait",
         "forks": f"for i in $(seq {int(2000 * scale)}); do /bin/true; done",
+        # grep: the bisect must find the regression, or the timing means nothing
+        "go": f"GO_WORK={int(1_500_000_000 * scale)} bash {GO_SCRIPT} | grep -q 'is the first bad commit'",
     }
+
+
+def build_go_image() -> str:
+    subprocess.run(["docker", "build", "-q", "-t", GO_IMAGE, str(GO_DIR)], check=True, capture_output=True)
+    return GO_IMAGE
+
+
+def copy_go_script(container_id: str) -> None:
+    subprocess.run(["docker", "cp", str(GO_DIR / "bisect.sh"), f"{container_id}:{GO_SCRIPT}"], check=True)
 
 
 def start_harbor_style(image: str, cpus: float | None, memory_mb: int) -> str:
@@ -72,11 +93,14 @@ def start_harbor_style(image: str, cpus: float | None, memory_mb: int) -> str:
 
 def docker_exec(container_id: str, command: str) -> float:
     started = time.perf_counter()
-    subprocess.run(["docker", "exec", container_id, "bash", "-c", command], capture_output=True, check=True)
-    return time.perf_counter() - started
+    done = subprocess.run(["docker", "exec", container_id, "bash", "-c", command], capture_output=True)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{command!r} failed in {container_id[:12]}: {done.stdout[-500:]!r} {done.stderr[-500:]!r}")
+    return elapsed
 
 
-def sandbox_exec(sandbox: DockerSandbox, command: str) -> float:
+def sandbox_exec(sandbox: Sandbox, command: str) -> float:
     started = time.perf_counter()
     result = sandbox.exec(command, 600)
     elapsed = time.perf_counter() - started
@@ -87,51 +111,59 @@ def sandbox_exec(sandbox: DockerSandbox, command: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image", default=BASE_IMAGE)
+    parser.add_argument("--image", default=None, help="default: the base image; the Go image for --workloads go")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--scale", type=float, default=1.0, help="work per command (1.0: a few seconds)")
     parser.add_argument("--procs", type=int, default=os.cpu_count() or 2, help="processes of the parallel load")
-    parser.add_argument("--cpus", type=float, default=1.0, help="task.toml cpus (taskforge's default: 1)")
+    parser.add_argument("--cpus", type=float, default=None, help="task.toml cpus (default: none, no quota)")
     parser.add_argument("--memory-mb", type=int, default=2048)
     parser.add_argument("--workloads", nargs="+", default=["cpu", "parallel", "forks"], help="which to run")
-    parser.add_argument("--no-cpus-too", action="store_true", help="also a Harbor container with no CPU limit")
+    parser.add_argument("--old-default-too", action="store_true", help="also taskforge with a 1-CPU quota")
     args = parser.parse_args()
 
-    print(f"load before: {os.getloadavg()}  cores: {os.cpu_count()}  cpus: {args.cpus:g}")
+    wants_go = "go" in args.workloads
+    image = args.image or (build_go_image() if wants_go else BASE_IMAGE)
+    print(f"load before: {os.getloadavg()}  cores: {os.cpu_count()}  cpus: {args.cpus}  image: {image}")
     commands = {name: command for name, command in workloads(args.scale, args.procs).items() if name in args.workloads}
-    resources = Resources(cpus=args.cpus, memory_mb=args.memory_mb)
-    harbor_ids = {"harbor": start_harbor_style(args.image, args.cpus, args.memory_mb)}
-    if args.no_cpus_too:
-        harbor_ids["harbor-no-cpus"] = start_harbor_style(args.image, None, args.memory_mb)
+    harbor_id = start_harbor_style(image, args.cpus, args.memory_mb)
     seconds: dict[tuple[str, str], list[float]] = {}
+    sandboxes = {"taskforge": DockerSandbox(image, Resources(cpus=args.cpus, memory_mb=args.memory_mb))}
+    if args.old_default_too:
+        sandboxes["taskforge-cpus1"] = DockerSandbox(image, Resources(cpus=1.0, memory_mb=args.memory_mb))
     try:
-        with DockerSandbox(args.image, resources) as sandbox:
-            ways = {
-                "taskforge": lambda command: sandbox_exec(sandbox, command),
-                "docker-exec": lambda command: docker_exec(sandbox.container.id, command),
-            }
-            for name, container_id in harbor_ids.items():
-                ways[name] = lambda command, container_id=container_id: docker_exec(container_id, command)
-            for way in ways.values():  # warm-up: page cache, python's first start
-                way("python3 -c pass")
-            names = list(ways)
-            for round_index in range(args.rounds):
-                order = names[round_index % len(names) :] + names[: round_index % len(names)]
-                for workload, command in commands.items():
-                    for name in order:
-                        seconds.setdefault((workload, name), []).append(ways[name](command))
-                print(f"round {round_index + 1}/{args.rounds} done (load {os.getloadavg()[0]:.2f})", flush=True)
+        for sandbox in sandboxes.values():
+            sandbox.start()
+        ways = {
+            name: (lambda command, sandbox=sandbox: sandbox_exec(sandbox, command))
+            for name, sandbox in sandboxes.items()
+        }
+        ways["docker-exec"] = lambda command: docker_exec(sandboxes["taskforge"].container.id, command)
+        ways["harbor"] = lambda command: docker_exec(harbor_id, command)
+        if wants_go:
+            for container_id in [sandbox.container.id for sandbox in sandboxes.values()] + [harbor_id]:
+                copy_go_script(container_id)
+        for way in ways.values():  # warm-up: page cache, python's first start
+            way("python3 -c pass")
+        names = list(ways)
+        for round_index in range(args.rounds):
+            order = names[round_index % len(names) :] + names[: round_index % len(names)]
+            for workload, command in commands.items():
+                for name in order:
+                    seconds.setdefault((workload, name), []).append(ways[name](command))
+            print(f"round {round_index + 1}/{args.rounds} done (load {os.getloadavg()[0]:.2f})", flush=True)
     finally:
-        subprocess.run(["docker", "rm", "-f", *harbor_ids.values()], capture_output=True)
+        for sandbox in sandboxes.values():
+            sandbox.stop()
+        subprocess.run(["docker", "rm", "-f", harbor_id], capture_output=True)
         wait_for_removals()
 
-    print(f"\n{'workload':<10} {'way':<15} {'min s':>7} {'median s':>9} {'taskforge / this':>17}")
+    print(f"\n{'workload':<10} {'way':<16} {'min s':>7} {'median s':>9} {'this / harbor':>14}")
     for workload in commands:
-        ours = statistics.median(seconds[(workload, "taskforge")])
-        for name in ["taskforge", "docker-exec", *harbor_ids]:
+        harbor = statistics.median(seconds[(workload, "harbor")])
+        for name in names:
             runs = seconds[(workload, name)]
             median = statistics.median(runs)
-            print(f"{workload:<10} {name:<15} {min(runs):7.2f} {median:9.2f} {ours / median:17.2f}")
+            print(f"{workload:<10} {name:<16} {min(runs):7.2f} {median:9.2f} {median / harbor:14.2f}")
     print(f"\nload after: {os.getloadavg()}")
 
 
