@@ -8,8 +8,20 @@ Outputs: runs/<run>/filter.json (per-task pass rates), kept.json and registry.js
 registry: `harbor run --registry-path registry.json -d <set>-kept`) in --out (default: the task
 set's folder when TASKS is one folder of tasks, else the run directory).
 
-Difficulty buckets by pass rate, OpenThoughts-TBLite's split (easy >= 70%, medium 40-69%,
-hard 10-39%, extreme < 10%) with "unsolved" (0%) apart, since those are the dropped tasks.
+Measured difficulty (`bucket_of`, the one definition): a task's bucket by the pass rate of the
+filter's model over the run's N attempts (errored attempts count as failed), OpenThoughts-TBLite's
+split: easy >= 70%, medium 40-69%, hard 10-39%, extreme > 0 and < 10%, and "unsolved" (0%) apart,
+since those are the dropped tasks. With N = 16 one pass is 6.25%: extreme means "solved once or
+twice". It is not the generator's requested difficulty ([metadata] difficulty, `tasks.Difficulty`),
+which filter.json and kept.json carry beside it as requested_difficulty.
+
+Where it goes: filter.json and kept.json (per task), registry.json (`<set>-<bucket>` datasets of kept
+tasks), and each task's task.toml as [metadata.measured] (`tasks.write_measured`: bucket, pass rate,
+passes, attempts, errored attempts, model, run). That block is rewritten by every filter run that
+completes and is left out of the task's checksum (`tasks.task_checksum`), so the verdicts in the run
+ledgers stay valid and running the same command again reruns nothing. Not written by a
+--stop-on-success run (its pass rates stop at the first success, so they are not rates) or with
+--no-write-measured.
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ from taskforge.agent.episode import EpisodeConfig
 from taskforge.agent.policy import Policy
 from taskforge.attempts import run_attempts
 from taskforge.runner import Ledger, hold_run_dir, write_json
-from taskforge.tasks import Task
+from taskforge.tasks import MeasuredDifficulty, Task, TaskLoadError, write_measured
 from taskforge.trial import TrialRecord
 
 # A task's bucket by the model's pass rate (not the generator's requested difficulty, tasks.Difficulty).
@@ -42,6 +54,7 @@ RUN_SETTINGS_FILE = "filter-run.json"
 
 
 def bucket_of(pass_rate: float) -> PassRateBucket:
+    """A task's measured difficulty from its pass rate (see the module docstring)."""
     if pass_rate <= 0:
         return "unsolved"
     for name in ("easy", "medium", "hard"):
@@ -56,6 +69,7 @@ class FilterConfig:
     concurrency: int = 2
     min_success: int = 1  # a task is kept with at least this many passing attempts
     stop_on_success: bool = False  # stop a task's attempts once it is kept (pass rates then cover fewer attempts)
+    write_measured: bool = True  # write each task's measured difficulty into its task.toml
     episode: EpisodeConfig = field(default_factory=EpisodeConfig)
     price_input_per_mtok: float | None = None  # USD per million input tokens, for the cost column
     price_output_per_mtok: float | None = None
@@ -68,7 +82,8 @@ class TaskFilterResult(BaseModel):
     n_passed: int
     n_errors: int  # attempts that ended without a reward (build, verifier errors): count as failed
     pass_rate: float
-    difficulty: PassRateBucket
+    difficulty: PassRateBucket  # measured: bucket_of(pass_rate)
+    requested_difficulty: str | None = None  # the generator's, task.toml [metadata] difficulty
     kept: bool
     n_input_tokens: int
     n_output_tokens: int
@@ -89,6 +104,8 @@ class FilterReport(BaseModel):
     kept_path: str | None = None
     registry_path: str | None = None
     dataset_name: str | None = None
+    n_measured_written: int = 0  # task.toml files whose measured block this run wrote or changed
+    measured_not_written: list[str] = []  # why a task.toml could not take its measured block
 
     @property
     def kept(self) -> list[TaskFilterResult]:
@@ -140,7 +157,12 @@ def filter_tasks(
             model=model,
         )
         report.n_not_recorded, report.not_recorded_errors = len(not_recorded), not_recorded[:20]
-        write_outputs(report, out_dir or run_dir, dataset_name or dataset_name_for(out_dir or run_dir))
+        write_outputs(
+            report,
+            out_dir or run_dir,
+            dataset_name or dataset_name_for(out_dir or run_dir),
+            write_measured=config.write_measured and not config.stop_on_success,
+        )
     return report
 
 
@@ -174,6 +196,7 @@ def filter_report(
                 n_errors=sum(r.reward is None for r in attempts),
                 pass_rate=pass_rate,
                 difficulty=bucket_of(pass_rate),
+                requested_difficulty=task.metadata.get("difficulty"),
                 kept=n_passed >= config.min_success,
                 n_input_tokens=n_in,
                 n_output_tokens=n_out,
@@ -203,12 +226,15 @@ def dataset_name_for(out_dir: Path) -> str:
     return out_dir.resolve().name or "tasks"
 
 
-def write_outputs(report: FilterReport, out_dir: Path, dataset_name: str) -> None:
-    """filter.json in the run dir; kept.json and a Harbor registry.json in out_dir. Nothing while
-    attempts could not run: a task missing them would be dropped on attempts that never happened."""
+def write_outputs(report: FilterReport, out_dir: Path, dataset_name: str, *, write_measured: bool = True) -> None:
+    """filter.json in the run dir; kept.json and a Harbor registry.json in out_dir; with write_measured,
+    each task's measured difficulty in its task.toml. Nothing while attempts could not run: a task
+    missing them would be dropped (and measured) on attempts that never happened."""
     if report.n_not_recorded:
         return
     run_dir = Path(report.run_dir)
+    if write_measured:
+        write_measured_difficulty(report)
     kept_path, registry_path = out_dir / "kept.json", out_dir / "registry.json"
     report.kept_path, report.registry_path, report.dataset_name = (
         str(kept_path),
@@ -227,13 +253,44 @@ def write_outputs(report: FilterReport, out_dir: Path, dataset_name: str) -> Non
             "thresholds": report.thresholds,
             "written_at": datetime.now(UTC).isoformat(),
             "kept": [
-                t.model_dump(include={"task_name", "task_path", "n_passed", "n_attempts", "pass_rate", "difficulty"})
+                t.model_dump(
+                    include={
+                        "task_name",
+                        "task_path",
+                        "n_passed",
+                        "n_attempts",
+                        "pass_rate",
+                        "difficulty",
+                        "requested_difficulty",
+                    }
+                )
                 for t in report.kept
             ],
             "dropped": [t.task_name for t in report.tasks if not t.kept],
         },
     )
     write_json(registry_path, harbor_registry(dataset_name, report))
+
+
+def write_measured_difficulty(report: FilterReport) -> None:
+    """Each task's [metadata.measured] block (tasks.write_measured). A task.toml that cannot take it
+    (read-only, [metadata] as an inline table) is named in report.measured_not_written; the run's
+    other outputs are written all the same."""
+    run_name = Path(report.run_dir).name
+    for result in report.tasks:
+        measured = MeasuredDifficulty(
+            difficulty=result.difficulty,
+            pass_rate=result.pass_rate,
+            n_passed=result.n_passed,
+            n_attempts=result.n_attempts,
+            n_errors=result.n_errors,
+            model=report.model,
+            run=run_name,
+        )
+        try:
+            report.n_measured_written += write_measured(Path(result.task_path), measured)
+        except (OSError, TaskLoadError) as exc:
+            report.measured_not_written.append(str(exc))
 
 
 def harbor_registry(dataset_name: str, report: FilterReport) -> list[dict]:
@@ -259,6 +316,10 @@ def harbor_registry(dataset_name: str, report: FilterReport) -> list[dict]:
         bucket = [t for t in report.kept if t.difficulty == difficulty]
         if bucket:
             datasets.append(
-                spec(f"{dataset_name}-{difficulty}", bucket, f"Kept tasks with {difficulty} pass rate for {model}")
+                spec(
+                    f"{dataset_name}-{difficulty}",
+                    bucket,
+                    f"Kept tasks of measured difficulty {difficulty} ({model}, {report.attempts} attempts)",
+                )
             )
     return datasets

@@ -34,7 +34,7 @@ from taskforge.agent.policy import PolicyConfigError
 from taskforge.filter import FilterConfig, FilterReport, dataset_name_for, filter_report, write_outputs
 from taskforge.runner import Ledger
 from taskforge.sandbox.docker import LABEL, LABEL_OWNER_HOST, LABEL_OWNER_PID, docker_client
-from taskforge.tasks import Task
+from taskforge.tasks import Task, task_checksum
 from taskforge.trial import TrialRecord, error_kind
 from taskforge.verify import scalar_reward
 
@@ -128,9 +128,10 @@ def job_config(tasks: list[Task], run_dir: Path, chat: ChatConfig, config: Filte
 class _LedgerSync:
     """Appends Harbor trial results to the ledger, each trial once, numbering attempts per task."""
 
-    def __init__(self, ledger: Ledger, tasks: list[Task], max_turns: int):
+    def __init__(self, ledger: Ledger, tasks: list[Task], max_turns: int, checksums: dict[str, str]):
         self.ledger = ledger
         self.by_path = {str(task.path): task for task in tasks}
+        self.checksums = checksums  # task path -> tasks.task_checksum when the job started
         self.max_turns = max_turns
         self.lock = threading.Lock()
         records = ledger.load()
@@ -162,6 +163,7 @@ class _LedgerSync:
                 return  # not one of this run's tasks
             attempt = self.next_attempt.get(task_path, 0)
             record = record_from_result(result, self.by_path[task_path], trial_dir, attempt, self.max_turns)
+            record.task_checksum = self.checksums.get(task_path)
             self.ledger.append(record)
             self.recorded.add(result.trial_name)
             self.next_attempt[task_path] = attempt + 1
@@ -235,8 +237,6 @@ def filter_tasks_harbor(
     dataset_name: str | None = None,
 ) -> FilterReport:
     """`filter_tasks`, with Harbor running the attempts (terminus-2 against chat's endpoint)."""
-    from harbor.job import Job
-
     if config.stop_on_success:
         raise HarborBackendError(
             "--stop-on-success is not available with --backend harbor (Harbor plans every attempt up front)"
@@ -250,12 +250,41 @@ def filter_tasks_harbor(
     overlay.write_text(compose_overlay(network=any(task.wants_network for task in tasks)))
     _export_owner()
     ledger = Ledger(run_dir / "ledger.jsonl", TrialRecord)
-    sync = _LedgerSync(ledger, tasks, config.episode.max_turns)
+    checksums = {str(task.path): task_checksum(task.path) for task in tasks}
+    sync = _LedgerSync(ledger, tasks, config.episode.max_turns, checksums)
     job_dir = run_dir / JOB_NAME
     sync.sweep(job_dir, drop_unrecorded=True)
+    if not _ledger_complete(ledger.load(), checksums, config.attempts):
+        _run_job(job_config(tasks, run_dir, chat, config, overlay), sync, job_dir)
+    # else every attempt is recorded for the tasks' current content, and Harbor is not asked again: its
+    # job lock hashes task.toml whole, so the measured block this run wrote would make it refuse to resume.
+    if sync.config_error:
+        raise PolicyConfigError(f"terminus-2 could not use {chat.model!r} at {chat.base_url}: {sync.config_error}")
+    report = filter_report(tasks, ledger.load(), config, run_dir=run_dir, backend="harbor", model=chat.model)
+    report.n_not_recorded = len(sync.not_recorded)
+    report.not_recorded_errors = list(sync.not_recorded.values())[:20]
+    destination = out_dir or run_dir
+    write_outputs(
+        report, destination, dataset_name or dataset_name_for(destination), write_measured=config.write_measured
+    )
+    return report
+
+
+def _ledger_complete(records: list[TrialRecord], checksums: dict[str, str], attempts: int) -> bool:
+    """Whether the ledger holds attempts 0..attempts-1 of every task, each run on the task's current content."""
+    done: dict[str, set[int]] = {path: set() for path in checksums}
+    for record in records:
+        if record.task_path in done and record.task_checksum == checksums[record.task_path]:
+            done[record.task_path].add(record.attempt)
+    return all(set(range(attempts)) <= attempt_numbers for attempt_numbers in done.values())
+
+
+def _run_job(config, sync: _LedgerSync, job_dir: Path) -> None:
+    """Runs (or resumes) the Harbor job, each finished trial appended to the ledger as it ends."""
+    from harbor.job import Job
 
     async def run_job() -> None:
-        job = await Job.create(job_config(tasks, run_dir, chat, config, overlay))
+        job = await Job.create(config)
 
         async def on_trial_end(event) -> None:
             if event.result is not None:
@@ -266,16 +295,9 @@ def filter_tasks_harbor(
 
     try:
         asyncio.run(run_job())
-    except FileExistsError as exc:  # Harbor resumes a job only with the config it started with
+    except FileExistsError as exc:  # Harbor resumes a job only with the config (and task files) it started with
         raise HarborBackendError(
-            f"{exc} Was --attempts or --concurrency changed? Pass --fresh to start over or --run NAME for a new run."
+            f"{exc} Was --attempts or --concurrency changed, or a task edited? "
+            "Pass --fresh to start over or --run NAME for a new run."
         ) from None
     sync.sweep(job_dir, drop_unrecorded=False)
-    if sync.config_error:
-        raise PolicyConfigError(f"terminus-2 could not use {chat.model!r} at {chat.base_url}: {sync.config_error}")
-    report = filter_report(tasks, ledger.load(), config, run_dir=run_dir, backend="harbor", model=chat.model)
-    report.n_not_recorded = len(sync.not_recorded)
-    report.not_recorded_errors = list(sync.not_recorded.values())[:20]
-    destination = out_dir or run_dir
-    write_outputs(report, destination, dataset_name or dataset_name_for(destination))
-    return report

@@ -20,11 +20,12 @@ from collections import defaultdict
 from datetime import datetime
 from functools import cache
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, get_args
 
 import jinja2
 from pydantic import BaseModel, Field
 
+from taskforge.filter import FilterReport, PassRateBucket
 from taskforge.tasks import TEMPLATES_DIR
 from taskforge.trial import error_kind
 
@@ -94,6 +95,8 @@ class RunSummary(BaseModel):
     training: TrainingStats | None = None  # from curves, for a training run
     env_ce: float | None = None  # held-out environment-token cross-entropy, when measured
     env_ce_before: float | None = None
+    # A filter run's tasks counted by requested difficulty (task.toml) -> measured bucket (filter.bucket_of).
+    measured_difficulty: dict[str, dict[str, int]] = Field(default_factory=dict)
     missing: list[str] = Field(default_factory=list)  # what a half-written run lacks
 
 
@@ -322,6 +325,8 @@ def load_run(path: Path) -> RunSummary:
             f"{path}: not a run: expected ledger.jsonl (validate/filter/eval), metrics.jsonl (train) "
             "or a Harbor job (config.json + trial folders)"
         )
+    if (path / "filter.json").is_file():
+        summary.measured_difficulty = measured_difficulty_counts(path / "filter.json", missing)
     env_ce_path = path / "env_ce.json"
     if env_ce_path.is_file():
         env = json.loads(env_ce_path.read_text())
@@ -344,6 +349,21 @@ def load_run(path: Path) -> RunSummary:
         missing.append(f"{path}: no finished trial yet")
     summary.missing = missing
     return summary
+
+
+def measured_difficulty_counts(filter_json: Path, missing: list[str]) -> dict[str, dict[str, int]]:
+    """requested difficulty -> measured bucket -> tasks, from a filter run's filter.json. The requested
+    difficulty is filter.json's (older runs: the task's task.toml), "unknown" when neither says."""
+    try:
+        report = FilterReport.model_validate_json(filter_json.read_text())
+    except (OSError, ValueError) as exc:
+        missing.append(f"{filter_json}: unreadable ({exc}); no requested vs measured difficulty")
+        return {}
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for task in report.tasks:
+        requested = task.requested_difficulty or _task_metadata(task.task_path).get("difficulty") or "unknown"
+        counts[requested][task.difficulty] += 1
+    return {requested: dict(by_bucket) for requested, by_bucket in counts.items()}
 
 
 def _ledger_agents(ledger: Path) -> set[str]:
@@ -414,6 +434,7 @@ COMPARISON_NOTES = (
 )
 # Per-group tables after the comparison: RunSummary attribute, section title.
 BREAKDOWNS = (("by_domain", "By domain"), ("by_difficulty", "By difficulty"), ("by_family", "By family"))
+MEASURED_BUCKETS: tuple[str, ...] = get_args(PassRateBucket)  # easiest first
 
 
 def format_percent(value: float | None) -> str:
@@ -500,6 +521,36 @@ def _group_rows(summaries: list[RunSummary], attribute: str) -> list[dict[str, s
                 row[f"{s.name} errored"] = format_errored(stats)
         rows.append(row)
     return rows
+
+
+def difficulty_tables(summaries: list[RunSummary]) -> list[tuple[str, list[dict[str, str]]]]:
+    """Per filter run, a cross-table of tasks: rows the requested difficulty, columns the measured one."""
+    tables = []
+    for s in summaries:
+        if not s.measured_difficulty:
+            continue
+        requested_order = [d for d in ("easy", "medium", "hard") if d in s.measured_difficulty]
+        requested_order += sorted(set(s.measured_difficulty) - set(requested_order) - {"unknown"})
+        requested_order += ["unknown"] if "unknown" in s.measured_difficulty else []
+        rows = []
+        for requested in requested_order:
+            by_bucket = s.measured_difficulty[requested]
+            row = {"requested": requested}
+            row.update({bucket: str(by_bucket.get(bucket, 0)) for bucket in MEASURED_BUCKETS})
+            row["tasks"] = str(sum(by_bucket.values()))
+            rows.append(row)
+        totals = {bucket: sum(b.get(bucket, 0) for b in s.measured_difficulty.values()) for bucket in MEASURED_BUCKETS}
+        rows.append(
+            {
+                "requested": "all",
+                **{b: str(n) for b, n in totals.items()},
+                "tasks": str(sum(totals.values())),
+            }
+        )
+        tables.append(
+            (f"Requested vs measured difficulty: {s.name} (tasks; columns: filter's pass-rate buckets)", rows)
+        )
+    return tables
 
 
 # ---------------------------------------------------------------------------------------------
@@ -653,7 +704,8 @@ def write_report(summaries: list[RunSummary], out_dir: Path) -> tuple[Path, Path
         "comparison_notes": list(COMPARISON_NOTES),
         "comparison": comparison_rows(summaries),
         "errored": errored_notes(summaries),
-        "breakdowns": [(title, rows) for attribute, title in BREAKDOWNS if (rows := _group_rows(summaries, attribute))],
+        "breakdowns": [(title, rows) for attribute, title in BREAKDOWNS if (rows := _group_rows(summaries, attribute))]
+        + difficulty_tables(summaries),
         "missing": [(s.name, m) for s in summaries for m in s.missing],
     }
     md_path = out_dir / "report.md"

@@ -9,7 +9,9 @@ import json
 import os
 import posixpath
 import re
+import shutil
 import stat
+import tempfile
 import tomllib
 from dataclasses import dataclass
 from functools import cache
@@ -17,9 +19,10 @@ from pathlib import Path
 from typing import Literal
 
 import jinja2
+import toml
 from harbor.models.task.config import AgentConfig, EnvironmentConfig, PackageInfo, VerifierConfig
 from harbor.models.task.config import TaskConfig as HarborTaskConfig
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from taskforge import BASE_IMAGE
 
@@ -34,7 +37,10 @@ Difficulty = Literal["easy", "medium", "hard"]
 
 
 class TaskMetadata(BaseModel):
-    """Provenance a generator records in task.toml's [metadata] table."""
+    """Provenance a generator records in task.toml's [metadata] table. Keys of `extra` that taskforge
+    reads: max_turns (the task's turn cap, `Task.max_turns`) and style ("symptom": the instruction states
+    a symptom or goal and hides what the agent can discover; "spec": it names what to do; counted by
+    generate's summary)."""
 
     family: str
     domain: Domain
@@ -205,6 +211,20 @@ class Task:
         return self.config.agent.timeout_sec or DEFAULT_AGENT_TIMEOUT_SEC
 
     @property
+    def max_turns(self) -> int | None:
+        """The turn cap the task asks for ([metadata] max_turns; hard diagnosis tasks need more turns than
+        the default), or None: the episode's own max_turns applies."""
+        value = self.config.metadata.get("max_turns")
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TaskLoadError(
+                f"{self.path / 'task.toml'}: [metadata] max_turns must be a whole number >= 1, not {value!r}; "
+                "fix it or remove it (the episode's default then applies)"
+            )
+        return value
+
+    @property
     def wants_network(self) -> bool:
         """True only when task.toml asks for network explicitly (Harbor's default is public)."""
         env = self.config.environment
@@ -214,11 +234,94 @@ class Task:
 
 
 def task_checksum(task_dir: Path) -> str:
-    """sha256 of the task directory's file names and contents, computed as Harbor's own task
-    checksum is (dirhash), so a trial's result.json carries the same value under both tools."""
+    """sha256 of the task directory's file names and contents (dirhash, as Harbor's own task checksum),
+    with task.toml read without its measured block (`write_measured`): a filter run's feedback is not
+    a change of the task, so the verdicts keyed on this checksum hold after it. A task that carries
+    no measured block has Harbor's checksum exactly; one that does has the checksum it had before."""
     from dirhash import dirhash
 
-    return dirhash(task_dir, "sha256")
+    task_dir = Path(task_dir)
+    toml_path = task_dir / "task.toml"
+    text = toml_path.read_bytes().decode() if toml_path.is_file() else ""
+    content = without_measured(text)
+    if content == text:
+        return dirhash(task_dir, "sha256")
+    # dirhash hashes files on disk only: hash a copy holding task.toml as it was before the block.
+    with tempfile.TemporaryDirectory(prefix="taskforge-checksum-") as scratch:
+        copy = Path(scratch) / task_dir.name
+        shutil.copytree(task_dir, copy)  # links followed, as dirhash follows them
+        (copy / "task.toml").write_bytes(content.encode())
+        return dirhash(copy, "sha256")
+
+
+# ---------------------------------------------------------------------------------------------
+# Measured difficulty: a filter run's pass rate, fed back into task.toml
+
+MEASURED_MARKER = "# Measured by `taskforge filter` (rewritten by each filter run; not part of the task's checksum)."
+_MEASURED_SEPARATOR = "\n" + MEASURED_MARKER + "\n"
+
+
+class MeasuredDifficulty(BaseModel):
+    """task.toml's [metadata.measured]: how a model did on the task in a filter run. The bucket is
+    taskforge.filter.bucket_of(pass_rate); the requested difficulty stays in [metadata] difficulty."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    difficulty: str  # filter.PassRateBucket: easy, medium, hard, extreme or unsolved
+    pass_rate: float
+    n_passed: int
+    n_attempts: int
+    n_errors: int = 0  # attempts that ended without a reward (counted as failed)
+    model: str | None = None
+    run: str  # the filter run's directory name (runs/<run>/filter.json holds every attempt)
+
+
+def without_measured(text: str) -> str:
+    """task.toml's text without the block `write_measured` appended (the text it had before), or the text
+    as it is when it has none. Only a trailing block holding just [metadata.measured] is one: anything
+    else after the marker (a table added by hand) stays part of the task."""
+    position = text.find(_MEASURED_SEPARATOR)
+    if position < 0:
+        return text
+    try:
+        tail = tomllib.loads(text[position:])
+    except tomllib.TOMLDecodeError:
+        return text
+    if list(tail) != ["metadata"] or list(tail["metadata"]) != ["measured"]:
+        return text
+    return text[:position]
+
+
+def measured_of(task: Task) -> MeasuredDifficulty | None:
+    """The task's measured difficulty, when a filter run wrote one."""
+    measured = task.metadata.get("measured")
+    return MeasuredDifficulty.model_validate(measured) if isinstance(measured, dict) else None
+
+
+def write_measured(task_dir: Path, measured: MeasuredDifficulty) -> bool:
+    """Appends (or replaces) task.toml's measured block, leaving every other byte as it was, so the
+    task's checksum does not change. Returns False when the file already says exactly this. Raises
+    TaskLoadError when the result would not be a valid Harbor task.toml (e.g. [metadata] written as an
+    inline table, which TOML cannot extend)."""
+    toml_path = Path(task_dir) / "task.toml"
+    text = toml_path.read_bytes().decode()
+    block = toml.dumps({"metadata": {"measured": measured.model_dump(exclude_none=True)}})
+    updated = without_measured(text) + _MEASURED_SEPARATOR + block
+    if updated == text:
+        return False
+    try:
+        config = HarborTaskConfig.model_validate_toml(updated)
+    except (tomllib.TOMLDecodeError, ValidationError) as exc:
+        raise TaskLoadError(
+            f"{toml_path}: cannot add the measured difficulty ({exc}); write [metadata] as a table "
+            "(not an inline table) without a 'measured' key, or filter with --no-write-measured"
+        ) from exc
+    if config.metadata.get("measured") != measured.model_dump(exclude_none=True):
+        raise TaskLoadError(f"{toml_path}: already has a [metadata] 'measured' key; remove it or rename it")
+    temporary = toml_path.with_name(f".task.toml.{os.getpid()}.tmp")
+    temporary.write_bytes(updated.encode())
+    os.replace(temporary, toml_path)  # a reader never sees half a task.toml
+    return True
 
 
 def load_task(path: Path) -> Task:

@@ -254,3 +254,100 @@ def test_command_exits_non_zero_when_it_cannot_run(task_set, tmp_path):
 )
 def test_difficulty_buckets(rate, bucket):
     assert bucket_of(rate) == bucket
+
+
+def test_measured_difficulty_is_written_back_and_a_rerun_reruns_nothing(task_set, tmp_path, base_image):
+    """task.toml, kept.json, registry.json and the report carry the measured difficulty; the measured
+    block is not part of the task's checksum (the same command reruns nothing), an edited instruction is."""
+    from harbor.models.task.config import TaskConfig as HarborTaskConfig
+
+    from taskforge.report import load_run
+    from taskforge.tasks import measured_of, task_checksum
+
+    count_lines, service_config = task_set / "count-lines", task_set / "service-config"
+    toml_path = count_lines / "task.toml"
+    # Requested hard, solved every time: the buckets must follow the pass rate, not the request.
+    toml_path.write_text(toml_path.read_text().replace('difficulty = "easy"', 'difficulty = "hard"'))
+    checksums = {d: task_checksum(d) for d in (count_lines, service_config)}
+    runs = tmp_path / "runs"
+    with ScriptedOpenAIServer(competent([count_lines])) as server:
+        args = (str(task_set), "--model", "test-model", "--base-url", server.base_url, "--attempts", "1", "-n", "2")
+        first = run_cli(*args, "--runs-dir", str(runs))
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert "measured difficulty written to 2 task.toml file(s)" in first.stdout
+        n_requests, (run_dir,) = len(server.requests), list(runs.iterdir())
+
+        measured = {d.name: measured_of(load_task(d)) for d in (count_lines, service_config)}
+        assert measured["count-lines"].model_dump() == {
+            "difficulty": "easy",
+            "pass_rate": 1.0,
+            "n_passed": 1,
+            "n_attempts": 1,
+            "n_errors": 0,
+            "model": "test-model",
+            "run": run_dir.name,
+        }
+        assert (measured["service-config"].difficulty, measured["service-config"].n_attempts) == ("unsolved", 1)
+        config = HarborTaskConfig.model_validate_toml(toml_path.read_text())  # still Harbor's TaskConfig
+        assert config.metadata["difficulty"] == "hard" and not load_task(count_lines).wants_network
+        assert {d: task_checksum(d) for d in checksums} == checksums
+
+        kept = json.loads((task_set / "kept.json").read_text())["kept"]
+        assert [(t["requested_difficulty"], t["difficulty"]) for t in kept] == [("hard", "easy")]
+        registry = {d["name"]: d for d in json.loads((task_set / "registry.json").read_text())}
+        assert sorted(registry) == ["myset-easy", "myset-kept"]
+        assert [t["name"] for t in registry["myset-easy"]["tasks"]] == ["taskforge-fixtures/count-lines"]
+        assert load_run(run_dir).measured_difficulty == {"hard": {"easy": 1}, "easy": {"unsolved": 1}}
+
+        # The same command again: no attempt reruns, no task.toml is rewritten.
+        toml_bytes = toml_path.read_bytes()
+        again = run_cli(*args, "--runs-dir", str(runs))
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert len(server.requests) == n_requests and len(ledger_of(run_dir)) == 2
+        assert toml_path.read_bytes() == toml_bytes and "task(s) changed" not in again.stderr
+
+        # An edited instruction is a new task: its attempts run again (the other task's do not).
+        instruction = count_lines / "instruction.md"
+        instruction.write_text(instruction.read_text() + "\nDo not print anything else.\n")
+        edited = run_cli(*args, "--runs-dir", str(runs))
+        assert edited.returncode == 0, edited.stderr[-3000:]
+        assert "1 task(s) changed since the last run" in edited.stderr and len(server.requests) > n_requests
+    records = ledger_of(run_dir)
+    assert sorted(r.task_name for r in records) == [
+        "taskforge-fixtures/count-lines",
+        "taskforge-fixtures/service-config",
+    ]
+    assert {r.task_checksum for r in records if r.task_path == str(count_lines)} == {task_checksum(count_lines)}
+    assert task_checksum(count_lines) != checksums[count_lines]
+
+
+def test_the_measured_block_is_replaced_and_only_it_is_left_out_of_the_checksum(tmp_path):
+    from taskforge.tasks import MeasuredDifficulty, TaskLoadError, measured_of, task_checksum, write_measured
+
+    task_dir = tmp_path / "count-lines"
+    shutil.copytree(AGENT_TASKS / "count-lines", task_dir)
+    toml_path = task_dir / "task.toml"
+    original, checksum = toml_path.read_bytes(), task_checksum(task_dir)
+    first = MeasuredDifficulty(difficulty="easy", pass_rate=1.0, n_passed=2, n_attempts=2, model="a", run="r1")
+    second = MeasuredDifficulty(difficulty="hard", pass_rate=0.25, n_passed=1, n_attempts=4, model="b", run="r2")
+    assert write_measured(task_dir, first) and not write_measured(task_dir, first)  # unchanged: not rewritten
+    assert write_measured(task_dir, second) and measured_of(load_task(task_dir)) == second
+    assert toml_path.read_bytes().startswith(original) and toml_path.read_text().count("[metadata.measured]") == 1
+    assert task_checksum(task_dir) == checksum
+
+    # A table added by hand after the block is part of the task: the checksum changes.
+    with toml_path.open("a") as handle:
+        handle.write('\n[solution.env]\nEXTRA = "1"\n')
+    assert task_checksum(task_dir) != checksum
+
+    # [metadata] as an inline table cannot take a [metadata.measured] table: named, file untouched.
+    inline = 'metadata = { family = "count-lines" }\n' + original.decode().replace(
+        '[metadata]\nfamily = "count-lines"\ndomain = "data_processing"\ndifficulty = "easy"\nseed = 0\n'
+        'generator_version = "fixture"\n',
+        "",
+    )
+    assert "[metadata]" not in inline
+    toml_path.write_text(inline)
+    with pytest.raises(TaskLoadError, match="task.toml: cannot add the measured difficulty"):
+        write_measured(task_dir, first)
+    assert toml_path.read_text() == inline

@@ -8,11 +8,13 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from taskforge.runner import Ledger
+from taskforge.tasks import task_checksum
 from taskforge.testing.openai_server import ScriptedOpenAIServer
 from taskforge.testing.scripts import competent
 from taskforge.trial import TrialRecord
@@ -78,3 +80,9 @@ def test_harbor_backend_filters_with_terminus_2(tmp_path, base_image):
 
     kept = json.loads((task_set / "kept.json").read_text())
     assert [t["task_name"] for t in kept["kept"]] == ["taskforge-fixtures/count-lines"] and kept["backend"] == "harbor"
+    # The same feedback as the docker backend: the measured block, which the rerun above did not trip over.
+    measured = tomllib.loads((task_set / "count-lines" / "task.toml").read_text())["metadata"]["measured"]
+    assert (measured["difficulty"], measured["n_passed"], measured["n_attempts"]) == ("easy", 2, 2)
+    assert {r.task_checksum for r in records} == {
+        task_checksum(task_set / n) for n in ("count-lines", "service-config")
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -343,3 +344,60 @@ def test_errored_trials_are_counted_apart_from_failures(tmp_path):
     assert "| system_operations | 12.5% | 0 (0.0%) |" in markdown
     html = html_path.read_text()
     assert "<th>errored</th>" in html and "<td>3 (15.8%)</td>" in html
+
+
+def test_a_filter_run_shows_requested_against_measured_difficulty(tmp_path):
+    from taskforge.filter import FilterReport, TaskFilterResult, bucket_of
+
+    run = tmp_path / "filter-run"
+    write_eval_ledger(run / "ledger.jsonl")
+    results = []
+    for task, attempts in EVAL_OUTCOMES.items():
+        n_passed = sum(passed for passed, *_ in attempts)
+        results.append(
+            TaskFilterResult(
+                task_name=f"sample/{task}",
+                task_path=str(run / "tasks" / task),
+                n_attempts=len(attempts),
+                n_passed=n_passed,
+                n_errors=0,
+                pass_rate=n_passed / len(attempts),
+                difficulty=bucket_of(n_passed / len(attempts)),
+                # t4 as an older filter.json has it: no requested difficulty (read from its task.toml)
+                requested_difficulty=None if task == "t4" else FAMILIES[task][2],
+                kept=n_passed > 0,
+                n_input_tokens=0,
+                n_output_tokens=0,
+                stop_reasons={},
+            )
+        )
+    report = FilterReport(
+        run_dir=str(run), backend="docker", model="m", attempts=4, min_success=1, thresholds={}, tasks=results
+    )
+    (run / "filter.json").write_text(report.model_dump_json())
+
+    # t1 easy -> easy (4/4), t4 easy -> hard (1/4), t2 hard -> medium (2/4), t3 hard -> unsolved (0/4)
+    summary = load_run(run)
+    assert summary.measured_difficulty == {"easy": {"easy": 1, "hard": 1}, "hard": {"medium": 1, "unsolved": 1}}
+    md_path, html_path = write_report([summary], tmp_path / "report")
+    markdown = md_path.read_text()
+    assert "## Requested vs measured difficulty: filter-run" in markdown
+    assert "| requested | easy | medium | hard | extreme | unsolved | tasks |" in markdown
+    for row in (
+        "| easy | 1 | 0 | 1 | 0 | 0 | 2 |",
+        "| hard | 0 | 1 | 0 | 0 | 1 | 2 |",
+        "| all | 1 | 1 | 1 | 0 | 1 | 4 |",
+    ):
+        assert row in markdown
+    assert "Requested vs measured difficulty: filter-run" in html_path.read_text()
+
+    cli = subprocess.run(
+        [sys.executable, "-m", "taskforge.cli", "report", str(run), "--out", str(tmp_path / "cli")],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert "Requested vs measured difficulty: filter-run" in cli.stdout
+    assert "│ hard      │    0 │      1 │    0 │       0 │        1 │     2 │" in cli.stdout

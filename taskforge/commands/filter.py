@@ -16,6 +16,7 @@ from taskforge.commands.common import (
     RunOption,
     RunsDirOption,
     console,
+    err,
     exits_on_failure,
     fail,
     load_tasks_or_exit,
@@ -73,6 +74,13 @@ def filter_command(
             "(default: the task set folder when TASKS is one folder of tasks, else the run dir)."
         ),
     ] = None,
+    write_measured: Annotated[
+        bool,
+        typer.Option(
+            help="Write each task's measured difficulty (pass rate, bucket, model) into its task.toml "
+            "as [metadata.measured]; left out of the task's checksum, so it never reruns a task."
+        ),
+    ] = True,
     run: RunOption = None,
     runs_dir: RunsDirOption = Path("runs"),
     fresh: Annotated[bool, typer.Option(help="Start the run over instead of resuming it.")] = False,
@@ -129,6 +137,7 @@ def filter_command(
         concurrency=concurrency,
         min_success=min_success,
         stop_on_success=stop_on_success,
+        write_measured=write_measured,
         episode=EpisodeConfig(max_turns=max_turns),
         price_input_per_mtok=price_input,
         price_output_per_mtok=price_output,
@@ -206,6 +215,12 @@ def print_report(report: FilterReport, limit: int = 30) -> None:
         f"({breakdown}; easy >= 70%, medium >= 40%, hard >= 10%, extreme > 0%)"
     )
     console.print(f"wrote {report.kept_path} and {report.registry_path}")
+    if report.n_measured_written:
+        console.print(
+            f"measured difficulty written to {report.n_measured_written} task.toml file(s) ([metadata.measured])"
+        )
+    for problem in report.measured_not_written:
+        err.print(f"[yellow]measured difficulty not written[/]: {escape(problem)}")
     if report.kept:
         console.print(
             f"  harbor run --registry-path {report.registry_path} -d {report.dataset_name} -a oracle "

@@ -25,7 +25,7 @@ def report(
 ) -> None:
     """Compare runs side by side: pass@1 (with CI), errored trials, timeouts, turns, tokens, env-token CE, and
     for training runs whether the steps had a learning signal."""
-    from taskforge.report import RunNotFoundError, comparison_rows, load_run, write_report
+    from taskforge.report import RunNotFoundError, comparison_rows, difficulty_tables, load_run, write_report
     from taskforge.runner import run_name
 
     try:
@@ -59,6 +59,15 @@ def report(
         for row in training_rows:
             training.add_row(escape(row["run"]), *(row[column] for column in training_columns))
         console.print(training)
+    for title, difficulty_rows in difficulty_tables(summaries):
+        difficulty = Table(title=escape(title))
+        for column in difficulty_rows[0]:
+            difficulty.add_column(column, justify="left" if column == "requested" else "right")
+        for row in difficulty_rows:
+            if row["requested"] == "all":
+                difficulty.add_section()
+            difficulty.add_row(*row.values())
+        console.print(difficulty)
     for s in summaries:
         for problem in s.missing:
             err.print(f"[yellow]incomplete[/] {escape(s.name)}: {escape(problem)}")
