@@ -146,6 +146,24 @@ def owner_of(path):
     st = os.lstat(path)
     return f"{pwd.getpwuid(st.st_uid).pw_name}:{grp.getgrgid(st.st_gid).gr_name}"
 """,
+    "rounded": r'''
+def is_rounded(value, places=2):
+    """A number with at most `places` decimals (12.5 and 12.50 are; 12.345 is not)."""
+    x = num(value)
+    return abs(round(x, places) - x) < 1e-9
+
+
+def check_rounded_cells(path, columns, places=2):
+    """The CSV cells of these columns are written with at most `places` decimals."""
+    rows = csv_rows(path)
+    header = [h.lower() for h in rows[0]]
+    for col in columns:
+        i = header.index(col.lower())
+        for row in rows[1:]:
+            cell = row[i] if i < len(row) else ""
+            ok = re.fullmatch(r"-?\d+(\.\d{1,%d})?" % places, cell)
+            assert ok, f"{path}: {col}={cell!r} is not rounded to {places} decimals"
+''',
     "git": '''
 def git(repo, *args):
     """Read-only git with hooks and fsmonitor disabled (the repository is agent-controlled)."""

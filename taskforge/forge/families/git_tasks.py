@@ -42,8 +42,9 @@ class GitBranchReport(Family):
         authors = pick(rng, pools.PEOPLE, rng.randint(3, 4))
         h.commit("Initial commit", authors[0], {"README.md": f"# {app}\n"})
         n_main = rng.randint(5, 9)
+        # easy has one merged and one unmerged branch, so "non-merge" and "reachable from main" both matter
         topics = pick(
-            rng, TOPICS, 0 if difficulty == "easy" else rng.randint(3, 5) if difficulty == "hard" else rng.randint(2, 4)
+            rng, TOPICS, 2 if difficulty == "easy" else rng.randint(3, 5) if difficulty == "hard" else rng.randint(2, 4)
         )
         kinds = {t: rng.choice(["feature", "bugfix", "chore"]) for t in topics}
         names = {t: f"{kinds[t]}/{t}" for t in topics}
@@ -80,16 +81,25 @@ class GitBranchReport(Family):
                     counts[who] = counts.get(who, 0) + 1
             rows = sorted(([a, n] for a, n in counts.items()), key=lambda r: (-r[1], r[0]))
             column = "author" if key == "name" else "email"
+            fmt = "%an" if key == "name" else "%ae"
+
+            def count_authors(log_args: str) -> str:
+                return (
+                    f"mkdir -p {out_dir}\ncd {repo}\n"
+                    f"{{ echo {column},commits; git log {log_args} --format='{fmt}' "
+                    "| sort | uniq -c | sort -k1,1nr -k2 "
+                    f'| awk \'{{ n=$1; $1=""; sub(/^ /, ""); print $0 "," n }}\'; }} > {out}\n'
+                )
+
+            solution = count_authors("main --no-merges")
+            near_misses = {
+                "counts_merge_commits": count_authors("main"),
+                "counts_all_branches": count_authors("--all --no-merges"),
+            }
             instruction = (
                 f"`{repo}` is a git repository. Write `{out}` with the header `{column},commits`: "
                 f"one row per author {key} with the number of non-merge commits "
                 f"reachable from `main` that they authored, most commits first, ties by {key}.\n"
-            )
-            solution = (
-                f"mkdir -p {out_dir}\ncd {repo}\n"
-                f"{{ echo {column},commits; git log main --no-merges --format='{'%an' if key == 'name' else '%ae'}' "
-                "| sort | uniq -c | sort -k1,1nr -k2 "
-                f'| awk \'{{ n=$1; $1=""; sub(/^ /, ""); print $0 "," n }}\'; }} > {out}\n'
             )
             expected = {"path": out, "header": [column, "commits"], "rows": rows}
             body = """
@@ -100,8 +110,10 @@ class GitBranchReport(Family):
         elif difficulty == "medium":
             out = f"{out_dir}/{app}_{rng.choice(['branches', 'branch_status', 'divergence'])}.json"
             prefix = rng.choice([None, "feature/", "bugfix/", "chore/"])
-            if prefix and not any(names[t].startswith(prefix) for t in topics):
-                prefix = None
+            if prefix and (
+                not any(names[t].startswith(prefix) for t in topics) or all(names[t].startswith(prefix) for t in topics)
+            ):
+                prefix = None  # the prefix must select some branches and leave out others
             report = {}
             for t in topics:
                 if prefix and not names[t].startswith(prefix):
@@ -116,14 +128,27 @@ class GitBranchReport(Family):
                 '"behind": <number of commits on main that are not on the branch>}` '
                 "(merge commits count like any other commit).\n"
             )
-            solution = (
-                f"mkdir -p {out_dir}\ncd {repo}\n"
-                f"for b in $(git for-each-ref --format='%(refname:short)' refs/heads/{prefix or ''} "
-                "| grep -vx main); do\n"
-                '  jq -n --arg b "$b" --argjson a "$(git rev-list --count main..$b)" --argjson z '
-                "\"$(git rev-list --count $b..main)\" '{($b): {ahead: $a, behind: $z}}'\n"
-                f"done | jq -s add > {out}\n"
-            )
+
+            def divergence(refs: str, count: str = "git rev-list --count") -> str:
+                return (
+                    f"mkdir -p {out_dir}\ncd {repo}\n"
+                    f"for b in $(git for-each-ref --format='%(refname:short)' {refs}); do\n"
+                    f'  jq -n --arg b "$b" --argjson a "$({count} main..$b)" --argjson z '
+                    f"\"$({count} $b..main)\" '{{($b): {{ahead: $a, behind: $z}}}}'\n"
+                    f"done | jq -s add > {out}\n"
+                )
+
+            solution = divergence(f"refs/heads/{prefix}" if prefix else "refs/heads/ | grep -vx main")
+            near_misses = {
+                "skips_merge_commits": divergence(
+                    f"refs/heads/{prefix}" if prefix else "refs/heads/ | grep -vx main",
+                    "git rev-list --count --no-merges",
+                )
+            }
+            if prefix:
+                near_misses["ignores_prefix"] = divergence("refs/heads/ | grep -vx main")
+            else:
+                near_misses["includes_main"] = divergence("refs/heads/")
             expected = {"path": out, "report": report}
             body = """
                 def test_branch_counts():
@@ -171,23 +196,32 @@ class GitBranchReport(Family):
                 )
                 + "\n"
             )
-            solution = f"mkdir -p {out_dir}\n" + python_block(f"""
-                import collections, json, subprocess
-                def git(*args):
-                    return subprocess.run(["git", "-C", {repo!r}, *args], capture_output=True, text=True, check=True).stdout.split("\\n")
-                branches = [b for b in git("for-each-ref", "--format=%(refname:short)", "refs/heads/") if b and b != "main"]
-                report = {{"merged": [], "unmerged": {{}}}}
-                for b in sorted(branches):
-                    authors = [a for a in git("log", "--format={"%an" if key == "name" else "%ae"}", f"main..{{b}}") if a]
-                    if not authors:
-                        report["merged"].append(b)
-                        continue
-                    counts = collections.Counter(authors)
-                    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
-                    files = sorted(f for f in git("diff", "--name-only", f"main...{{b}}") if f)
-                    report["unmerged"][b] = {{"ahead": len(authors), "top_author": top, "files": files}}
-                json.dump(report, open({out!r}, "w"), indent=2)
-                """)
+
+            def audit(author_format: str, diff_range: str) -> str:
+                return f"mkdir -p {out_dir}\n" + python_block(f"""
+                    import collections, json, subprocess
+                    def git(*args):
+                        return subprocess.run(["git", "-C", {repo!r}, *args], capture_output=True, text=True, check=True).stdout.split("\\n")
+                    branches = [b for b in git("for-each-ref", "--format=%(refname:short)", "refs/heads/") if b and b != "main"]
+                    report = {{"merged": [], "unmerged": {{}}}}
+                    for b in sorted(branches):
+                        authors = [a for a in git("log", "--format={author_format}", f"main..{{b}}") if a]
+                        if not authors:
+                            report["merged"].append(b)
+                            continue
+                        counts = collections.Counter(authors)
+                        top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+                        files = sorted(f for f in git("diff", "--name-only", f"{diff_range}") if f)
+                        report["unmerged"][b] = {{"ahead": len(authors), "top_author": top, "files": files}}
+                    json.dump(report, open({out!r}, "w"), indent=2)
+                    """)
+
+            fmt = "%an" if key == "name" else "%ae"
+            solution = audit(fmt, "main...{b}")
+            near_misses = {
+                "diffs_against_main_tip": audit(fmt, "main..{b}"),
+                "top_author_by_other_key": audit("%ae" if key == "name" else "%an", "main...{b}"),
+            }
             expected = {"path": out, "merged": fully, "unmerged": unmerged}
             body = """
                 def test_branch_audit():
@@ -202,7 +236,14 @@ class GitBranchReport(Family):
                 """
             helpers = ("json",)
         tests = test_module(self.name, expected, body, helpers=helpers)
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[out], setup=h.script())
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=[out],
+            setup=h.script(),
+            near_misses=near_misses,
+        )
 
 
 SETTING_KEYS = [
@@ -374,11 +415,28 @@ class GitMergeConflict(Family):
             f"`{repo}` is a git repository. Its `main` and `{feature}` branches both changed {file_list} "
             f"(`key = value` lines).\n\n{bullets(lines)}\n"
         )
-        solution = f"cd {repo}\ngit checkout -q main\ngit merge --no-ff {feature} >/dev/null 2>&1 || true\n"
-        solution += "\n".join(heredoc(p, _settings_text(app, v)) for p, v in final.items()) + "\n"
-        solution += "git add -A\n" + (
-            f"git commit -q -m '{merge_subject}'\n" if merge_subject else "git commit -q --no-edit\n"
-        )
+        if difficulty == "hard":
+            rule = {
+                p: {k: "ours" if side == "main" else "theirs" for k, side in keys.items()} for p, keys in rules.items()
+            }
+        else:
+            rule = "ours" if default_side == "main" else "theirs"
+        commit = f"git commit -q -m '{merge_subject}'\n" if merge_subject else "git commit -q --no-edit\n"
+        start = f"cd {repo}\ngit checkout -q main\n"
+        merge = f"git merge --no-ff {feature} || true  # stops at the conflicting settings\n"
+        solution = start + merge + _resolve_settings(rule) + commit
+        one_side = "ours" if rule == "ours" or difficulty == "hard" else "theirs"
+        near_misses = {
+            "takes_one_side": (
+                start
+                + merge
+                + f"git diff --name-only --diff-filter=U | xargs git checkout --{one_side} --\ngit add -A\n"
+                + commit
+            ),
+            "squash_merge": start + f"git merge --squash {feature} || true\n" + _resolve_settings(rule) + commit,
+        }
+        if merge_subject:
+            near_misses["default_merge_message"] = start + merge + _resolve_settings(rule) + "git commit -q --no-edit\n"
         expected = {
             "repo": repo,
             "feature": feature,
@@ -389,7 +447,54 @@ class GitMergeConflict(Family):
             "files": extra_files,
         }
         tests = test_module(self.name, expected, MERGE_TEST, helpers=("git",))
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[repo], setup=h.script())
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=[repo],
+            setup=h.script(),
+            near_misses=near_misses,
+        )
+
+
+def _resolve_settings(rule: str | dict[str, dict[str, str]]) -> str:
+    """Resolves the conflicted `key = value` files key by key from the merge's three index stages.
+
+    A key changed on one side keeps that change; a key changed on both sides takes the side `rule`
+    names ("ours" is main, "theirs" the feature branch), for all keys or per file and key.
+    """
+    if isinstance(rule, str):
+        rules, both_changed = "", f"value = {rule}[key]"
+    else:
+        rules = f"RULES = {rule!r}  # file -> key -> the side that wins where both changed"
+        both_changed = "value = ours[key] if RULES[path][key] == 'ours' else theirs[key]"
+    return (
+        python_block(f"""
+            import subprocess
+            {rules}
+            def git(*args):
+                return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
+            def settings(text):
+                pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+                return {{k.strip(): v.strip() for k, v in pairs}}
+            for path in git("diff", "--name-only", "--diff-filter=U").split():
+                base, ours, theirs = (settings(git("show", f":{{stage}}:{{path}}")) for stage in (1, 2, 3))
+                comment = git("show", f":2:{{path}}").splitlines()[0]
+                lines = [comment]
+                for key in ours:
+                    if theirs[key] in (base[key], ours[key]):
+                        value = ours[key]
+                    elif ours[key] == base[key]:
+                        value = theirs[key]
+                    else:
+                        {both_changed}
+                    lines.append(f"{{key}} = {{value}}")
+                with open(path, "w") as handle:
+                    handle.write("\\n".join(lines) + "\\n")
+                git("add", path)
+            """)
+        + "\n"
+    )
 
 
 RELEASE_TEST = """
@@ -475,6 +580,7 @@ class GitReleaseTag(Family):
             "sha() { git log --all --format='%H%x09%s' | awk -F'\\t' -v s=\"$1\" '$2 == s { print $1; exit }'; }",
             f"git tag -a {tag} -m '{tag_message}' \"$(sha '{h.commits[target].subject}')\"",
         ]
+        near_misses: dict[str, str] = {}
         if difficulty != "easy":
             fix_topic = rng.choice(TOPICS)
             hotfix = f"hotfix/{fix_topic}"
@@ -502,6 +608,9 @@ class GitReleaseTag(Family):
                 f"git cherry-pick \"$(sha '{pick_subject}')\"",
                 "git checkout -q main",
             ]
+            near_misses["picks_whole_hotfix_branch"] = (
+                "\n".join([*sol[:-2], f"git cherry-pick main..{hotfix}", "git checkout -q main"]) + "\n"
+            )
             expected.update(branch=branch, pick_subject=pick_subject, pick_file=[pick_path, pick_text])
         if difficulty == "hard":
             revert = rng.choice([c for c in main_ids if c != target])
@@ -514,6 +623,7 @@ class GitReleaseTag(Family):
             )
             lines.append(f"delete the obsolete tag `{old_tag}`")
             sol += [f"git revert --no-edit \"$(sha '{h.commits[revert].subject}')\"", f"git tag -d {old_tag}"]
+            near_misses["keeps_old_tag"] = "\n".join(sol[:-1]) + "\n"
             files_after = sorted(set(h.trees[h.heads["main"]]) - {own_files[revert]})
             expected.update(revert_subject=h.commits[revert].subject, files_after_revert=files_after, old_tag=old_tag)
         # SHAs are only known once the build has run: the test looks them up by subject then.
@@ -525,9 +635,20 @@ class GitReleaseTag(Family):
             'EXPECTED["main_sha"]', 'sha_of_subject(EXPECTED["repo"], EXPECTED["last_main_subject"], "main")'
         )
         expected["last_main_subject"] = h.commits[h.heads["main"]].subject
+        solution = "\n".join(sol) + "\n"
+        tag_line = sol[2]
+        near_misses["lightweight_tag"] = solution.replace(
+            tag_line, tag_line.replace(f"-a {tag} -m '{tag_message}'", tag)
+        )
+        near_misses["tags_head"] = solution.replace(tag_line, f"git tag -a {tag} -m '{tag_message}'")
         tests = test_module(self.name, expected, body, helpers=("git",))
         return Draft(
-            instruction=instruction, tests=tests, solution="\n".join(sol) + "\n", outputs=[repo], setup=h.script()
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=[repo],
+            setup=h.script(),
+            near_misses=near_misses,
         )
 
 
@@ -555,6 +676,8 @@ def test_release_notes():
     heading, sections = parse_notes(EXPECTED["path"])
     assert heading == EXPECTED["heading"], f"heading {heading!r} != {EXPECTED['heading']!r}"
     assert sections == EXPECTED["sections"], f"{sections} != {EXPECTED['sections']}"
+    if EXPECTED["last_section"]:
+        assert list(sections)[-1] == EXPECTED["last_section"], f"the last section is {list(sections)[-1]!r}, expected {EXPECTED['last_section']!r}"
 
 
 def test_version_file():
@@ -576,9 +699,9 @@ class ChangelogFromGit(Family):
         h = History(repo, rng)
         authors = pick(rng, pools.PEOPLE, 3)
         h.commit("chore: initial commit", authors[0], {"README.md": f"# {app}\n"})
-        for _ in range(rng.randint(2, 4)):
+        for i in range(rng.randint(2, 4)):  # the first is a feat or fix: commits before the tag must be left out
             h.commit(
-                h.new_subject(f"{rng.choice(CHANGE_TYPES)}: "),
+                h.new_subject(f"{rng.choice(CHANGE_TYPES[:2] if i == 0 else CHANGE_TYPES)}: "),
                 rng.choice(authors),
                 line_change(h, rng.choice(MAIN_FILES)),
             )
@@ -629,6 +752,9 @@ class ChangelogFromGit(Family):
         if not any(k in ("feat", "fix") for k, _, _ in entries):
             h.commit(h.new_subject("fix: "), authors[1], line_change(h, "src/app.py"))
             entries.append(("fix", h.commits[h.heads["main"]].subject.split(": ", 1)[1], False))
+        if all(k in ("feat", "fix") for k, _, _ in entries):  # a commit of another type, to be skipped
+            h.commit(h.new_subject("docs: "), authors[2], line_change(h, "docs/guide.md"))
+            entries.append(("docs", h.commits[h.heads["main"]].subject.split(": ", 1)[1], False))
 
         newest_first = rng.random() < 0.4
         ordered = list(reversed(entries)) if newest_first else entries
@@ -681,45 +807,24 @@ class ChangelogFromGit(Family):
         else:
             rules.insert(0, "start with the heading `## Unreleased`")
         instruction = f"`{repo}` is a git repository. Write release notes to `{out}` (Markdown):\n{bullets(rules)}\n"
-        solution = f"mkdir -p {out.rsplit('/', 1)[0]}\n" + python_block(f"""
-            import re, subprocess
-            log = subprocess.run(["git", "-C", {repo!r}, "log", "--reverse", "--no-merges", "--format=%s%x1f%b%x1e", {tag + "..main"!r}], capture_output=True, text=True, check=True).stdout
-            feats, fixes, breaking = [], [], []
-            for record in log.split("\\x1e"):
-                if not record.strip():
-                    continue
-                subject, _, body = record.strip("\\n").partition("\\x1f")
-                m = re.match(r"^(\\w+)(\\([^)]*\\))?(!)?: (.*)$", subject)
-                if not m:
-                    continue
-                kind, bang, desc = m.group(1), m.group(3), m.group(4)
-                if kind == "feat":
-                    feats.append(desc)
-                elif kind == "fix":
-                    fixes.append(desc)
-                if bang or re.search(r"^BREAKING CHANGE:", body, re.M):
-                    breaking.append(desc)
-            hard = {difficulty == "hard"}
-            major, minor, patch = {major}, {minor}, {patch}
-            if not hard:
-                heading = "Unreleased"
-            elif breaking:
-                heading = f"{{major + 1}}.0.0"
-            elif feats:
-                heading = f"{{major}}.{{minor + 1}}.0"
-            else:
-                heading = f"{{major}}.{{minor}}.{{patch + 1}}"
-            if {newest_first}:
-                feats, fixes, breaking = feats[::-1], fixes[::-1], breaking[::-1]
-            parts = [f"## {{heading}}", ""]
-            for title, items in (({feat_title!r}, feats), ({fix_title!r}, fixes), ({brk_title!r}, breaking if hard else [])):
-                if items:
-                    parts += [f"### {{title}}", *[f"- {{d}}" for d in items], ""]
-            open({out!r}, "w").write("\\n".join(parts))
-            if hard:
-                open({version_file!r}, "w").write(heading + "\\n")
-            """)
-        expected = {"path": out, "heading": heading, "sections": sections, "version_file": version_file}
+        titles = {"feat": feat_title, "fix": fix_title, "breaking": brk_title if difficulty == "hard" else None}
+
+        def notes(**bend: bool) -> str:
+            return f"mkdir -p {out.rsplit('/', 1)[0]}\n" + _release_notes_python(
+                repo, tag, out, version_file, titles, newest_first, **bend
+            )
+
+        solution = notes()
+        near_misses = {"ignores_tag": notes(since_tag=False), "lists_other_types": notes(other_types=True)}
+        if difficulty == "hard":
+            near_misses["breaking_not_last"] = notes(breaking_last=False)
+        expected = {
+            "path": out,
+            "heading": heading,
+            "sections": sections,
+            "version_file": version_file,
+            "last_section": brk_title if brk_title in sections else None,
+        }
         tests = test_module(self.name, expected, CHANGELOG_TEST)
         outputs = [out] + ([version_file] if version_file else [])
         return Draft(
@@ -729,4 +834,70 @@ class ChangelogFromGit(Family):
             outputs=outputs,
             setup=h.script(),
             extra={"commits": len(entries)},
+            near_misses=near_misses,
         )
+
+
+def _release_notes_python(
+    repo: str,
+    tag: str,
+    out: str,
+    version_file: str | None,
+    titles: dict[str, str | None],
+    newest_first: bool,
+    *,
+    since_tag: bool = True,
+    other_types: bool = False,
+    breaking_last: bool = True,
+) -> str:
+    """The changelog program. titles: section title per kind ("breaking": None when not asked for).
+
+    The keyword flags each bend one rule (near-miss solutions): the tag's range, skipping other
+    types, the breaking section last.
+    """
+    log_args = ["log", "--no-merges", "--format=%s%x1f%b%x1e", f"{tag}..main" if since_tag else "main"]
+    if not newest_first:
+        log_args.insert(1, "--reverse")
+    sections = [(titles["feat"], "feat"), (titles["fix"], "fix")]
+    if titles["breaking"]:
+        sections.insert(len(sections) if breaking_last else 0, (titles["breaking"], "breaking"))
+    lines = [
+        "import re, subprocess",
+        f"log = subprocess.run([{', '.join(repr(a) for a in ['git', '-C', repo, *log_args])}], "
+        "capture_output=True, text=True, check=True)",
+        "found = {}",
+        'for record in log.stdout.split("\\x1e"):',
+        '    subject, _, body = record.strip("\\n").partition("\\x1f")',
+        '    m = re.match(r"^(\\w+)(\\([^)]*\\))?(!)?: (.*)$", subject)',
+        "    if not m:",
+        "        continue",
+        "    kind, bang, desc = m.group(1), m.group(3), m.group(4)",
+        "    found.setdefault(kind, []).append(desc)",
+    ]
+    if titles["breaking"]:
+        lines += [
+            '    if bang or re.search(r"^BREAKING CHANGE:", body, re.M):',
+            '        found.setdefault("breaking", []).append(desc)',
+            f'major, minor, patch = map(int, {tag[1:]!r}.split("."))',
+            'if found.get("breaking"):',
+            '    version = f"{major + 1}.0.0"',
+            'elif found.get("feat"):',
+            '    version = f"{major}.{minor + 1}.0"',
+            "else:",
+            '    version = f"{major}.{minor}.{patch + 1}"',
+            f"open({version_file!r}, 'w').write(version + '\\n')",
+            'parts = [f"## {version}", ""]',
+        ]
+    else:
+        lines.append('parts = ["## Unreleased", ""]')
+    if other_types:
+        extra = [(kind, kind) for kind in ("docs", "chore", "refactor", "test")]
+        lines.append(f"for title, kind in {sections + extra!r}:")
+    else:
+        lines.append(f"for title, kind in {sections!r}:")
+    lines += [
+        "    if found.get(kind):",
+        '        parts += [f"### {title}", *[f"- {d}" for d in found[kind]], ""]',
+        f"open({out!r}, 'w').write('\\n'.join(parts))",
+    ]
+    return python_block("\n".join(lines))

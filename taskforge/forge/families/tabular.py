@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 from taskforge.forge import pools
@@ -109,14 +110,20 @@ def _messy(rng: random.Random, cell: str) -> str:
     return cell
 
 
-def _awk_aggregate(group: str, value: str, aggs: list[str], where: str = "") -> str:
-    """An awk program aggregating `value` by `group` over CSV input with a header per file."""
-    updates = [
-        "n[k]++",
-        "s[k]+=$vi",
-        "if (!(k in mx) || $vi+0 > mx[k]) mx[k]=$vi+0",
-        "if (!(k in mn) || $vi+0 < mn[k]) mn[k]=$vi+0",
-    ]
+def _awk_aggregate(group: str, value: str, aggs: list[str], where: str = "", first_seen: bool = False) -> str:
+    """An awk program aggregating `value` by `group` over CSV input with a header per file.
+
+    first_seen prints the groups in the order they first occur (a near-miss that forgets to sort).
+    """
+    updates = ["n[k]++"]
+    if {"sum", "mean"} & set(aggs):
+        updates.append("s[k]+=$vi")
+    if "max" in aggs:
+        updates.append("if (!(k in mx) || $vi+0 > mx[k]) mx[k]=$vi+0")
+    if "min" in aggs:
+        updates.append("if (!(k in mn) || $vi+0 < mn[k]) mn[k]=$vi+0")
+    if first_seen:
+        updates.insert(0, "if (!(k in n)) order[++m]=k")
     outputs = {
         "sum": '"%.2f", s[k]',
         "mean": '"%.2f", s[k]/n[k]',
@@ -126,12 +133,67 @@ def _awk_aggregate(group: str, value: str, aggs: list[str], where: str = "") -> 
     }
     parts = " ".join(f'printf ","; printf {outputs[a]};' for a in aggs)
     cond = f" && {where}" if where else ""
+    status = '; si=h["status"]' if where else ""
+    loop = "for (i=1; i<=m; i++) { k=order[i]; " if first_seen else "for (k in n) { "
     return (
         f"awk -F, -v g={group} -v v={value} '\n"
-        '  FNR==1 { for (i=1; i<=NF; i++) { h[$i]=i }; gi=h[g]; vi=h[v]; si=h["status"]; next }\n'
+        f"  FNR==1 {{ for (i=1; i<=NF; i++) {{ h[$i]=i }}; gi=h[g]; vi=h[v]{status}; next }}\n"
         f"  NF>1{cond} {{ k=$gi; {'; '.join(updates)} }}\n"
-        f'  END {{ for (k in n) {{ printf "%s", k; {parts} printf "\\n" }} }}\''
+        f'  END {{ {loop}printf "%s", k; {parts} printf "\\n" }} }}\''
     )
+
+
+AGG_PY = {"sum": "sum(vals)", "mean": "sum(vals) / len(vals)", "max": "max(vals)", "min": "min(vals)"}
+
+
+def _groupby_python(
+    paths_code: str,
+    group: str,
+    value: str,
+    out: str,
+    header: list[str],
+    aggs: list[str],
+    *,
+    naive_split: bool = False,
+    lowercase: bool = True,
+    rounded: bool = True,
+) -> str:
+    """The hard csv_groupby program; the keyword flags each bend one rule (near-miss solutions)."""
+    reader = (
+        ["rows = (line.rstrip('\\n').split(',') for line in handle)", "header = [h.strip() for h in next(rows)]"]
+        if naive_split
+        else ["rows = csv.reader(handle)", "header = [h.strip() for h in next(rows)]"]
+    )
+    key = f"rec[{group!r}].lower()" if lowercase else f"rec[{group!r}]"
+    cells = ", ".join(f'"%.2f" % ({AGG_PY[a]})' if rounded else AGG_PY[a] for a in aggs)
+    lines = [
+        "import csv, glob" if "glob" in paths_code else "import csv",
+        f"paths = {paths_code}",
+        "groups = {}",
+        "for path in paths:",
+        '    with open(path, newline="") as handle:',
+        *[f"        {line}" for line in reader],
+        "        for row in rows:",
+        "            if not any(cell.strip() for cell in row):",
+        "                continue",
+        "            rec = dict(zip(header, (cell.strip() for cell in row)))",
+        f"            raw = rec[{value!r}]",
+        '            if raw in ("", "NA", "n/a"):',
+        "                continue",
+        f"            groups.setdefault({key}, []).append(float(raw))",
+        f'with open({out!r}, "w", newline="") as handle:',
+        "    writer = csv.writer(handle)",
+        f"    writer.writerow({header!r})",
+        "    for key in sorted(groups):",
+        "        vals = groups[key]",
+        f"        writer.writerow([key, {cells}])",
+    ]
+    return python_block("\n".join(lines))
+
+
+def _has_long_decimals(values: list[float]) -> bool:
+    """Whether Python's str() of any value shows more than 2 decimals (so unrounded output is visible)."""
+    return any(not re.fullmatch(r"-?\d+(\.\d{1,2})?", str(v)) for v in values)
 
 
 class CsvGroupBy(Family):
@@ -161,13 +223,14 @@ class CsvGroupBy(Family):
         if keep_status:
             columns.insert(2, "status")
         if difficulty == "hard":
-            columns.append("note")
+            # the quoted `note` column comes before the grouped and summed columns, so splitting
+            # lines on every comma shifts them (the trap the instruction warns about)
+            columns.insert(2, "note")
 
         n_files = 1 if difficulty == "easy" else rng.randint(3, 5) if difficulty == "medium" else rng.randint(2, 3)
-        files: dict[str, str] = {}
-        kept: dict[str, list[float]] = {g: [] for g in groups}
         serial = rng.randint(1000, 5000)
         months = sorted(rng.sample(pools.MONTHS, n_files))
+        records: list[list[dict]] = []  # per file: records with their group and whether they count
         for f_index in range(n_files):
             rows = []
             for _ in range(rng.randint(12, 30)):
@@ -188,13 +251,35 @@ class CsvGroupBy(Family):
                         record[value] = rng.choice(MISSING)
                         counted = False
                     record[group] = rng.choice([g, g.upper(), g.capitalize(), f" {g} "])
-                if counted:
-                    kept[g].append(float(record[value]))
-                cells = [record[c] for c in columns]
+                rows.append({"record": record, "group": g, "counted": counted})
+            records.append(rows)
+        # Make every stated rule matter in this instance (each near-miss below must fail).
+        first = records[0][0]
+        if difficulty == "easy":  # the groups' first appearance is not already sorted
+            seen = list(dict.fromkeys(r["group"] for r in records[0]))
+            if len(seen) > 1 and seen == sorted(seen):
+                first["group"] = first["record"][group] = seen[-1]
+        elif difficulty == "medium" and all(r["counted"] for rows in records for r in rows):
+            first["record"]["status"] = next(s for s in STATUSES if s != keep_status)
+            first["counted"] = False
+        elif difficulty == "hard":  # a counted row with a comma in its note and an uppercased group
+            first["record"].update(note=rng.choice([n for n in NOTES if "," in n]), **{group: first["group"].upper()})
+            if not first["counted"]:
+                first["record"][value] = _fmt(rng.randint(int(low), int(high)) if integer else low + 1, integer)
+                first["counted"] = True
+
+        files: dict[str, str] = {}
+        kept: dict[str, list[float]] = {g: [] for g in groups}
+        for f_index, rows in enumerate(records):
+            cells_rows = []
+            for r in rows:
+                if r["counted"]:
+                    kept[r["group"]].append(float(r["record"][value]))
+                cells = [r["record"][c] for c in columns]
                 if difficulty == "hard":
                     cells = [_messy(rng, c) for c in cells]
-                rows.append(cells)
-            text = csv_text(columns, rows)
+                cells_rows.append(cells)
+            text = csv_text(columns, cells_rows)
             if difficulty == "hard":
                 lines = text.splitlines()
                 for _ in range(rng.randint(1, 3)):
@@ -244,55 +329,74 @@ class CsvGroupBy(Family):
         instruction = f"{where}\n\nWrite a report:\n{bullets(lines)}\n"
 
         out_dir = out.rsplit("/", 1)[0]
+        near_misses: dict[str, str] = {}
         if difficulty == "hard":
-            src_glob = repr(next(iter(image_files))) if n_files == 1 else repr(src_dir)
-            aggs_py = repr(aggs)
-            solution = f"mkdir -p {out_dir}\n" + python_block(f"""
-                import csv, glob, os
-                src = {src_glob}
-                paths = sorted(glob.glob(os.path.join(src, "*.csv"))) if os.path.isdir(src) else [src]
-                groups = {{}}
-                for path in paths:
-                    with open(path, newline="") as handle:
-                        reader = csv.reader(handle)
-                        header = [h.strip() for h in next(reader)]
-                        for row in reader:
-                            if not any(cell.strip() for cell in row):
-                                continue
-                            rec = dict(zip(header, (cell.strip() for cell in row)))
-                            raw = rec[{value!r}]
-                            if raw in ("", "NA", "n/a"):
-                                continue
-                            groups.setdefault(rec[{group!r}].lower(), []).append(float(raw))
-                def agg(kind, vals):
-                    return {{"sum": sum(vals), "mean": sum(vals) / len(vals), "max": max(vals), "min": min(vals)}}[kind]
-                with open({out!r}, "w", newline="") as handle:
-                    writer = csv.writer(handle)
-                    writer.writerow({header!r})
-                    for key in sorted(groups):
-                        writer.writerow([key] + ["%.2f" % agg(a, groups[key]) for a in {aggs_py}])
-                """)
+            paths_code = (
+                repr([next(iter(image_files))]) if n_files == 1 else f"sorted(glob.glob({src_dir + '/*.csv'!r}))"
+            )
+
+            def program(**bend: bool) -> str:
+                return f"mkdir -p {out_dir}\n" + _groupby_python(paths_code, group, value, out, header, aggs, **bend)
+
+            solution = program()
+            near_misses["splits_quoted_commas"] = program(naive_split=True)
+            near_misses["keeps_group_case"] = program(lowercase=False)
+            unrounded = [v for vals in kept.values() for v in _unrounded(aggs, vals)]
+            if _has_long_decimals(unrounded):
+                near_misses["unrounded"] = program(rounded=False)
         else:
             where_cond = f'$si=="{keep_status}"' if keep_status else ""
             inputs = next(iter(image_files)) if n_files == 1 else f"{src_dir}/*.csv"
             sort = "sort -t, -k2,2gr -k1,1" if difficulty == "medium" else "sort -t, -k1,1"
+            awk = _awk_aggregate(group, value, aggs, where_cond)
             solution = (
                 f"mkdir -p {out_dir}\n"
-                f"{_awk_aggregate(group, value, aggs, where_cond)} {inputs} | {sort} > /tmp/body.csv\n"
+                f"{awk} {inputs} | {sort} > /tmp/body.csv\n"
                 f"{{ echo '{','.join(header)}'; cat /tmp/body.csv; }} > {out}\n"
             )
+            near_misses["no_header"] = f"mkdir -p {out_dir}\n{awk} {inputs} | {sort} > {out}\n"
+            if difficulty == "easy":
+                near_misses["unsorted"] = (
+                    f"mkdir -p {out_dir}\n"
+                    f"{{ echo '{','.join(header)}'; {_awk_aggregate(group, value, aggs, first_seen=True)} {inputs}; }}"
+                    f" > {out}\n"
+                )
+            else:
+                near_misses["ignores_status"] = (
+                    f"mkdir -p {out_dir}\n"
+                    f"{_awk_aggregate(group, value, aggs)} {inputs} | {sort} > /tmp/body.csv\n"
+                    f"{{ echo '{','.join(header)}'; cat /tmp/body.csv; }} > {out}\n"
+                )
 
-        expected = {"path": out, "header": header, "rows": table, "numeric": header[1:]}
+        rounded = [h for h, a in zip(header[1:], aggs, strict=True) if a != "count"]
+        expected = {"path": out, "header": header, "rows": table, "numeric": header[1:], "rounded": rounded}
         tests = test_module(
             self.name,
             expected,
             """
             def test_report_table():
                 check_csv_table(EXPECTED["path"], EXPECTED["header"], EXPECTED["rows"], set(EXPECTED["numeric"]), ordered=True)
+
+
+            def test_numbers_rounded():
+                check_rounded_cells(EXPECTED["path"], EXPECTED["rounded"])
             """,
-            helpers=("csv",),
+            helpers=("csv", "rounded"),
         )
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[out], files=image_files)
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=[out],
+            files=image_files,
+            near_misses=near_misses,
+        )
+
+
+def _unrounded(aggs: list[str], values: list[float]) -> list[float]:
+    """The aggregates as Python computes them before rounding."""
+    exact = {"sum": sum(values), "mean": sum(values) / len(values), "max": max(values), "min": min(values)}
+    return [exact[a] for a in aggs if a in exact]
 
 
 # ------------------------------------------------------------------------------------------
@@ -410,7 +514,6 @@ class CsvJoin(Family):
             labels.add(label)
             entities.append({t.key: f"{t.key_prefix}{s:04d}", t.label: label, t.attr: rng.choice(t.attr_pool)})
         keep_status = rng.choice(t.statuses[:2])
-        attr_filter = rng.choice(sorted({e[t.attr] for e in entities})) if difficulty == "hard" else None
 
         items = []
         if difficulty == "hard":
@@ -420,7 +523,8 @@ class CsvJoin(Family):
                 )
         price_of = {i[t.item_key]: float(i[t.price]) for i in items}
 
-        active = entities if difficulty == "easy" else rng.sample(entities, max(3, n_entities - rng.randint(1, 3)))
+        # at least one entity has no events, so "with at least one row" / "including those without" matter
+        active = rng.sample(entities, max(3, n_entities - rng.randint(1, 3)))
         events = []
         serial = rng.randint(10000, 50000)
         for e in active:
@@ -435,6 +539,17 @@ class CsvJoin(Family):
                 ev["status"] = keep_status if difficulty == "easy" else rng.choice(t.statuses)
                 events.append(ev)
         rng.shuffle(events)
+        attr_filter = None
+        if difficulty != "easy":  # make the status filter matter: some event has another status
+            if all(ev["status"] == keep_status for ev in events):
+                events[-1]["status"] = next(s for s in t.statuses if s != keep_status)
+            if all(ev["status"] != keep_status for ev in events):
+                events[0]["status"] = keep_status
+        if difficulty == "hard":  # the filter keeps an entity without events and one with a counted event
+            idle = [e for e in entities if e not in active]
+            attr_filter = rng.choice(sorted({e[t.attr] for e in idle}))
+            counted_event = next(ev for ev in events if ev["status"] == keep_status)
+            next(e for e in entities if e[t.key] == counted_event[t.key])[t.attr] = attr_filter
 
         # Expected rows.
         totals: dict[str, list[float]] = {}
@@ -459,6 +574,7 @@ class CsvJoin(Family):
             for ev in events:
                 if rng.random() < 0.4:
                     ev[t.key] = rng.choice([ev[t.key].lower(), f" {ev[t.key]}", f"{ev[t.key].lower()} "])
+            counted_event[t.key] = counted_event[t.key].strip().lower()
 
         ent_cols = [t.key, t.label, t.attr]
         ev_cols = [t.event_id, t.key] + ([t.item_key, t.qty] if difficulty == "hard" else [t.amount]) + ["status"]
@@ -524,55 +640,112 @@ class CsvJoin(Family):
         instruction = f"{intro}\n\nWrite:\n{bullets(lines)}\n"
 
         out_dir = out.rsplit("/", 1)[0]
+        near_misses: dict[str, str] = {}
         if difficulty == "easy":
+            sort = "sort -t, -k4,4gr -k1,1" if by_total else "sort -t, -k1,1"
+            tables = f"{d}/{t.entities}.csv {d}/{t.events}.csv"
+            awk = (
+                "awk -F, 'NR==FNR { if (FNR>1) name[$1]=$2; next } FNR>1 { n[$2]++; s[$2]+=$3 }\n"
+                '  END { for (k in n) printf "%s,%s,%d,%.2f\\n", k, name[k], n[k], s[k] }\''
+            )
             solution = (
-                f"mkdir -p {out_dir}\n"
-                f"awk -F, 'NR==FNR {{ if (FNR>1) name[$1]=$2; next }} FNR>1 {{ n[$2]++; s[$2]+=$3 }}\n"
-                f'  END {{ for (k in n) printf "%s,%s,%d,%.2f\\n", k, name[k], n[k], s[k] }}\' {d}/'
-                f"{t.entities}.csv {d}/{t.events}.csv \\\n"
-                f"  | {'sort -t, -k4,4gr -k1,1' if by_total else 'sort -t, -k1,1'} > /tmp/joined.csv\n"
+                f"mkdir -p {out_dir}\n{awk} {tables} \\\n  | {sort} > /tmp/joined.csv\n"
+                f"{{ echo '{','.join(header)}'; cat /tmp/joined.csv; }} > {out}\n"
+            )
+            near_misses["no_header"] = f"mkdir -p {out_dir}\n{awk} {tables} \\\n  | {sort} > {out}\n"
+            near_misses["keeps_entities_without_events"] = (
+                f"mkdir -p {out_dir}\n{awk.replace('for (k in n)', 'for (k in name)').replace('n[k]', 'n[k]+0')} "
+                f"{tables} \\\n  | {sort} > /tmp/joined.csv\n"
                 f"{{ echo '{','.join(header)}'; cat /tmp/joined.csv; }} > {out}\n"
             )
         else:
-            solution = f"mkdir -p {out_dir}\n" + python_block(f"""
-                import csv
-                d = {d!r}
-                def rows(name):
-                    with open(f"{{d}}/{{name}}.csv", newline="") as handle:
-                        return list(csv.DictReader(handle))
-                entities = rows({t.entities!r})
-                prices = {{r[{t.item_key!r}]: float(r[{t.price!r}]) for r in rows({t.items!r})}} if {difficulty == "hard"} else {{}}
-                totals = {{}}
-                for ev in rows({t.events!r}):
-                    if ev["status"] != {keep_status!r}:
-                        continue
-                    key = ev[{t.key!r}].strip().upper()
-                    value = float(ev[{t.qty!r}]) * prices[ev[{t.item_key!r}]] if prices else float(ev[{t.amount!r}])
-                    totals.setdefault(key, []).append(value)
-                out = []
-                for e in entities:
-                    if {attr_filter!r} is not None and e[{t.attr!r}] != {attr_filter!r}:
-                        continue
-                    vals = totals.get(e[{t.key!r}], [])
-                    out.append([e[{t.key!r}], e[{t.label!r}], len(vals), round(sum(vals), 2)])
-                out.sort(key=lambda r: (-r[3], r[0]))
-                with open({out!r}, "w", newline="") as handle:
-                    w = csv.writer(handle)
-                    w.writerow({header!r})
-                    for r in out:
-                        w.writerow([r[0], r[1], r[2], "%.2f" % r[3]])
-                """)
-        expected = {"path": out, "header": header, "rows": rows, "numeric": [t.count_col, total_col]}
+
+            def program(**bend: bool) -> str:
+                return f"mkdir -p {out_dir}\n" + _join_python(
+                    t, d, out, header, keep_status, attr_filter, hard=difficulty == "hard", **bend
+                )
+
+            solution = program()
+            near_misses["ignores_status"] = program(filter_status=False)
+            near_misses["drops_entities_without_events"] = program(keep_idle=False)
+            if difficulty == "hard":
+                near_misses["keys_not_normalised"] = program(normalise_keys=False)
+        expected = {
+            "path": out,
+            "header": header,
+            "rows": rows,
+            "numeric": [t.count_col, total_col],
+            "rounded": [total_col],
+        }
         tests = test_module(
             self.name,
             expected,
             """
             def test_joined_table():
                 check_csv_table(EXPECTED["path"], EXPECTED["header"], EXPECTED["rows"], set(EXPECTED["numeric"]), ordered=True)
+
+
+            def test_totals_rounded():
+                check_rounded_cells(EXPECTED["path"], EXPECTED["rounded"])
             """,
-            helpers=("csv",),
+            helpers=("csv", "rounded"),
         )
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[out], files=files)
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=[out],
+            files=files,
+            near_misses=near_misses,
+        )
+
+
+def _join_python(
+    t: JoinTheme,
+    d: str,
+    out: str,
+    header: list[str],
+    keep_status: str,
+    attr_filter: str | None,
+    *,
+    hard: bool,
+    filter_status: bool = True,
+    keep_idle: bool = True,
+    normalise_keys: bool = True,
+) -> str:
+    """The medium/hard csv_join program; the keyword flags each bend one rule (near-miss solutions)."""
+    value = f"float(ev[{t.qty!r}]) * prices[ev[{t.item_key!r}]]" if hard else f"float(ev[{t.amount!r}])"
+    lines = [
+        "import csv",
+        "",
+        "",
+        "def rows(name):",
+        f'    with open(f"{d}/{{name}}.csv", newline="") as handle:',
+        "        return list(csv.DictReader(handle))",
+        "",
+        "",
+    ]
+    if hard:
+        lines.append(f"prices = {{r[{t.item_key!r}]: float(r[{t.price!r}]) for r in rows({t.items!r})}}")
+    lines += ["totals = {}", f"for ev in rows({t.events!r}):"]
+    if filter_status:
+        lines += [f'    if ev["status"] != {keep_status!r}:', "        continue"]
+    key = f"ev[{t.key!r}].strip().upper()" if normalise_keys else f"ev[{t.key!r}]"
+    lines += [f"    totals.setdefault({key}, []).append({value})", "out = []", f"for e in rows({t.entities!r}):"]
+    if attr_filter is not None:
+        lines += [f"    if e[{t.attr!r}] != {attr_filter!r}:", "        continue"]
+    lines.append(f"    vals = totals.get(e[{t.key!r}], [])")
+    if not keep_idle:
+        lines += ["    if not vals:", "        continue"]
+    lines += [
+        f"    out.append([e[{t.key!r}], e[{t.label!r}], len(vals), round(sum(vals), 2)])",
+        "out.sort(key=lambda r: (-r[3], r[0]))",
+        f'with open({out!r}, "w", newline="") as handle:',
+        "    w = csv.writer(handle)",
+        f"    w.writerow({header!r})",
+        '    w.writerows([r[0], r[1], r[2], "%.2f" % r[3]] for r in out)',
+    ]
+    return python_block("\n".join(lines))
 
 
 # ------------------------------------------------------------------------------------------
@@ -679,22 +852,31 @@ class DedupeRecords(Family):
                 f"`{out}` with the same header and columns",
                 "every row exactly once: drop rows that repeat an earlier row exactly",
             ]
+            first_seen = f"mkdir -p {out_dir}\nawk '!seen[$0]++' {src} > {out}\n"
             if sort_by_key:
                 expected_rows.sort(key=lambda r: r[0])
                 lines.append(f"rows sorted by `{t.key}`")
-                solution = (
-                    f"mkdir -p {out_dir}\n{{ head -n 1 {src}; tail -n +2 {src} | sort -u -t, "
-                    f"-k1,1 | sort -t, -k1,1; }} > {out}\n"
-                )
+                solution = f"mkdir -p {out_dir}\n{{ head -n 1 {src}; tail -n +2 {src} | sort -t, -k1,1 -u; }} > {out}\n"
+                near_misses = {
+                    "keeps_duplicates": (
+                        f"mkdir -p {out_dir}\n{{ head -n 1 {src}; tail -n +2 {src} | sort -t, -k1,1; }} > {out}\n"
+                    ),
+                    "unsorted": first_seen,
+                }
             else:
                 lines.append("keep the remaining rows in their original order")
-                solution = f"mkdir -p {out_dir}\nawk '!seen[$0]++' {src} > {out}\n"
+                solution = first_seen
+                near_misses = {
+                    "keeps_duplicates": f"mkdir -p {out_dir}\ncp {src} {out}\n",
+                    "sorts_rows": f"mkdir -p {out_dir}\n{{ head -n 1 {src}; tail -n +2 {src} | sort -u; }} > {out}\n",
+                }
             instruction = f"`{src}` has a header line and contains duplicated rows.\n\nWrite:\n{bullets(lines)}\n"
         else:
             versions: dict[str, list[list[str]]] = {}
             for _ in range(n_keys):
                 key = _dedupe_key(rng, t.key, used_keys)
-                versions[key] = [record(key) for _ in range(rng.choice([1, 1, 2, 3]))]
+                # the first key has two versions, so which one is kept matters
+                versions[key] = [record(key) for _ in range(2 if not versions else rng.choice([1, 1, 2, 3]))]
             keep_latest = rng.random() < 0.6
             by_stamp = rng.random() < 0.35
             pick_row = max if keep_latest else min
@@ -706,8 +888,8 @@ class DedupeRecords(Family):
                 files[src] = csv_text(header, all_rows)
                 where = f"`{src}` has a header line; some `{t.key}` values occur in several rows."
             else:
-                for r in all_rows:
-                    if rng.random() < 0.45:
+                for i, r in enumerate(all_rows):
+                    if i == 0 or rng.random() < 0.45:  # at least one key needs normalising
                         r[0] = _case_variant(rng, r[0])
                 n_parts = rng.randint(2, 3)
                 src = f"{root}/{stem}"
@@ -740,33 +922,20 @@ class DedupeRecords(Family):
                     r[0] = r[0].strip().lower()
             expected_rows.sort(key=(lambda r: r[-1]) if by_stamp else (lambda r: r[0]), reverse=by_stamp)
             instruction = f"{where}\n\nWrite:\n{bullets(lines)}\n"
-            solution = f"mkdir -p {out_dir}\n" + python_block(f"""
-                import csv, glob, json, os
-                src = {src!r}
-                paths = sorted(glob.glob(os.path.join(src, "*.csv"))) if os.path.isdir(src) else [src]
-                best, n = {{}}, 0
-                for path in paths:
-                    with open(path, newline="") as handle:
-                        reader = csv.reader(handle)
-                        header = next(reader)
-                        for row in reader:
-                            if not row:
-                                continue
-                            n += 1
-                            key = row[0].strip().lower() if {difficulty == "hard"} else row[0]
-                            row[0] = key
-                            if key not in best or (row[-1] > best[key][-1]) == {keep_latest}:
-                                best[key] = row
-                rows = sorted(best.values(), key=(lambda r: r[-1]) if {by_stamp} else (lambda r: r[0]), reverse={by_stamp})
-                with open({out!r}, "w", newline="") as handle:
-                    w = csv.writer(handle)
-                    w.writerow(header)
-                    w.writerows(rows)
-                summary = {summary_path!r}
-                if summary:
-                    with open(summary, "w") as handle:
-                        json.dump({{"input_rows": n, "unique": len(best), "removed": n - len(best)}}, handle)
-                """)
+            paths_code = repr([src]) if difficulty == "medium" else f"sorted(glob.glob({src + '/*.csv'!r}))"
+            settings = {"keep_latest": keep_latest, "by_stamp": by_stamp, "normalise": difficulty == "hard"}
+
+            def program(**bend: bool) -> str:
+                return f"mkdir -p {out_dir}\n" + _dedupe_python(paths_code, out, summary_path, **{**settings, **bend})
+
+            solution = program()
+            near_misses = {
+                "keeps_other_version": program(keep_latest=not keep_latest),
+                "wrong_order": program(by_stamp=not by_stamp),
+            }
+            if difficulty == "hard":
+                near_misses["keys_not_normalised"] = program(normalise=False)
+                near_misses["counts_header_lines"] = program(count_headers=True)
         expected = {"path": out, "header": header, "rows": expected_rows, "summary_path": summary_path}
         body = """
             def test_deduplicated_rows():
@@ -791,7 +960,60 @@ class DedupeRecords(Family):
                     assert int(data[key]) == value, f"{key} is {data[key]}, expected {value}"
             """
         tests = test_module(self.name, expected, body, helpers=("csv", "json"))
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=outputs, files=files)
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=outputs,
+            files=files,
+            near_misses=near_misses,
+        )
+
+
+def _dedupe_python(
+    paths_code: str,
+    out: str,
+    summary_path: str | None,
+    *,
+    keep_latest: bool,
+    by_stamp: bool,
+    normalise: bool,
+    count_headers: bool = False,
+) -> str:
+    """The medium/hard dedupe_records program; count_headers is a near-miss (header lines counted as input)."""
+    imports = "import csv" + (", glob" if "glob" in paths_code else "") + (", json" if summary_path else "")
+    lines = [
+        imports,
+        f"paths = {paths_code}",
+        "best, n = {}, 0",
+        "for path in paths:",
+        '    with open(path, newline="") as handle:',
+        "        reader = csv.reader(handle)",
+        "        header = next(reader)",
+    ]
+    if count_headers:
+        lines.append("        n += 1")
+    lines += ["        for row in reader:", "            if not row:", "                continue", "            n += 1"]
+    if normalise:
+        lines.append("            row[0] = row[0].strip().lower()")
+    lines += [
+        "            key = row[0]",
+        f"            if key not in best or row[-1] {'>' if keep_latest else '<'} best[key][-1]:",
+        "                best[key] = row",
+        "rows = sorted(best.values(), key=lambda r: r[-1], reverse=True)"
+        if by_stamp
+        else "rows = sorted(best.values(), key=lambda r: r[0])",
+        f'with open({out!r}, "w", newline="") as handle:',
+        "    w = csv.writer(handle)",
+        "    w.writerow(header)",
+        "    w.writerows(rows)",
+    ]
+    if summary_path:
+        lines += [
+            f'with open({summary_path!r}, "w") as handle:',
+            '    json.dump({"input_rows": n, "unique": len(best), "removed": n - len(best)}, handle)',
+        ]
+    return python_block("\n".join(lines))
 
 
 # ------------------------------------------------------------------------------------------
@@ -826,7 +1048,10 @@ class CsvCleanup(Family):
 
         raw_rows, expected, seen = [], [], set()
         serial = rng.randint(100, 900)
-        for _ in range(rng.randint(14, 24)):
+        n_rows = rng.randint(14, 24)
+        # rows that make each rule matter: one is incomplete, one has an unusual date format, one repeats
+        drop_at, odd_date_at, repeat_at = rng.sample(range(n_rows), 3)
+        for i in range(n_rows):
             serial += rng.randint(1, 5)
             person = rng.choice(pools.PEOPLE)
             y, m, d = 2024, rng.randint(1, 12), rng.randint(1, 28)
@@ -839,7 +1064,7 @@ class CsvCleanup(Family):
                 f"{amount:.2f}",
                 rng.choice(extra_pool),
             ]
-            fmt = rng.choice(formats)
+            fmt = rng.choice(formats[1:]) if i == odd_date_at and difficulty != "easy" else rng.choice(formats)
             date_raw = {"iso": clean[3], "dmy": f"{d:02d}/{m:02d}/{y}", "mon": f"{MONTH_NAMES[m - 1]} {d:02d} {y}"}[fmt]
             if difficulty == "hard":
                 amount_raw = rng.choice([f"{amount:.2f}", f"${amount:,.2f}", f"{amount:g}", f"USD {amount:.2f}"])
@@ -848,7 +1073,7 @@ class CsvCleanup(Family):
             email_raw = "".join(ch.upper() if lower_email and rng.random() < 0.3 else ch for ch in clean[2])
             raw = [clean[0], clean[1], email_raw, date_raw, amount_raw, clean[5]]
             raw = [rng.choice([c, f" {c}", f"{c}  ", f"  {c} "]) for c in raw]
-            drop = rng.random() < 0.15
+            drop = i == drop_at or rng.random() < 0.15
             if drop:
                 raw[header.index(required)] = rng.choice(["", "  "])
             raw_rows.append(raw)
@@ -857,7 +1082,7 @@ class CsvCleanup(Family):
                     continue
                 seen.add(tuple(clean))
                 expected.append(clean)
-            if difficulty == "hard" and not drop and rng.random() < 0.15:  # an exact duplicate after cleaning
+            if difficulty == "hard" and not drop and (i == repeat_at or rng.random() < 0.15):  # a duplicate once clean
                 raw_rows.append([c.strip() for c in raw])
         text = csv_text(header, raw_rows)
         lines = text.splitlines()
@@ -889,50 +1114,106 @@ class CsvCleanup(Family):
             f"to `{out}`:\n{bullets(rules)}\n"
         )
 
-        solution = f"mkdir -p {out.rsplit('/', 1)[0]}\n" + python_block(f"""
-            import csv, re
-            from datetime import datetime
-            def clean_date(s):
-                for fmt in ("%Y-%m-%d", "%d/%m/%Y", "%b %d %Y"):
-                    try:
-                        return datetime.strptime(s, fmt).strftime("%Y-%m-%d")
-                    except ValueError:
-                        pass
-                return s
-            def clean_amount(s):
-                return "%.2f" % float(re.sub(r"[^0-9.]", "", s))
-            seen, out = set(), []
-            with open({src!r}, newline="") as handle:
-                reader = csv.reader(handle)
-                header = [h.strip() for h in next(reader)]
-                for row in reader:
-                    row = [c.strip() for c in row]
-                    if not any(row) or not row[header.index({required!r})]:
-                        continue
-                    row[3] = clean_date(row[3])
-                    if {lower_email}:
-                        row[2] = row[2].lower()
-                    if {difficulty == "hard"}:
-                        row[4] = clean_amount(row[4])
-                        if tuple(row) in seen:
-                            continue
-                        seen.add(tuple(row))
-                    out.append(row)
-            if {sort_by_date}:
-                out.sort(key=lambda r: (r[3], int(r[0])))
-            with open({out!r}, "w", newline="") as handle:
-                w = csv.writer(handle)
-                w.writerow(header)
-                w.writerows(out)
-            """)
-        exp = {"path": out, "header": header, "rows": expected, "numeric": [amount_col]}
+        settings = {"formats": formats, "lower_email": lower_email, "sort_by_date": sort_by_date}
+
+        def program(**bend: bool) -> str:
+            return f"mkdir -p {out.rsplit('/', 1)[0]}\n" + _cleanup_python(
+                src, out, header.index(required), hard=difficulty == "hard", **{**settings, **bend}
+            )
+
+        solution = program()
+        near_misses = {"keeps_incomplete_rows": program(drop_incomplete=False), "untrimmed_cells": program(trim=False)}
+        if difficulty == "medium":
+            near_misses["dates_not_normalised"] = program(formats=["iso"])
+        if difficulty == "hard":
+            near_misses["keeps_duplicates"] = program(drop_repeats=False)
+        # hard states the amount's format (2 decimals), so it is compared as text there
+        exp = {"path": out, "header": header, "rows": expected, "numeric": [] if difficulty == "hard" else [amount_col]}
         tests = test_module(
             self.name,
             exp,
             """
             def test_cleaned_table():
                 check_csv_table(EXPECTED["path"], EXPECTED["header"], EXPECTED["rows"], set(EXPECTED["numeric"]), ordered=True)
+
+
+            def test_cells_trimmed():
+                for row in csv.reader(io.StringIO(read_text(EXPECTED["path"]))):
+                    for cell in row:
+                        assert cell == cell.strip(), f"{EXPECTED['path']}: the cell {cell!r} has spaces around it"
             """,
             helpers=("csv",),
         )
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[out], files=files)
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=[out],
+            files=files,
+            near_misses=near_misses,
+        )
+
+
+def _cleanup_python(
+    src: str,
+    out: str,
+    required_index: int,
+    *,
+    hard: bool,
+    formats: list[str],
+    lower_email: bool,
+    sort_by_date: bool,
+    drop_incomplete: bool = True,
+    trim: bool = True,
+    drop_repeats: bool = True,
+) -> str:
+    """The csv_cleanup program; the keyword flags after sort_by_date each bend one rule (near-miss solutions)."""
+    strptime = {"iso": "%Y-%m-%d", "dmy": "%d/%m/%Y", "mon": "%b %d %Y"}
+    lines = ["import csv" + (", re" if hard else "")]
+    if len(formats) > 1:
+        lines += [
+            "from datetime import datetime",
+            "",
+            "",
+            "def clean_date(s):",
+            f"    for fmt in {tuple(strptime[f] for f in formats)!r}:",
+            "        try:",
+            '            return datetime.strptime(s, fmt).strftime("%Y-%m-%d")',
+            "        except ValueError:",
+            "            pass",
+            "    return s",
+        ]
+    if hard:
+        lines += ["", "", "def clean_amount(s):", '    return "%.2f" % float(re.sub(r"[^0-9.]", "", s))']
+    lines += ["", "", "rows = []"]
+    if hard and drop_repeats:
+        lines.append("seen = set()")
+    lines += [
+        f'with open({src!r}, newline="") as handle:',
+        "    reader = csv.reader(handle)",
+        "    header = [h.strip() for h in next(reader)]",
+        "    for row in reader:",
+    ]
+    if trim:
+        lines.append("        row = [c.strip() for c in row]")
+    blank = "not any(row)" if trim else "not any(c.strip() for c in row)"
+    empty = f"not row[{required_index}]" if trim else f"not row[{required_index}].strip()"
+    lines += [f"        if {blank} or {empty}:" if drop_incomplete else f"        if {blank}:", "            continue"]
+    if len(formats) > 1:
+        lines.append("        row[3] = clean_date(row[3])")
+    if lower_email:
+        lines.append("        row[2] = row[2].lower()")
+    if hard:
+        lines.append("        row[4] = clean_amount(row[4])")
+    if hard and drop_repeats:
+        lines += ["        if tuple(row) in seen:", "            continue", "        seen.add(tuple(row))"]
+    lines.append("        rows.append(row)")
+    if sort_by_date:
+        lines.append("rows.sort(key=lambda r: (r[3], int(r[0])))")
+    lines += [
+        f'with open({out!r}, "w", newline="") as handle:',
+        "    w = csv.writer(handle)",
+        "    w.writerow(header)",
+        "    w.writerows(rows)",
+    ]
+    return python_block("\n".join(lines))
