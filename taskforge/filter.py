@@ -196,7 +196,7 @@ def filter_report(
                 n_errors=sum(r.reward is None for r in attempts),
                 pass_rate=pass_rate,
                 difficulty=bucket_of(pass_rate),
-                requested_difficulty=task.metadata.get("difficulty"),
+                requested_difficulty=_requested_difficulty(task),
                 kept=n_passed >= config.min_success,
                 n_input_tokens=n_in,
                 n_output_tokens=n_out,
@@ -213,6 +213,12 @@ def filter_report(
         thresholds=DIFFICULTY_THRESHOLDS,
         tasks=results,
     )
+
+
+def _requested_difficulty(task: Task) -> str | None:
+    """The generator's difficulty from task.toml's [metadata] (other task sets may not have one)."""
+    requested = task.metadata.get("difficulty")
+    return None if requested is None else str(requested)
 
 
 def _cost(n_input: int, n_output: int, config: FilterConfig) -> float | None:

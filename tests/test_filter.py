@@ -171,6 +171,8 @@ def test_stop_on_success_skips_the_remaining_attempts(task_set, tmp_path, base_i
         )
     # At most the attempts already started when the first success landed; never all six.
     assert all(t.kept and t.n_passed == t.n_attempts and 1 <= t.n_attempts <= 3 for t in report.tasks), report.tasks
+    # Those pass rates stop at the first pass: they are not written back as a measured difficulty.
+    assert report.n_measured_written == 0 and all(load_task(t.path).metadata.get("measured") is None for t in tasks)
 
 
 def test_unreachable_model_records_nothing_and_a_rerun_retries(task_set, tmp_path, base_image):

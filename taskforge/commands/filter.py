@@ -156,6 +156,10 @@ def filter_command(
     if report.n_not_recorded:  # no verdict was written (filter.write_outputs): say why, not a table of 0/0
         raise fail(str(AttemptsNotRunError(report.not_recorded_errors, report.n_not_recorded)), 1)
     print_report(report)
+    if stop_on_success and write_measured:
+        console.print(
+            "measured difficulty not written to task.toml (--stop-on-success: pass rates stop at the first pass)"
+        )
 
 
 def _default_out_dir(paths: list[Path], run_dir: Path) -> Path:
