@@ -364,6 +364,7 @@ def test_llm_forge_repairs_failed_gates_and_logs_rejections(tmp_path, base_image
 
     summary = llm_forge_summary(records)
     assert summary.n_kept == 2 and summary.n_input_tokens > 0 and summary.n_output_tokens > 0
+    assert summary.n_kept_after_repair == 1 and summary.repairs["duplicate"] == 2
     assert (out / "rejected.jsonl").read_text().count("\n") == len(order) - 2
     assert len(requests) > summary.n_requests  # the 429, 500 and malformed body were retried over HTTP
 
@@ -470,7 +471,7 @@ def _spec_like_seed(instruction: str) -> TaskSpec:
     )
 
 
-def test_generate_llm_cli_summarises_and_resumes(tmp_path, base_image):
+def test_generate_llm_cli_summarises_and_checks_its_model(tmp_path):
     import os
     import subprocess
     import sys
@@ -496,7 +497,8 @@ def test_generate_llm_cli_summarises_and_resumes(tmp_path, base_image):
         "1",
     ]
     env = {**os.environ, "COLUMNS": "200", "OPENAI_API_KEY": "unused"}
-    script = forge_script(["good", "hardcoded"])
+    # Plays rejected before Docker: the command's wiring is under test here, the gates above.
+    script = forge_script(["hardcoded", "strict"])
     with ScriptedOpenAIServer(script, models=["forge-model"]) as server:
         completed = subprocess.run(
             [*command, "--model", "forge-model", "--base-url", server.base_url],
@@ -507,10 +509,14 @@ def test_generate_llm_cli_summarises_and_resumes(tmp_path, base_image):
             timeout=600,
         )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
-    assert "1 kept, 1 rejected of 2 tasks" in completed.stdout
-    assert "rejected: solution_hardcodes_expected 1" in completed.stdout and "tokens:" in completed.stdout
+    assert "0 kept, 2 rejected of 2 tasks" in completed.stdout and "tokens:" in completed.stdout
+    assert "rejected: solution_hardcodes_expected 1, test_stricter_than_instruction 1" in completed.stdout
+    assert (
+        "sent back to their stage: solution_hardcodes_expected 1, test_stricter_than_instruction 1; "
+        "0 kept tasks passed after a repair" in completed.stdout
+    )
     assert "(after 1 repair rounds: solution_hardcodes_expected)" in (out / "rejected.jsonl").read_text()
-    assert len([p for p in out.iterdir() if (p / "task.toml").is_file()]) == 1
+    assert not [p for p in out.iterdir() if (p / "task.toml").is_file()]
     with ScriptedOpenAIServer(script, models=["forge-model"]) as server:
         wrong_model = subprocess.run(
             [*command, "--model", "other-model", "--base-url", server.base_url, "--n", "3"],

@@ -29,6 +29,7 @@ import re
 import shutil
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -965,20 +966,22 @@ class LLMForgeSummary(BaseModel):
     n_kept: int
     n_rejected: int
     reasons: dict[str, int] = Field(default_factory=dict)
+    repairs: dict[str, int] = Field(default_factory=dict)  # gate failure -> rounds sent back, over all tasks
+    n_kept_after_repair: int = 0
     n_input_tokens: int
     n_output_tokens: int
     n_requests: int
 
 
 def llm_forge_summary(records: list[LLMTaskRecord]) -> LLMForgeSummary:
-    reasons: dict[str, int] = {}
-    for r in records:
-        if r.reason:
-            reasons[r.reason] = reasons.get(r.reason, 0) + 1
+    reasons = Counter(r.reason for r in records if r.reason)
+    repairs = Counter(repair for r in records for repair in r.repairs)
     return LLMForgeSummary(
         n_kept=sum(r.status == "kept" for r in records),
         n_rejected=sum(r.status == "rejected" for r in records),
-        reasons=reasons,
+        reasons=dict(reasons),
+        repairs=dict(repairs),
+        n_kept_after_repair=sum(r.status == "kept" and bool(r.repairs) for r in records),
         n_input_tokens=sum(r.n_input_tokens for r in records),
         n_output_tokens=sum(r.n_output_tokens for r in records),
         n_requests=sum(r.n_requests for r in records),
@@ -996,6 +999,12 @@ def print_summary(records: list[LLMTaskRecord], out_dir: Path, console) -> None:
             "rejected: "
             + ", ".join(f"{reason} {count}" for reason, count in sorted(summary.reasons.items()))
             + f" (details: {out_dir / 'rejected.jsonl'})"
+        )
+    if summary.repairs:
+        console.print(
+            "sent back to their stage: "
+            + ", ".join(f"{reason} {count}" for reason, count in sorted(summary.repairs.items()))
+            + f"; {summary.n_kept_after_repair} kept tasks passed after a repair"
         )
     console.print(
         f"tokens: {summary.n_input_tokens:,} in, {summary.n_output_tokens:,} out over {summary.n_requests} requests"
