@@ -5,6 +5,7 @@ from __future__ import annotations
 from taskforge.forge.base import Family
 from taskforge.forge.families.archives import ArchiveBackup, ArchiveRestore
 from taskforge.forge.families.build import ComposeConfigEdit, MakefileBuild, PackagingMetadata
+from taskforge.forge.families.composite import RestoreAndReport, RestoreAndShip, TidyAndVerify
 from taskforge.forge.families.config import CronSchedule, EnvMerge, LogrotateConfig, SystemdUnit
 from taskforge.forge.families.files import DiskUsageReport, PermissionAudit, PermissionsFix, StaleFileCleanup
 from taskforge.forge.families.git_tasks import ChangelogFromGit, GitBranchReport, GitMergeConflict, GitReleaseTag
@@ -48,6 +49,10 @@ FAMILY_CLASSES: list[type[Family]] = [
     SqliteReport,
     PackagingMetadata,
     ComposeConfigEdit,
+    # composite (multi-stage, across domains; drawn schedule_weight times per round)
+    RestoreAndReport,
+    TidyAndVerify,
+    RestoreAndShip,
 ]
 
 FAMILIES: dict[str, Family] = {cls.name: cls() for cls in FAMILY_CLASSES}
