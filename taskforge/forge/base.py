@@ -37,6 +37,9 @@ class Draft:
     setup: shell lines run once at build time, as root, after the files are in place (create
         users, set modes, build git history, make archives). Deleted from the image afterwards.
     outputs: every path the tests check; the instruction must name each of them.
+    entrypoint: absolute path of an executable in `files` that becomes the image's ENTRYPOINT: it
+        starts the environment's services, then `exec "$@"` (the keep-alive command that our
+        sandbox and Harbor's compose file pass; both override CMD, neither the ENTRYPOINT).
     near_misses: name -> bash body of a solution that is right but for one stated requirement it
         skips or bends (the name says which, e.g. "keeps_empty_dirs"). Rendered as
         solution/near_miss/<name>.sh; `taskforge validate` fails the task if one scores above 0.
@@ -50,6 +53,7 @@ class Draft:
     setup: list[str] = field(default_factory=list)
     workdir: str = "/home/user"
     extra: dict[str, str | int | float | bool] = field(default_factory=dict)
+    entrypoint: str = ""
     near_misses: dict[str, str] = field(default_factory=dict)
 
 
@@ -90,6 +94,8 @@ def image_layout(draft: Draft) -> tuple[dict[str, str], list[str]]:
         )
         steps.append(f"COPY {SETUP_SCRIPT} {SETUP_IN_IMAGE}")
         steps.append(f"RUN bash {SETUP_IN_IMAGE} && rm -f {SETUP_IN_IMAGE}")
+    if draft.entrypoint:
+        steps.append(f'ENTRYPOINT ["{draft.entrypoint}"]')
     return context, steps
 
 

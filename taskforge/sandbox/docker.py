@@ -129,10 +129,12 @@ fi
 )
 
 # Kills every process except PID 1 (docker-init), its `sleep infinity` child (the lowest-numbered
-# child of PID 1: it started first), docker exec sessions (parent outside the namespace) and this
-# shell, in a
-# few passes so processes forked meanwhile die too. Run before the verifier so nothing the agent
-# left behind can rewrite the reward file.
+# child of PID 1: it started first) and that child's descendants, docker exec sessions (parent
+# outside the namespace) and this shell, in a few passes so processes forked meanwhile die too.
+# Run before the verifier so nothing the agent left behind can rewrite the reward file. The
+# keep-alive's descendants are the environment's own services: an image ENTRYPOINT starts them
+# before it execs the keep-alive (see forge/families/services.py); the agent's processes descend
+# from exec sessions or, orphaned, from PID 1, never from the keep-alive.
 _KILL_LEFTOVERS = r"""
 keep=""  # the keep-alive `sleep infinity`: the first child PID 1 started
 for d in /proc/[0-9]*; do
@@ -140,6 +142,15 @@ for d in /proc/[0-9]*; do
   rest=${stat##*) }; rest=${rest#* }; ppid=${rest%% *}
   if [ "$ppid" = 1 ] && { [ -z "$keep" ] || [ "$p" -lt "$keep" ]; }; then keep=$p; fi
 done
+_tf_under_keep() {  # is process $1 the keep-alive or one of its descendants?
+  local q=$1 stat rest
+  while [ -n "$keep" ] && [ "$q" -gt 1 ] 2>/dev/null; do
+    [ "$q" = "$keep" ] && return 0
+    read -r stat <"/proc/$q/stat" 2>/dev/null || return 1
+    rest=${stat##*) }; rest=${rest#* }; q=${rest%% *}
+  done
+  return 1
+}
 for pass in 1 2 3 4 5; do
   killed=0
   for d in /proc/[0-9]*; do
@@ -147,7 +158,7 @@ for pass in 1 2 3 4 5; do
     if [ "$p" = 1 ] || [ "$p" = $$ ]; then continue; fi
     read -r stat <"$d/stat" 2>/dev/null || continue
     rest=${stat##*) }; rest=${rest#* }; ppid=${rest%% *}
-    if [ "$p" = "$keep" ] || [ "$ppid" = 0 ]; then continue; fi
+    if [ "$ppid" = 0 ] || _tf_under_keep "$p"; then continue; fi
     kill -9 "$p" 2>/dev/null && killed=1
   done
   [ "$killed" = 0 ] && break

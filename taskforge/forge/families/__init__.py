@@ -12,6 +12,7 @@ from taskforge.forge.families.git_tasks import ChangelogFromGit, GitBranchReport
 from taskforge.forge.families.json_data import FormatConvert, JsonRollup
 from taskforge.forge.families.logs import AccessLogReport, LogLevelWindow, RegexExtract
 from taskforge.forge.families.pyfix import PythonBugfix
+from taskforge.forge.families.services import GitPushDeploy, SpoolWorker, TickScheduler, WebServiceRepair
 from taskforge.forge.families.sqlite_report import SqliteReport
 from taskforge.forge.families.tabular import CsvCleanup, CsvGroupBy, CsvJoin, DedupeRecords
 from taskforge.forge.families.users import UserAccounts
@@ -39,6 +40,9 @@ FAMILY_CLASSES: list[type[Family]] = [
     EnvMerge,
     LogrotateConfig,
     UserAccounts,
+    WebServiceRepair,
+    SpoolWorker,
+    TickScheduler,
     # development_tooling
     GitBranchReport,
     GitMergeConflict,
@@ -49,6 +53,7 @@ FAMILY_CLASSES: list[type[Family]] = [
     SqliteReport,
     PackagingMetadata,
     ComposeConfigEdit,
+    GitPushDeploy,
     # composite (multi-stage, across domains; drawn schedule_weight times per round)
     RestoreAndReport,
     TidyAndVerify,
