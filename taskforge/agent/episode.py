@@ -72,7 +72,10 @@ class ToolCall(BaseModel):
 class EpisodeConfig(BaseModel):
     """How an episode runs. Defaults follow the ECHO paper's setup where it states one."""
 
-    max_turns: int = Field(16, ge=1, description="policy replies per episode")
+    max_turns: int = Field(16, ge=1, description="policy replies per episode, unless the task sets its own")
+    task_max_turns: bool = Field(
+        True, description="a task's [metadata] max_turns, when set, replaces max_turns (hard tasks may need more)"
+    )
     command_timeout_sec: float = Field(120.0, gt=0, description="per command, when the action names none")
     max_command_timeout_sec: float = Field(600.0, gt=0, description="cap on a timeout the action asks for")
     max_output_chars: int = Field(

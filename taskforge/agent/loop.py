@@ -156,10 +156,11 @@ def run_episode(
 ) -> Episode:
     """Runs `policy` on `task` in a started `sandbox`; returns the finished Episode (reward unset).
 
-    `timeout_sec` is the agent's time budget (default: the task's [agent] timeout_sec). Raises
+    `timeout_sec` is the agent's time budget (default: the task's [agent] timeout_sec); the turn cap is
+    the task's [metadata] max_turns when it sets one, else config.max_turns (`config_for_task`). Raises
     PolicyConfigError (bad key, unknown model): every episode would fail the same way.
     """
-    config = config or EpisodeConfig()
+    config = config_for_task(config or EpisodeConfig(), task)
     budget = timeout_sec or task.agent_timeout_sec
     started = time.monotonic()
     deadline = started + budget
@@ -182,6 +183,16 @@ def run_episode(
         episode.finished_at = _now()
         episode.seconds = time.monotonic() - started
     return episode
+
+
+def config_for_task(config: EpisodeConfig, task: Task) -> EpisodeConfig:
+    """The episode's settings on `task`: the task's own turn cap ([metadata] max_turns), when it sets one
+    and config.task_max_turns allows it, replaces config.max_turns; the episode (and its system prompt)
+    records the cap that applied."""
+    wanted = task.max_turns if config.task_max_turns else None
+    if wanted is None or wanted == config.max_turns:
+        return config
+    return config.model_copy(update={"max_turns": wanted})
 
 
 def _play(

@@ -239,6 +239,8 @@ def generate(
         f"({summary['tasks_per_sec']:.0f} tasks/s; {summary['redrawn']} redrawn as duplicates)"
     )
     console.print("by difficulty: " + ", ".join(f"{d} {c}" for d, c in summary["by_difficulty"].items()))
+    if summary["symptom_share_medium_hard"] is not None:
+        console.print(f"symptom-style share of medium+hard: {summary['symptom_share_medium_hard']:.1%}")
     programs = summary["skeletons"]
     console.print(
         f"programs: {programs['instruction']} distinct instruction skeletons, {programs['solution']} solution "

@@ -159,6 +159,7 @@ class Written:
     signature: bytes
     instruction_skeleton: str
     solution_skeleton: str
+    style: str = "spec"  # [metadata] style: "symptom" when the instruction states a symptom, not a spec
 
 
 def build_and_write(job: Job) -> Written:
@@ -190,6 +191,7 @@ def build(job: Job) -> tuple[Written, TaskSpec]:
         signature=dedup.signature(normalised),
         instruction_skeleton=skeleton.skeleton_key(skeleton.instruction_skeleton(spec.instruction)),
         solution_skeleton=skeleton.skeleton_key(skeleton.solution_skeleton(spec.solution)),
+        style=str(spec.metadata.extra.get("style", "spec")),
     )
     return task, spec
 
@@ -348,6 +350,15 @@ def _settle(task: Written, seen: Uniqueness, tally: Tally, job) -> Written:
     return task
 
 
+def symptom_share(styles: Counter) -> float | None:
+    """The share of medium and hard tasks whose instruction states a symptom or goal ([metadata] style =
+    "symptom") instead of a full spec; None when the set has no medium or hard task."""
+    medium_hard = {key: c for key, c in styles.items() if key[0] in ("medium", "hard")}
+    total = sum(medium_hard.values())
+    symptom = sum(c for (_, style), c in medium_hard.items() if style == "symptom")
+    return round(symptom / total, 4) if total else None
+
+
 def _check_arguments(n: int, families: list[str], difficulties: list[str]) -> None:
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
@@ -432,6 +443,7 @@ def generate(
     seen = Uniqueness(skeleton_cap)
     tally = Tally()
     counts: Counter = Counter()
+    styles: Counter = Counter()  # (difficulty, style) -> tasks
     bar = _progress(progress)
     pool = _pool(jobs)
     try:
@@ -446,6 +458,7 @@ def generate(
                 seen.add(task)
                 sets[split_of[task.index]].add(task)
                 counts[(task.family, task.difficulty)] += 1
+                styles[(task.difficulty, task.style)] += 1
                 tally.programs.setdefault(task.family, (set(), set()))
                 tally.programs[task.family][0].add(task.instruction_skeleton)
                 tally.programs[task.family][1].add(task.solution_skeleton)
@@ -484,6 +497,7 @@ def generate(
         },
         "by_family": dict(sorted(by_family.items())),
         "by_difficulty": {d: by_difficulty[d] for d in difficulties},
+        "symptom_share_medium_hard": symptom_share(styles),
         "sets": {
             k: {"tasks": v["tasks"], "dataset": v["dataset"], "path": os.path.relpath(v["path"], out_dir)}
             for k, v in written.items()
