@@ -361,6 +361,12 @@ def test_llm_forge_repairs_failed_gates_and_logs_rejections(tmp_path, base_image
         assert task.metadata["repairs"] == ",".join(outcome[name].repairs)
         assert (task.path / "environment" / "Dockerfile").read_text().startswith(f"FROM {base_image}\n")
     assert "$1 * $1" in (load_task(outcome["oracle_repair"].path).path / "solution" / "solve.sh").read_text()
+    # Only solve.sh changed in the repair round: nop's verdict on the same environment and tests stands.
+    rounds = out / ".forge" / "trials" / f"{outcome['oracle_repair'].index:06d}"
+    assert [sorted(p.name.rsplit("__", 1)[1] for p in (rounds / r).iterdir()) for r in ("round-0", "round-1")] == [
+        ["nop", "oracle"],
+        ["oracle"],
+    ]
 
     summary = llm_forge_summary(records)
     assert summary.n_kept == 2 and summary.n_input_tokens > 0 and summary.n_output_tokens > 0
