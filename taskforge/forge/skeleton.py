@@ -69,16 +69,21 @@ _PROSE_WORDS = {
 }
 
 
+_WORD = re.compile(r"(?<![\w<-])[A-Za-z][\w-]*(?![\w>])")
+
+
 @cache
-def _pool_words() -> re.Pattern[str]:
-    """Every word of the closed pools (names, apps, groups, ...), as one case-insensitive pattern."""
+def _pool_words() -> frozenset[str]:
+    """Every word of the closed pools (names, apps, groups, ...), lowercased."""
     words: set[str] = set()
     for value in vars(pools).values():
         if isinstance(value, list) and all(isinstance(item, str) and "/" not in item for item in value):
-            words.update(w for item in value for w in re.findall(r"[A-Za-z][\w-]*", item) if len(w) > 2)
-    words -= _PROSE_WORDS
-    alternatives = "|".join(re.escape(w) for w in sorted(words, key=lambda w: (-len(w), w)))
-    return re.compile(rf"(?<![\w<-])(?:{alternatives})(?![\w>-])", re.IGNORECASE)
+            words.update(w.lower() for item in value for w in re.findall(r"[A-Za-z][\w-]*", item) if len(w) > 2)
+    return frozenset(words - _PROSE_WORDS)
+
+
+def _name_or_word(match: re.Match[str]) -> str:
+    return "<NAME>" if match.group().lower() in _pool_words() else match.group()
 
 
 def _abstract_values(text: str) -> str:
@@ -87,14 +92,18 @@ def _abstract_values(text: str) -> str:
     text = _FILE.sub("<FILE>", text)
     text = _HEX.sub("<HEX>", text)
     text = _NUMBER.sub("<N>", text)
-    return _pool_words().sub("<NAME>", text)
+    return _WORD.sub(_name_or_word, text)
 
 
 def _collapse_runs(text: str) -> str:
     """A list of placeholders, of any length, becomes one; so does a repeated phrase holding one."""
+    text = _collapse_lists(text)
+    return _collapse_lists("\n".join(_collapse_repeats(line) for line in text.split("\n")))
+
+
+def _collapse_lists(text: str) -> str:
     while True:
         collapsed = _PLACEHOLDER_RUN.sub(r"\1", text)
-        collapsed = "\n".join(_collapse_repeats(line) for line in collapsed.split("\n"))
         if collapsed == text:
             return text
         text = collapsed
@@ -105,6 +114,8 @@ def _collapse_repeats(line: str, longest: int = 4) -> str:
     holding a placeholder, repeated right after itself, is kept once. Commas and `and` are dropped
     from every line so that lists of one and of many items read alike."""
     tokens = [t for t in re.findall(r"[^\s,]+", line) if t != "and"]
+    if line.count("<") < 2:  # a repeat needs two placeholders
+        return " ".join(tokens)
     i = 0
     while i < len(tokens):
         for size in range(longest, 0, -1):
