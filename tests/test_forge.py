@@ -23,12 +23,13 @@ from taskforge.commands.tasks import generate as generate_command
 from taskforge.forge import dedup
 from taskforge.forge.base import DIFFICULTIES, DOMAINS, GENERATOR_VERSION, PARAM_POOL
 from taskforge.forge.families import FAMILIES
-from taskforge.forge.generate import GenerateError, generate, schedule, task_seed, val_indices
+from taskforge.forge.generate import GenerateError, generate, schedule, schedule_weight, task_seed, val_indices
 from taskforge.tasks import lint_task, load_task, render_files
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "tasks" / "sample"
-SAMPLE_SEED, SAMPLE_N = 1, 2 * len(FAMILIES)  # tasks/README.md says how the sample was made
+# Two rounds of the schedule: 2 tasks per family, 2 x schedule_weight for a composite family.
+SAMPLE_SEED, SAMPLE_N = 1, 2 * sum(schedule_weight(f) for f in FAMILIES)  # tasks/README.md says how it was made
 NETWORK_WORDS = re.compile(r"\b(apt-get|apt|pip3?|curl|wget|npm|git clone|docker pull)\b")
 
 
@@ -179,16 +180,18 @@ def test_schedule_is_fair():
     plan = schedule(6000, families, DIFFICULTIES)
     cells = Counter(plan)
     assert len(cells) == len(families) * len(DIFFICULTIES)
-    assert max(cells.values()) - min(cells.values()) <= 1
-    first_round = [f for f, _ in plan[: len(families)]]
-    assert sorted(first_round) == sorted(families)
+    per_slot = [count / schedule_weight(family) for (family, _), count in cells.items()]
+    assert max(per_slot) - min(per_slot) <= 1
+    slots = sum(schedule_weight(f) for f in families)
+    first_round = Counter(f for f, _ in plan[:slots])
+    assert first_round == {f: schedule_weight(f) for f in families}
 
 
 def test_val_split_is_family_stratified():
     plan = schedule(600, list(FAMILIES), DIFFICULTIES)
-    held = val_indices(plan, 58)
+    held = val_indices(plan, 2 * len(FAMILIES))
     per_family = Counter(plan[i][0] for i in held)
-    assert len(held) == 58 and set(per_family) == set(FAMILIES) and set(per_family.values()) == {2}
+    assert len(held) == 2 * len(FAMILIES) and set(per_family) == set(FAMILIES) and set(per_family.values()) == {2}
     assert len({plan[i][1] for i in held}) == 3
 
 
@@ -219,7 +222,7 @@ def test_val_split_that_would_empty_a_cell_is_refused():
         val_indices(plan, 16)
     # The old demo's split (56 tasks over 29 families x 3 difficulties): no cell has two tasks.
     with pytest.raises(GenerateError, match="at most 0 can be held out"):
-        val_indices(schedule(56, list(FAMILIES), DIFFICULTIES), 8)
+        val_indices(schedule(56, [f for f in FAMILIES if schedule_weight(f) == 1][:29], DIFFICULTIES), 8)
 
 
 def test_generated_split_puts_held_out_cells_in_training(tmp_path):
@@ -352,7 +355,8 @@ def test_distinct_over_2000_tasks(big_set):
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert len(rows) == 2000 and len({r["name"] for r in rows}) == 2000
     counts = Counter((r["family"], r["difficulty"]) for r in rows)
-    assert max(counts.values()) - min(counts.values()) <= 1
+    per_slot = [count / schedule_weight(family) for (family, _), count in counts.items()]
+    assert max(per_slot) - min(per_slot) <= 1
     normalised = [dedup.normalise((out / r["path"] / "instruction.md").read_text()) for r in rows]
     assert len(set(normalised)) == 2000, "two tasks share a normalised instruction"
     environments = []
@@ -416,7 +420,7 @@ def test_sample_set_is_what_the_generator_writes(tmp_path):
 
 def test_sample_covers_every_family_and_lints_clean():
     manifest = [json.loads(line) for line in (SAMPLE / "manifest.jsonl").read_text().splitlines()]
-    assert Counter(r["family"] for r in manifest) == {name: 2 for name in FAMILIES}
+    assert Counter(r["family"] for r in manifest) == {name: 2 * schedule_weight(name) for name in FAMILIES}
     for row in manifest:
         task_dir = SAMPLE / row["path"]
         problems = lint_task(task_dir)
