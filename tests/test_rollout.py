@@ -481,3 +481,48 @@ def test_auto_template_choice_keeps_templates_that_are_already_append_only(token
         assert candidate.chat_template == original.chat_template
     with pytest.raises(ValueError, match="unknown chat template"):
         choose_training_template(copy.deepcopy(tokenizer), "llama-train")
+
+
+class _FixedSampler:
+    """Replies `ls` + <|im_end|> to every prompt; records the prompts it was given."""
+
+    max_context_tokens = 32768
+
+    def __init__(self, tokenizer):
+        self.reply = encode(tokenizer, "ls") + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+        self.prompts: list[list[int]] = []
+
+    def __call__(self, prompt_ids, max_new_tokens):
+        self.prompts.append(list(prompt_ids))
+        return self.reply[:max_new_tokens], [-0.1] * min(len(self.reply), max_new_tokens)
+
+
+@pytest.mark.parametrize("observation_fits", [True, False])
+def test_context_cap_refuses_a_turn_whose_prompt_and_budget_pass_it(tokenizer, observation_fits):
+    """The rule: a turn is sampled only if prompt + max_new_tokens <= max_context_tokens. The observation
+    that ends the episode stays in the rollout when the prompt with it fits the cap, else it is dropped
+    (the rollout then ends on the last action, as the template renders it)."""
+    from taskforge.agent.policy import ContextLengthExceededError
+    from trainer.sampler import LocalModelPolicy
+
+    body, max_new = "answer.txt  data.csv\n", 4
+    sampler = _FixedSampler(tokenizer)
+    reference = RolloutBuilder(tokenizer, prompt_messages())
+    first_prompt = reference.token_ids
+    reference.add_action(sampler.reply, [-0.1] * len(sampler.reply))
+    with_observation = copy.deepcopy(reference)
+    with_observation.add_observation(body)
+    cap = len(with_observation) if observation_fits else len(with_observation) - 1
+    assert len(first_prompt) + max_new <= cap  # turn 1 fits either way
+    policy = LocalModelPolicy(None, tokenizer, max_new_tokens=max_new, max_context_tokens=cap, sampler=sampler)
+    messages = prompt_messages()
+    policy.next_action(messages)
+    messages = messages + [{"role": "assistant", "content": "ls"}, {"role": "tool", "content": body}]
+    with pytest.raises(ContextLengthExceededError, match=f"would pass max_context_tokens={cap}"):
+        policy.next_action(messages)
+    assert sampler.prompts == [first_prompt]  # the refused turn never reached the sampler
+    rollout = policy.rollout(0.0, "context_exceeded")
+    expected = (with_observation if observation_fits else reference).build(0.0, "context_exceeded")
+    assert rollout.token_ids == expected.token_ids and rollout.observation_mask == expected.observation_mask
+    assert any(rollout.observation_mask) == observation_fits
+    assert len(rollout) <= cap + (0 if observation_fits else 2)

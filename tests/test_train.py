@@ -4,6 +4,7 @@ loss terms, metrics and checkpoints are written, and a run killed with SIGKILL r
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from trainer.model import load_checkpoint, load_policy
+from trainer.serve import CheckpointServer
 from trainer.sft import SFTConfig, collect_demonstrations
 from trainer.train import TrainConfig, update
 from trainer.transcripts import environment_cross_entropy, rollout_from_episode
@@ -256,3 +258,91 @@ def test_without_reward_signal_adam_makes_the_echo_step_independent_of_lambda(de
     small, full = deltas[0.05].norm().item(), deltas[1.0].norm().item()
     assert small > 0
     assert small / full == pytest.approx(1.0, abs=0.05), (small, full)  # a 20x smaller loss, the same step
+
+
+class _CommandServer(CheckpointServer):
+    """`taskforge serve` whose replies are always one ```bash block (the untrained tiny model never writes
+    one, so its episodes have no command output for the env term to train on)."""
+
+    def generate(self, prompt_ids, *, max_tokens, temperature, seed, stop_ids):
+        im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        ids = self.tokenizer.encode("```bash\nls /app\n```", add_special_tokens=False)[: max_tokens - 1] + [im_end]
+        return ids, [-0.5] * len(ids), "stop"
+
+
+def test_rl_loop_in_bfloat16_on_cpu_trains_bfloat16_parameters(tmp_path, base_image):
+    """`--dtype bfloat16 --device cpu` reach model loading, the old-log-prob pass and the update: one real
+    step (tiny model, Docker sandboxes, replies from a served command so the rollouts hold command output)
+    leaves a checkpoint whose weights are bf16 and differ from the start's."""
+    from safetensors.torch import load_file
+
+    start, tokenizer = load_policy("tiny", dtype="bfloat16")
+    run_dir = tmp_path / "runs" / "bf16"
+    with _CommandServer(start, tokenizer, model_name="tiny") as server:
+        command = _train_command(run_dir, 1) + ["--dtype", "bfloat16", "--device", "cpu", "--lr", "1e-3"]
+        command += ["--sampler-url", server.base_url]
+        result = subprocess.run(
+            command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"}
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert len(server.request_log) == 4  # 2 episodes x 2 turns
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["dtype"], config["device"]) == ("bfloat16", "cpu")
+    (row,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert row["obs_tokens"] > 0 and row["grad_norm"] > 0  # the env term had command output to train on
+    trained = load_file(run_dir / "checkpoints" / "step-1" / "model.safetensors")
+    start_weights = start.state_dict()
+    assert trained and all(tensor.dtype == torch.bfloat16 for tensor in trained.values())
+    changed = [name for name, tensor in trained.items() if not torch.equal(tensor, start_weights[name])]
+    assert len(changed) > len(trained) // 2, changed
+    resumed, _ = load_checkpoint(run_dir / "checkpoints" / "step-1", dtype="auto")
+    assert next(resumed.parameters()).dtype == torch.bfloat16 and next(resumed.parameters()).device.type == "cpu"
+
+
+def test_in_process_sampling_runs_in_the_models_dtype():
+    from trainer.sampler import InProcessSampler
+
+    model, tokenizer = load_policy("tiny", dtype="bfloat16")
+    prompt = [1, 2, 3]
+    ids, logprobs = InProcessSampler(model, tokenizer, seed=0)(prompt, 6)
+    assert len(ids) == len(logprobs) == 6 and all(math.isfinite(lp) and lp <= 0 for lp in logprobs)
+    greedy, _ = InProcessSampler(model, tokenizer, temperature=0.0)(prompt, 1)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt])).logits[0, -1]
+    assert logits.dtype == torch.bfloat16 and greedy == [int(torch.argmax(logits.float()))]
+
+
+def test_device_flag_reaches_the_model_and_an_unavailable_device_is_named(tmp_path):
+    from trainer.checkpoint_eval import checkpoint_policy_factory
+    from trainer.model import PolicyLoadError
+    from trainer.sft import sft
+
+    model, _ = load_policy("tiny", device="cpu")
+    assert {p.device.type for p in model.parameters()} == {"cpu"} and model.device.type == "cpu"
+    assert not torch.cuda.is_available()  # this test is about a machine without a GPU
+    unavailable = "--device cuda: cuda requested but torch.cuda.is_available() is False"
+    with pytest.raises(PolicyLoadError, match="only cpu, cuda"):
+        load_policy("tiny", device="meta")
+    with pytest.raises(PolicyLoadError, match="--dtype 'fp8'"):
+        load_policy("tiny", dtype="fp8")
+    with pytest.raises(PolicyLoadError, match=unavailable.replace("(", r"\(").replace(")", r"\)")):
+        checkpoint_policy_factory("tiny", temperature=0.0, max_new_tokens=8, device="cuda")  # eval
+    with pytest.raises(PolicyLoadError, match="cuda requested"):
+        sft(SFTConfig(device="cuda"), tmp_path / "sft-cuda")  # before any demonstration runs
+    assert not (tmp_path / "sft-cuda").exists()
+    refused = _cli(*_train_command(tmp_path / "runs" / "cuda", 1)[3:], "--device", "cuda", timeout=300)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert unavailable in " ".join((refused.stdout + refused.stderr).split())
+    assert not (tmp_path / "runs" / "cuda").exists()  # refused before the run directory is made
+
+
+def test_paper_preset_caps_the_context_and_config_files_carry_device_and_dtype(tmp_path):
+    assert TrainConfig.paper().max_context_tokens == 16_384
+    assert (TrainConfig().max_context_tokens, TrainConfig().device, TrainConfig().dtype) == (None, "cpu", "float32")
+    path = tmp_path / "gpu.toml"
+    path.write_text('device = "cuda:1"\ndtype = "bfloat16"\nmax_context_tokens = 8192\n')
+    config = TrainConfig.from_file(path)
+    assert (config.device, config.dtype, config.max_context_tokens) == ("cuda:1", "bfloat16", 8192)
+    path.write_text('dtype = "fp8"\n')
+    with pytest.raises(ValueError, match=r"gpu.toml: setting 'dtype'"):
+        TrainConfig.from_file(path)

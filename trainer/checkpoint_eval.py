@@ -10,17 +10,31 @@ from taskforge.runner import write_json
 ENV_CE_FILE = "env_ce.json"
 
 
-def checkpoint_policy_factory(checkpoint: str, *, temperature: float, max_new_tokens: int):
-    """A factory of per-episode LocalModelPolicy objects sharing one loaded model."""
+def checkpoint_policy_factory(
+    checkpoint: str,
+    *,
+    temperature: float,
+    max_new_tokens: int,
+    max_context_tokens: int | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+):
+    """A factory of per-episode LocalModelPolicy objects sharing one loaded model (on `device`, in
+    `dtype`); `max_context_tokens` is the context cap (LocalModelPolicy; None: the model's own)."""
     from trainer.model import load_policy
     from trainer.sampler import LocalModelPolicy
 
-    model, tokenizer = load_policy(checkpoint)
+    model, tokenizer = load_policy(checkpoint, device=device, dtype=dtype)
     name = Path(checkpoint).name if checkpoint not in ("tiny", "default") else "tiny"
 
     def make():
         return LocalModelPolicy(
-            model, tokenizer, temperature=temperature, max_new_tokens=max_new_tokens, name=f"local:{name}"
+            model,
+            tokenizer,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            max_context_tokens=max_context_tokens,
+            name=f"local:{name}",
         )
 
     return make

@@ -249,19 +249,24 @@ def load_policy(
     append to, for `trainer.templates.QWEN3_TRAINING_TEMPLATE` and keeps any other; "stock"
     keeps the tokenizer's own; "qwen3-train" forces the training template.
 
-    `dtype="bfloat16"` and `gradient_checkpointing=True` are for the GPU path (large models);
-    the tiny model trains in float32. Gradient checkpointing also turns off the KV cache, which
-    it cannot use during training.
+    `device` ("cpu", "cuda", "cuda:1", "mps") and `dtype` ("float32", "bfloat16", "float16",
+    "auto": the checkpoint's own) are the `--device`/`--dtype` flags and config keys of train, sft,
+    eval and serve; the default (cpu, float32) is the tiny model's. An unavailable device is a
+    PolicyLoadError naming the flag, before any weight is read. `gradient_checkpointing=True` is
+    for the GPU path (large models); it also turns off the KV cache, which it cannot use during
+    training.
     """
     try:
         configure_threads(threads)
     except ValueError as error:
         raise PolicyLoadError(str(error)) from None
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
     source = _resolve_source(name_or_path, cache_dir)
     offline = local_files_only if local_files_only is not None else Path(source).is_dir()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=_as_dtype(dtype), local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, local_files_only=offline)
     except (OSError, ValueError) as error:
         raise PolicyLoadError(
             f"could not load policy {name_or_path!r} from {source!r}: {error}. Pass 'tiny' for the "
@@ -312,10 +317,43 @@ def _resolve_source(name_or_path: str | Path | None, cache_dir: str | Path | Non
     return str(Path(source).expanduser()) if looks_like_path else source
 
 
-def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str:
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str:
+    """torch's dtype for a `--dtype` value (None: float32; "auto": the checkpoint's own)."""
     if dtype is None:
         return torch.float32
-    return getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    if dtype not in DTYPES:
+        raise PolicyLoadError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """A `--device` value as a torch.device, refused when this machine cannot run it: a GPU run
+    configured by mistake on a CPU host fails here instead of training on the wrong device."""
+    try:
+        resolved = torch.device(device or "cpu")
+    except (RuntimeError, TypeError) as error:
+        raise PolicyLoadError(f"--device {device!r} is not a torch device ({error}); try cpu or cuda") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PolicyLoadError(
+                f"--device {device}: cuda requested but torch.cuda.is_available() is False (no GPU or no CUDA "
+                "build of torch on this machine); pass --device cpu"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise PolicyLoadError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                "pick an index below that"
+            )
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise PolicyLoadError(f"--device {device}: mps requested but torch.backends.mps.is_available() is False")
+    elif resolved.type not in ("cpu", "cuda", "mps"):
+        raise PolicyLoadError(f"--device {device!r}: only cpu, cuda[:N] and mps can hold a policy")
+    return resolved
 
 
 def enable_gradient_checkpointing(model: PreTrainedModel) -> None:

@@ -172,6 +172,7 @@ class RolloutBuilder:
         self._kinds: list[TokenKind] = []
         self._logprobs: list[float] = []
         self._expecting_action = True
+        self._after_last_action: tuple[int, int] | None = None  # (ids, messages) right after the last action
         prompt_ids = tokenizer.apply_chat_template(
             self.messages, add_generation_prompt=True, tokenize=True, return_dict=False
         )
@@ -217,6 +218,17 @@ class RolloutBuilder:
             self._append([self._end_of_turn_id], TokenKind.TEMPLATE)
         text_ids = ids[:-1] if emitted_end else ids
         self.messages.append({"role": "assistant", "content": self._decode(text_ids)})
+        self._expecting_action = False
+        self._after_last_action = (len(self._ids), len(self.messages))
+
+    def drop_pending_observation(self) -> None:
+        """Forget the observation added after the last action (the context cap: an observation
+        the policy never acted on, which takes the sequence past the cap, is not trained on).
+        The builder is back where it stood right after that action; no-op before any action."""
+        if not self._expecting_action or self._after_last_action is None:
+            return
+        n_ids, n_messages = self._after_last_action
+        del self._ids[n_ids:], self._kinds[n_ids:], self._logprobs[n_ids:], self.messages[n_messages:]
         self._expecting_action = False
 
     def add_observation(self, body: str, warning: str | None = None) -> None:

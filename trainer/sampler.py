@@ -42,17 +42,22 @@ def sample_tokens(
     generator: torch.Generator | None = None,
 ) -> tuple[list[int], list[float], bool]:
     """Samples from softmax(logits / temperature) with a KV cache until a stop id or the budget.
-    Returns (ids, their log-probs under the sampling distribution, stopped at a stop id)."""
+    Returns (ids, their log-probs under the sampling distribution, stopped at a stop id).
+
+    Inputs go to the model's device; each step's distribution is drawn on the CPU (in float32,
+    whatever the model's dtype), so `generator` is a CPU generator and a seed samples the same ids
+    on any device given the same logits."""
+    device = model.device
     with _GENERATE_LOCK:
         was_training = model.training
         model.eval()
         try:
-            output = model(input_ids=torch.tensor([prompt_ids], dtype=torch.long), use_cache=True)
+            output = model(input_ids=torch.tensor([prompt_ids], dtype=torch.long, device=device), use_cache=True)
             cache, logits = output.cache, output.logits[0, -1]
             ids: list[int] = []
             logprobs: list[float] = []
             for _ in range(max_new_tokens):
-                log_probs = torch.log_softmax(logits.float() / max(temperature, 1e-5), dim=-1)
+                log_probs = torch.log_softmax(logits.float().cpu() / max(temperature, 1e-5), dim=-1)
                 token = (
                     int(torch.argmax(log_probs))
                     if temperature <= 0
@@ -62,7 +67,7 @@ def sample_tokens(
                 logprobs.append(float(log_probs[token]))
                 if token in stop_ids:
                     return ids, logprobs, True
-                output = model(input_ids=torch.tensor([[token]]), cache=cache, use_cache=True)
+                output = model(input_ids=torch.tensor([[token]], device=device), cache=cache, use_cache=True)
                 cache, logits = output.cache, output.logits[0, -1]
             return ids, logprobs, False
         finally:
@@ -94,7 +99,11 @@ class RemoteSampler:
     """Samples from an OpenAI-compatible server that speaks vLLM's token-id extension (vLLM,
     `taskforge serve`): POST /v1/completions with the prompt as token ids and
     `return_token_ids: true`; the reply's choices[0].token_ids and logprobs are taken verbatim.
-    The GPU route: vLLM generates, the trainer keeps the exact ids."""
+    The GPU route: vLLM generates, the trainer keeps the exact ids.
+
+    `include_stop_str_in_output: true` (a vLLM sampling parameter) keeps the stop token in the
+    reply's text as well as its ids, so the end of turn the model sampled is the one the rollout
+    holds (and trains on), not one the rollout builder adds as template."""
 
     def __init__(
         self,
@@ -123,7 +132,12 @@ class RemoteSampler:
             temperature=self.temperature,
             logprobs=0,
             seed=self.seed,
-            extra_body={"return_token_ids": True, "stop_token_ids": self.stop_ids, "skip_special_tokens": False},
+            extra_body={
+                "return_token_ids": True,
+                "stop_token_ids": self.stop_ids,
+                "skip_special_tokens": False,
+                "include_stop_str_in_output": True,
+            },
         )
         choice = response.choices[0]
         ids = getattr(choice, "token_ids", None) or (choice.model_extra or {}).get("token_ids")
@@ -137,7 +151,18 @@ class RemoteSampler:
 
 class LocalModelPolicy:
     """One episode's policy: token-in/token-out sampling through `sampler` (in-process by
-    default, or a RemoteSampler), recording every id into a RolloutBuilder."""
+    default, or a RemoteSampler), recording every id into a RolloutBuilder.
+
+    Context cap (`max_context_tokens`, default the sampler's: the model's max_position_embeddings
+    in-process; a given value is capped by that). A turn is sampled only if its prompt plus the
+    whole per-turn budget (`max_new_tokens`) fits in the cap: vLLM's max_model_len rule, which
+    refuses a request whose prompt + max_tokens passes it. Otherwise next_action raises
+    ContextLengthExceededError before any generation, and the loop ends the episode with
+    stop reason context_exceeded. So every reply gets the same budget and no sampler, in-process or
+    remote, is asked past the cap. If the observation that did not fit takes the prompt itself past
+    the cap, the rollout drops it (it ends on the last action, at most cap + 2 template tokens);
+    one that fits stays, so the env term still trains on it. Either way the ids are the sampler's.
+    """
 
     def __init__(
         self,
@@ -156,7 +181,9 @@ class LocalModelPolicy:
         self.tokenizer = tokenizer
         self.sampler = sampler or InProcessSampler(model, tokenizer, temperature=temperature, seed=seed)
         self.max_new_tokens = max_new_tokens
-        self.max_context_tokens = max_context_tokens or self.sampler.max_context_tokens
+        self.max_context_tokens = min(
+            max_context_tokens or self.sampler.max_context_tokens, self.sampler.max_context_tokens
+        )
         self.task_name = task_name
         self.group_id = group_id
         self.name = name
@@ -170,12 +197,14 @@ class LocalModelPolicy:
     def next_action(self, messages: list[dict[str, Any]]) -> PolicyReply:
         self._sync(messages)
         prompt_ids = self.builder.token_ids
-        budget = min(self.max_new_tokens, self.max_context_tokens - len(prompt_ids))
-        if budget <= 0:
+        if len(prompt_ids) + self.max_new_tokens > self.max_context_tokens:
+            if len(prompt_ids) > self.max_context_tokens:
+                self.builder.drop_pending_observation()
             raise ContextLengthExceededError(
-                f"{len(prompt_ids)} prompt tokens leave no room in a {self.max_context_tokens}-token context"
+                f"{len(prompt_ids)} prompt tokens + {self.max_new_tokens} new tokens per turn would pass "
+                f"max_context_tokens={self.max_context_tokens}"
             )
-        new_ids, logprobs = self.sampler(prompt_ids, budget)
+        new_ids, logprobs = self.sampler(prompt_ids, self.max_new_tokens)
         self.builder.add_action(new_ids, logprobs)
         finished = bool(new_ids) and new_ids[-1] in self._stop_ids
         text = self.tokenizer.decode(new_ids[:-1] if finished else new_ids, skip_special_tokens=False)

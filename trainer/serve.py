@@ -8,6 +8,9 @@ Endpoints: GET /v1/models, GET /v1/models/{id}, POST /v1/chat/completions, POST 
   choices[0].token_ids, which is where Harbor's LiteLLM client (collect_rollout_details) and
   taskforge's remote sampler read them; /v1/completions accepts `prompt` as a list of token ids,
   so a trainer can sample token-in/token-out from the ids it already holds.
+- vLLM's `include_stop_str_in_output: true` keeps the stop token's text in the reply's text (the
+  ids always hold it, as vLLM's do).
+- The model runs on whatever device and dtype it was loaded with (`taskforge serve --device --dtype`).
 Harbor's own agents (terminus-2) can thus evaluate our policies on any Harbor dataset.
 Generation is serial (one model, one lock); the HTTP server is threaded.
 """
@@ -100,14 +103,18 @@ class CheckpointServer(OpenAIHTTPServer):
             seed=body.get("seed"),
             stop_ids=stop_ids,
         )
-        text_ids = ids[:-1] if finish == "stop" and ids and ids[-1] in self.stop_ids else ids
+        # As vLLM: choices[0].token_ids always end with the stop token that ended the reply; the text
+        # leaves it out unless the request asks for it with include_stop_str_in_output.
+        keep_stop = bool(body.get("include_stop_str_in_output"))
+        text_ids = ids[:-1] if finish == "stop" and ids and ids[-1] in stop_ids and not keep_stop else ids
         text = self.tokenizer.decode(text_ids, skip_special_tokens=False)
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
         if chat:
             choice["message"] = {"role": "assistant", "content": text}
         else:
             choice["text"] = text
-        if body.get("logprobs"):
+        # Completions take an int (0: the sampled token's log-prob, no alternatives: RemoteSampler's), chat a bool.
+        if body.get("logprobs") is not None and body.get("logprobs") is not False:
             tokens = [self.tokenizer.decode([i]) for i in ids]
             entries = [
                 {"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}

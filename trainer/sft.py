@@ -16,6 +16,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -44,6 +45,8 @@ class SFTConfig:
     system_prompt: str | None = TINY_SYSTEM_PROMPT
     concurrency: int = 2
     seed: int = 0
+    device: str = "cpu"  # the policy's device; batches go there (trainer.model.resolve_device checks it)
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
 
 
 def collect_demonstrations(task_dirs: list[Path], out_dir: Path, config: SFTConfig) -> list[Episode]:
@@ -132,8 +135,9 @@ def sft(
     from taskforge.tasks import discover_task_dirs
     from trainer.logprobs import sequence_logprobs
     from trainer.loss import mean_sequence_ce
-    from trainer.model import load_policy, save_checkpoint
+    from trainer.model import load_policy, resolve_device, save_checkpoint
 
+    resolve_device(config.device)  # an unavailable device fails before any demonstration runs
     if not (config.action_coef or config.env_coef):
         raise ValueError("SFT with action_coef 0 and env_coef 0 trains nothing: set one of them above 0")
     from taskforge.runner import run_settings_mismatch
@@ -160,7 +164,7 @@ def sft(
     log(f"{len(episodes)} demonstrations")
 
     torch.manual_seed(config.seed)
-    model, tokenizer = load_policy(config.policy)
+    model, tokenizer = load_policy(config.policy, device=config.device, dtype=config.dtype)
     rollouts = [rollout_from_episode(tokenizer, e) for e in episodes]
     if observation_transcripts:
         observed = [e for e in load_transcripts(observation_transcripts) if e.reward == 1.0]
@@ -184,6 +188,7 @@ def sft(
         losses, env_ces, tokens = [], [], 0
         for batch_indices in _length_bucketed_batches([len(r.token_ids) for r in rollouts], config.batch_size, rng):
             batch = collate_rollouts([rollouts[i] for i in batch_indices], tokenizer.pad_token_id)
+            batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
             logprobs = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"])
             action = batch["action_mask"].float()
             loss = -(logprobs * action).sum() / action.sum().clamp(min=1)

@@ -74,6 +74,9 @@ class TrainConfig:
     temperature: float = 1.0
     max_new_tokens: int = 96  # per turn
     max_turns: int = 4
+    # Context cap: a turn is sampled only if its prompt + max_new_tokens fits, else the episode ends with
+    # context_exceeded (trainer.sampler.LocalModelPolicy). None: the model's max_position_embeddings.
+    max_context_tokens: int | None = None
     command_timeout_sec: float = 10.0
     max_output_chars: int = 2000
     system_prompt: str | None = TINY_SYSTEM_PROMPT  # None: the agent loop's full prompt
@@ -84,6 +87,10 @@ class TrainConfig:
     sampler_model: str | None = None
     checkpoint_every: int = 5
     seed: int = 0
+    # Where the policy lives and trains: sampling inputs and training batches go to its device. An
+    # unavailable device is an error (trainer.model.resolve_device); float32 is the tiny CPU model's.
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
 
     @classmethod
     def paper(cls, **overrides) -> TrainConfig:
@@ -103,6 +110,7 @@ class TrainConfig:
             temperature=0.8,
             max_new_tokens=2048,
             max_turns=16,
+            max_context_tokens=16_384,
             max_output_chars=50_000,
             command_timeout_sec=120.0,
             system_prompt=None,
@@ -215,12 +223,14 @@ def collect_rollouts(
                 tokenizer,
                 temperature=config.temperature,
                 seed=seed,
+                max_context_tokens=config.max_context_tokens or 32768,
             )
         policy = LocalModelPolicy(
             model,
             tokenizer,
             temperature=config.temperature,
             max_new_tokens=config.max_new_tokens,
+            max_context_tokens=config.max_context_tokens,
             task_name=task.name,
             group_id=group_id,
             seed=seed,
@@ -256,6 +266,7 @@ def update(
     feeds both loss terms. Returns metrics averaged over micro-batches."""
     rewards = [r.reward for r in rollouts]
     advantages = group_advantages(rewards, [r.group_id for r in rollouts], scale_by_std=config.scale_advantages_by_std)
+    advantages = advantages.to(model.device)
     loss_config = EchoLossConfig(
         mode=config.mode,
         env_coef=None if config.mode == "grpo" else env_coef,
@@ -267,7 +278,7 @@ def update(
         list(range(i, min(i + config.micro_batch_size, len(rollouts))))
         for i in range(0, len(rollouts), config.micro_batch_size)
     ]
-    batches = [collate_rollouts([rollouts[i] for i in idx], pad_token_id) for idx in micro]
+    batches = [_to_device(collate_rollouts([rollouts[i] for i in idx], pad_token_id), model.device) for idx in micro]
 
     # The policy that sampled, re-scored by the training forward pass (no kernel mismatch).
     model.eval()
@@ -280,7 +291,7 @@ def update(
 
     from trainer.loss import LossNormalizers
 
-    totals = collate_rollouts(rollouts, pad_token_id)
+    totals = _to_device(collate_rollouts(rollouts, pad_token_id), model.device)
     normalizers = LossNormalizers.from_masks(totals["action_mask"], totals["observation_mask"])
     sums: dict[str, float] = {}
     n = 0
@@ -312,6 +323,10 @@ def update(
         sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * len(micro)
     scheduler.step()
     return {k: v / n for k, v in sums.items() if not math.isnan(v)}
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: tensor.to(device) for name, tensor in batch.items()}
 
 
 def _latest_checkpoint(run_dir: Path) -> Path | None:
@@ -359,12 +374,13 @@ def train(config: TrainConfig, run_dir: Path, *, log=print) -> Path:
     """Trains and returns the final checkpoint's directory. Resumes from run_dir if it has one."""
     from transformers import get_cosine_with_min_lr_schedule_with_warmup_lr_rate
 
-    from trainer.model import load_checkpoint, load_policy
+    from trainer.model import load_checkpoint, load_policy, resolve_device
 
+    resolve_device(config.device)  # an unavailable device fails before the run directory is made
     run_dir.mkdir(parents=True, exist_ok=True)
     changed = run_settings_mismatch(
-        run_dir, asdict(config), file="config.json", ignore=("steps",)
-    )  # more steps: resume
+        run_dir, asdict(config), file="config.json", ignore=("steps", "device")
+    )  # more steps, or another device (a CPU run continued on a GPU): resume
     if changed:
         raise ValueError(
             f"{run_dir} was started with other settings ({changed}); use a new --run, or the same settings to resume"
@@ -372,7 +388,8 @@ def train(config: TrainConfig, run_dir: Path, *, log=print) -> Path:
 
     torch.manual_seed(config.seed)
     latest = _latest_checkpoint(run_dir)
-    model, tokenizer = load_checkpoint(latest) if latest else load_policy(config.policy)
+    placement = dict(device=config.device, dtype=config.dtype)
+    model, tokenizer = load_checkpoint(latest, **placement) if latest else load_policy(config.policy, **placement)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     # Linear warmup from lr/warmup_steps, then constant: a cosine whose floor is the peak (min_lr_rate=1.0).
     # Not get_constant_schedule_with_warmup: its warmup starts at lr 0, which would waste the first step's rollouts.

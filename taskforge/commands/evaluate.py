@@ -41,6 +41,15 @@ def eval_command(
     max_turns: Annotated[int, typer.Option(help="Policy replies per episode.")] = 16,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (the paper evaluates at 0.6).")] = 0.6,
     max_tokens: Annotated[int, typer.Option(help="Tokens per reply.")] = 256,
+    max_context_tokens: Annotated[
+        int | None,
+        typer.Option(
+            help="With --policy: an episode ends (context_exceeded) before a turn whose prompt + --max-tokens "
+            "would pass this (default: the model's max_position_embeddings)."
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="With --policy: where it runs (cpu, cuda, cuda:N).")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="With --policy: float32, bfloat16, float16 or auto.")] = "float32",
     max_retries: Annotated[
         int, typer.Option(min=0, help="With --model: retries of a failing request (5xx, 429, malformed replies).")
     ] = 6,
@@ -72,7 +81,14 @@ def eval_command(
         from trainer.model import PolicyLoadError
 
         try:
-            factory = checkpoint_policy_factory(policy, temperature=temperature, max_new_tokens=max_tokens)
+            factory = checkpoint_policy_factory(
+                policy,
+                temperature=temperature,
+                max_new_tokens=max_tokens,
+                max_context_tokens=max_context_tokens,
+                device=device,
+                dtype=dtype,
+            )
         except PolicyLoadError as exc:
             raise fail(str(exc)) from None
     else:
@@ -97,6 +113,8 @@ def eval_command(
         "max_turns": max_turns,
         "temperature": temperature,
         "max_tokens": max_tokens,
+        # Only when set: runs started before the cap existed keep their name and resume.
+        **({"max_context_tokens": max_context_tokens} if max_context_tokens is not None else {}),
     }
     run_dir = run_dir_for(runs_dir, run, "eval", settings)
     # A run named with --run resumes only with the policy and sampling it started with (the same model

@@ -27,8 +27,9 @@ _TRAIN_HELP = (
     "resumes from the last checkpoint (the default run name is derived from the settings).\n"
     "\n"
     "Defaults suit the tiny CPU model; --preset paper gives the paper's hyperparameters (lr 1e-6, lambda 0.05, "
-    "16 tasks x 16 samples, 16 turns, temperature 0.8, 2048 tokens per turn). Settings come from flags, "
-    "or from --config FILE (JSON or TOML with TrainConfig's field names)."
+    "16 tasks x 16 samples, 16 turns, temperature 0.8, 2048 tokens per turn, a 16,384-token context). Settings "
+    "come from flags, or from --config FILE (JSON or TOML with TrainConfig's field names, e.g. device, dtype, "
+    "max_context_tokens)."
 )
 
 
@@ -64,6 +65,17 @@ def _make_rl_command(mode: str, what: str):
                 help="Sample from this OpenAI-compatible server (vLLM token-id extension) instead of in-process."
             ),
         ] = None,
+        max_context_tokens: Annotated[
+            int | None,
+            typer.Option(
+                help="Context cap: an episode ends (context_exceeded) before a turn whose prompt + --max-new-tokens "
+                "would pass it (paper preset: 16384; default: the model's max_position_embeddings)."
+            ),
+        ] = None,
+        device: Annotated[
+            str | None, typer.Option(help="Where the policy trains and samples: cpu, cuda, cuda:N.")
+        ] = None,
+        dtype: Annotated[str | None, typer.Option(help="float32 (default), bfloat16, float16 or auto.")] = None,
         seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
         preset: Annotated[
             str, typer.Option(help="tiny (CPU defaults) or paper (the paper's hyperparameters).")
@@ -93,6 +105,9 @@ def _make_rl_command(mode: str, what: str):
             checkpoint_every=checkpoint_every,
             concurrency=concurrency,
             sampler_url=sampler_url,
+            max_context_tokens=max_context_tokens,
+            device=device,
+            dtype=dtype,
             seed=seed,
         )
         overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -193,6 +208,8 @@ def train_sft(
         str,
         typer.Option(help="oracle-text (the solution, then DONE) or explorer (ls and head first, then the solution)."),
     ] = "oracle-text",
+    device: Annotated[str, typer.Option(help="Where the policy trains: cpu, cuda, cuda:N.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")] = "float32",
     run: Annotated[
         str | None, typer.Option(help="Run name (default derived from the settings, so re-running resumes).")
     ] = None,
@@ -208,7 +225,14 @@ def train_sft(
     if demonstrator not in ("oracle-text", "explorer"):
         raise fail(f"--demonstrator must be oracle-text or explorer, not {demonstrator!r}")
     config = SFTConfig(
-        tasks=str(tasks), epochs=epochs, lr=lr, policy=policy, env_coef=env_coef, demonstrator=demonstrator
+        tasks=str(tasks),
+        epochs=epochs,
+        lr=lr,
+        policy=policy,
+        env_coef=env_coef,
+        demonstrator=demonstrator,
+        device=device,
+        dtype=dtype,
     )
     run_dir = run_dir_for(runs_dir, run, "sft", asdict(config))
     try:
@@ -228,6 +252,8 @@ def serve(
     model_name: Annotated[
         str | None, typer.Option(help="Model id clients send (default: the checkpoint's folder name).")
     ] = None,
+    device: Annotated[str, typer.Option(help="Where the model runs: cpu, cuda, cuda:N.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")] = "float32",
 ) -> None:
     """Serve a checkpoint as an OpenAI-compatible endpoint (chat completions, completions over token
     ids, usage, logprobs and vLLM's return_token_ids), for Harbor's agents or `taskforge filter`."""
@@ -235,7 +261,7 @@ def serve(
     from trainer.serve import CheckpointServer
 
     try:
-        model, tokenizer = load_policy(checkpoint)
+        model, tokenizer = load_policy(checkpoint, device=device, dtype=dtype)
     except PolicyLoadError as exc:
         raise fail(str(exc)) from None
     name = model_name or (Path(checkpoint).name if checkpoint != "tiny" else "tiny")
