@@ -36,7 +36,7 @@ THEMES = [
     ("region", pools.REGIONS, "amount", (5, 400), False),
     ("product", pools.PRODUCTS, "units", (1, 60), True),
     ("team", pools.TEAMS, "hours", (1, 12), False),
-    ("warehouse", pools.WAREHOUSES, "stock", (0, 500), True),
+    ("warehouse", pools.WAREHOUSES, "stock", (1, 500), True),
     ("category", pools.CATEGORIES, "revenue", (10, 900), False),
     ("channel", pools.CHANNELS, "orders", (1, 40), True),
     ("country", pools.COUNTRIES, "price", (2, 250), False),
@@ -58,6 +58,16 @@ AGGREGATES = {  # name -> (column header prefix, phrase, python expression over 
 }
 
 
+# The same aggregates computed here, for the expected answers.
+AGGREGATE_VALUES: dict[str, Callable[[list[float]], float]] = {
+    "sum": sum,
+    "mean": lambda vals: sum(vals) / len(vals),
+    "max": max,
+    "min": min,
+    "count": len,
+}
+
+
 def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -71,14 +81,13 @@ class Bundle:
     out_dir: str
     key: str
     value: str
-    integer: bool
     files: dict[str, str]  # name -> text with LF endings (what the CSVs hold once fixed)
     crlf: bool = False  # the CSVs have CRLF endings right now
     junk: list[str] = field(default_factory=list)  # junk file names present right now
     expected: dict = field(default_factory=dict)
     setup: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
-    tests: list[str] = field(default_factory=list)
+    out_made: bool = False  # a solution line creating out_dir has been emitted
 
     def csv_names(self) -> list[str]:
         return sorted(n for n in self.files if n.endswith(".csv"))
@@ -92,9 +101,9 @@ class Bundle:
         return [row for n in self.csv_names() for row in csv.DictReader(io.StringIO(self.files[n]))]
 
     def ensure_out_dir(self, lines: list[str]) -> None:
-        if not self.expected.get("_out_made"):
+        if not self.out_made:
             lines.insert(0, f"mkdir -p {self.out_dir}")
-            self.expected["_out_made"] = True
+            self.out_made = True
 
 
 def junk_text(name: str) -> str:
@@ -109,7 +118,6 @@ class Step:
     text: str
     solution: list[str]
     bends: dict[str, list[str]] = field(default_factory=dict)  # near-miss name -> replacement commands
-    skippable: bool = True
 
 
 # ------------------------------------------------------------------------------------------
@@ -228,10 +236,7 @@ def stage_aggregate(rng: random.Random, b: Bundle) -> Step:
     for row in b.rows():
         if not only or row["status"] == "completed":
             groups.setdefault(row[b.key], []).append(float(row[b.value]))
-    result = {
-        k: round(eval(expr, {"sum": sum, "len": len, "max": max, "min": min}, {"vals": v}), 2)  # noqa: S307
-        for k, v in groups.items()
-    }
+    result = {k: round(AGGREGATE_VALUES[agg](v), 2) for k, v in groups.items()}
     rows = sorted(result.items(), key=(lambda kv: (-kv[1], kv[0])) if by_value else (lambda kv: kv[0]))
     where = " (only rows whose `status` is `completed`)" if only else " (every row, whatever its `status`)"
     what = phrase.format(value=b.value)
@@ -544,7 +549,6 @@ def make_bundle(rng: random.Random) -> Bundle:
         out_dir=rng.choice(pools.OUT_DIRS),
         key=key,
         value=value,
-        integer=integer,
         files=files,
     )
 
@@ -582,7 +586,6 @@ def compose(rng: random.Random, menu: Menu, difficulty: str, family: str) -> Dra
     b.setup = setup + b.setup  # the stages' setup (archive packing, users) runs after the files are placed
     b.expected["data_dir"] = b.data_dir
     b.expected["final"] = {name: sha(text) for name, text in sorted(b.current().items())}
-    b.expected.pop("_out_made", None)
 
     intro = rng.choice(INTROS).format(app=b.app, data_dir=b.data_dir)
     numbered = rng.random() < 0.5
