@@ -303,7 +303,7 @@ def test_llm_forge_repairs_failed_gates_and_logs_rejections(tmp_path, base_image
         ("same_program", "duplicate"),
     ]:
         assert outcome[name].repairs == [reason], name
-        assert f"(after 1 repair rounds: {reason})" in outcome[name].detail, name
+        assert f"(after 1 repair round: {reason})" in outcome[name].detail, name
     assert "'4242' verbatim" in outcome["hardcoded"].detail
     assert f"instruction has the same skeleton as the set's task {SEED_TASK}" in outcome["duplicate"].detail
     assert f"solution has the same skeleton as the set's task {SEED_TASK}" in outcome["same_program"].detail
@@ -521,7 +521,7 @@ def test_generate_llm_cli_summarises_and_checks_its_model(tmp_path):
         "sent back to their stage: solution_hardcodes_expected 1, test_stricter_than_instruction 1; "
         "0 kept tasks passed after a repair" in completed.stdout
     )
-    assert "(after 1 repair rounds: solution_hardcodes_expected)" in (out / "rejected.jsonl").read_text()
+    assert "(after 1 repair round: solution_hardcodes_expected)" in (out / "rejected.jsonl").read_text()
     assert not [p for p in out.iterdir() if (p / "task.toml").is_file()]
     with ScriptedOpenAIServer(script, models=["forge-model"]) as server:
         wrong_model = subprocess.run(

@@ -665,9 +665,8 @@ class TaskForge:
             if failure is None:
                 return self.spec(), self.artifacts[INITIAL_TEST]
             if len(self.repairs) >= self.config.repair_rounds:
-                rounds = (
-                    f" (after {len(self.repairs)} repair rounds: {', '.join(self.repairs)})" if self.repairs else ""
-                )
+                n = len(self.repairs)
+                rounds = f" (after {n} repair round{'s' * (n != 1)}: {', '.join(self.repairs)})" if n else ""
                 raise TaskRejected(failure.reason, failure.detail + rounds)
             self.repairs.append(failure.reason)
             self._repair(failure)
