@@ -21,6 +21,9 @@ from taskforge.tasks import Task, load_task
 from taskforge.trial import run_trial
 from taskforge.validate import validate_tasks
 
+from .test_near_miss import MIN_NEAR_MISSES
+from .test_near_miss import PENDING as NEAR_MISSES_PENDING
+
 pytestmark = pytest.mark.docker
 
 SAMPLE = Path(__file__).resolve().parent.parent / "tasks" / "sample"
@@ -153,11 +156,20 @@ def validation(tmp_path_factory, base_image):
 
 
 def test_one_task_of_every_family_validates(validation):
+    """Oracle 1, nop 0, and every near-miss solution 0 (issue 15): one validate call over one task per family."""
     families = {load_task(Path(r.task_path)).metadata["family"] for r in validation}
     assert families == set(FAMILIES)
     failed = [f"{r.task_name}: {r.status} {r.detail}" for r in validation if not r.passed]
     assert not failed, "\n".join(failed)
     assert all(r.oracle_reward == 1.0 and r.nop_reward == 0.0 for r in validation)
+    few = [
+        f"{r.task_name}: near-misses {r.near_miss_rewards}"
+        for r in validation
+        if load_task(Path(r.task_path)).metadata["family"] not in NEAR_MISSES_PENDING
+        and len(r.near_miss_rewards) < MIN_NEAR_MISSES
+    ]
+    assert not few, "\n".join(few)
+    assert all(reward == 0.0 for r in validation for reward in r.near_miss_rewards.values())
 
 
 @pytest.mark.parametrize("family", NEAR_MISS_FAMILIES)

@@ -1,9 +1,11 @@
 """Near-miss solutions (issue 15, point 4): every family ships >= 2 per instance, each right but for
-one stated requirement, and in the real Docker engine every one of them scores 0 on one instance
-per family (so `taskforge validate` passes it). Both tests are parametrised over FAMILIES: a new
-family is covered without editing this file.
+one stated requirement. Parametrised over FAMILIES: a new family is covered without editing this file.
 
-`near_miss_problems(family, n)` is the fast check other tests can reuse (no Docker).
+`near_miss_problems(family, n)` is the fast check (no Docker) other tests can reuse. That the
+near-misses all score 0 in the real Docker engine is checked by
+tests/test_forge_docker.py::test_one_task_of_every_family_validates (one validate call over one
+sample task per family, which now runs their near-misses too; tasks/sample must be regenerated as
+tasks/README.md says once families change).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from taskforge.forge.base import DIFFICULTIES, DraftError
 from taskforge.forge.families import FAMILIES
 from taskforge.forge.generate import task_seed
 from taskforge.tasks import NEAR_MISS_DIR, TaskSpec, lint_task, load_task, render_files, write_task
-from taskforge.validate import validate_tasks
 
 from .conftest import hello_spec
 
@@ -26,34 +27,12 @@ MIN_NEAR_MISSES = 2
 # gains them fails here until it is taken off this list. Must end empty.
 PENDING: set[str] = {
     "access_log_report",
-    "archive_backup",
-    "archive_restore",
-    "changelog_from_git",
-    "compose_config_edit",
-    "cron_schedule",
-    "csv_cleanup",
-    "csv_groupby",
-    "csv_join",
-    "dedupe_records",
-    "disk_usage_report",
-    "env_merge",
     "format_convert",
-    "git_branch_report",
-    "git_merge_conflict",
-    "git_release_tag",
     "json_rollup",
     "log_level_window",
-    "logrotate_config",
-    "makefile_build",
-    "packaging_metadata",
-    "permission_audit",
-    "permissions_fix",
     "python_bugfix",
     "regex_extract",
     "sqlite_report",
-    "stale_file_cleanup",
-    "systemd_unit",
-    "user_accounts",
 }
 
 
@@ -126,18 +105,8 @@ def test_near_miss_names_must_be_slugs():
         to_spec(family, draft, "easy", 0)
 
 
-@pytest.mark.docker
-def test_one_instance_per_family_validates_with_every_near_miss_at_zero(tmp_path, base_image):
-    """One validate call (-j 2) over one instance of every family, difficulties rotating by family."""
-    task_dirs = []
-    for i, family in enumerate(sorted(FAMILIES)):
-        spec = instances(family, i % 3 + 1)[-1]  # instance i % 3 has difficulty DIFFICULTIES[i % 3]
-        task_dirs.append(write_task(spec, tmp_path / "set" / family))
-    results = validate_tasks(task_dirs, tmp_path / "run", jobs=2)
-    failed = [f"{r.task_name}: {r.status} {r.detail}" for r in results if not r.passed]
-    assert not failed, "\n".join(failed)
-    for result in results:
-        family = load_task(result.task_path).metadata["family"]
-        if family not in PENDING:
-            assert len(result.near_miss_rewards) >= MIN_NEAR_MISSES, (result.task_name, result.near_miss_rewards)
-        assert all(reward == 0.0 for reward in result.near_miss_rewards.values()), result
+def test_a_typing_player_is_not_handed_the_near_misses(tmp_path):
+    from taskforge.agent.scripted import solution_command
+
+    task_dir = write_task(hello_spec(near_misses={"no_newline": "printf forged > /app/out.txt"}), tmp_path / "hello")
+    assert solution_command(task_dir) == (task_dir / "solution" / "solve.sh").read_text()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -126,8 +128,17 @@ def test_validate_cli_exits_nonzero_with_a_summary(tmp_path, bad_and_good_tasks)
     failed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, env=env)
     assert failed.returncode == 1
     assert "oracle_failed" in failed.stdout and "1/2 tasks passed validation" in failed.stdout
-    ok = subprocess.run(command[:5] + command[6:], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, env=env)
+    ok = subprocess.run(
+        [*command[:5], *command[6:], "--no-near-misses"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+        env=env,
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
+    ledger = Path(re.search(r"Ledger: (\S+)", ok.stdout).group(1))
+    assert sorted(json.loads(line)["agent"] for line in ledger.read_text().splitlines()) == ["nop", "oracle"]
     missing = subprocess.run(
         [sys.executable, "-m", "taskforge.cli", "validate", str(tmp_path / "nope")],
         capture_output=True,

@@ -52,6 +52,13 @@ def validate(
     run: RunOption = None,
     runs_dir: RunsDirOption = Path("runs"),
     fresh: Annotated[bool, typer.Option(help="Start the run over instead of resuming it.")] = False,
+    near_misses: Annotated[
+        bool,
+        typer.Option(
+            help="Run each task's near-miss solutions (solution/near_miss/*.sh) after oracle and nop; "
+            "each must score 0. About doubles the trials per task."
+        ),
+    ] = True,
 ) -> None:
     """Per task: the environment builds, the oracle scores 1.0, the nop agent 0.0, and each near-miss
     solution (solution/near_miss/NAME.sh, right but for one stated requirement) 0.0.
@@ -64,7 +71,7 @@ def validate(
     task_dirs = task_dirs_or_exit(paths)
     run_dir = run_dir_for(runs_dir, run, "validate", {"tasks": sorted_resolved(task_dirs)}, fresh=fresh)
     with exits_on_failure():
-        results = validate_tasks(task_dirs, run_dir, jobs=jobs)
+        results = validate_tasks(task_dirs, run_dir, jobs=jobs, near_misses=near_misses)
     print_validation(results, run_dir)
     if not all(r.passed for r in results):
         raise typer.Exit(1)

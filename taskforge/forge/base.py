@@ -16,7 +16,7 @@ from typing import ClassVar
 from taskforge.tasks import NEAR_MISS_SLUG, Difficulty, Domain, TaskMetadata, TaskSpec
 
 # Bump when a change to any family alters the tasks a given seed produces.
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 DIFFICULTIES: tuple[Difficulty, ...] = ("easy", "medium", "hard")
 DOMAINS: tuple[Domain, ...] = ("data_processing", "system_operations", "development_tooling")
 
@@ -59,6 +59,13 @@ class Draft:
 
 class DraftError(ValueError):
     """A family produced an inconsistent draft (a bug in the family, not in the caller)."""
+
+
+def bent(solution: str, old: str, new: str) -> str:
+    """A near-miss body: `solution` with `old` (which must occur in it) replaced by `new`."""
+    if old not in solution:
+        raise DraftError(f"near-miss: {old!r} is not in the solution it bends")
+    return solution.replace(old, new)
 
 
 class Family(ABC):

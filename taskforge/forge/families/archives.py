@@ -6,7 +6,7 @@ import hashlib
 import random
 
 from taskforge.forge import pools
-from taskforge.forge.base import Draft, Family
+from taskforge.forge.base import Draft, Family, bent
 from taskforge.forge.common import bullets, pick, python_block, test_module
 
 STAGE = "/tmp/forge-stage"
@@ -108,6 +108,10 @@ class ArchiveBackup(Family):
                 setup.append(f"touch -d '2024-{month:02d}-{rng.randint(2, 27):02d} 12:00:00' {p}")
                 if month > since_month:
                     recent.add(p)
+            if set(chosen) <= recent:  # an old file too, so the date rule is tested
+                p = sorted(chosen)[-1]
+                setup.append(f"touch -d '2024-01-10 12:00:00' {p}")
+                recent.discard(p)
             if not recent & set(chosen):
                 p = sorted(chosen)[0]
                 setup.append(f"touch -d '2024-{since_month:02d}-15 12:00:00' {p}")
@@ -138,6 +142,10 @@ class ArchiveBackup(Family):
         excludes = f"--exclude='{skip_ext}'" + (f" --exclude='{skip_dir}'" if skip_dir else "")
         if difficulty == "easy":
             solution = f"mkdir -p {out_dir}\ntar -czf {archive} -C {parent} {excludes} {app}\n"
+            near_misses = {
+                "keeps_excluded_files": bent(solution, f" {excludes}", ""),
+                "members_without_folder": bent(solution, f"-C {parent} {excludes} {app}", f"-C {base} {excludes} ."),
+            }
         else:
             find = f"find {app} -type f ! -name '{skip_ext}' ! -path '*/{skip_dir}/*'" + (
                 f" -newermt '{since} 00:00:00'" if since else ""
@@ -148,6 +156,17 @@ class ArchiveBackup(Family):
                 f"tar {flag} {archive} --no-recursion -T /tmp/backup-list.txt\n"
                 f"xargs -d '\\n' sha256sum < /tmp/backup-list.txt > {manifest}\n"
             )
+            absolute = f"sed 's|^|{parent}/|' /tmp/backup-list.txt | xargs -d '\\n' sha256sum > {manifest}"
+            near_misses = {
+                "manifest_absolute_paths": bent(
+                    solution, f"xargs -d '\\n' sha256sum < /tmp/backup-list.txt > {manifest}", absolute
+                )
+            }
+            if since:
+                near_misses["ignores_date"] = bent(solution, f" -newermt '{since} 00:00:00'", "")
+                near_misses["gzip_not_xz"] = bent(solution, "tar -cJf", "tar -czf")
+            else:
+                near_misses["keeps_excluded_dir"] = bent(solution, f" ! -path '*/{skip_dir}/*'", "")
         expected = {
             "archive": archive,
             "members": members,
@@ -158,7 +177,15 @@ class ArchiveBackup(Family):
         }
         tests = test_module(self.name, expected, ARCHIVE_TEST)
         outputs = [archive] + ([manifest] if manifest else [])
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=outputs, files=tree, setup=setup)
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=outputs,
+            files=tree,
+            setup=setup,
+            near_misses=near_misses,
+        )
 
 
 FORMATS = {
@@ -191,8 +218,24 @@ class ArchiveRestore(Family):
             content = {"VERSION": f"{date}\n"}
             for rel in candidates:
                 if rng.random() < 0.6:
-                    content[rel] = f"# {rel} as of {date}\nvalue = {rng.randint(0, 10**6)}\n"
+                    content[rel] = _version_of(rng, rel, date)
             archives.append((f"{app}-{date}.{fmt}", content))
+        targets: list[str] = []
+        if difficulty != "easy":
+            # prefer files the newest archive lacks, so "take the newest archive" is wrong
+            present = [rel for rel in candidates if any(rel in c for _, c in archives)]
+            rng.shuffle(present)
+            present.sort(key=lambda rel: rel in archives[-1][1])
+            targets = present[:1]
+            if difficulty == "hard":  # a script among them, so "keep the permission bits" is tested
+                script = next((r for r in present if r.endswith(".sh")), "bin/run.sh")
+                other = next((r for r in present if not r.endswith(".sh")), "conf/main.ini")
+                targets = sorted({script, other})
+            for rel in targets:
+                # in two archives at least, so "the newest that contains it" is tested
+                while sum(rel in c for _, c in archives) < 2:
+                    lacking = next(c for _, c in archives[:-1] if rel not in c)
+                    lacking[rel] = _version_of(rng, rel, lacking["VERSION"].strip())
         files: dict[str, str] = {}
         setup = [f"mkdir -p {store}"]
         for name, content in archives:
@@ -208,29 +251,30 @@ class ArchiveRestore(Family):
         setup.append(f"rm -rf {STAGE}")
 
         if difficulty == "easy":
-            name, content = rng.choice(archives)
+            index = rng.randrange(len(archives))
+            name, content = archives[index]
             want = {f"{restore}/{app}/{rel}": text for rel, text in content.items()}
             instruction = (
                 f"`{store}/` holds dated backups of `{app}`. Extract `{store}/{name}` into `{restore}/` so that its "
                 f"files appear under `{restore}/{app}/` (for example `{restore}/{app}/VERSION`).\n"
             )
             solution = f"mkdir -p {restore}\ntar -xzf {store}/{name} -C {restore}\n"
+            other = archives[-1 if index != len(archives) - 1 else -2][0]
+            near_misses = {
+                "extracts_newest_archive": bent(solution, f"{store}/{name}", f"{store}/{other}"),
+                "strips_app_folder": bent(solution, f" -C {restore}", f" -C {restore} --strip-components=1"),
+            }
             expected = {"files": want, "modes": {}, "sources": None, "sources_path": None}
             outputs = [restore]
         else:
-            n_targets = 1 if difficulty == "medium" else 2
-            present = [rel for rel in candidates if any(rel in c for _, c in archives)]
-            # prefer files the newest archive lacks, so "take the newest archive" is wrong
-            rng.shuffle(present)
-            present.sort(key=lambda rel: rel in archives[-1][1])
-            targets = sorted(present[:n_targets])
+            n_targets = len(targets)
             want, sources, modes = {}, {}, {}
             for rel in targets:
                 name, content = next((nm, c) for nm, c in reversed(archives) if rel in c)
                 base_name = rel.rsplit("/", 1)[1]
                 want[f"{restore}/{base_name}"] = content[rel]
                 sources[base_name] = name
-                if rel.endswith(".sh"):
+                if rel.endswith(".sh") and difficulty == "hard":  # only hard asks to keep permission bits
                     modes[f"{restore}/{base_name}"] = 0o755
             sources_path = f"{restore}/SOURCE" if difficulty == "medium" else f"{restore}/sources.json"
             kinds = (
@@ -260,41 +304,19 @@ class ArchiveRestore(Family):
                 f"`{store}/` holds dated backups of `{app}`, {kinds}. Not every archive contains "
                 f"every file.\n\n{bullets(lines)}\n"
             )
-            solution = f"mkdir -p {restore}\n" + python_block(f"""
-                import json, os, re, shutil, subprocess, tarfile, zipfile
-                store, restore, app = {store!r}, {restore!r}, {app!r}
-                names = sorted(os.listdir(store), key=lambda n: re.search(r"\\d{{4}}-\\d\\d-\\d\\d", n).group(0), reverse=True)
-                sources = {{}}
-                for rel in {targets!r}:
-                    member = f"{{app}}/{{rel}}"
-                    base = rel.rsplit("/", 1)[1]
-                    for name in names:
-                        path = os.path.join(store, name)
-                        if name.endswith(".zip"):
-                            with zipfile.ZipFile(path) as z:
-                                if member not in z.namelist():
-                                    continue
-                                data = z.read(member)
-                                mode = (z.getinfo(member).external_attr >> 16) & 0o7777 or 0o644
-                        else:
-                            with tarfile.open(path) as t:
-                                try:
-                                    info = t.getmember(member)
-                                except KeyError:
-                                    continue
-                                data = t.extractfile(info).read()
-                                mode = info.mode
-                        target = os.path.join(restore, base)
-                        with open(target, "wb") as handle:
-                            handle.write(data)
-                        os.chmod(target, mode)
-                        sources[base] = name
-                        break
-                if {difficulty == "medium"}:
-                    open({sources_path!r}, "w").write(list(sources.values())[0] + "\\n")
-                else:
-                    json.dump(sources, open({sources_path!r}, "w"), indent=2)
-                """)
+            solution = f"mkdir -p {restore}\n" + python_block(
+                _restore_script(store, restore, app, targets, sources_path, zips=difficulty == "hard")
+            )
+            by_date = 'key=lambda n: re.search(r"\\d{4}-\\d\\d-\\d\\d", n).group(0)'
+            near_misses = {
+                "newest_by_mtime": bent(solution, by_date, "key=lambda n: os.path.getmtime(os.path.join(store, n))")
+            }
+            if difficulty == "medium":
+                near_misses["names_archive_path"] = bent(
+                    solution, "write(sources[base] + ", "write(os.path.join(store, sources[base]) + "
+                )
+            else:
+                near_misses["drops_permission_bits"] = bent(solution, "        os.chmod(target, mode)\n", "")
             expected = {
                 "files": want,
                 "modes": modes,
@@ -324,4 +346,67 @@ class ArchiveRestore(Family):
                     assert data == EXPECTED["sources"], f"{data} != {EXPECTED['sources']}"
             """
         tests = test_module(self.name, expected, body)
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=outputs, files=files, setup=setup)
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=outputs,
+            files=files,
+            setup=setup,
+            near_misses=near_misses,
+        )
+
+
+def _version_of(rng: random.Random, rel: str, date: str) -> str:
+    return f"# {rel} as of {date}\nvalue = {rng.randint(0, 10**6)}\n"
+
+
+def _restore_script(store: str, restore: str, app: str, targets: list[str], sources_path: str, *, zips: bool) -> str:
+    """The reference restore: per target, the newest archive (by the date in its name) holding it.
+    Medium: one file from tar.gz archives, the archive named in a text file. Hard: several kinds of
+    archive, modes kept, the archives named in a JSON map."""
+    if zips:
+        read = """
+                if name.endswith(".zip"):
+                    with zipfile.ZipFile(path) as z:
+                        if member not in z.namelist():
+                            continue
+                        data = z.read(member)
+                        mode = (z.getinfo(member).external_attr >> 16) & 0o7777 or 0o644
+                else:
+                    with tarfile.open(path) as t:
+                        try:
+                            info = t.getmember(member)
+                        except KeyError:
+                            continue
+                        data = t.extractfile(info).read()
+                        mode = info.mode"""
+        imports = "import json, os, re, tarfile, zipfile"
+        write = f"json.dump(sources, open({sources_path!r}, 'w'), indent=2)"
+        chmod = "\n                os.chmod(target, mode)"
+    else:
+        read = """
+                with tarfile.open(path) as t:
+                    try:
+                        data = t.extractfile(member).read()
+                    except KeyError:
+                        continue"""
+        imports, chmod = "import os, re, tarfile", ""
+        write = f"open({sources_path!r}, 'w').write(sources[base] + '\\n')"
+    return f"""
+        {imports}
+        store, restore, app = {store!r}, {restore!r}, {app!r}
+        names = sorted(os.listdir(store), key=lambda n: re.search(r"\\d{{4}}-\\d\\d-\\d\\d", n).group(0), reverse=True)
+        sources = {{}}
+        for rel in {targets!r}:
+            member = f"{{app}}/{{rel}}"
+            base = rel.rsplit("/", 1)[1]
+            for name in names:
+                path = os.path.join(store, name){read}
+                target = os.path.join(restore, base)
+                with open(target, "wb") as handle:
+                    handle.write(data){chmod}
+                sources[base] = name
+                break
+        {write}
+        """

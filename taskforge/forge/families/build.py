@@ -6,7 +6,7 @@ import json
 import random
 
 from taskforge.forge import pools
-from taskforge.forge.base import Draft, Family
+from taskforge.forge.base import Draft, Family, bent
 from taskforge.forge.common import bullets, heredoc, pick, python_block, test_module
 
 WORDS = ["intro", "setup", "usage", "config", "deploy", "faq", "api", "notes", "release", "design"]
@@ -266,9 +266,24 @@ class MakefileBuild(Family):
             }
         expected.update(project=project, sources=sources, build_dir=out)
         solution = heredoc(f"{project}/Makefile", makefile) + "\n"
+        near_misses = {"clean_keeps_build_dir": bent(solution, f"\trm -rf {out}\n", f"\trm -rf {out}/*\n")}
+        if difficulty == "hard":
+            near_misses["renders_every_page"] = bent(
+                solution, f"{out}/%.html: {src_dir}/%.md", f"{out}/%.html: {src_dir}/%.md $(wildcard {src_dir}/*.md)"
+            )
+        else:
+            near_misses["bundle_without_prerequisites"] = bent(solution, f"{bundle}: $(SOURCES)\n", f"{bundle}:\n")
+        if difficulty == "medium":
+            near_misses["count_with_file_name"] = bent(solution, "wc -l < $< > $@", "wc -l $< > $@")
         tests = test_module(self.name, expected, MAKE_TEST, helpers=("nobody",))
         return Draft(
-            instruction=instruction, tests=tests, solution=solution, outputs=[project], files=files, setup=setup
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=[project],
+            files=files,
+            setup=setup,
+            near_misses=near_misses,
         )
 
 
@@ -471,10 +486,24 @@ class PackagingMetadata(Family):
                 f"rm -f {root}/setup.cfg {root}/setup.py\n"
             )
         expected["fields"] = fields
+        other_part = next(p for p in ("minor", "patch", "major") if p != part)
+        near_misses = {"bumps_the_wrong_part": bent(solution, f'"{new}"', f'"{_bump(version, other_part)}"')}
+        if difficulty == "easy":
+            near_misses["skips_init_version"] = bent(solution, solution.splitlines(keepends=True)[1], "")
+        elif difficulty == "medium":
+            near_misses["keeps_dropped_dependency"] = bent(solution, f".replace('    \"{drop}\",\\n', '')", "")
+        else:
+            near_misses["keeps_setup_files"] = bent(solution, f"rm -f {root}/setup.cfg {root}/setup.py\n", "")
         tests = test_module(self.name, expected, PACKAGING_TEST)
         outputs = [pyproject, init]
         return Draft(
-            instruction=instruction, tests=tests, solution=solution, outputs=outputs, files=files, extra={"bump": part}
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=outputs,
+            files=files,
+            extra={"bump": part},
+            near_misses=near_misses,
         )
 
 
@@ -609,31 +638,55 @@ class ComposeConfigEdit(Family):
                 checks.setdefault(s, {})["restart"] = "unless-stopped"
             top_volumes = [volume]
         instruction = f"Edit `{path}` (Compose file format):\n{bullets(lines)}\n\nKeep everything else as it is.\n"
-        solution = python_block(f"""
-            import yaml
-            path = {path!r}
-            data = yaml.safe_load(open(path))
-            s = data["services"]
-            for name in ("web", "worker"):
-                s[name]["image"] = {app + ":" + new_tag!r}
-            s["web"]["environment"]["LOG_LEVEL"] = {level!r}
-            cache, volume = {cache!r}, {volume!r}
-            if cache:
-                s[cache] = {{"image": {cache_image!r}}}
-                for name in ("web", "worker"):
-                    s[name]["depends_on"] = ["db", cache]
-                s["worker"]["environment"].pop({dropped if cache else None!r}, None)
-            if volume:
-                s.pop("legacy", None)
-                s["db"]["volumes"] = [volume + ":/var/lib/postgresql/data"]
-                data["volumes"] = {{volume: {{}}}}
-                for svc in s.values():
-                    svc["restart"] = "unless-stopped"
-            yaml.safe_dump(data, open(path, "w"), sort_keys=False)
-            """)
+        edits = [
+            "import yaml",
+            f"path = {path!r}",
+            "data = yaml.safe_load(open(path))",
+            's = data["services"]',
+            'for name in ("web", "worker"):',
+            f'    s[name]["image"] = {app + ":" + new_tag!r}',
+            f's["web"]["environment"]["LOG_LEVEL"] = {level!r}',
+        ]
+        if cache:
+            edits += [
+                f's[{cache!r}] = {{"image": {cache_image!r}}}',
+                'for name in ("web", "worker"):',
+                f'    s[name]["depends_on"] = ["db", {cache!r}]',
+                f'del s["worker"]["environment"][{dropped!r}]',
+            ]
+        if volume:
+            edits += [
+                'del s["legacy"]',
+                f's["db"]["volumes"] = ["{volume}:/var/lib/postgresql/data"]',
+                f'data["volumes"] = {{{volume!r}: {{}}}}',
+                "for service in s.values():",
+                '    service["restart"] = "unless-stopped"',
+            ]
+        edits.append('yaml.safe_dump(data, open(path, "w"), sort_keys=False)')
+        solution = python_block("\n".join(edits))
+        near_misses = {
+            "worker_keeps_old_image": bent(
+                solution,
+                'for name in ("web", "worker"):\n    s[name]["image"]',
+                'for name in ("web",):\n    s[name]["image"]',
+            )
+        }
+        if volume:
+            near_misses["keeps_legacy_service"] = bent(solution, 'del s["legacy"]\n', "")
+        elif cache:
+            near_misses["keeps_dropped_variable"] = bent(solution, f'del s["worker"]["environment"][{dropped!r}]\n', "")
+        else:
+            near_misses["log_level_on_worker"] = bent(solution, 's["web"]["environment"]', 's["worker"]["environment"]')
         expected = {"path": path, "services": sorted(services), "checks": checks, "top_volumes": top_volumes}
         tests = test_module(self.name, expected, COMPOSE_TEST)
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[path], files=files)
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=[path],
+            files=files,
+            near_misses=near_misses,
+        )
 
 
 def _yaml_dump(data, indent: int = 0) -> str:

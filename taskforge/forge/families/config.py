@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from taskforge.forge import pools
-from taskforge.forge.base import Draft, Family
+from taskforge.forge.base import Draft, Family, bent
 from taskforge.forge.common import add_group, add_user, bullets, heredoc, pick, python_block, test_module
 
 DAYS = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"]
@@ -146,6 +146,13 @@ class CronSchedule(Family):
             )
             body = "".join(f"{k}={v}\n" for k, v in env.items()) + "".join(f"{e} {user} {c}\n" for c, _, e in chosen)
             solution = heredoc(path, body) + f"\nchmod 644 {path}\n"
+            command0, _, expr0 = chosen[0]
+            near_misses = {
+                "no_user_field": bent(solution, f" {user} ", " "),
+                "ignores_schedule": bent(solution, f"{expr0} {user} {command0}\n", f"* * * * * {user} {command0}\n"),
+            }
+            if env:
+                near_misses["no_mailto"] = bent(solution, f"MAILTO={env['MAILTO']}\n", "")
         else:
             existing = jobs[:4]
             change, drop, keep = existing[0], existing[1], existing[2:]
@@ -184,9 +191,21 @@ class CronSchedule(Family):
             )
             # The sed replacement above must not carry regex escapes into the file.
             solution = solution.replace("\\*", "*")
+            near_misses = {
+                "keeps_dropped_job": bent(solution, solution.splitlines()[0] + "\n", ""),
+                "leaves_file_group_writable": bent(solution, f"chmod 644 {path}\n", ""),
+            }
         expected = {"path": path, "jobs": want, "env": env}
         tests = test_module(self.name, expected, CRON_TEST)
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[path], files=files, setup=setup)
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=[path],
+            files=files,
+            setup=setup,
+            near_misses=near_misses,
+        )
 
 
 UNIT_TEST = """
@@ -351,6 +370,12 @@ class SystemdUnit(Family):
             solution = (
                 "mkdir -p /etc/systemd/system\n" + "\n".join(heredoc(p, render(u)) for p, u in units.items()) + "\n"
             )
+            near_misses = {
+                "no_user": bent(solution, f"User={user}\n", ""),
+                "not_wanted_at_boot": bent(solution, "[Install]\nWantedBy=multi-user.target\n", ""),
+            }
+            if difficulty == "medium":
+                near_misses["timer_not_persistent"] = bent(solution, "Persistent=true\n", "")
             outputs = list(units)
         else:
             limit = rng.choice([4096, 8192, 16384, 65536])
@@ -396,10 +421,23 @@ class SystemdUnit(Family):
                 + heredoc(override, f"[Service]\nEnvironment=LOG_LEVEL={level}\nLimitNOFILE={limit}\n")
                 + f"\nln -sf {unit_path} {wants}\n"
             )
+            near_misses = {
+                "not_enabled": bent(solution, f"\nln -sf {unit_path} {wants}\n", "\n"),
+                "keeps_misspelled_restart": bent(solution, "; s#^Restrat=#Restart=#", ""),
+                "runs_as_root": bent(solution, f" s#^User=.*#User={user}#;", ""),
+            }
             outputs = [unit_path, override, wants]
         expected = {"units": units, "links": links, "absent_keys": absent}
         tests = test_module(self.name, expected, UNIT_TEST)
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=outputs, files=files, setup=setup)
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=outputs,
+            files=files,
+            setup=setup,
+            near_misses=near_misses,
+        )
 
 
 ENV_KEYS = [
@@ -458,6 +496,7 @@ class EnvMerge(Family):
         )
         keys = pick(rng, ENV_KEYS, rng.randint(6, 9))
         merged: dict[str, str] = {}
+        first: dict[str, str] = {}  # the value each key has in the first layer that sets it
         raw_layers: list[list[str]] = []
         for i, _ in enumerate(layers):
             lines = [f"# {app} settings, layer {i + 1}"]
@@ -476,9 +515,16 @@ class EnvMerge(Family):
                     written = f"{key}={written}"
                 lines.append(written)
                 merged[key] = value
+                first.setdefault(key, value)
                 if rng.random() < 0.2:
                     lines.append("")
             raw_layers.append(lines)
+        if all(first[key] == merged[key] for key in keys):  # a later layer overrides a value: precedence is tested
+            value = merged[keys[0]]
+            while value == merged[keys[0]]:
+                value = _env_value(rng, keys[0], app)
+            raw_layers[-1].append(f"{keys[0]}={value}")
+            merged[keys[0]] = value
         refs: dict[str, str] = {}
         if difficulty == "hard":  # values that refer to other keys, in the last layer that sets them
             host_key = next((k for k in keys if k.endswith("HOST")), None) or keys[0]
@@ -525,33 +571,13 @@ class EnvMerge(Family):
             )
             rules.append(f"also write `{json_out}`: the same keys and values as a JSON object")
         instruction = f"Merge the environment files of `{app}` in `{folder}` into `{out}`:\n{bullets(rules)}\n"
-        solution = python_block(f"""
-            import json, re
-            folder, merged, literal = {folder!r}, {{}}, set()
-            for name in {layers!r}:
-                for line in open(f"{{folder}}/{{name}}"):
-                    line = line.strip()
-                    if not line or line.startswith("#"):
-                        continue
-                    if line.startswith("export "):
-                        line = line[len("export "):]
-                    key, _, value = line.partition("=")
-                    key = key.strip()
-                    literal.discard(key)
-                    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\\"":
-                        if value[0] == "'":
-                            literal.add(key)
-                        value = value[1:-1]
-                    merged[key] = value
-            if {difficulty == "hard"}:
-                for key in merged:
-                    if key not in literal:
-                        merged[key] = re.sub(r"\\$\\{{(\\w+)\\}}", lambda m: merged[m.group(1)], merged[key])
-            with open({out!r}, "w") as handle:
-                handle.writelines(f"{"export " if exported else ""}{{k}}={{merged[k]}}\\n" for k in sorted(merged))
-            if {json_out!r}:
-                json.dump(merged, open({json_out!r}, "w"), indent=2)
-            """)
+        solution = python_block(_merge_script(folder, layers, out, json_out, exported, difficulty))
+        near_misses = {
+            "first_layer_wins": bent(solution, f"for name in {layers!r}:", f"for name in {layers[::-1]!r}:"),
+            "reverse_sorted": bent(solution, "for k in sorted(merged)", "for k in sorted(merged, reverse=True)"),
+        }
+        if difficulty == "hard":
+            near_misses["references_unresolved"] = bent(solution, _RESOLVE.lstrip("\n"), "")
         expected = {
             "path": out,
             "merged": dict(sorted(merged.items())),
@@ -587,7 +613,49 @@ class EnvMerge(Family):
             outputs=outputs,
             files=files,
             extra={"env_keys": len(merged)},
+            near_misses=near_misses,
         )
+
+
+_RESOLVE = r"""
+for key in merged:
+    if key not in literal:
+        merged[key] = re.sub(r"\$\{(\w+)\}", lambda m: merged[m.group(1)], merged[key])
+"""
+
+
+def _merge_script(
+    folder: str, layers: list[str], out: str, json_out: str | None, exported: bool, difficulty: str
+) -> str:
+    """The reference merge: later layers win; medium and hard strip `export ` and quotes; hard resolves
+    ${NAME} outside single quotes and writes a JSON copy."""
+    easy, hard = difficulty == "easy", difficulty == "hard"
+    body = ["line = line.strip()", 'if not line or line.startswith("#"):', "    continue"]
+    if not easy:
+        body += ['if line.startswith("export "):', '    line = line[len("export "):]']
+    body.append('key, _, value = line.partition("=")')
+    if hard:
+        body.append("literal.discard(key)")
+    if not easy:
+        body.append('if len(value) >= 2 and value[0] == value[-1] and value[0] in "\'\\"":')
+        if hard:
+            body += ['    if value[0] == "\'":', "        literal.add(key)"]
+        body.append("    value = value[1:-1]")
+    body.append("merged[key] = value")
+    prefix = "export " if exported else ""
+    lines = [
+        "import json, re" if hard else "",
+        f"folder, merged = {folder!r}, {{}}",
+        "literal = set()" if hard else "",
+        f"for name in {layers!r}:",
+        '    for line in open(f"{folder}/{name}"):',
+        *("        " + line for line in body),
+        _RESOLVE.strip("\n") if hard else "",
+        f'with open({out!r}, "w") as handle:',
+        f'    handle.writelines(f"{prefix}{{k}}={{merged[k]}}\\n" for k in sorted(merged))',
+        f'json.dump(merged, open({json_out!r}, "w"), indent=2)' if json_out else "",
+    ]
+    return "\n".join(line for line in lines if line)
 
 
 LOGROTATE_TEST = '''
@@ -741,6 +809,7 @@ class LogrotateConfig(Family):
                 + "\n}\n"
             )
             solution = heredoc(config, text) + "\n"
+            near_misses = {"skips_missingok": bent(solution, "\n    missingok", "")}
         elif difficulty == "medium":
             mode = rng.choice(["0640", "0644", "0600"])
             reload_cmd = f"/usr/local/bin/{app}-reload"
@@ -782,6 +851,10 @@ class LogrotateConfig(Family):
                 f"        {reload_cmd}\n    endscript\n}}\n"
             )
             solution = heredoc(config, text) + f"\nlogrotate -f {config}\n"
+            near_misses = {
+                "no_forced_rotation": bent(solution, f"\nlogrotate -f {config}\n", "\n"),
+                "reloads_once_per_log": bent(solution, "    sharedscripts\n", ""),
+            }
         else:
             access = [n for n in names][:1]
             other = [f"{log_dir}/{n}.log" for n in names[1:]]
@@ -838,6 +911,7 @@ class LogrotateConfig(Family):
                 "    compress\n    missingok\n}\n"
             )
             solution = heredoc(config, text) + f"\nlogrotate -f {config}\n"
+            near_misses = {"no_su": bent(solution, f"    su {user} {group}\n", "")}
             for o in other:
                 rotated[o] = files[o]
         expected = {
@@ -848,6 +922,7 @@ class LogrotateConfig(Family):
             "marker": marker,
         }
         tests = test_module(self.name, expected, LOGROTATE_TEST)
+        near_misses["keeps_one_copy_more"] = bent(solution, f"rotate {keep}\n", f"rotate {keep + 1}\n")
         return Draft(
             instruction=instruction,
             tests=tests,
@@ -856,4 +931,5 @@ class LogrotateConfig(Family):
             files=files,
             setup=setup,
             extra={"blocks": len(blocks)},
+            near_misses=near_misses,
         )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import random
 
 from taskforge.forge import pools
-from taskforge.forge.base import Draft, Family
+from taskforge.forge.base import Draft, Family, bent
 from taskforge.forge.common import add_group, add_user, bullets, pick, python_block, test_module
 
 SCRIPT_NAMES = ["start", "stop", "backup", "deploy", "healthcheck", "rotate", "migrate", "restore"]
@@ -157,16 +158,28 @@ class PermissionsFix(Family):
             sol += [f"chown -R {owner}:{group} {base}", f"chown -R {log_owner}:{group} {base}/logs"]
         if difficulty != "easy":
             sol.append(f"find {base} -type d -exec chmod {dir_mode:o} {{}} +")
+        rule_lines = {}
         for kind, want, _ in rules:
             if kind == "sh":
-                sol.append(f"find {base} -type f -name '*.sh' -exec chmod {want:o} {{}} +")
+                rule_lines[kind] = f"find {base} -type f -name '*.sh' -exec chmod {want:o} {{}} +"
             elif kind in ("key", "data"):
-                sol.append(f"find {base}/{'secrets' if kind == 'key' else 'data'} -type f -exec chmod {want:o} {{}} +")
+                folder = "secrets" if kind == "key" else "data"
+                rule_lines[kind] = f"find {base}/{folder} -type f -exec chmod {want:o} {{}} +"
             else:
-                sol.append(f"find {base} -type f -name '*.{kind}' -exec chmod {want:o} {{}} +")
+                rule_lines[kind] = f"find {base} -type f -name '*.{kind}' -exec chmod {want:o} {{}} +"
+        sol += rule_lines.values()
         if difficulty == "hard":
             sol.append(f"chmod 2770 {base}/logs")
             sol.append(f"find {base} -type f -name '*.conf' -exec setfacl -m u:{reader}:r {{}} +")
+        solution = "\n".join(sol) + "\n"
+        # Each near-miss skips one line of the policy: a rule's chmod, the directory modes, the setgid bit.
+        skipped = kinds[:2] if difficulty == "easy" else kinds[:1]
+        near_misses = {f"skips_{kind}_rule": bent(solution, rule_lines[kind] + "\n", "") for kind in skipped}
+        if difficulty != "easy":
+            dir_line = f"find {base} -type d -exec chmod {dir_mode:o} {{}} +\n"
+            near_misses["skips_directory_modes"] = bent(solution, dir_line, "")
+        if difficulty == "hard":
+            near_misses["logs_without_setgid"] = bent(solution, f"chmod 2770 {base}/logs", f"chmod 770 {base}/logs")
         expected = {
             "modes": {p: m for p, m in sorted({**want_modes, **want_dir_modes}.items())},
             "unchanged": dict(sorted(unchanged.items())),
@@ -200,10 +213,11 @@ class PermissionsFix(Family):
         return Draft(
             instruction=instruction,
             tests=tests,
-            solution="\n".join(sol) + "\n",
+            solution=solution,
             outputs=[base],
             files=files,
             setup=setup,
+            near_misses=near_misses,
         )
 
 
@@ -239,14 +253,14 @@ class PermissionAudit(Family):
         easy_kind = rng.choice(["world", "setuid", "owned", "group"]) if difficulty == "easy" else None
         if difficulty != "easy" or easy_kind == "setuid":
             executables = [p for p in paths if modes[p] & 0o100]
-            if not executables:
-                modes[paths[0]] |= 0o755
-                executables = [paths[0]]
-            setuid = sorted(rng.sample(executables, min(len(executables), rng.randint(1, 3))))
+            for p in paths[: max(0, 2 - len(executables))]:
+                modes[p] |= 0o755
+            executables = [p for p in paths if modes[p] & 0o100]
+            setuid = sorted(rng.sample(executables, min(len(executables), rng.randint(2, 3))))
             for p in setuid:
                 modes[p] |= 0o4000
-        if not any(owner[p] == target_user for p in paths):
-            owner[rng.choice(paths)] = target_user
+        for p in rng.sample(paths, max(0, 2 - sum(owner[p] == target_user for p in paths))):
+            owner[p] = target_user
         owned = sorted(p for p in paths if owner[p] == target_user)
         setup = [add_user(u, shell="/bin/bash") for u in users]
         setup += [f"chown {owner[p]}:{owner[p] if owner[p] != 'root' else 'root'} {p}" for p in paths]
@@ -285,6 +299,12 @@ class PermissionAudit(Family):
                 f"mkdir -p {out_dir}\ncd {base}\nfind {'.' if relative else base} -type f {find} | "
                 f"sed 's|^\\./||' | sort > {out}\n"
             )
+            near_misses = {
+                "reverse_sorted": bent(solution, f"| sort > {out}", f"| sort -r > {out}"),
+                "relative_absolute_swapped": bent(
+                    solution, f"find {'.' if relative else base} ", f"find {base if relative else '.'} "
+                ),
+            }
             expected = {"path": out, "lines": lines, "report": None, "fixed": {}}
             body = """
                 def test_report_lines():
@@ -314,7 +334,7 @@ class PermissionAudit(Family):
             else:
                 fixed = {p: modes[p] for p in paths}
             solution = f"mkdir -p {out_dir}\n" + python_block(f"""
-                import json, os, pwd, stat, subprocess
+                import json, os, pwd, stat
                 base = {base!r}
                 found = []
                 for folder, _, names in os.walk(base):
@@ -326,11 +346,20 @@ class PermissionAudit(Family):
                 }}
                 json.dump(report, open({out!r}, "w"), indent=2)
                 """)
+            fix = (
+                f"find {base} -type f -perm -o+w -exec chmod o-w {{}} +\n"
+                f"find {base} -type f -perm -4000 -exec chmod u-s {{}} +\n"
+            )
+            world_code = "sorted(p for p in found if os.stat(p).st_mode & stat.S_IWOTH)"
+            near_misses = {
+                "lists_unsorted": bent(solution, world_code, world_code[:-1].replace("(", "((", 1) + "), reverse=True)")
+            }
             if difficulty == "hard":
-                solution += (
-                    f"\nfind {base} -type f -perm -o+w -exec chmod o-w {{}} +\n"
-                    f"find {base} -type f -perm -4000 -exec chmod u-s {{}} +\n"
-                )
+                near_misses["report_after_fix"] = f"mkdir -p {out_dir}\n" + fix + solution.split("\n", 1)[1] + "\n"
+                solution += "\n" + fix
+                near_misses["keeps_setuid"] = bent(solution, fix.splitlines()[1] + "\n", "")
+            else:
+                near_misses["fixes_files"] = solution + "\n" + fix
             expected = {"path": out, "report": report, "fixed": fixed}
             body = """
                 def test_report():
@@ -338,7 +367,7 @@ class PermissionAudit(Family):
                     assert isinstance(data, dict), "the report must be a JSON object"
                     for key, want in EXPECTED["report"].items():
                         assert key in data, f"missing key {key}"
-                        assert sorted(data[key]) == want, f"{key}: {sorted(data[key])} != {want}"
+                        assert data[key] == want, f"{key}: {data[key]} != {want} (a sorted list)"
 
 
                 def test_file_modes():
@@ -347,7 +376,15 @@ class PermissionAudit(Family):
                         assert mode_of(path) == want, f"{path}: mode {mode_of(path):o}, expected {want:o}"
                 """
         tests = test_module(self.name, expected, body, helpers=("json", "stat"))
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[out], files=files, setup=setup)
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=[out],
+            files=files,
+            setup=setup,
+            near_misses=near_misses,
+        )
 
 
 EXTENSIONS = ["log", "csv", "tar", "jpg", "txt", "bin", "json"]
@@ -388,6 +425,15 @@ class DiskUsageReport(Family):
                     (path, size, rng.choice(tops) if difficulty == "hard" and "home" not in root else top, hidden)
                 )
         tops = [t for t in tops if any(p.startswith(f"{root}/{t}/") for p, _, _, _ in entries)]
+        if difficulty == "hard" and not any(hidden for *_, hidden in entries):  # "skip hidden" is tested
+            owner = entries[0][2]
+            entries.append((f"{root}/{tops[0]}/.cache/blob{rng.randint(1, 99)}", max(sizes_used) + 1, owner, True))
+        if difficulty == "medium":  # the sorted list of large files has two entries at least
+            ranked = sorted(entries, key=lambda e: -e[1])
+            for i in (0, 1):
+                if ranked[i][1] <= 16 * 1024:
+                    path, _, owner, hidden = ranked[i]
+                    entries[entries.index(ranked[i])] = (path, max(sizes_used) + 20_000 + i, owner, hidden)
         setup = [f"mkdir -p {p.rsplit('/', 1)[0]} && head -c {s} /dev/urandom > {p}" for p, s, _, _ in entries]
         owners = sorted({o for _, _, o, _ in entries})
         if difficulty == "hard":
@@ -400,6 +446,8 @@ class DiskUsageReport(Family):
 
         if difficulty == "easy":
             only = rng.choice([None, None, *EXTENSIONS])
+            if only and all(p.endswith("." + only) for p, *_ in entries):
+                only = None  # the extension filter must leave something out
             by_name = rng.random() < 0.4
             out = f"{out_dir}/{rng.choice(['usage', 'disk_usage', 'du_report'])}{'_' + only if only else ''}.csv"
             totals = {
@@ -426,6 +474,15 @@ class DiskUsageReport(Family):
                 f"b=$(find $d -type f {pattern} -printf '%s\\n' | awk '{{s+=$1}} END {{print s+0}}'); echo \"$n,$b\"; "
                 f"done | sort -t, {'-k1,1' if by_name else '-k2,2nr -k1,1'}; }} > {out}\n"
             )
+            near_misses = {"no_header": bent(solution, "echo directory,bytes; ", "")}
+            if only:
+                near_misses["ignores_extension_filter"] = bent(solution, f"-type f {pattern} ", "-type f ")
+            else:
+                near_misses["disk_usage_not_apparent"] = bent(
+                    solution,
+                    "$(find $d -type f  -printf '%s\\n' | awk '{s+=$1} END {print s+0}')",
+                    "$(du -s --block-size=1 $d | cut -f1)",
+                )
             expected = {"path": out, "header": ["directory", "bytes"], "rows": rows}
             body = """
                 def test_usage_table():
@@ -437,7 +494,7 @@ class DiskUsageReport(Family):
             out = f"{out_dir}/{rng.choice(['storage_report', 'usage_summary', 'space_report'])}.json"
             largest = [{"path": p, "bytes": s} for p, s, _, _ in sorted(entries, key=lambda e: -e[1])[:top_n]]
             by_dir = {t: sum(s for p, s, _, _ in entries if p.startswith(f"{root}/{t}/")) for t in tops}
-            kib = rng.choice([16, 32, 48, 64, 100])
+            kib = rng.choice([k for k in (16, 32, 48, 64, 100) if sum(s > k * 1024 for _, s, _, _ in entries) >= 2])
             over = sorted(p for p, s, _, _ in entries if s > kib * 1024)
             instruction = (
                 f"Write `{out}`, a JSON report on the regular files under `{root}` (sizes in bytes, apparent size):\n"
@@ -475,6 +532,11 @@ class DiskUsageReport(Family):
                           "over_{kib}k": sorted(p for p, s in files if s > {kib * 1024})}}
                 json.dump(report, open({out!r}, "w"), indent=2)
                 """)
+            over_code = f"sorted(p for p, s in files if s > {kib * 1024})"
+            near_misses = {
+                "over_list_unsorted": bent(solution, over_code, over_code[:-1] + ", reverse=True)"),
+                "by_directory_full_paths": bent(solution, "by_dir = {d: sum(", "by_dir = {os.path.join(root, d): sum("),
+            }
             expected = {
                 "path": out,
                 "total": sum(s for _, s, _, _ in entries),
@@ -492,7 +554,7 @@ class DiskUsageReport(Family):
                     assert got == want, f"largest_files {got} != {want}"
                     got_dirs = {k: int(v) for k, v in data["by_directory"].items()}
                     assert got_dirs == EXPECTED["by_dir"], f"by_directory {got_dirs} != {EXPECTED['by_dir']}"
-                    assert sorted(data[EXPECTED["over_key"]]) == EXPECTED["over"], f"{EXPECTED['over_key']} {data[EXPECTED['over_key']]} != {EXPECTED['over']}"
+                    assert data[EXPECTED["over_key"]] == EXPECTED["over"], f"{EXPECTED['over_key']} {data[EXPECTED['over_key']]} != {EXPECTED['over']} (sorted)"
                 """
             helpers = ("json",)
         else:
@@ -524,6 +586,12 @@ class DiskUsageReport(Family):
                 + bullets(["`by_owner`: owning user name -> bytes", second_text])
                 + "\n"
             )
+            skip_test = f' or n.endswith(".{skip}")' if skip else ""
+            key_code = (
+                'n.rsplit(".", 1)[1] if "." in n else "(none)"'
+                if second == "by_extension"
+                else 'os.path.relpath(p, root).split("/", 1)[0]'
+            )
             solution = f"mkdir -p {out_dir}\n" + python_block(f"""
                 import json, os, pwd
                 root = {root!r}
@@ -532,18 +600,23 @@ class DiskUsageReport(Family):
                     dirs[:] = [d for d in dirs if not d.startswith(".")]
                     for n in names:
                         p = os.path.join(folder, n)
-                        if n.startswith(".") or os.path.islink(p) or not os.path.isfile(p) or ({skip!r} and n.endswith("." + {skip!r})):
+                        if n.startswith(".") or os.path.islink(p) or not os.path.isfile(p){skip_test}:
                             continue
                         st = os.stat(p)
                         owner = pwd.getpwuid(st.st_uid).pw_name
-                        if {second!r} == "by_extension":
-                            key = n.rsplit(".", 1)[1] if "." in n else "(none)"
-                        else:
-                            key = os.path.relpath(p, root).split("/", 1)[0]
+                        key = {key_code}
                         by_owner[owner] = by_owner.get(owner, 0) + st.st_size
                         by_second[key] = by_second.get(key, 0) + st.st_size
                 json.dump({{"by_owner": by_owner, {second!r}: by_second}}, open({out!r}, "w"), indent=2)
                 """)
+            near_misses = {
+                "counts_hidden": bent(
+                    bent(solution, '    dirs[:] = [d for d in dirs if not d.startswith(".")]\n', ""),
+                    'if n.startswith(".") or ',
+                    "if ",
+                ),
+                "follows_symlinks": bent(solution, "os.path.islink(p) or ", ""),
+            }
             expected = {"path": out, "by_owner": by_owner, "second": second, "by_second": by_second}
             body = """
                 def test_breakdown():
@@ -555,7 +628,14 @@ class DiskUsageReport(Family):
                 """
             helpers = ("json",)
         tests = test_module(self.name, expected, body, helpers=helpers)
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[out], files={}, setup=setup)
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=[out],
+            setup=setup,
+            near_misses=near_misses,
+        )
 
 
 class StaleFileCleanup(Family):
@@ -593,6 +673,24 @@ class StaleFileCleanup(Family):
         old_mtime = (
             f"2024-{cutoff_month - 1:02d}-{rng.randint(2, 27):02d} {rng.randint(0, 23):02d}:{rng.randint(1, 59):02d}:00"
         )
+        # A folder whose files are all old, so the rule about directories (keep them; hard: remove the
+        # ones left empty) is tested in every instance.
+        emptied = f"{base}/{subdirs[1]}"
+        for path in [p for p in files if p.startswith(emptied + "/")]:
+            if path.endswith("/.keep"):
+                del files[path], mtimes[path]
+            else:
+                mtimes[path] = f"2024-{rng.randint(1, cutoff_month - 1):02d}-{rng.randint(1, 28):02d} 12:00:00"
+        # Files either side of the cutoff by hours, so the cutoff's day and time are tested too.
+        day_before = datetime.date(2024, cutoff_month, cutoff_day) - datetime.timedelta(days=1)
+        for stem, ext, mtime in (("edge", "dat", f"{cutoff} 06:00:00"), ("eve", "tmp", f"{day_before} 18:00:00")):
+            edge = f"{plain_dir}/{stem}-{rng.randint(10, 99)}.{ext}"
+            files[edge], mtimes[edge] = f"{stem} {rng.random():.6f}\n", mtime
+        if difficulty == "hard":
+            # something old to leave alone in keep/, and a .keep file outside it
+            keep_files = sorted(p for p in files if p.startswith(f"{base}/keep/"))
+            mtimes[keep_files[0]] = old_mtime
+            files[f"{plain_dir}/.keep"], mtimes[f"{plain_dir}/.keep"] = "", "2023-01-01 00:00:00"
         if difficulty != "easy" and not any(
             p.endswith(".log") and mtimes[p] < cutoff and "/keep/" not in p for p in files
         ):
@@ -602,12 +700,6 @@ class StaleFileCleanup(Family):
             extra = f"{plain_dir}/leftover-{rng.randint(10, 99)}.tmp"
             files[extra], mtimes[extra] = f"leftover {rng.random():.6f}\n", old_mtime
         old = sorted(p for p, m in mtimes.items() if m < cutoff)
-        if not old or len(old) == len(files):
-            first = sorted(files)[0]
-            mtimes[first] = (
-                f"2024-{cutoff_month - 1:02d}-15 12:00:00" if not old else f"2024-{cutoff_month + 1:02d}-20 12:00:00"
-            )
-            old = sorted(p for p, m in mtimes.items() if m < cutoff)
         setup = [f"touch -d '{m}' {p}" for p, m in sorted(mtimes.items())]
         archive = f"/srv/archive/{app}"
         report = None
@@ -619,6 +711,10 @@ class StaleFileCleanup(Family):
                 f"`{cutoff} 00:00:00` (UTC). Keep all other files and all directories.\n"
             )
             solution = f"find {base} -type f ! -newermt '{cutoff} 00:00:00' -delete\n"
+            near_misses = {
+                "removes_empty_dirs": solution + f"find {base} -mindepth 1 -type d -empty -delete\n",
+                "cutoff_day_late": bent(solution, "00:00:00", "23:59:59"),
+            }
         elif difficulty == "medium":
             moved = [p for p in old if p.endswith(".log")]
             removed = [p for p in old if not p.endswith(".log")]
@@ -642,6 +738,13 @@ class StaleFileCleanup(Family):
                 f'do mkdir -p {archive}/$(dirname "$f"); mv "$f" {archive}/"$f"; done\n'
                 f"find . -type f ! -newermt '{cutoff} 00:00:00' -delete\n"
             )
+            move = f'do mkdir -p {archive}/$(dirname "$f"); mv "$f" {archive}/"$f"; done'
+            near_misses = {
+                "deletes_old_logs": solution.replace(solution.splitlines()[1] + "\n", ""),
+                "flattens_archive": bent(solution, move, f'do mkdir -p {archive}; mv "$f" {archive}/; done'),
+                "removes_empty_dirs": solution + f"find {base} -mindepth 1 -type d -empty -delete\n",
+                "cutoff_day_late": bent(solution, "00:00:00", "23:59:59"),
+            }
         else:
             protected = [p for p in old if f"{base}/keep/" in p or p.endswith("/.keep")]
             removable = [p for p in old if p not in protected]
@@ -692,6 +795,15 @@ class StaleFileCleanup(Family):
                     if folder != base and not os.listdir(folder):
                         os.rmdir(folder)
                 """)
+            skip_keep = (
+                '    if folder == os.path.join(base, "keep") or folder.startswith(os.path.join(base, "keep") + "/"):\n'
+                "        continue\n"
+            )
+            near_misses = {
+                "keeps_empty_dirs": solution.split("for folder, dirs, names in sorted(")[0] + "PY\n",
+                "touches_keep_dir": bent(solution, skip_keep, ""),
+                "deletes_dot_keep": bent(solution, 'if n == ".keep" or ', "if "),
+            }
         kept = sorted(p for p in files if p not in removed and p not in moved)
         kept_dirs = sorted(
             {p.rsplit("/", 1)[0] for p in kept}
@@ -736,4 +848,12 @@ class StaleFileCleanup(Family):
             """
         outputs = [base] + ([archive] if moved or difficulty == "medium" else []) + ([report] if report else [])
         tests = test_module(self.name, expected, body)
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=outputs, files=files, setup=setup)
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=outputs,
+            files=files,
+            setup=setup,
+            near_misses=near_misses,
+        )

@@ -6,7 +6,7 @@ import datetime
 import random
 
 from taskforge.forge import pools
-from taskforge.forge.base import Draft, Family
+from taskforge.forge.base import Draft, Family, bent
 from taskforge.forge.common import add_group, add_user, bullets, csv_text, pick, test_module
 
 SHELLS = ["/bin/bash", "/bin/sh", "/usr/sbin/nologin"]
@@ -38,10 +38,12 @@ def test_created_accounts():
         assert entry.pw_gecos.split(",")[0] == want["full_name"], f"{user}: full name {entry.pw_gecos!r}"
         for group in want["groups"]:
             try:
-                members = grp.getgrnam(group).gr_mem
+                entry_of_group = grp.getgrnam(group)
             except KeyError:
                 raise AssertionError(f"group {group} does not exist") from None
-            assert user in members, f"{user} is not in group {group}"
+            # "member of": a supplementary member, or the group is the user's primary group
+            member = user in entry_of_group.gr_mem or entry.pw_gid == entry_of_group.gr_gid
+            assert member, f"{user} is not in group {group}"
         if want.get("uid") is not None:
             assert entry.pw_uid == want["uid"], f"{user}: uid {entry.pw_uid}, expected {want['uid']}"
         if want.get("expires"):
@@ -123,7 +125,9 @@ class UserAccounts(Family):
             rows.append(row)
             users[user] = want
         files[csv_path] = csv_text(header, rows)
-        setup = [add_group(g) for g in pick(rng, pools.GROUPS, 2)]  # some groups exist already
+        # some groups exist already, one the accounts need does not ("create missing groups" is tested)
+        needed = sorted({g for want in users.values() for g in want["groups"]})
+        setup = [add_group(g) for g in pick(rng, pools.GROUPS, 2) if g != needed[0]]
         offboard = None
         if leaving:
             offboard = f"{folder}/{rng.choice(['offboarding.txt', 'leavers.txt', 'remove.txt'])}"
@@ -157,7 +161,7 @@ class UserAccounts(Family):
         sol = [
             (
                 f"tail -n +2 {csv_path} | while IFS=, read -r user full shell "
-                f"groups {'uid expires' if difficulty == 'hard' else ''}; do"
+                f"groups{' uid expires' if difficulty == 'hard' else ''}; do"
             ),
             f'  groups="$groups{";" + common if common else ""}"',
             '  for g in ${groups//;/ }; do getent group "$g" >/dev/null || groupadd "$g"; done',
@@ -183,6 +187,14 @@ class UserAccounts(Family):
             sol.append(
                 f'while read -r user; do [ -n "$user" ] && userdel -r "$user" 2>/dev/null || true; done < {offboard}'
             )
+        solution = "\n".join(sol) + "\n"
+        near_misses = {"no_full_name": bent(solution, ' -c "$full"', "")}
+        if difficulty == "hard":
+            near_misses["ignores_uid_column"] = bent(solution, ' -u "$uid"', "")
+        else:
+            near_misses["skips_missing_groups"] = bent(solution, sol[2] + "\n", "")
+        if offboard:
+            near_misses["keeps_leaver_homes"] = bent(solution, 'userdel -r "$user"', 'userdel "$user"')
         expected = {
             "users": users,
             "removed": leaving,
@@ -196,8 +208,9 @@ class UserAccounts(Family):
         return Draft(
             instruction=instruction,
             tests=tests,
-            solution="\n".join(sol) + "\n",
+            solution=solution,
             outputs=[home_base],
             files=files,
             setup=setup,
+            near_misses=near_misses,
         )
