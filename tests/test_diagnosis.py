@@ -19,7 +19,13 @@ from taskforge.agent.loop import run_episode
 from taskforge.agent.policy import PolicyReply
 from taskforge.forge.base import DIFFICULTIES
 from taskforge.forge.families import FAMILIES
-from taskforge.forge.families.diagnosis import HARD_MAX_TURNS, ConfigRejected, CronJobNeverRuns, ReportToolFails
+from taskforge.forge.families.diagnosis import (
+    HARD_MAX_TURNS,
+    ConfigRejected,
+    CronJobNeverRuns,
+    FailingTestData,
+    ReportToolFails,
+)
 from taskforge.forge.generate import generate, symptom_share, task_seed
 from taskforge.sandbox.docker import DockerSandbox
 from taskforge.tasks import TaskLoadError, load_task, write_task
@@ -27,7 +33,7 @@ from taskforge.validate import validate_tasks
 
 from .conftest import FIXTURES
 
-DIAGNOSIS = [CronJobNeverRuns.name, ReportToolFails.name, ConfigRejected.name]
+DIAGNOSIS = [CronJobNeverRuns.name, ReportToolFails.name, ConfigRejected.name, FailingTestData.name]
 
 
 def specs_of(family: str, difficulty: str, n: int = 30):
@@ -74,6 +80,7 @@ def test_causes_and_decoys_vary():
     )
     assert {"file_mode", "file_name", "no_user", "wrong_path", "bare_command", "no_exec", "dir_owner"} <= set(causes)
     assert {"crlf", "shebang", "env_key", "missing_dir", "misspelt", "unit", "alias"} <= set(causes)
+    assert {"decimal_comma", "semicolon", "bom"} <= set(causes)
 
 
 def test_symptom_share_is_computed(tmp_path):

@@ -7,7 +7,7 @@ from taskforge.forge.families.archives import ArchiveBackup, ArchiveRestore
 from taskforge.forge.families.build import ComposeConfigEdit, MakefileBuild, PackagingMetadata
 from taskforge.forge.families.composite import RestoreAndReport, RestoreAndShip, TidyAndVerify
 from taskforge.forge.families.config import CronSchedule, EnvMerge, LogrotateConfig, SystemdUnit
-from taskforge.forge.families.diagnosis import ConfigRejected, CronJobNeverRuns, ReportToolFails
+from taskforge.forge.families.diagnosis import ConfigRejected, CronJobNeverRuns, FailingTestData, ReportToolFails
 from taskforge.forge.families.files import DiskUsageReport, PermissionAudit, PermissionsFix, StaleFileCleanup
 from taskforge.forge.families.git_tasks import ChangelogFromGit, GitBranchReport, GitMergeConflict, GitReleaseTag
 from taskforge.forge.families.json_data import FormatConvert, JsonRollup
@@ -57,6 +57,7 @@ FAMILY_CLASSES: list[type[Family]] = [
     PackagingMetadata,
     ComposeConfigEdit,
     ReportToolFails,
+    FailingTestData,
     GitPushDeploy,
     # composite (multi-stage, across domains; drawn schedule_weight times per round)
     RestoreAndReport,

@@ -816,3 +816,172 @@ class ConfigRejected(Family):
             "The daemon's own code and any file it does not read must stay as they are.",
         ]
         return symptom_instruction(rng, difficulty, opening, goals, keeps)
+
+
+# ------------------------------------------------------------------------------------------
+# A project's tests fail, and the cause is a data file
+
+RATES_CODE = '''"""Currency conversion for @APP@ invoices."""
+
+import csv
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def load_rates(path=DATA / "rates.csv"):
+    """code -> rate (one unit of the currency in the base currency)."""
+    rates = {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            rates[row["code"]] = float(row["rate"])
+    return rates
+
+
+def convert(amount, code, rates=None):
+    rates = rates or load_rates()
+    return round(amount * rates[code], 2)
+'''
+
+DATA_TEST = """
+def parsed_rates():
+    with open(EXPECTED["rates_file"], newline="", encoding="utf-8") as handle:
+        return {row["code"]: row["rate"] for row in csv.DictReader(handle)}
+
+
+def test_project_tests_pass():
+    copy_for_nobody(EXPECTED["project"], "/tmp/project-check")
+    done = run_as_nobody(["python3", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], "/tmp/project-check")
+    assert done.returncode == 0, f"the project's tests fail:\\n{done.stdout[-3000:]}{done.stderr[-1000:]}"
+
+
+def test_every_rate_kept_with_its_value():
+    rates = parsed_rates()
+    assert sorted(rates) == sorted(EXPECTED["rates"]), f"currencies {sorted(rates)}, the data had {sorted(EXPECTED['rates'])}"
+    for code, rate in EXPECTED["rates"].items():
+        assert close(rates[code], rate, 1e-9), f"{code}: rate {rates[code]!r}, it was meant to be {rate}"
+"""
+
+CURRENCIES = ["EUR", "USD", "JPY", "GBP", "CHF", "BRL", "INR", "CAD", "NGN", "SEK", "NOK", "PLN"]
+DATA_CAUSES = ["decimal_comma", "semicolon", "bom"]
+
+
+class FailingTestData(Family):
+    name = "failing_test_data"
+    domain = "development_tooling"
+    summary = "find why a project's tests fail when the cause is its data file (decimal comma, separator, BOM)"
+
+    def build(self, rng: random.Random, difficulty: str) -> Draft:
+        app = rng.choice(pools.APPS)
+        project = f"/home/user/{app}-tools"
+        package = f"{app}_tools"
+        rates_file = f"{project}/data/rates.csv"
+        codes = rng.sample(CURRENCIES, rng.randint(5, 8))
+        rates = {code: round(rng.uniform(0.2, 3.0), rng.choice([2, 3, 4])) for code in codes}
+        causes = rng.sample(DATA_CAUSES if difficulty != "easy" else DATA_CAUSES[:2], 2 if difficulty == "hard" else 1)
+        row_causes = [c for c in causes if c != "bom"]
+        bad_codes = dict(zip(row_causes, rng.sample(codes, len(row_causes)), strict=True))
+        lines = ["code,rate"]
+        for code in codes:
+            rate = str(rates[code])
+            if bad_codes.get("decimal_comma") == code:
+                lines.append(f"{code},{rate.replace('.', ',')}")
+            elif bad_codes.get("semicolon") == code:
+                lines.append(f"{code};{rate}")
+            else:
+                lines.append(f"{code},{rate}")
+        rates_text = "\n".join(lines) + "\n"
+        old_text = "code,rate\n" + "".join(f"{c};{round(r * 0.9, 2)}\n" for c, r in rates.items())
+        amounts = {code: rng.randint(5, 900) for code in codes}
+        test_text = f"from {package}.rates import convert\n\n\n" + "\n\n".join(
+            f"def test_{code.lower()}():\n    assert convert({amounts[code]}, {code!r}) == "
+            f"{round(amounts[code] * rates[code], 2)!r}\n"
+            for code in codes
+        )
+        code_path = f"{project}/{package}/rates.py"
+        code_text = RATES_CODE.replace("@APP@", app)
+        test_path = f"{project}/tests/test_rates.py"
+        old_path = f"{project}/data/rates-2023.csv"
+        files = {
+            code_path: code_text,
+            f"{project}/{package}/__init__.py": "",
+            test_path: test_text,
+            f"{project}/tests/__init__.py": "",
+            rates_file: rates_text,
+            old_path: old_text,
+            f"{project}/README.md": f"# {app}-tools\n\nRun the tests with `python3 -m pytest tests`.\n",
+        }
+        setup = [f"sed -i '1s/^/\\xEF\\xBB\\xBF/' {rates_file}"] if "bom" in causes else []
+        bad_comma, bad_semicolon = bad_codes.get("decimal_comma"), bad_codes.get("semicolon")
+        fix_of = {
+            "decimal_comma": f"sed -i 's/^{bad_comma},\\([0-9]*\\),\\([0-9]*\\)$/{bad_comma},\\1.\\2/' {rates_file}",
+            "semicolon": f"sed -i 's/^{bad_semicolon};/{bad_semicolon},/' {rates_file}",
+            "bom": f"sed -i '1s/^\\xEF\\xBB\\xBF//' {rates_file}",
+        }
+        fixes = {cause: fix_of[cause] for cause in causes}
+        explore = looks(
+            rng,
+            [
+                "ls -R",
+                "python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tail -n 20 || true",
+                rng.choice([f"cat -A {rates_file}", f"head -c 64 {rates_file} | od -c"]),
+                f"grep -n 'rates.csv' -r {package}",
+            ],
+        )
+        checks = ["python3 -m pytest -q -p no:cacheprovider tests"]
+        solution = "\n".join([f"cd {project}", *explore, *fixes.values(), *checks]) + "\n"
+        row_fixes = "".join(fix + "\n" for cause, fix in fixes.items() if cause != "bom")
+        near_misses = {
+            "fixes_decoy": f"sed -i 's/;/,/' {old_path}\n",
+            "edits_the_code": f'sed -i \'s/encoding="utf-8"/encoding="utf-8-sig"/\' {code_path}\n{row_fixes}',
+        }
+        if row_causes:
+            drop = "|".join(bad_codes.values())
+            near_misses["drops_bad_rows"] = fixes.get("bom", "") + f"\nsed -i -E '/^({drop})[,;]/d' {rates_file}\n"
+        if difficulty == "hard":
+            near_misses["first_cause_only"] = fixes[causes[0]] + "\n"
+        expected = {
+            "project": project,
+            "rates_file": rates_file,
+            "rates": rates,
+            "untouched": {p: sha256_text(files[p]) for p in (code_path, test_path, old_path)},
+        }
+        if difficulty == "easy":
+            said = {
+                "decimal_comma": f"the rate of `{bad_codes.get('decimal_comma')}` in `{rates_file}` is written with "
+                "a decimal comma",
+                "semicolon": f"the `{bad_codes.get('semicolon')}` row of `{rates_file}` uses `;` instead of `,` "
+                "between its fields",
+            }[causes[0]]
+            instruction = (
+                f"The tests of `{project}` fail because {said}. Fix the data file so that "
+                "`python3 -m pytest tests` passes there, keeping every rate's value; do not change the code or the "
+                "tests.\n"
+            )
+        else:
+            opening = rng.choice(
+                [
+                    f"The tests of `{project}` (`python3 -m pytest tests`) started failing after the last data update.",
+                    f"`python3 -m pytest tests` fails in `{project}`, although nobody changed its code.",
+                    f"CI reports failing tests for `{project}` since the currency data was refreshed.",
+                ]
+            )
+            goals = [
+                "Find the cause and fix it so the tests pass, keeping every currency at the value the data means.",
+                "Make the tests pass again; every currency must keep the rate the data gives it.",
+            ]
+            keeps = [
+                "Do not change the code or the tests, and leave older data files as they are.",
+                "The code, the tests and older data files must stay as they are.",
+            ]
+            instruction = symptom_instruction(rng, difficulty, opening, goals, keeps)
+        return Draft(
+            instruction=instruction,
+            tests=test_module(self.name, expected, DATA_TEST + DIGEST_HELPER, helpers=("base", "nobody")),
+            solution=solution,
+            outputs=[project],
+            files=files,
+            setup=setup,
+            extra=metadata(difficulty) | {"causes": " ".join(causes)},
+            near_misses=near_misses,
+        )
