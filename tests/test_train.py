@@ -319,6 +319,12 @@ def test_device_flag_reaches_the_model_and_an_unavailable_device_is_named(tmp_pa
 
     model, _ = load_policy("tiny", device="cpu")
     assert {p.device.type for p in model.parameters()} == {"cpu"} and model.device.type == "cpu"
+    make_eval_policy = checkpoint_policy_factory(
+        "tiny", temperature=0.0, max_new_tokens=8, max_context_tokens=100, device="cpu", dtype="bfloat16"
+    )
+    eval_policy = make_eval_policy()  # eval's flags reach its policy: the cap, the device, the dtype
+    assert eval_policy.max_context_tokens == 100
+    assert next(eval_policy.sampler.model.parameters()).dtype == torch.bfloat16
     assert not torch.cuda.is_available()  # this test is about a machine without a GPU
     unavailable = "--device cuda: cuda requested but torch.cuda.is_available() is False"
     with pytest.raises(PolicyLoadError, match="only cpu, cuda"):
