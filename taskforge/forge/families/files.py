@@ -688,7 +688,7 @@ class StaleFileCleanup(Family):
             files[edge], mtimes[edge] = f"{stem} {rng.random():.6f}\n", mtime
         if difficulty == "hard":
             # something old to leave alone in keep/, and a .keep file outside it
-            keep_files = sorted(p for p in files if p.startswith(f"{base}/keep/"))
+            keep_files = sorted(p for p in files if p.startswith(f"{base}/keep/") and not p.endswith("/.keep"))
             mtimes[keep_files[0]] = old_mtime
             files[f"{plain_dir}/.keep"], mtimes[f"{plain_dir}/.keep"] = "", "2023-01-01 00:00:00"
         if difficulty != "easy" and not any(
