@@ -1,9 +1,10 @@
 """The service families against the real Docker engine: a service started by the image's ENTRYPOINT
 runs in the task's container, survives the agent's session, and the tests probe it live.
 
-One generated instance per family (all in one `validate` call, 2 at a time): the oracle scores 1,
-the nop agent 0, and so does each near-miss: a fix that is never loaded (the config edited but the
-service not restarted; the site deployed or the report built by hand, the service left broken).
+One generated instance per family, all in one `validate` call, side by side (their trials mostly
+wait on the services): the oracle scores 1, the nop agent 0, and so does each near-miss: a fix
+that is never loaded (the config edited but the service not restarted; the site deployed or the
+report built by hand, the service left broken).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def test_service_tasks_lint_clean(service_tasks):
 
 
 def test_validate_oracle_passes_nop_and_near_misses_fail(service_tasks, tmp_path):
-    results = validate_tasks(service_tasks, tmp_path / "run", jobs=2)
+    results = validate_tasks(service_tasks, tmp_path / "run", jobs=4)  # trials mostly wait on the services
     assert {r.task_name.split("/")[1].rsplit("-", 2)[0] for r in results} == set(SERVICE_FAMILIES)
     for result in results:
         assert result.status == "passed", f"{result.task_name}: {result.status} {result.detail}"
@@ -69,7 +70,9 @@ def test_the_environments_service_survives_the_agents_leftovers_do_not(service_t
         while box.exec("svc status $(ls /etc/svc)", timeout_sec=10).exit_code != 0:
             assert time.monotonic() < deadline, "the supervised service never started"
             time.sleep(0.2)
-        started = box.exec("setsid python3 -m http.server 8765 >/dev/null 2>&1 & sleep 0.5; pgrep -f 'http[.]server'", 10)
+        started = box.exec(
+            "setsid python3 -m http.server 8765 >/dev/null 2>&1 & sleep 0.5; pgrep -f 'http[.]server'", 10
+        )
         assert started.exit_code == 0 and started.output.strip()
         box.kill_leftovers()
         left = box.exec("pgrep -f 'http[.]server'; svc status $(ls /etc/svc)", timeout_sec=10)

@@ -156,10 +156,41 @@ def as_user(user: str, command: str) -> str:
     return f"#!/bin/sh\nexec setpriv --reuid={user} --regid={user} --init-groups {command}\n"
 
 
-def supervisor_note(name: str) -> str:
-    return (
-        f"The service `{name}` runs under a small supervisor: `svc status|start|stop|restart {name}` "
-        f"controls it, its output goes to `/var/log/svc/{name}.log` and `/etc/svc/{name}/run` starts it."
+def supervisor_note(rng: random.Random, name: str) -> str:
+    """How the service is run, in one of a few phrasings."""
+    return rng.choice(
+        [
+            f"The service `{name}` runs under a small supervisor: `svc status|start|stop|restart {name}` "
+            f"controls it, its output goes to `/var/log/svc/{name}.log` and `/etc/svc/{name}/run` starts it.",
+            f"`{name}` is supervised: `/etc/svc/{name}/run` starts it, `svc restart {name}` (or `start`, `stop`, "
+            f"`status`) controls it, and whatever it prints lands in `/var/log/svc/{name}.log`.",
+            f"A supervisor keeps `{name}` running from `/etc/svc/{name}/run`; use `svc status {name}`, "
+            f"`svc restart {name}` and friends, and read its log at `/var/log/svc/{name}.log`.",
+        ]
+    )
+
+
+def reported(rng: random.Random, symptom: str) -> str:
+    """The symptom as someone reported it (a few framings)."""
+    person, team = rng.choice(pools.PEOPLE).capitalize(), rng.choice(pools.TEAMS)
+    return rng.choice(
+        [
+            f"{person} from the {team} team reports: {symptom}.",
+            f"Ticket from {person} ({team}): {symptom}.",
+            f"{symptom[0].upper()}{symptom[1:]}, {person} noticed this morning.",
+            f"On-call handover from {person}: {symptom}; nobody has looked into it yet.",
+        ]
+    )
+
+
+def fix_it(rng: random.Random) -> str:
+    return rng.choice(
+        [
+            "Find the cause and fix it",
+            "Diagnose the problem and repair it",
+            "Track down what is wrong and fix it",
+            "Investigate and put it right",
+        ]
     )
 
 
@@ -266,7 +297,9 @@ class WebServiceRepair(Family):
         user = rng.choice(pools.SERVICE_ACCOUNTS)
         service = f"{app}-web"
         conf = f"/etc/{app}/server.ini"
-        root = rng.choice([f"/srv/{app}/site", f"/var/www/{app}", f"/opt/{app}/public"])
+        root = rng.choice(
+            [f"/srv/{app}/site", f"/var/www/{app}", f"/opt/{app}/public", f"/srv/www/{app}", f"/var/lib/{app}/htdocs"]
+        )
         port = rng.choice(PORTS)
         names = ["index.html", "about.html", "status.json", *[f"reports/{m}.txt" for m in pick(rng, pools.MONTHS, 3)]]
         files_served = {rel: self._page(rng, app, rel) for rel in names}
@@ -312,8 +345,8 @@ class WebServiceRepair(Family):
         if difficulty == "hard":
             rules.append(f"it must keep running as user `{user}`, not as root")
         instruction = (
-            f"The web server of {app} is broken: {symptom}. {supervisor_note(service)} "
-            f"Its settings are in `{conf}`. Find the cause and fix it:\n{bullets(rules)}\n"
+            f"{reported(rng, f'the {app} web server is broken, {symptom}')} {supervisor_note(rng, service)} "
+            f"Its settings are in `{conf}`. {fix_it(rng)}:\n{bullets(rules)}\n"
         )
         if "perms" in causes:
             fixes.append(f"chmod -R a+rX {root}")
@@ -371,7 +404,7 @@ class WebServiceRepair(Family):
 # A spool worker
 
 _WORKER = '''#!/usr/bin/env python3
-"""Processes order jobs from a spool directory: <name>.job (lines `sku,quantity,unit_cents`)
+"""Processes order jobs from a spool directory: each job file (lines `sku,quantity,unit_cents`)
 becomes <name>.result in the done directory, and the job file is removed."""
 import configparser
 import pathlib
@@ -425,7 +458,7 @@ def finished(jobs):
     incoming = pathlib.Path(EXPECTED["incoming"])
     for name, job in jobs.items():
         result = done / f"{name}.result"
-        if (incoming / f"{name}.job").exists() or not result.is_file() or result.read_text() != result_text(job):
+        if (incoming / f"{name}.{EXPECTED['ext']}").exists() or not result.is_file() or result.read_text() != result_text(job):
             return False
     return True
 
@@ -435,14 +468,14 @@ import pytest
 
 @pytest.fixture(scope="module")
 def processed():
-    """Drops the new jobs into the spool, then waits up to 10 s for every job: which were processed."""
+    """Drops the new jobs into the spool, then waits up to the stated limit for every job: which were processed."""
     incoming = pathlib.Path(EXPECTED["incoming"])
     for name, job in EXPECTED["new"].items():
         staged = incoming / f".{name}.tmp"
         staged.write_text(job)
-        staged.rename(incoming / f"{name}.job")
+        staged.rename(incoming / f"{name}.{EXPECTED['ext']}")
     every = {**EXPECTED["waiting"], **EXPECTED["new"]}
-    wait_until(lambda: finished(every), 10)
+    wait_until(lambda: finished(every), EXPECTED["seconds"])
     return {name for name in every if finished({name: every[name]})}
 
 
@@ -453,7 +486,7 @@ def test_waiting_jobs_were_processed(processed):
 
 def test_new_jobs_are_processed(processed):
     left = sorted(set(EXPECTED["new"]) - processed)
-    assert not left, f"the jobs {left} dropped into {EXPECTED['incoming']} were not processed within 10 s"
+    assert not left, f"the jobs {left} dropped into {EXPECTED['incoming']} were not processed within {EXPECTED['seconds']} s"
 '''
 
 
@@ -467,17 +500,26 @@ class SpoolWorker(Family):
         user = rng.choice(pools.SERVICE_ACCOUNTS)
         service = f"{app}-worker"
         conf = f"/etc/{app}/worker.ini"
-        spool = rng.choice([f"/var/spool/{app}", f"/srv/{app}/spool", f"/var/lib/{app}/queue"])
+        spool = rng.choice(
+            [
+                f"/var/spool/{app}",
+                f"/srv/{app}/spool",
+                f"/var/lib/{app}/queue",
+                f"/srv/queue/{app}",
+                f"/opt/{app}/spool",
+            ]
+        )
         incoming, done = f"{spool}/incoming", f"{spool}/done"
-        settings = {"incoming": incoming, "done": done, "pattern": "*.job", "poll_seconds": "1"}
+        ext, seconds = rng.choice(["job", "order", "req", "task"]), rng.choice([5, 10, 15])
+        settings = {"incoming": incoming, "done": done, "pattern": f"*.{ext}", "poll_seconds": "1"}
         config_causes, perm_causes = self._causes(rng, difficulty)
         fixes: list[str] = []
         if "incoming" in config_causes:
             settings["incoming"] = rng.choice([f"{spool}/incomming", f"{spool}/inbox", f"{spool}/in"])
             fixes.append(ini_line_edit(conf, "incoming", incoming))
         if "pattern" in config_causes:
-            settings["pattern"] = rng.choice(["*.jobs", "*.txt", "job-*"])
-            fixes.append(ini_line_edit(conf, "pattern", "*.job"))
+            settings["pattern"] = rng.choice([f"*.{ext}s", "*.txt", f"{ext}-*"])
+            fixes.append(ini_line_edit(conf, "pattern", f"*.{ext}"))
         if "poll" in config_causes:
             settings["poll_seconds"] = rng.choice(["3600", "86400", "900"])
             fixes.append(ini_line_edit(conf, "poll_seconds", "1"))
@@ -491,31 +533,47 @@ class SpoolWorker(Family):
             fixes.append(f"chown {user}: {incoming}")
         names = [f"order-{n}" for n in rng.sample(range(1000, 9999), 6)]
         jobs = {name: self._job(rng) for name in names}
-        waiting, new = dict(list(jobs.items())[:3]), dict(list(jobs.items())[3:])
-        files = {f"{incoming}/{name}.job": job for name, job in waiting.items()}
+        n_waiting = rng.randint(2, 4)
+        waiting, new = dict(list(jobs.items())[:n_waiting]), dict(list(jobs.items())[n_waiting:])
+        files = {f"{incoming}/{name}.{ext}": job for name, job in waiting.items()}
         files[conf] = "[spool]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
         files[f"/opt/{app}/worker.py"] = _WORKER
         service_files, service_setup = service_image(service, as_user(user, f"python3 /opt/{app}/worker.py {conf}"))
         files.update(service_files)
         setup += service_setup
         rules = [
-            f"each job file `<name>.job` in `{incoming}` must be turned into `{done}/<name>.result` by the worker "
-            "and removed from the spool, within 10 seconds of being dropped there",
+            f"each job file `<name>.{ext}` in `{incoming}` must be turned into `{done}/<name>.result` by the "
+            f"worker and removed from the spool, within {seconds} seconds of being dropped there",
             f"the jobs waiting in `{incoming}` now must be processed too",
             f"the worker must be running under its supervisor when you are done (`svc status {service}`)",
         ]
+        symptom = rng.choice(
+            [
+                f"{len(waiting)} order jobs of {app} pile up in `{incoming}`, the worker `{service}` does not process them",
+                f"the {app} worker `{service}` stopped processing orders: `{incoming}` keeps filling up",
+                f"no results have appeared in `{done}` for hours although `{incoming}` holds {len(waiting)} jobs",
+            ]
+        )
         instruction = (
-            f"Order jobs for {app} pile up in `{incoming}`: the worker `{service}` does not process them. "
-            f"{supervisor_note(service)} Its settings are in `{conf}`. Find out why and fix it:\n{bullets(rules)}\n"
+            f"{reported(rng, symptom)} {supervisor_note(rng, service)} Its settings are in `{conf}`. "
+            f"{fix_it(rng)}:\n{bullets(rules)}\n"
         )
         solution = "\n".join([f"tail -n 20 /var/log/svc/{service}.log", f"cat {conf}", *fixes])
         if config_causes:
             solution += f"\nsvc restart {service}"
-        expected = {"service": service, "incoming": incoming, "done": done, "waiting": waiting, "new": new}
+        expected = {
+            "service": service,
+            "incoming": incoming,
+            "done": done,
+            "ext": ext,
+            "seconds": seconds,
+            "waiting": waiting,
+            "new": new,
+        }
         by_hand = (
-            f"for job in {incoming}/*.job; do\n"
+            f"for job in {incoming}/*.{ext}; do\n"
             f'  awk -F, \'{{ n++; t += $2 * $3 }} END {{ printf "lines=%d\\ntotal_cents=%d\\n", n, t }}\' "$job" '
-            f'> {done}/$(basename "$job" .job).result\n'
+            f'> {done}/$(basename "$job" .{ext}).result\n'
             '  rm "$job"\n'
             "done"
         )
@@ -639,7 +697,9 @@ class GitPushDeploy(Family):
         service = f"{app}-git"
         repo = f"/srv/git/{app}.git"
         url = f"git://127.0.0.1/{app}.git"
-        deploy = rng.choice([f"/srv/www/{app}", f"/var/www/{app}", f"/opt/{app}/current"])
+        deploy = rng.choice(
+            [f"/srv/www/{app}", f"/var/www/{app}", f"/opt/{app}/current", f"/srv/{app}/htdocs", f"/var/www/html/{app}"]
+        )
         prefix = app.upper()[:4]
         causes = self._causes(rng, difficulty)
         first = {"index.html": self._page(rng, app), "app.js": f"// {app} {_words(rng, 3)}\n"}
@@ -692,10 +752,17 @@ class GitPushDeploy(Family):
                 f"start with a ticket id such as `{prefix}-123` (`{prefix}-` and digits); such a push must leave "
                 "`main` where it was"
             )
+        symptom = rng.choice(
+            [
+                f"pushes to `{url}` no longer reach `{deploy}`",
+                f"`{deploy}` still shows an old version of the {app} site although new commits were pushed",
+                f"the {app} site stopped updating after pushes to `{url}`",
+            ]
+        )
         instruction = (
-            f"The {app} site is deployed by pushing to the git server at `{url}` (bare repository `{repo}`, "
-            f"a `post-receive` hook checks `main` out into `{deploy}`), but pushes no longer reach `{deploy}`. "
-            f"{supervisor_note(service)} Find the cause and fix it:\n{bullets(rules)}\n"
+            f"The {app} site is deployed by pushing to the git server at `{url}` (bare repository `{repo}`; "
+            f"a `post-receive` hook checks `main` out into `{deploy}`). {reported(rng, symptom)} "
+            f"{supervisor_note(rng, service)} {fix_it(rng)}:\n{bullets(rules)}\n"
         )
         change = {
             "write": {
@@ -789,9 +856,11 @@ def current_summary():
 
 
 def test_table_runs_the_job_every_n_seconds_as_its_user():
-    lines = [line.split() for line in read_text("/etc/ticktab").splitlines()]
-    want = [str(EXPECTED["every"]), EXPECTED["user"], EXPECTED["script"]]
-    assert want in lines, f"/etc/ticktab has no line `{' '.join(want)}`"
+    lines = [line.split() for line in read_text("/etc/ticktab").splitlines() if not line.startswith("#")]
+    every, user, script = str(EXPECTED["every"]), EXPECTED["user"], EXPECTED["script"]
+    assert any(words[:2] == [every, user] and script in words[2:] for words in lines), (
+        f"/etc/ticktab has no job running {script} as {user} every {every} seconds"
+    )
 
 
 def test_summary_follows_the_data():
@@ -868,10 +937,16 @@ class TickScheduler(Family):
             "`total=<sum of the amount column over all tables>`",
             f"the scheduler must be running under its supervisor when you are done (`svc status {service}`)",
         ]
+        symptom = rng.choice(
+            [
+                f"`{summary}` is stale, the scheduler no longer refreshes it",
+                f"the {app} summary `{summary}` has not changed for days although new tables arrived in `{data}`",
+                f"the dashboard reading `{summary}` shows old numbers",
+            ]
+        )
         instruction = (
-            f"`{summary}` is stale: the scheduler `tickd` (table `{table}`, one job per line: "
-            f"`<every_seconds> <user> <command>`) no longer refreshes it. {supervisor_note(service)} "
-            f"Find out why and fix it:\n{bullets(rules)}\n"
+            f"{reported(rng, symptom)} The scheduler `tickd` runs the jobs of `{table}`, one per line: "
+            f"`<every_seconds> <user> <command>`. {supervisor_note(rng, service)} {fix_it(rng)}:\n{bullets(rules)}\n"
         )
         solution = "\n".join([f"tail -n 20 /var/log/svc/{service}.log", f"cat {table} {script}", *fixes])
         solution += f"\nsvc restart {service}\n"
