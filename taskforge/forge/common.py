@@ -148,9 +148,9 @@ def owner_of(path):
 """,
     "rounded": r'''
 def is_rounded(value, places=2):
-    """A number with at most `places` decimals (12.5 and 12.50 are; 12.345 is not)."""
+    """A number with at most `places` decimals (12.5 and 12.50 are; 12.345 and 12.3400000001 are not)."""
     x = num(value)
-    return abs(round(x, places) - x) < 1e-9
+    return round(x, places) == x
 
 
 def check_rounded_cells(path, columns, places=2):

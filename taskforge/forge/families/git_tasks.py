@@ -114,10 +114,15 @@ class GitBranchReport(Family):
                 not any(names[t].startswith(prefix) for t in topics) or all(names[t].startswith(prefix) for t in topics)
             ):
                 prefix = None  # the prefix must select some branches and leave out others
+            listed = [t for t in topics if not prefix or names[t].startswith(prefix)]
+            if all(
+                len(h.ancestors(h.heads[names[t]]) - main) == len(main - h.ancestors(h.heads[names[t]])) for t in listed
+            ):
+                h.checkout(names[listed[0]])  # one more commit, so that ahead and behind differ somewhere
+                h.commit(h.new_subject(), rng.choice(authors), line_change(h, f"src/{listed[0]}.py"))
+                h.checkout("main")
             report = {}
-            for t in topics:
-                if prefix and not names[t].startswith(prefix):
-                    continue
+            for t in listed:
                 b = h.ancestors(h.heads[names[t]])
                 report[names[t]] = {"ahead": len(b - main), "behind": len(main - b)}
             which = f"whose name starts with `{prefix}`" if prefix else "other than `main`"
@@ -139,12 +144,17 @@ class GitBranchReport(Family):
                 )
 
             solution = divergence(f"refs/heads/{prefix}" if prefix else "refs/heads/ | grep -vx main")
-            near_misses = {
-                "skips_merge_commits": divergence(
+            merges = {c for c in h.commits if len(h.commits[c].parents) > 1}
+            near_misses = {}
+            if any((h.ancestors(h.heads[b]) ^ main) & merges for b in report):  # a merge commit is counted
+                near_misses["skips_merge_commits"] = divergence(
                     f"refs/heads/{prefix}" if prefix else "refs/heads/ | grep -vx main",
                     "git rev-list --count --no-merges",
                 )
-            }
+            if any(v["ahead"] != v["behind"] for v in report.values()):
+                near_misses["ahead_behind_swapped"] = divergence(
+                    f"refs/heads/{prefix}" if prefix else "refs/heads/ | grep -vx main"
+                ).replace("{($b): {ahead: $a, behind: $z}}", "{($b): {ahead: $z, behind: $a}}")
             if prefix:
                 near_misses["ignores_prefix"] = divergence("refs/heads/ | grep -vx main")
             else:

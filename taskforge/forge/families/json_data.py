@@ -50,6 +50,10 @@ class JsonRollup(Family):
 
         files: dict[str, str] = {}
         outputs: list[str] = []
+        # rounding is stated (and checked) only where the summed field has decimals
+        decimals = not VALUE_FIELDS[value_field][2]
+        rounding = ", totals rounded to 2 decimals" if decimals else ""
+        total = f"((map(.{value_field}) | add) * 100 | round / 100)" if decimals else f"(map(.{value_field}) | add)"
         if difficulty == "easy":
             group = rng.choice(["user", "type"])
             out = f"{out_dir}/{group}_{rng.choice(['rollup', 'totals', 'summary'])}.json"
@@ -66,12 +70,20 @@ class JsonRollup(Family):
                 f"`{src}` is a JSON array of event objects with the fields `id`, `user`, `type`, "
                 f"`{value_field}`, `ts` and `meta`.\n\n"
                 f"Write `{out}`: a JSON object with one key per distinct `{group}`; each value is an object "
-                f'`{{"count": <number of events>, "total": <sum of {value_field}>}}`, totals rounded to 2 decimals.\n'
+                f'`{{"count": <number of events>, "total": <sum of {value_field}>}}`{rounding}.\n'
             )
-            solution = (
-                f"mkdir -p {out_dir}\njq 'group_by(.{group}) | map({{key: .[0].{group}, value: {{count: length, total: "
-                f"((map(.{value_field}) | add) * 100 | round / 100)}}}}) | from_entries' {src} > {out}\n"
-            )
+
+            def rollup(key: str, entries: str = " | from_entries") -> str:
+                return (
+                    f"mkdir -p {out_dir}\njq 'group_by(.{key}) | map({{key: .[0].{key}, value: {{count: length, "
+                    f"total: {total}}}}}){entries}' {src} > {out}\n"
+                )
+
+            solution = rollup(group)
+            near_misses = {
+                "array_not_object": rollup(group, entries=""),
+                "groups_by_other_field": rollup("type" if group == "user" else "user"),
+            }
             expected = {"path": out, "result": result}
             body = """
                 def test_rollup():
@@ -83,6 +95,7 @@ class JsonRollup(Family):
                         got = data[key]
                         assert int(got["count"]) == slot["count"], f"{key}: count {got['count']} != {slot['count']}"
                         assert close(got["total"], slot["total"]), f"{key}: total {got['total']} != {slot['total']}"
+                        assert is_rounded(got["total"]), f"{key}: total {got['total']} is not rounded to 2 decimals"
                 """
             outputs.append(out)
         elif difficulty == "medium":
@@ -110,15 +123,23 @@ class JsonRollup(Family):
                 "events; each value is an object "
                 f'`{{"count": ..., "total": ..., "max": ...}}` over that user\'s `{keep_type}` '
                 "events only: how many there are, "
-                f"the sum of their `{value_field}` (rounded to 2 decimals) and the largest `{value_field}`.\n"
+                f"the sum of their `{value_field}`{' (rounded to 2 decimals)' if decimals else ''} "
+                f"and the largest `{value_field}`.\n"
             )
-            solution = (
-                f"mkdir -p {out_dir}\n"
-                f'cat {src}/*.jsonl | jq -s \'map(select(.type == "{keep_type}")) | group_by(.user)'
-                " | map({key: .[0].user, value: {count: length, "
-                f"total: ((map(.{value_field}) | add) * 100 | round / 100), "
-                f"max: (map(.{value_field}) | max)}}}}) | from_entries' > {out}\n"
-            )
+
+            def rollup(inputs: str, select: str = f'map(select(.type == "{keep_type}")) | ') -> str:
+                return (
+                    f"mkdir -p {out_dir}\n"
+                    f"cat {inputs} | jq -s '{select}group_by(.user)"
+                    f" | map({{key: .[0].user, value: {{count: length, total: {total}, "
+                    f"max: (map(.{value_field}) | max)}}}}) | from_entries' > {out}\n"
+                )
+
+            solution = rollup(f"{src}/*.jsonl")
+            near_misses = {
+                "ignores_type": rollup(f"{src}/*.jsonl", select=""),
+                "reads_one_file": rollup(f"{src}/part-01.jsonl"),
+            }
             expected = {"path": out, "result": result}
             body = """
                 def test_rollup():
@@ -131,6 +152,7 @@ class JsonRollup(Family):
                         for field in ("count", "total", "max"):
                             assert field in got, f"{key}: missing {field}"
                             assert close(got[field], slot[field]), f"{key}: {field} {got[field]} != {slot[field]}"
+                        assert is_rounded(got["total"]), f"{key}: total {got['total']} is not rounded to 2 decimals"
                 """
             outputs.append(out)
         else:
@@ -161,39 +183,54 @@ class JsonRollup(Family):
                         rng.choice(['{"id": "ev-broken", "user": ', "not json at all", "]"])
                     )
                     bad += 1
-            for i, lines in enumerate(lines_by_file):
-                files[f"{src}/batch-{i + 1}.jsonl"] = "\n".join(lines) + "\n"
             ranked = sorted(totals.values(), key=lambda s: (-round(s["total"], 2), s[meta_field]))
             for s in ranked:
                 s["total"] = round(s["total"], 2)
             top = ranked[:top_n]
+            # an event without a value in the top group: counting it as an event is wrong
+            serial += rng.randint(1, 20)
+            valueless = _event(rng, serial, users, types, value_field)
+            valueless[value_field] = None
+            valueless["meta"][meta_field] = top[0][meta_field]
+            lines_by_file[-1].append(json.dumps(valueless))
+            for i, lines in enumerate(lines_by_file):
+                files[f"{src}/batch-{i + 1}.jsonl"] = "\n".join(lines) + "\n"
             instruction = (
                 f"The `.jsonl` files in `{src}/` hold JSON events (`meta` is a nested object); "
                 f"some lines are not valid JSON and some events lack a numeric `{value_field}`: skip both.\n\n"
                 f"Write `{out}`: a JSON array of the top {top_n} `meta.{meta_field}` values by total `{value_field}`, "
                 f"largest first (ties by `{meta_field}`), "
-                f'each as `{{"{meta_field}": ..., "events": <events counted>, "total": <sum, 2 decimals>}}`.\n'
+                f'each as `{{"{meta_field}": ..., "events": <events counted>, "total": <sum{", 2 decimals" if decimals else ""}>}}`.\n'
             )
-            solution = f"mkdir -p {out_dir}\n" + python_block(f"""
-                import glob, json
-                totals = {{}}
-                for path in sorted(glob.glob({src!r} + "/*.jsonl")):
-                    for line in open(path):
-                        try:
-                            ev = json.loads(line)
-                        except json.JSONDecodeError:
-                            continue
-                        if not isinstance(ev, dict) or not isinstance(ev.get({value_field!r}), (int, float)):
-                            continue
-                        key = ev["meta"][{meta_field!r}]
-                        slot = totals.setdefault(key, {{{meta_field!r}: key, "events": 0, "total": 0.0}})
-                        slot["events"] += 1
-                        slot["total"] += ev[{value_field!r}]
-                for slot in totals.values():
-                    slot["total"] = round(slot["total"], 2)
-                ranked = sorted(totals.values(), key=lambda s: (-s["total"], s[{meta_field!r}]))
-                json.dump(ranked[:{top_n}], open({out!r}, "w"), indent=2)
-                """)
+
+            def top_list(valued: str, rank: str, value: str = f"ev[{value_field!r}]") -> str:
+                return f"mkdir -p {out_dir}\n" + python_block(f"""
+                    import glob, json
+                    totals = {{}}
+                    for path in sorted(glob.glob({src!r} + "/*.jsonl")):
+                        for line in open(path):
+                            try:
+                                ev = json.loads(line)
+                            except json.JSONDecodeError:
+                                continue
+                            if not isinstance(ev, dict){valued}:
+                                continue
+                            key = ev["meta"][{meta_field!r}]
+                            slot = totals.setdefault(key, {{{meta_field!r}: key, "events": 0, "total": 0.0}})
+                            slot["events"] += 1
+                            slot["total"] += {value}
+                    for slot in totals.values():
+                        slot["total"] = round(slot["total"], 2)
+                    ranked = sorted(totals.values(), key=lambda s: ({rank}, s[{meta_field!r}]))
+                    json.dump(ranked[:{top_n}], open({out!r}, "w"), indent=2)
+                    """)
+
+            numeric = f" or not isinstance(ev.get({value_field!r}), (int, float))"
+            solution = top_list(numeric, '-s["total"]')
+            near_misses = {
+                "counts_valueless_events": top_list("", '-s["total"]', f"ev.get({value_field!r}) or 0"),
+                "smallest_first": top_list(numeric, 's["total"]'),
+            }
             expected = {"path": out, "top": top, "field": meta_field}
             body = """
                 def test_top_list():
@@ -206,10 +243,18 @@ class JsonRollup(Family):
                         assert str(got.get(field)) == slot[field], f"expected {slot[field]} in this position, got {got.get(field)}"
                         assert int(got["events"]) == slot["events"], f"{slot[field]}: events {got['events']} != {slot['events']}"
                         assert close(got["total"], slot["total"]), f"{slot[field]}: total {got['total']} != {slot['total']}"
+                        assert is_rounded(got["total"]), f"{slot[field]}: total {got['total']} is not rounded to 2 decimals"
                 """
             outputs.append(out)
-        tests = test_module(self.name, expected, body, helpers=("json",))
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=outputs, files=files)
+        tests = test_module(self.name, expected, body, helpers=("json", "rounded"))
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=outputs,
+            files=files,
+            near_misses=near_misses,
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -275,7 +320,7 @@ class FormatConvert(Family):
         base = rng.choice(KIND_FILES[kind])
         records = _records(rng, kind, rng.randint(6, 14))
         fields = ["id", *RECORD_KINDS[kind]]
-        selected = ["id", *rng.sample(fields[1:], rng.randint(2, len(fields) - 1))]
+        selected = ["id", *rng.sample(fields[1:], rng.randint(2, len(fields) - 2))]  # at least one field left out
         root = rng.choice(pools.DATA_ROOTS)
         out_dir = rng.choice(pools.OUT_DIRS)
         mode = rng.choice(
@@ -290,9 +335,10 @@ class FormatConvert(Family):
         )
 
         if mode in ("csv2json", "tsv2csv", "json2csv", "jsonl2json"):
-            for rec in records:  # some values are missing
+            for rec in records:  # some values are missing, one of them in a selected field
                 if rng.random() < 0.25:
                     rec[rng.choice(fields[1:])] = None
+            records[0][selected[1]] = None
         if mode == "csv2json":
             src, out = f"{root}/{base}.csv", f"{out_dir}/{base}.json"
             files[src] = csv_text(fields, [[_cell(r[f]) for f in fields] for r in records])
@@ -316,6 +362,10 @@ class FormatConvert(Family):
                 rows = [{{k: typed(row[k]) for k in {selected!r}}} for row in csv.DictReader(open({src!r}, newline=""))]
                 json.dump(rows, open({out!r}, "w"), indent=2)
                 """)
+            near_misses = {
+                "values_stay_strings": _bend(solution, "typed(row[k])", "row[k] or None"),
+                "keeps_all_columns": _bend(solution, f"for k in {selected!r}", "for k in row"),
+            }
             expected = {"path": out, "records": want, "format": "json"}
         elif mode == "tsv2csv":
             src, out = f"{root}/{base}.tsv", f"{out_dir}/{base}.csv"
@@ -325,8 +375,10 @@ class FormatConvert(Family):
                 if isinstance(RECORD_KINDS[kind].get(f), str)
                 and RECORD_KINDS[kind][f] in ("host", "title", "person", "code")
             )
-            for rec in records:  # text with commas needs CSV quoting
-                if rng.random() < 0.3 and rec[text_key] is not None:
+            if text_key not in selected:  # the text column is converted, so its quoting is checked
+                selected[-1] = text_key
+            for i, rec in enumerate(records):  # text with commas needs CSV quoting
+                if (i == 1 or rng.random() < 0.3) and rec[text_key] is not None:
                     rec[text_key] = f"{rec[text_key]}, {rng.choice(['Jr.', 'old', 'spare', 'draft'])}"
             columns = [selected[0], *rng.sample(selected[1:], len(selected) - 1)]
             files[src] = (
@@ -346,18 +398,26 @@ class FormatConvert(Family):
                     w.writerow({columns!r})
                     w.writerows([row[c] for c in {columns!r}] for row in rows)
                 """)
+            picks = ", ".join(f"${fields.index(c) + 1}" for c in columns)
+            near_misses = {
+                "unquoted_commas": f"mkdir -p {out_dir}\nawk -F'\\t' -v OFS=, '{{ print {picks} }}' {src} > {out}\n",
+                "keeps_all_columns": _bend(solution, f"[row[c] for c in {columns!r}]", "list(row.values())"),
+            }
             expected = {"path": out, "records": want, "format": "csv", "columns": columns}
         elif mode == "json2csv":
             columns = [selected[0], *rng.sample(selected[1:], len(selected) - 1)]
             src, out = f"{root}/{base}.json", f"{out_dir}/{base}.csv"
+            floats = [c for c in columns if RECORD_KINDS[kind].get(c) == "float"]
+            if floats:  # a value whose default text has one decimal, so the 2-digit rule shows
+                records[-1][floats[0]] = round(rng.uniform(1, 90), 1) + 0.0
             data = [{k: v for k, v in r.items() if v is not None} for r in records]  # missing keys, not nulls
             files[src] = json.dumps(data, indent=2) + "\n"
             want = [{f: _cell(r[f]) for f in columns} for r in records]
+            decimals = "; write decimals with 2 digits after the point" if floats else ""
             instruction = (
                 f"Convert `{src}` (a JSON array of objects) to `{out}`: CSV with the header "
                 f"`{','.join(columns)}` (in that order), "
-                "one row per object in array order; a key missing from an object gives an empty cell; "
-                "write decimals with 2 digits after the point.\n"
+                f"one row per object in array order; a key missing from an object gives an empty cell{decimals}.\n"
             )
             solution = f"mkdir -p {out_dir}\n" + python_block(f"""
                 import csv, json
@@ -370,6 +430,16 @@ class FormatConvert(Family):
                     for obj in json.load(open({src!r})):
                         w.writerow([cell(obj.get(c)) for c in cols])
                 """)
+            near_misses = {
+                "missing_as_none_text": _bend(solution, "cell(obj.get(c))", "str(obj.get(c))"),
+                "skips_incomplete_objects": _bend(
+                    solution,
+                    "w.writerow([cell(obj.get(c)) for c in cols])",
+                    "if all(c in obj for c in cols):\n            w.writerow([cell(obj.get(c)) for c in cols])",
+                ),
+            }
+            if floats:
+                near_misses["default_float_format"] = _bend(solution, '"%.2f" % v if', "str(v) if")
             expected = {"path": out, "records": want, "format": "csv", "columns": columns}
         elif mode == "jsonl2json":
             sort_key = rng.choice(
@@ -394,12 +464,18 @@ class FormatConvert(Family):
                 f"unchanged, sorted by `{sort_key}` ascending (ties by `id`).\n"
             )
             solution = f"mkdir -p {out_dir}\ncat {src_dir}/*.jsonl | jq -s 'sort_by(.{sort_key}, .id)' > {out}\n"
+            near_misses = {
+                "unsorted": f"mkdir -p {out_dir}\ncat {src_dir}/*.jsonl | jq -s . > {out}\n",
+                "reads_one_file": f"mkdir -p {out_dir}\njq -s 'sort_by(.{sort_key}, .id)' {src_dir}/part1.jsonl > {out}\n",
+            }
             expected = {"path": out, "records": want, "format": "json", "ordered": True}
         else:
             # Nested records: YAML list or JSON Lines; flatten to dotted CSV columns.
             nested = []
-            for r in records:
-                tags = rng.sample(["prod", "staging", "edge", "legacy", "gpu", "spot"], rng.randint(0, 3))
+            for i, r in enumerate(records):  # the first record has two tags or more, so the joining shows
+                tags = rng.sample(
+                    ["prod", "staging", "edge", "legacy", "gpu", "spot"], rng.randint(2 if i == 0 else 0, 3)
+                )
                 owner = {
                     "team": rng.choice(pools.TEAMS),
                     "contact": f"{rng.choice(pools.PEOPLE)}@{rng.choice(pools.MAIL_DOMAINS)}",
@@ -467,6 +543,11 @@ class FormatConvert(Family):
                     for rec in records:
                         w.writerow([get(rec, c) for c in cols])
                 """)
+            joined = f'return {sep!r}.join(rec.get("tags") or [])'
+            near_misses = {
+                "tags_as_list_text": _bend(solution, joined, 'return str(rec.get("tags") or [])'),
+                "tags_joined_with_commas": _bend(solution, joined, 'return ",".join(rec.get("tags") or [])'),
+            }
             expected = {"path": out, "records": want, "format": "csv", "columns": columns}
         body = """
             def _same(got, want):
@@ -495,17 +576,25 @@ class FormatConvert(Family):
                     assert len(rows) - 1 == len(e["records"]), f"{len(rows) - 1} rows, expected {len(e['records'])}"
                     for got, want in zip(rows[1:], e["records"]):
                         for col, cell in zip(e["columns"], got):
-                            w = want[col]
-                            try:
-                                same = w == cell or (w != "" and abs(float(cell) - float(w)) <= 0.011 and "." in w)
-                            except ValueError:
-                                same = False
-                            assert same, f"row {got}: {col}={cell!r}, expected {w!r}"
+                            assert cell == want[col], f"row {got}: {col}={cell!r}, expected {want[col]!r}"
             """
         tests = test_module(self.name, expected, body, helpers=("json",))
         return Draft(
-            instruction=instruction, tests=tests, solution=solution, outputs=[out], files=files, extra={"mode": mode}
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=[out],
+            files=files,
+            extra={"mode": mode},
+            near_misses=near_misses,
         )
+
+
+def _bend(solution: str, old: str, new: str) -> str:
+    """A near-miss: the solution with one piece replaced (which must be there)."""
+    if old not in solution:
+        raise AssertionError(f"near-miss edit not applicable: {old!r}")
+    return solution.replace(old, new)
 
 
 def _yaml_list(records: list[dict]) -> str:

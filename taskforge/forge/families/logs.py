@@ -64,7 +64,8 @@ class AccessLogReport(Family):
             paths.append("/health")
         day = rng.randint(1, 27)
         month = rng.randint(0, 11)
-        n_files = 1 if difficulty == "easy" else rng.randint(2, 3)
+        # medium always has a gzip-compressed rotation (name.2.gz), so reading it is checked
+        n_files = 1 if difficulty == "easy" else 3 if difficulty == "medium" else rng.randint(2, 3)
         entries = []  # (file index, record)
         for f in range(n_files):
             for minute_of_day in sorted(rng.sample(range(24 * 60), rng.randint(25, 50))):
@@ -93,16 +94,6 @@ class AccessLogReport(Family):
             )
 
         name = rng.choice(["access.log", f"{app}-access.log"])
-        files: dict[str, str] = {}
-        setup: list[str] = []
-        by_file: dict[int, list[str]] = {}
-        for f, rec in entries:
-            by_file.setdefault(f, []).append(line(rec))
-        for f, lines in by_file.items():
-            target = f"{log_dir}/{name}" if f == 0 else f"{log_dir}/{name}.{f}"
-            files[target] = "\n".join(lines) + "\n"
-            if f >= 2:  # logrotate compresses from .2 on
-                setup.append(f"gzip -n {target}")
         records = [rec for _, rec in entries]
         log_desc = (
             f"`{log_dir}/{name}`"
@@ -119,15 +110,20 @@ class AccessLogReport(Family):
 
         if difficulty == "easy":
             out = f"{out_dir}/{rng.choice(['status_report', 'http_status', 'status_counts'])}.json"
-            counts: dict[str, int] = {}
-            for rec in records:
-                counts[str(rec["status"])] = counts.get(str(rec["status"]), 0) + 1
             method = rng.choice(["GET", "POST", None])
-            if method:
-                counts = {}
-                for rec in records:
-                    if rec["method"] == method:
-                        counts[str(rec["status"])] = counts.get(str(rec["status"]), 0) + 1
+            if all(rec["method"] == (method or "GET") for rec in records):  # the method filter must matter
+                records[0]["method"] = "PUT"
+            counted = [rec for rec in records if method is None or rec["method"] == method]
+            for rec in records[1:4] if len(counted) < 3 else []:
+                rec["method"] = method
+            counted = [rec for rec in records if method is None or rec["method"] == method]
+            # a status that recurs after another one, so counting needs sorting first (uniq alone splits it)
+            if counted[1]["status"] == counted[0]["status"]:
+                counted[1]["status"] = 404 if counted[0]["status"] != 404 else 200
+            counted[-1]["status"] = counted[0]["status"]
+            counts: dict[str, int] = {}
+            for rec in counted:
+                counts[str(rec["status"])] = counts.get(str(rec["status"]), 0) + 1
             total = sum(counts.values())
             scope = f"`{method}` requests" if method else "requests"
             instruction = (
@@ -137,14 +133,23 @@ class AccessLogReport(Family):
                 f'(as a string, like `"404"`) to its number of {scope}.\n'
             )
             expected = {"path": out, "total": total, "by_status": counts}
-            filt = f'$6 == "\\"{method}"' if method else "1"
-            solution = (
-                f"mkdir -p {out_dir}\n"
-                f"awk '{filt} {{ print $9 }}' {log_dir}/{name} | sort | uniq -c \\\n"
-                f'  | jq -R -s \'split("\\n") | map(select(length > 0) | capture("(?<n>[0-9]+) (?<code>[0-9]+)")) '
-                "| {total: (map(.n | tonumber) | add // 0), "
-                f"by_status: (map({{key: .code, value: (.n | tonumber)}}) | from_entries)}}' > {out}\n"
-            )
+
+            def status_counts(requests: str, count: str = "sort | uniq -c") -> str:
+                return (
+                    f"mkdir -p {out_dir}\n"
+                    f"awk '{requests + ' ' if requests else ''}{{ print $9 }}' {log_dir}/{name} | {count} \\\n"
+                    f'  | jq -R -s \'split("\\n") | map(select(length > 0) | capture("(?<n>[0-9]+) (?<code>[0-9]+)")) '
+                    "| {total: (map(.n | tonumber) | add // 0), "
+                    f"by_status: (map({{key: .code, value: (.n | tonumber)}}) | from_entries)}}' > {out}\n"
+                )
+
+            filt = f'$6 == "\\"{method}"' if method else ""
+            solution = status_counts(filt)
+            near_misses = {"uniq_without_sort": status_counts(filt, count="uniq -c")}
+            if method:
+                near_misses["ignores_method"] = status_counts("")
+            else:
+                near_misses["counts_get_only"] = status_counts('$6 == "\\"GET"')
             body = """
                 def test_status_counts():
                     data = load_json(EXPECTED["path"])
@@ -194,6 +199,10 @@ class AccessLogReport(Family):
                 'jq -n --argjson top "$top" --argjson bytes "$bytes" --argjson n "$n" '
                 f"'{{top_clients: $top, total_bytes: $bytes, requests: $n}}' > {out}\n"
             )
+            near_misses = {
+                "current_file_only": solution.replace(f"zcat -f {name}* >", f"cat {name} >"),
+                "skips_compressed": solution.replace(f"zcat -f {name}* >", f"cat {name} {name}.1 >"),
+            }
             body = """
                 def test_client_report():
                     data = load_json(EXPECTED["path"])
@@ -220,6 +229,12 @@ class AccessLogReport(Family):
                 if len(stats) >= 2:
                     break
             rows = sorted(([p, *v] for p, v in stats.items()), key=lambda r: (-r[1], r[0]))
+            # requests that must be left out: one for /health inside the window, one at its end hour
+            for path, hour in (("/health", start_h), (rows[0][0], end_h)):
+                extra = dict(rng.choice(records), method=method, path=path, hour=hour, minute=rng.randint(0, 59))
+                extra["day"] = day + n_files - 1  # file 0 holds the newest day
+                extra["status"] = 200
+                entries.append((0, extra))
             instruction = (
                 f"{log_desc} are web server access logs. {fmt_note}\n\n"
                 f"Write `{out}` with the header `path,requests,errors,bytes`:\n"
@@ -257,7 +272,7 @@ class AccessLogReport(Family):
                             if not m:
                                 continue
                             hour, method, url, status, size = int(m[2]), m[3], m[4], int(m[5]), m[6]
-                            if method != {method!r} or url == "/health" or not ({start_h} <= hour < {end_h}):
+                            if method != {method!r} or url == "/health" or not {start_h} <= hour < {end_h}:
                                 continue
                             s = stats.setdefault(url, [0, 0, 0])
                             s[0] += 1
@@ -269,13 +284,32 @@ class AccessLogReport(Family):
                     w.writerow(["path", "requests", "errors", "bytes"])
                     w.writerows(rows)
                 """)
+            near_misses = {
+                "includes_health": _bend(solution, ' or url == "/health"', ""),
+                "end_hour_inclusive": _bend(solution, f"hour < {end_h}", f"hour <= {end_h}"),
+            }
             body = """
                 def test_path_table():
                     check_csv_table(EXPECTED["path"], EXPECTED["header"], EXPECTED["rows"], set(EXPECTED["numeric"]), ordered=True)
                 """
-        helpers = ("json", "csv")
-        tests = test_module(self.name, expected, body, helpers=helpers)
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[out], files=files, setup=setup)
+        files: dict[str, str] = {}
+        setup: list[str] = []
+        for f in range(n_files):
+            recs = sorted((rec for g, rec in entries if g == f), key=lambda rec: (rec["hour"], rec["minute"]))
+            target = f"{log_dir}/{name}" if f == 0 else f"{log_dir}/{name}.{f}"
+            files[target] = "\n".join(line(rec) for rec in recs) + "\n"
+            if f >= 2:  # logrotate compresses from .2 on
+                setup.append(f"gzip -n {target}")
+        tests = test_module(self.name, expected, body, helpers=("json", "csv"))
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=[out],
+            files=files,
+            setup=setup,
+            near_misses=near_misses,
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -319,10 +353,12 @@ class LogLevelWindow(Family):
                     ][: rng.randint(2, 4)]
                 entries.append((f, minute, n_files - 1 - f, rng.choice(services), level, cont))
 
-        def render(e) -> str:
+        warning_shown: set[int] = set()  # entries written as WARNING (hard): one lies in the window
+
+        def render(index: int, e) -> str:
             _, minute, off, service, level, cont = e
             shown = level
-            if difficulty == "hard" and level == "WARN" and rng.random() < 0.5:
+            if difficulty == "hard" and level == "WARN" and (index in warning_shown or rng.random() < 0.5):
                 shown = "WARNING"
             stamp = f"2024-{month:02d}-{day + off:02d}T{minute // 60:02d}:{minute % 60:02d}:{rng.randint(0, 59):02d}Z"
             msg = rng.choice(MESSAGES[level])
@@ -333,11 +369,7 @@ class LogLevelWindow(Family):
             )
             return "\n".join([head, *cont])
 
-        files = {}
         name = rng.choice(["app.log", f"{app}.log", "service.log"])
-        for f in range(n_files):
-            lines = [render(e) for e in entries if e[0] == f]
-            files[f"{log_dir}/{name}" if f == 0 else f"{log_dir}/{name}.{f}"] = "\n".join(lines) + "\n"
         sample = (
             "`2024-03-05T10:15:22Z [ERROR] api: upstream timeout`"
             if style == "bracket"
@@ -353,10 +385,16 @@ class LogLevelWindow(Family):
             f"{where} {'is an application log' if n_files == 1 else 'are application logs'}; "
             f"entries look like {sample}."
         )
+        entry = r"^(\S+) \[([A-Z]+)\] (\S+):" if style == "bracket" else r"^(\S+) level=([A-Z]+) service=(\S+) "
 
         if difficulty == "easy":
             out = f"{out_dir}/{rng.choice(['level_counts', 'levels', 'log_levels'])}.json"
             service = rng.choice(services + [None])
+            # make the scope matter: another service's entry, or a DEBUG entry to count
+            if service and all(e[3] == service for e in entries):
+                entries[0] = (*entries[0][:3], next(s for s in services if s != service), *entries[0][4:])
+            if not service and all(e[4] != "DEBUG" for e in entries):
+                entries[0] = (*entries[0][:4], "DEBUG", entries[0][5])
             counts: dict[str, int] = {}
             for e in entries:
                 if service is None or e[3] == service:
@@ -370,14 +408,24 @@ class LogLevelWindow(Family):
             lvl = r"\[([A-Z]+)\]" if style == "bracket" else r"level=([A-Z]+)"
             svc_cond = ""
             if service:
-                svc_cond = f" && $0 ~ /{'] ' + service + ':' if style == 'bracket' else 'service=' + service + ' '}/"
-            solution = (
-                f"mkdir -p {out_dir}\n"
-                f"gawk 'match($0, /{lvl}/, m){svc_cond} {{ c[m[1]]++ }} "
-                f"END {{ for (k in c) print k, c[k] }}' {log_dir}/{name} \\\n"
-                '  | jq -R -s \'split("\\n") | map(select(length > 0) | split(" ") '
-                f"| {{key: .[0], value: (.[1] | tonumber)}}) | from_entries' > {out}\n"
-            )
+                svc_cond = f"$0 ~ /{'] ' + service + ':' if style == 'bracket' else 'service=' + service + ' '}/"
+
+            def level_counts(match: str, condition: str, level: str = "m[1]") -> str:
+                pattern = " && ".join(p for p in (match, condition) if p)
+                return (
+                    f"mkdir -p {out_dir}\n"
+                    f"gawk '{pattern} {{ c[{level}]++ }} "
+                    f"END {{ for (k in c) print k, c[k] }}' {log_dir}/{name} \\\n"
+                    '  | jq -R -s \'split("\\n") | map(select(length > 0) | split(" ") '
+                    f"| {{key: .[0], value: (.[1] | tonumber)}}) | from_entries' > {out}\n"
+                )
+
+            solution = level_counts(f"match($0, /{lvl}/, m)", svc_cond)
+            near_misses = {"second_field_as_level": level_counts("", svc_cond, level="$2")}
+            if service:
+                near_misses["ignores_service"] = level_counts(f"match($0, /{lvl}/, m)", "")
+            else:
+                near_misses["skips_debug"] = level_counts(f"match($0, /{lvl}/, m)", 'm[1] != "DEBUG"')
         else:
             for _ in range(30):  # a window with WARN and ERROR entries in it
                 start = rng.randint(2, 14) * 60
@@ -401,7 +449,19 @@ class LogLevelWindow(Family):
                     f"to `{t1}` (exclusive), across all the files. Leave out services with no such entries.\n"
                 )
                 expected = {"path": out, "counts": counts, "nested": False}
+                counting = [
+                    f"        if level == {level!r}:",
+                    "            counts[service] = counts.get(service, 0) + 1",
+                ]
+                all_levels = ["        counts[service] = counts.get(service, 0) + 1"]
+                solution = _window_counts(out_dir, log_dir, name, entry, out, t0, t1, counting)
+                near_misses = {
+                    "ignores_window": _window_counts(out_dir, log_dir, name, entry, out, None, None, counting),
+                    "counts_all_levels": _window_counts(out_dir, log_dir, name, entry, out, t0, t1, all_levels),
+                }
             else:
+                # one WARN entry in the window is written as WARNING
+                warning_shown.add(entries.index(next(e for e in in_window if e[4] == "WARN")))
                 nested: dict[str, dict[str, int]] = {}
                 for e in in_window:
                     if e[4] in ("WARN", "ERROR"):
@@ -417,29 +477,21 @@ class LogLevelWindow(Family):
                     f"Leave out services with no such entries, and levels with a count of 0.\n"
                 )
                 expected = {"path": out, "counts": nested, "nested": True}
-                level = None
-            pattern = r"^(\S+) \[([A-Z]+)\] (\S+):" if style == "bracket" else r"^(\S+) level=([A-Z]+) service=(\S+) "
-            solution = f"mkdir -p {out_dir}\n" + python_block(f"""
-                import glob, json, re
-                pat = re.compile({pattern!r})
-                counts = {{}}
-                for path in glob.glob({log_dir + "/" + name + "*"!r}):
-                    for line in open(path):
-                        m = pat.match(line)
-                        if not m:
-                            continue
-                        stamp, level, service = m.groups()
-                        level = "WARN" if level == "WARNING" else level
-                        if not ({t0!r} <= stamp < {t1!r}):
-                            continue
-                        if {level!r} is None:
-                            if level in ("WARN", "ERROR"):
-                                counts.setdefault(service, {{}}).setdefault(level, 0)
-                                counts[service][level] += 1
-                        elif level == {level!r}:
-                            counts[service] = counts.get(service, 0) + 1
-                json.dump(counts, open({out!r}, "w"), indent=2)
-                """)
+                alias = ['        level = "WARN" if level == "WARNING" else level']
+                counting = [
+                    '        if level in ("WARN", "ERROR"):',
+                    "            per_level = counts.setdefault(service, {})",
+                    "            per_level[level] = per_level.get(level, 0) + 1",
+                ]
+                solution = _window_counts(out_dir, log_dir, name, entry, out, t0, t1, alias + counting)
+                near_misses = {
+                    "warning_not_counted_as_warn": _window_counts(out_dir, log_dir, name, entry, out, t0, t1, counting),
+                    "ignores_window": _window_counts(out_dir, log_dir, name, entry, out, None, None, alias + counting),
+                }
+        files = {}
+        for f in range(n_files):
+            lines = [render(i, e) for i, e in enumerate(entries) if e[0] == f]
+            files[f"{log_dir}/{name}" if f == 0 else f"{log_dir}/{name}.{f}"] = "\n".join(lines) + "\n"
         body = """
             def test_counts():
                 data = load_json(EXPECTED["path"])
@@ -453,7 +505,35 @@ class LogLevelWindow(Family):
                 assert got == want, f"{got} != {want}"
             """
         tests = test_module(self.name, expected, body, helpers=("json",))
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[out], files=files)
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=[out],
+            files=files,
+            near_misses=near_misses,
+        )
+
+
+def _window_counts(
+    out_dir: str, log_dir: str, name: str, entry: str, out: str, t0: str | None, t1: str | None, counting: list[str]
+) -> str:
+    """The medium/hard log_level_window program: entries in [t0, t1) (no window: a near-miss), counted by `counting`."""
+    lines = [
+        "import glob, json, re",
+        f"entry = re.compile({entry!r})",
+        "counts = {}",
+        f"for path in glob.glob({log_dir + '/' + name + '*'!r}):",
+        "    for line in open(path):",
+        "        m = entry.match(line)",
+        "        if not m:",
+        "            continue",
+        "        stamp, level, service = m.groups()",
+    ]
+    if t0 and t1:
+        lines += [f"        if not {t0!r} <= stamp < {t1!r}:", "            continue"]
+    lines += [*counting, f"json.dump(counts, open({out!r}, 'w'), indent=2)"]
+    return f"mkdir -p {out_dir}\n" + python_block("\n".join(lines))
 
 
 # ------------------------------------------------------------------------------------------
@@ -555,6 +635,26 @@ KIND_RULES = {
 }
 
 
+# What a too-loose extraction matches: the stated rule without its exclusions (a near-miss).
+LOOSE = {
+    "email": r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+",
+    "ipv4": r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d)",  # no 0-255 check
+    "order": r"\bORD-\d+",
+    "ticket": r"\b[A-Za-z]+-\d+\b",
+}
+
+
+def _loose_decoy(rng: random.Random, kind: str) -> str:
+    """A decoy the loose pattern takes for an item, so that a too-loose extraction is caught."""
+    if kind == "email":
+        return f"{rng.choice(pools.PEOPLE)}@localhost"
+    if kind == "ipv4":
+        return f"{rng.randint(256, 999)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+    if kind == "order":
+        return f"ORD-{rng.randint(0, 99999):05d}"
+    return f"{rng.choice(PROJECT_KEYS).lower()}-{rng.randint(1, 999)}"
+
+
 def _valid(kind: str, token: str) -> bool:
     if kind == "ipv4":
         return all(0 <= int(p) <= 255 for p in token.split("."))
@@ -598,9 +698,22 @@ class RegexExtract(Family):
                     occurrences[rel][token] = occurrences[rel].get(token, 0) + 1
                     words.append(rng.choice([token, f"({token})", f"{token},", f"<{token}>"]))
                     words.append(rng.choice(FILLER))
-                if difficulty != "easy" and rng.random() < 0.3:
+                if rng.random() < 0.3:
                     words.insert(rng.randint(0, len(words)), _decoy(rng, kind))
                 lines.append(" ".join(words) + rng.choice([".", "", ";"]))
+            # every file names an item (the compressed one too) and the first holds a decoy that a
+            # too-loose pattern takes; easy repeats an item, so listing each once matters
+            extra = [rng.choice(vocab)] + (
+                [rng.choice(sorted(occurrences.get(rel, vocab)))] if difficulty == "easy" else []
+            )
+            for token in extra:
+                occurrences.setdefault(rel, {})
+                occurrences[rel][token] = occurrences[rel].get(token, 0) + 1
+                lines.insert(rng.randint(0, len(lines)), f"{rng.choice(FILLER)} {token} {rng.choice(FILLER)}")
+            if f == 0:  # three times, so that medium's "at least N occurrences" keeps it too
+                decoy = _loose_decoy(rng, kind)
+                for _ in range(3):
+                    lines.insert(rng.randint(0, len(lines)), f"{rng.choice(FILLER)} {decoy}")
             path = f"{root}/{doc}/{rel}"
             files[path] = "\n".join(lines) + "\n"
             if difficulty == "hard" and f == n_files - 1 and n_files > 1:
@@ -616,15 +729,21 @@ class RegexExtract(Family):
             (path,) = files
             out = f"{out_dir}/{kind}_{rng.choice(['list', 'found', 'extracted'])}.txt"
             by_first = rng.random() < 0.5
+            valid = "| awk -F. '$1<=255 && $2<=255 && $3<=255 && $4<=255' " if kind == "ipv4" else ""
             if by_first:
                 found = [m.group(0) for m in re.finditer(regex, files[path])]
-                want = list(dict.fromkeys(found))
+                want = list(dict.fromkeys(t for t in found if _valid(kind, t)))
                 order = "in the order of their first appearance in the file"
-                solution = f"mkdir -p {out_dir}\ngrep -oP {_shell_quote(regex)} {path} | awk '!seen[$0]++' > {out}\n"
+                distinct, repeats = "| awk '!seen[$0]++'", ""
             else:
                 want = sorted(totals)
                 order = "sorted in ascending string order"
-                solution = f"mkdir -p {out_dir}\ngrep -oP {_shell_quote(regex)} {path} | sort -u > {out}\n"
+                distinct, repeats = "| sort -u", "| sort"
+            solution = f"mkdir -p {out_dir}\ngrep -oP {_shell_quote(regex)} {path} {valid}{distinct} > {out}\n"
+            near_misses = {
+                "loose_pattern": f"mkdir -p {out_dir}\ngrep -oP {_shell_quote(LOOSE[kind])} {path} {distinct} > {out}\n",
+                "keeps_repeats": f"mkdir -p {out_dir}\ngrep -oP {_shell_quote(regex)} {path} {valid}{repeats} > {out}\n",
+            }
             instruction = (
                 f"`{path}` contains {plural} scattered through free text; {rule}.\n\n"
                 f"Write every distinct one to `{out}`, one per line, {order} (no other lines).\n"
@@ -653,10 +772,12 @@ class RegexExtract(Family):
                 f"{{ echo item,count; cat {src}/*.txt | grep -oP {_shell_quote(regex)} | sort | uniq -c | sort -k1,1nr "
                 f"-k2,2 | awk '$1 >= {at_least} {{ print $2 \",\" $1 }}'; }} > {out}\n"
             )
+            loose = solution.replace(_shell_quote(regex), _shell_quote(LOOSE[kind]))
             if kind == "ipv4":
                 solution = solution.replace(
                     "| sort | uniq -c", "| awk -F. '$1<=255 && $2<=255 && $3<=255 && $4<=255' | sort | uniq -c"
                 )
+            near_misses = {"loose_pattern": loose, "no_header": solution.replace("{ echo item,count; ", "{ ")}
             expected = {"path": out, "header": ["item", "count"], "rows": rows, "numeric": ["count"], "mode": "csv"}
             body = """
                 def test_counts():
@@ -677,37 +798,81 @@ class RegexExtract(Family):
                 f"Write `{out}`: a JSON object mapping each file's path relative to `{src}/` "
                 f"(like `2024/q1/{doc}-1.txt`, `.gz` kept) to {value}; leave out files without any.\n"
             )
-            solution = f"mkdir -p {out_dir}\n" + python_block(f"""
-                import gzip, json, os, re
-                pat = re.compile({regex!r})
-                src = {src!r}
-                result = {{}}
-                for folder, _, names in os.walk(src):
-                    for name in names:
-                        path = os.path.join(folder, name)
-                        opener = gzip.open if name.endswith(".gz") else open
-                        with opener(path, "rt") as handle:
-                            found = [m.group(0) for m in pat.finditer(handle.read())]
-                        if {kind == "ipv4"}:
-                            found = [t for t in found if all(int(p) <= 255 for p in t.split("."))]
-                        if found:
-                            counts = {{t: found.count(t) for t in sorted(set(found))}}
-                            result[os.path.relpath(path, src)] = counts if {counted} else sorted(counts)
-                json.dump(result, open({out!r}, "w"), indent=2)
-                """)
+            solution = f"mkdir -p {out_dir}\n" + _items_by_file(src, out, regex, kind == "ipv4", counted)
+            near_misses = {
+                "loose_pattern": f"mkdir -p {out_dir}\n" + _items_by_file(src, out, LOOSE[kind], False, counted),
+                "skips_compressed": f"mkdir -p {out_dir}\n"
+                + _items_by_file(src, out, regex, kind == "ipv4", counted, gzipped=False),
+            }
+            first_seen = [
+                list(dict.fromkeys(m[0] for m in re.finditer(regex, text) if _valid(kind, m[0])))
+                for text in files.values()
+            ]
+            if not counted and any(items != sorted(items) for items in first_seen):
+                near_misses["lists_unsorted"] = f"mkdir -p {out_dir}\n" + _items_by_file(
+                    src, out, regex, kind == "ipv4", counted, ordered=False
+                )
             expected = {"path": out, "by_file": want, "mode": "json"}
             body = """
                 def test_items_by_file():
                     data = load_json(EXPECTED["path"])
                     assert isinstance(data, dict), "the output must be a JSON object"
-                    got = {k.lstrip("./"): (v if isinstance(v, dict) else sorted(v)) for k, v in data.items() if v}
+                    got = {k.lstrip("./"): v for k, v in data.items() if v}
                     assert got == EXPECTED["by_file"], f"{got} != {EXPECTED['by_file']}"
                 """
         # Every expected item must really be valid and found by the reference pattern.
         for token in totals:
             assert re.fullmatch(regex, token) and _valid(kind, token), token
         tests = test_module(self.name, expected, body, helpers=("json", "csv"))
-        return Draft(instruction=instruction, tests=tests, solution=solution, outputs=[out], files=files, setup=setup)
+        return Draft(
+            instruction=instruction,
+            tests=tests,
+            solution=solution,
+            outputs=[out],
+            files=files,
+            setup=setup,
+            near_misses=near_misses,
+        )
+
+
+def _items_by_file(
+    src: str, out: str, regex: str, check_octets: bool, counted: bool, *, gzipped: bool = True, ordered: bool = True
+) -> str:
+    """The hard regex_extract program; gzipped=False and ordered=False are near-misses."""
+    lines = [
+        "import gzip, json, os, re" if gzipped else "import json, os, re",
+        f"pattern = re.compile({regex!r})",
+        f"src = {src!r}",
+        "result = {}",
+        "for folder, _, names in os.walk(src):",
+        "    for name in names:",
+        "        path = os.path.join(folder, name)",
+    ]
+    if gzipped:
+        lines += [
+            '        opener = gzip.open if name.endswith(".gz") else open',
+            '        with opener(path, "rt") as handle:',
+        ]
+    else:
+        lines += ['        if name.endswith(".gz"):', "            continue", "        with open(path) as handle:"]
+    lines.append("            found = [m.group(0) for m in pattern.finditer(handle.read())]")
+    if check_octets:
+        lines.append('        found = [t for t in found if all(int(p) <= 255 for p in t.split("."))]')
+    lines += ["        if found:"]
+    if counted:
+        lines.append("            result[os.path.relpath(path, src)] = {t: found.count(t) for t in sorted(set(found))}")
+    else:
+        distinct = "sorted(set(found))" if ordered else "list(dict.fromkeys(found))"
+        lines.append(f"            result[os.path.relpath(path, src)] = {distinct}")
+    lines.append(f'json.dump(result, open({out!r}, "w"), indent=2)')
+    return python_block("\n".join(lines))
+
+
+def _bend(solution: str, old: str, new: str) -> str:
+    """A near-miss: the solution with one piece replaced (which must be there)."""
+    if old not in solution:
+        raise AssertionError(f"near-miss edit not applicable: {old!r}")
+    return solution.replace(old, new)
 
 
 def _shell_quote(text: str) -> str:

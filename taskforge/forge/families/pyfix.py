@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from taskforge.forge import pools
 from taskforge.forge.base import Draft, Family
-from taskforge.forge.common import bullets, python_block, test_module
+from taskforge.forge.common import bullets, heredoc, python_block, test_module
 
 
 @dataclass(frozen=True)
@@ -246,6 +246,168 @@ KATAS = [
         lambda rng: {},
         lambda rng, c: [[100], [0], [-40], [rng.randint(-30, 45)], [rng.randint(-300, 450) / 10]],
     ),
+    Kata(
+        "clamp",
+        ("clamp", "bounded"),
+        (
+            "def @name@(value, low, high):\n"
+            '    """`value` limited to the range from `low` to `high` (inclusive)."""\n'
+            "    return max(low, min(value, high))\n"
+        ),
+        ("max(low, min(value, high))", "min(low, max(value, high))"),
+        lambda rng: {},
+        lambda rng, c: [
+            [5, 0, 10],
+            [-3, 0, 10],
+            [15, 0, 10],
+            [rng.randint(20, 80), 10, 90],
+            [rng.randint(100, 200), 0, 50],
+        ],
+    ),
+    Kata(
+        "title",
+        ("title_case", "capitalize_words"),
+        (
+            "def @name@(text):\n"
+            '    """Each whitespace-separated word capitalized, joined by single spaces."""\n'
+            '    return " ".join(word.capitalize() for word in text.split())\n'
+        ),
+        ("text.split())", 'text.split(" "))'),
+        lambda rng: {},
+        lambda rng, c: [
+            ["hello  world"],
+            ["one"],
+            [f"  {rng.choice(WORDS)} {rng.choice(WORDS)}"],
+            [f"{rng.choice(WORDS)}   {rng.choice(WORDS)}\tend"],
+            ["a b c"],
+        ],
+    ),
+    Kata(
+        "vowels",
+        ("count_vowels", "vowel_count"),
+        (
+            "def @name@(text):\n"
+            '    """Number of vowels (a, e, i, o, u) in the text, in either letter case."""\n'
+            '    return sum(1 for ch in text.lower() if ch in "aeiou")\n'
+        ),
+        ("for ch in text.lower()", "for ch in text"),
+        lambda rng: {},
+        lambda rng, c: [
+            ["HELLO"],
+            ["banana"],
+            [" ".join(rng.choice(WORDS) for _ in range(3))],
+            [rng.choice(WORDS).upper()],
+            ["rhythm"],
+        ],
+    ),
+    Kata(
+        "running",
+        ("running_total", "cumulative_sum"),
+        (
+            "def @name@(values):\n"
+            '    """The running totals of the values: element i is the sum of the first i + 1 values."""\n'
+            "    out, total = [], 0\n"
+            "    for value in values:\n"
+            "        total += value\n"
+            "        out.append(total)\n"
+            "    return out\n"
+        ),
+        ("out, total = [], 0", "out, total = [], values[0] if values else 0"),
+        lambda rng: {},
+        lambda rng, c: [[[1, 2, 3]], [[]], [_ints(rng, 5, 1, 20)], [[rng.randint(1, 9)]], [_ints(rng, 4, 1, 50)]],
+    ),
+    Kata(
+        "pairs",
+        ("parse_pairs", "parse_settings"),
+        (
+            "def @name@(text):\n"
+            '    """A dict from text like "a=1; b=2": `;`-separated `key=value` pairs, '
+            'keys and values stripped of spaces."""\n'
+            '    pairs = (part.split("=", 1) for part in text.split(";") if "=" in part)\n'
+            "    return {key.strip(): value.strip() for key, value in pairs}\n"
+        ),
+        ("{key.strip(): value.strip() for key, value in pairs}", "{key: value for key, value in pairs}"),
+        lambda rng: {},
+        lambda rng, c: [
+            ["a=1; b=2"],
+            ["x=1"],
+            [f"host = {rng.choice(pools.APPS)}; port = {rng.randint(1000, 9999)}"],
+            [f"mode=fast;level={rng.randint(1, 9)}"],
+            [f" user={rng.choice(pools.PEOPLE)} ;debug=on"],
+        ],
+    ),
+    Kata(
+        "percent",
+        ("percent_of", "share_percent"),
+        (
+            "def @name@(part, whole):\n"
+            '    """`part` as a percentage of `whole`, rounded to one decimal; 0.0 when `whole` is 0."""\n'
+            "    return round(part / whole * 100, 1) if whole else 0.0\n"
+        ),
+        ("round(part / whole * 100, 1)", "round(part / whole * 100)"),
+        lambda rng: {},
+        lambda rng, c: [[1, 3], [1, 2], [2, 3], [rng.randint(1, 50), rng.choice([7, 9, 11, 13])], [5, 0]],
+    ),
+    Kata(
+        "palindrome",
+        ("is_palindrome", "reads_same_backwards"),
+        (
+            "def @name@(text):\n"
+            '    """True when the letters and digits of the text read the same backwards, ignoring case."""\n'
+            "    cleaned = [ch.lower() for ch in text if ch.isalnum()]\n"
+            "    return cleaned == cleaned[::-1]\n"
+        ),
+        ("[ch.lower() for ch in text if ch.isalnum()]", "[ch for ch in text if ch.isalnum()]"),
+        lambda rng: {},
+        lambda rng, c: [
+            ["Racecar"],
+            ["abc"],
+            ["A man, a plan, a canal: Panama"],
+            ["No lemon, no melon"],
+            [rng.choice(["level", "kayak", "python", "Noon"])],
+        ],
+    ),
+    Kata(
+        "days",
+        ("days_between", "day_distance"),
+        (
+            "def @name@(first, second):\n"
+            '    """Number of days between two `YYYY-MM-DD` dates, whichever comes first."""\n'
+            "    return abs((date.fromisoformat(second) - date.fromisoformat(first)).days)\n"
+        ),
+        (
+            "abs((date.fromisoformat(second) - date.fromisoformat(first)).days)",
+            "(date.fromisoformat(second) - date.fromisoformat(first)).days",
+        ),
+        lambda rng: {},
+        lambda rng, c: [
+            ["2024-01-01", "2024-01-31"],
+            ["2024-03-01", "2024-02-01"],
+            [
+                f"2024-{rng.randint(7, 12):02d}-{rng.randint(10, 28)}",
+                f"2024-{rng.randint(1, 6):02d}-0{rng.randint(1, 9)}",
+            ],
+            ["2023-12-31", "2024-01-01"],
+        ],
+        imports="from datetime import date\n",
+    ),
+    Kata(
+        "truncate",
+        ("truncate", "shorten"),
+        (
+            "def @name@(text, width):\n"
+            '    """The text cut to at most `width` characters, ending in "..." when it was cut."""\n'
+            '    return text if len(text) <= width else text[: width - 3] + "..."\n'
+        ),
+        ('text[: width - 3] + "..."', 'text[:width] + "..."'),
+        lambda rng: {},
+        lambda rng, c: [
+            ["hello world", 8],
+            ["short", 10],
+            [" ".join(rng.choice(WORDS) for _ in range(4)), rng.randint(6, 12)],
+            ["exactly10!", 10],
+        ],
+    ),
 ]
 
 
@@ -333,13 +495,15 @@ class PythonBugfix(Family):
         hidden: dict[str, list] = {}
         test_files: dict[str, str] = {}
         fixes: list[tuple[str, str, str]] = []  # (path, buggy line, correct line)
+        # near-miss material: per module, buggy functions with their visible cases; tests rewritten to the bugs
+        special_cases: dict[str, list] = {f"{project}/{pkg}/{m}.py": [] for m in module_names}
+        tests_matching_bugs: dict[str, str] = {}
         k = 0
         for (n_funcs, n_bugs), module in zip(plan, module_names, strict=False):
             chosen = katas[k : k + n_funcs]
             k += n_funcs
-            buggy = set(rng.sample(range(n_funcs), n_bugs))
-            sources, imports, tests = [], "", []
-            for i, kata in enumerate(chosen):
+            drawn = []
+            for kata in chosen:
                 fname = rng.choice(kata.names)
                 consts = kata.consts(rng)
                 good = _render(kata, fname, consts, buggy=False)
@@ -347,10 +511,20 @@ class PythonBugfix(Family):
                 cases = kata.cases(rng, consts)
                 want = _run(good, kata.imports, fname, cases)
                 got_bad = _run(bad, kata.imports, fname, cases)
+                exposing = [j for j, (a, b) in enumerate(zip(want, got_bad, strict=False)) if a != b]
+                assert exposing, f"kata {kata.key} has no case exposing its bug"
+                visible = sorted({exposing[0], 0 if 0 != exposing[0] else len(cases) - 1})
+                drawn.append(
+                    (kata, fname, consts, good, bad, cases, want, got_bad, visible, set(exposing) - set(visible))
+                )
+            # plant bugs first where a hidden case also shows them, so that "for any input" is checked
+            order = list(range(n_funcs))
+            rng.shuffle(order)
+            order.sort(key=lambda i: not drawn[i][9])
+            buggy = set(order[:n_bugs])
+            sources, imports, tests, bent_tests = [], "", [], []
+            for i, (kata, fname, consts, good, bad, cases, want, got_bad, visible, hidden_only) in enumerate(drawn):
                 if i in buggy:
-                    exposing = [j for j, (a, b) in enumerate(zip(want, got_bad, strict=False)) if a != b]
-                    assert exposing, f"kata {kata.key} has no case exposing its bug"
-                    visible = sorted({exposing[0], 0 if 0 != exposing[0] else len(cases) - 1})
                     bug_old = kata.bug[1].replace("@name@", fname)
                     bug_new = kata.bug[0].replace("@name@", fname)
                     for key, value in consts.items():
@@ -359,24 +533,32 @@ class PythonBugfix(Family):
                             bug_new.replace(f"@{key}@", str(value)),
                         )
                     fixes.append((f"{project}/{pkg}/{module}.py", bug_old, bug_new))
+                    if hidden_only:
+                        special_cases[f"{project}/{pkg}/{module}.py"].append(
+                            (fname, [[cases[j], want[j]] for j in visible])
+                        )
                 else:
                     visible = [0, len(cases) - 1]
                 sources.append(bad if i in buggy else good)
                 if kata.imports and kata.imports not in imports:
                     imports += kata.imports
                 hidden[f"{pkg}.{module}:{fname}"] = [[args, w] for args, w in zip(cases, want, strict=False)]
-                asserts = "".join(
-                    f"    assert {fname}({', '.join(repr(a) for a in cases[j])}) == {want[j]!r}\n" for j in visible
-                )
-                tests.append((fname, f"def test_{fname}():\n{asserts}"))
+                for expected_values, suite in ((want, tests), (got_bad if i in buggy else want, bent_tests)):
+                    asserts = "".join(
+                        f"    assert {fname}({', '.join(repr(a) for a in cases[j])}) == {expected_values[j]!r}\n"
+                        for j in visible
+                    )
+                    suite.append((fname, f"def test_{fname}():\n{asserts}"))
             header = f'"""{module.capitalize()} helpers for {app}."""\n\n' + (imports + "\n\n" if imports else "")
             files[f"{project}/{pkg}/{module}.py"] = header + "\n\n".join(sources)
             test_path = f"{project}/test_{module}.py"
-            test_text = f"from {pkg}.{module} import {', '.join(n for n, _ in tests)}\n\n\n" + "\n\n".join(
-                t for _, t in tests
+            test_text, bent_text = (
+                f"from {pkg}.{module} import {', '.join(n for n, _ in suite)}\n\n\n" + "\n\n".join(t for _, t in suite)
+                for suite in (tests, bent_tests)
             )
             test_files[test_path] = test_text
             files[test_path] = test_text
+            tests_matching_bugs[test_path] = bent_text
         instruction = (
             (
                 f"`{project}` is a small Python project; its unit tests (the `test_*.py` files in that folder, "
@@ -396,13 +578,13 @@ class PythonBugfix(Family):
             )
             + "\n"
         )
-        solution = python_block(f"""
-            fixes = {json.dumps(fixes)}
-            for path, old, new in fixes:
-                text = open(path).read()
-                assert old in text, (path, old)
-                open(path, "w").write(text.replace(old, new, 1))
-            """)
+        solution = _apply_fixes(fixes)
+        near_misses = {
+            "edits_tests_to_match": "".join(heredoc(p, t) + "\n" for p, t in tests_matching_bugs.items()),
+            "special_cases_tested_inputs": _special_cases(special_cases),
+        }
+        if len(fixes) > 1:
+            near_misses["fixes_one_bug"] = _apply_fixes(fixes[:1])
         expected = {
             "project": project,
             "hidden": hidden,
@@ -416,4 +598,32 @@ class PythonBugfix(Family):
             outputs=[project],
             files=files,
             extra={"bugs": len(fixes)},
+            near_misses=near_misses,
         )
+
+
+def _apply_fixes(fixes: list[tuple[str, str, str]]) -> str:
+    return python_block(f"""
+        fixes = {json.dumps(fixes)}
+        for path, old, new in fixes:
+            text = open(path).read()
+            assert old in text, (path, old)
+            open(path, "w").write(text.replace(old, new, 1))
+        """)
+
+
+def _special_cases(by_module: dict[str, list]) -> str:
+    """A near-miss: wrappers that return the tested answers and leave every bug in place for other inputs."""
+    parts = []
+    for path, functions in by_module.items():
+        for name, pairs in functions:
+            wrapper = (
+                f"\n\n_untested_{name} = {name}\n\n\n"
+                f"def {name}(*args):\n"
+                f"    for tested, result in {pairs!r}:\n"
+                "        if list(args) == tested:\n"
+                "            return result\n"
+                f"    return _untested_{name}(*args)\n"
+            )
+            parts.append(f"cat >> {path} <<'FORGE_EOF'\n{wrapper}FORGE_EOF\n")
+    return "".join(parts)

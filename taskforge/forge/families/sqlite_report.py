@@ -16,6 +16,7 @@ import sqlite3
 
 def test_report():
     check_csv_table(EXPECTED["path"], EXPECTED["header"], EXPECTED["rows"], set(EXPECTED["numeric"]), ordered=True)
+    check_rounded_cells(EXPECTED["path"], EXPECTED["rounded"])
 
 
 def test_view():
@@ -35,6 +36,7 @@ def test_view():
         for g, w in zip(got, exp):
             if isinstance(w, float):
                 assert g is not None and abs(float(g) - w) <= 0.011, f"view row {got} != {exp}"
+                assert is_rounded(g), f"view row {got}: {g!r} is not rounded to 2 decimals"
             else:
                 assert g == w, f"view row {got} != {exp}"
 """
@@ -77,10 +79,13 @@ class SqliteReport(Family):
                 }
                 for i in range(rng.randint(6, 12))
             ]
+            while not _has_long_average(products, "category", "price"):  # so that rounding shows
+                shared = next(p for p in products if sum(q["category"] == p["category"] for q in products) > 1)
+                shared["price"] = round(shared["price"] + 0.01, 2)
             customers = [
                 {
                     "id": i + 1,
-                    "name": f"{rng.choice(pools.PEOPLE).capitalize()} {rng.choice(pools.SURNAMES)} {i + 1}",
+                    "name": f"{_person(rng)} {i + 1}",
                     "country": rng.choice(countries),
                 }
                 for i in range(rng.randint(6, 10))
@@ -104,6 +109,14 @@ class SqliteReport(Family):
                             "unit_price": p["price"],
                         }
                     )
+            # a customer without orders, so the view's "0 when none" is checked
+            customers.append(
+                {
+                    "id": len(customers) + 1,
+                    "name": f"{_person(rng)} {len(customers) + 1}",
+                    "country": rng.choice(countries),
+                }
+            )
             schema = (
                 "CREATE TABLE products (id INTEGER PRIMARY KEY, name TEXT, category TEXT, price REAL);\n"
                 "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT, country TEXT);\n"
@@ -127,6 +140,7 @@ class SqliteReport(Family):
                 o["id"]: sum(i["quantity"] * i["unit_price"] for i in items if i["order_id"] == o["id"]) for o in orders
             }
             if difficulty == "easy":
+                rounded = ["avg_price"]
                 header = ["category", "products", "avg_price"]
                 rows = []
                 for cat in sorted({p["category"] for p in products}):
@@ -142,6 +156,7 @@ class SqliteReport(Family):
                 )
                 numeric = ["products", "avg_price"]
             elif difficulty == "medium":
+                rounded = ["revenue"]
                 status = rng.choice(["shipped", "pending"])
                 if not any(o["status"] == status for o in orders):
                     status = "shipped" if status == "pending" else "pending"
@@ -169,6 +184,7 @@ class SqliteReport(Family):
                 )
                 numeric = ["orders", "revenue"]
             else:
+                rounded = ["revenue"]
                 top = rng.randint(3, 5)
                 header = ["customer", "orders", "revenue"]
                 for attempt in range(31):  # a window and threshold that leave at least two customers
@@ -241,6 +257,8 @@ class SqliteReport(Family):
             ]
             for e in employees[:2]:  # one department with two active people, so every question has rows
                 e.update(department_id=departments[0]["id"], active=1)
+            # and an inactive best-paid person in it, so leaving out inactive employees matters
+            employees[2].update(department_id=departments[0]["id"], active=0, salary=max(salaries) + 500)
             sql = (
                 "CREATE TABLE departments (id INTEGER PRIMARY KEY, name TEXT);\n"
                 "CREATE TABLE employees (id INTEGER PRIMARY KEY, name TEXT, department_id INTEGER REFERENCES "
@@ -251,6 +269,7 @@ class SqliteReport(Family):
             tables = "`departments` and `employees` (`salary`, `hired_on` as `YYYY-MM-DD`, `active` 1 or 0)"
             dept_name = {d["id"]: d["name"] for d in departments}
             active = [e for e in employees if e["active"]]
+            rounded = ["avg_salary"] if difficulty == "easy" else []
             if difficulty == "easy":
                 header = ["department", "employees", "avg_salary"]
                 rows = []
@@ -355,12 +374,29 @@ class SqliteReport(Family):
             lines.append(f"also create in the database a view named `{view}` with the columns {cols}")
         instruction = f"The SQLite database `{db}` has the tables {tables}.\n\nWrite:\n{bullets(lines)}\n"
         # sqlite3 -header prints no header for an empty result, so the header is written here
-        solution = (
-            f"mkdir -p {out.rsplit('/', 1)[0]}\n"
-            f"{{ echo '{','.join(header)}'; sqlite3 -csv {db} \"{query}\"; }} > {out}\n"
-        )
+
+        def report(sql: str, with_header: bool = True, view_sql: str | None = view_sql if view else None) -> str:
+            script = f"mkdir -p {out.rsplit('/', 1)[0]}\n"
+            if with_header:
+                script += f"{{ echo '{','.join(header)}'; sqlite3 -csv {db} \"{sql}\"; }} > {out}\n"
+            else:
+                script += f'sqlite3 -csv {db} "{sql}" > {out}\n'
+            return script + (f'sqlite3 {db} "{view_sql}"\n' if view_sql else "")
+
+        solution = report(query)
+        near_misses = {"no_header": report(query, with_header=False)}
+        if theme == "hr":
+            near_misses["ignores_active"] = report(_without_active_filter(query))
+        elif difficulty == "easy":
+            near_misses["unrounded"] = report(query.replace("ROUND(AVG(price), 2)", "AVG(price)"))
+        elif difficulty == "medium":
+            near_misses["ignores_status"] = report(query.replace(f"WHERE o.status = '{status}' ", ""))
         if view:
-            solution += f'sqlite3 {db} "{view_sql}"\n'
+            near_misses["no_view"] = report(query, view_sql=None)
+        if view and theme == "shop":
+            near_misses["view_drops_customers_without_orders"] = report(
+                query, view_sql=view_sql.replace("FROM customers c LEFT JOIN", "FROM customers c JOIN")
+            )
         setup = [f"mkdir -p {db.rsplit('/', 1)[0]}", f"sqlite3 {db} < {STAGE_SQL}", "rm -rf /tmp/forge-stage"]
         expected = {
             "path": out,
@@ -371,8 +407,9 @@ class SqliteReport(Family):
             "view": view,
             "view_query": view_query,
             "view_rows": view_rows,
+            "rounded": rounded,
         }
-        tests = test_module(self.name, expected, SQLITE_TEST, helpers=("csv",))
+        tests = test_module(self.name, expected, SQLITE_TEST, helpers=("csv", "rounded"))
         return Draft(
             instruction=instruction,
             tests=tests,
@@ -381,4 +418,32 @@ class SqliteReport(Family):
             files={STAGE_SQL: sql},
             setup=setup,
             extra={"theme": theme},
+            near_misses=near_misses,
         )
+
+
+def _person(rng: random.Random) -> str:
+    return f"{rng.choice(pools.PEOPLE).capitalize()} {rng.choice(pools.SURNAMES)}"
+
+
+def _has_long_average(rows: list[dict], group: str, value: str) -> bool:
+    """Whether some group's average has more than 2 decimals (so an unrounded report differs)."""
+    groups: dict[str, list[float]] = {}
+    for row in rows:
+        groups.setdefault(row[group], []).append(row[value])
+    return any(abs(round(sum(v) / len(v), 2) - sum(v) / len(v)) > 1e-6 for v in groups.values())
+
+
+def _without_active_filter(query: str) -> str:
+    """The query with its `active = 1` conditions dropped (a near-miss that counts inactive employees)."""
+    bent = query
+    for old, new in (
+        ("WHERE e.active = 1 AND ", "WHERE "),
+        (" WHERE e.active = 1", ""),
+        (" AND x.active = 1", ""),
+        (" AND e.active = 1", ""),
+    ):
+        bent = bent.replace(old, new)
+    if bent == query:
+        raise AssertionError(f"no active filter in {query!r}")
+    return bent
