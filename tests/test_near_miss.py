@@ -25,15 +25,7 @@ from .conftest import hello_spec
 MIN_NEAR_MISSES = 2
 # Families whose near-misses are still being written (issue 15): strict xfail, so a family that
 # gains them fails here until it is taken off this list. Must end empty.
-PENDING: set[str] = {
-    "access_log_report",
-    "format_convert",
-    "json_rollup",
-    "log_level_window",
-    "python_bugfix",
-    "regex_extract",
-    "sqlite_report",
-}
+PENDING: set[str] = set()
 
 
 def instances(family: str, n: int, seed: int = 15) -> list[TaskSpec]:
