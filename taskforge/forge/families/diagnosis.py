@@ -115,7 +115,7 @@ CRON_TEST = '''
 import pwd
 
 ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\\s*=\\s*(.*)$")
-RUN_PARTS_NAME = re.compile(r"^[A-Za-z0-9_-]+$")  # cron skips /etc/cron.d files with other names
+RUN_PARTS_NAME = re.compile(r"^[A-Za-z0-9_-]+$")  # cron ignores /etc/cron.d files with other names
 
 
 def cron_files():
