@@ -575,6 +575,7 @@ class FormatConvert(Family):
                     assert rows and rows[0] == e["columns"], f"header {rows[:1]} != {e['columns']}"
                     assert len(rows) - 1 == len(e["records"]), f"{len(rows) - 1} rows, expected {len(e['records'])}"
                     for got, want in zip(rows[1:], e["records"]):
+                        assert len(got) == len(e["columns"]), f"row {got} should have {len(e['columns'])} fields"
                         for col, cell in zip(e["columns"], got):
                             assert cell == want[col], f"row {got}: {col}={cell!r}, expected {want[col]!r}"
             """

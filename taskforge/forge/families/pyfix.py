@@ -494,7 +494,7 @@ class PythonBugfix(Family):
         files: dict[str, str] = {f"{project}/{pkg}/__init__.py": ""}
         hidden: dict[str, list] = {}
         test_files: dict[str, str] = {}
-        fixes: list[tuple[str, str, str]] = []  # (path, buggy line, correct line)
+        fixes: list[tuple[str, str, str, str]] = []  # (path, function, buggy text, correct text)
         # near-miss material: per module, buggy functions with their visible cases; tests rewritten to the bugs
         special_cases: dict[str, list] = {f"{project}/{pkg}/{m}.py": [] for m in module_names}
         tests_matching_bugs: dict[str, str] = {}
@@ -532,7 +532,7 @@ class PythonBugfix(Family):
                             bug_old.replace(f"@{key}@", str(value)),
                             bug_new.replace(f"@{key}@", str(value)),
                         )
-                    fixes.append((f"{project}/{pkg}/{module}.py", bug_old, bug_new))
+                    fixes.append((f"{project}/{pkg}/{module}.py", fname, bug_old, bug_new))
                     if hidden_only:
                         special_cases[f"{project}/{pkg}/{module}.py"].append(
                             (fname, [[cases[j], want[j]] for j in visible])
@@ -602,13 +602,15 @@ class PythonBugfix(Family):
         )
 
 
-def _apply_fixes(fixes: list[tuple[str, str, str]]) -> str:
+def _apply_fixes(fixes: list[tuple[str, str, str, str]]) -> str:
+    """Edits each buggy function in place (the fix is searched from the function's `def` on)."""
     return python_block(f"""
         fixes = {json.dumps(fixes)}
-        for path, old, new in fixes:
+        for path, function, old, new in fixes:
             text = open(path).read()
-            assert old in text, (path, old)
-            open(path, "w").write(text.replace(old, new, 1))
+            start = text.index(f"def {{function}}(")
+            assert old in text[start:], (path, function, old)
+            open(path, "w").write(text[:start] + text[start:].replace(old, new, 1))
         """)
 
 
