@@ -372,6 +372,8 @@ class WebServiceRepair(Family):
         if difficulty == "hard":
             as_root = heredoc(f"/etc/svc/{service}/run", f"#!/bin/sh\nexec python3 /opt/{app}/server.py {conf}\n")
             near_misses["runs_as_root"] = "\n".join([*config_fixes, as_root, f"svc restart {service}"])
+        # The whole fix, then the server stopped (to edit it, never started again): "running when you are done".
+        near_misses["left_stopped"] = f"{solution}\nsvc stop {service}"
         return Draft(
             instruction=instruction,
             tests=service_tests(self.name, expected, WEB_TEST + (WEB_USER_TEST if difficulty == "hard" else "")),
@@ -785,6 +787,7 @@ class GitPushDeploy(Family):
         if difficulty == "hard":
             near_misses["no_ticket_rule"] = "\n".join(f for f in fixes if "pre-receive" not in f)
         solution = "\n".join([f"cat {repo}/hooks/post-receive /etc/svc/{service}/run", f"ls -ld {deploy}", *fixes])
+        near_misses["left_stopped"] = f"{solution}\nsvc stop {service}"  # "running when you are done"
         return Draft(
             instruction=instruction,
             tests=service_tests(self.name, expected, GIT_TEST),
