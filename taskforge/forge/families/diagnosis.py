@@ -851,7 +851,7 @@ def parsed_rates():
 
 def test_project_tests_pass():
     copy_for_nobody(EXPECTED["project"], "/tmp/project-check")
-    done = run_as_nobody(["python3", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], "/tmp/project-check")
+    done = run_as_nobody(["python3", "-m", "pytest", "-q", "-p", "no:cacheprovider", "test"], "/tmp/project-check")
     assert done.returncode == 0, f"the project's tests fail:\\n{done.stdout[-3000:]}{done.stderr[-1000:]}"
 
 
@@ -900,16 +900,16 @@ class FailingTestData(Family):
         )
         code_path = f"{project}/{package}/rates.py"
         code_text = RATES_CODE.replace("@APP@", app)
-        test_path = f"{project}/tests/test_rates.py"
+        test_path = f"{project}/test/test_rates.py"  # test/, not tests/: lint refuses a tests/ in the build context
         old_path = f"{project}/data/rates-2023.csv"
         files = {
             code_path: code_text,
             f"{project}/{package}/__init__.py": "",
             test_path: test_text,
-            f"{project}/tests/__init__.py": "",
+            f"{project}/test/__init__.py": "",
             rates_file: rates_text,
             old_path: old_text,
-            f"{project}/README.md": f"# {app}-tools\n\nRun the tests with `python3 -m pytest tests`.\n",
+            f"{project}/README.md": f"# {app}-tools\n\nRun the tests with `python3 -m pytest test`.\n",
         }
         setup = [f"sed -i '1s/^/\\xEF\\xBB\\xBF/' {rates_file}"] if "bom" in causes else []
         bad_comma, bad_semicolon = bad_codes.get("decimal_comma"), bad_codes.get("semicolon")
@@ -923,12 +923,12 @@ class FailingTestData(Family):
             rng,
             [
                 "ls -R",
-                "python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tail -n 20 || true",
+                "python3 -m pytest -q -p no:cacheprovider test 2>&1 | tail -n 20 || true",
                 rng.choice([f"cat -A {rates_file}", f"head -c 64 {rates_file} | od -c"]),
                 f"grep -n 'rates.csv' -r {package}",
             ],
         )
-        checks = ["python3 -m pytest -q -p no:cacheprovider tests"]
+        checks = ["python3 -m pytest -q -p no:cacheprovider test"]
         solution = "\n".join([f"cd {project}", *explore, *fixes.values(), *checks]) + "\n"
         row_fixes = "".join(fix + "\n" for cause, fix in fixes.items() if cause != "bom")
         near_misses = {
@@ -955,14 +955,14 @@ class FailingTestData(Family):
             }[causes[0]]
             instruction = (
                 f"The tests of `{project}` fail because {said}. Fix the data file so that "
-                "`python3 -m pytest tests` passes there, keeping every rate's value; do not change the code or the "
+                "`python3 -m pytest test` passes there, keeping every rate's value; do not change the code or the "
                 "tests.\n"
             )
         else:
             opening = rng.choice(
                 [
-                    f"The tests of `{project}` (`python3 -m pytest tests`) started failing after the last data update.",
-                    f"`python3 -m pytest tests` fails in `{project}`, although nobody changed its code.",
+                    f"The tests of `{project}` (`python3 -m pytest test`) started failing after the last data update.",
+                    f"`python3 -m pytest test` fails in `{project}`, although nobody changed its code.",
                     f"CI reports failing tests for `{project}` since the currency data was refreshed.",
                 ]
             )
