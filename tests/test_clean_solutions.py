@@ -18,9 +18,6 @@ from taskforge.forge.families import FAMILIES
 from taskforge.forge.generate import task_seed
 
 INSTANCES_PER_DIFFICULTY = 6
-# Families whose generators still emit dead branches (issue 15): strict xfail, so a family that is
-# fixed fails here until it is taken off this list. Must end empty.
-PENDING: set[str] = set()
 
 PYTHON_BLOCK = re.compile(r"python3 - <<'(\w+)'\n(.*?)\n\1$", re.DOTALL | re.MULTILINE)
 SHELL_WORD = r"(?:\"[^\"$`]*\"|'[^']*'|[^\s$\"'`\]]+)"
@@ -113,12 +110,7 @@ def solution_problems(solution: str) -> list[str]:
     return problems
 
 
-def pending(family: str):
-    marks = [pytest.mark.xfail(strict=True, reason="dead branches not removed yet")] if family in PENDING else []
-    return pytest.param(family, marks=marks)
-
-
-@pytest.mark.parametrize("family", [pending(f) for f in sorted(FAMILIES)])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_reference_solutions_have_no_dead_branches(family):
     found = []
     for difficulty in DIFFICULTIES:

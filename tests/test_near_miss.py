@@ -23,9 +23,6 @@ from taskforge.tasks import NEAR_MISS_DIR, TaskSpec, lint_task, load_task, rende
 from .conftest import hello_spec
 
 MIN_NEAR_MISSES = 2
-# Families whose near-misses are still being written (issue 15): strict xfail, so a family that
-# gains them fails here until it is taken off this list. Must end empty.
-PENDING: set[str] = set()
 
 
 def instances(family: str, n: int, seed: int = 15) -> list[TaskSpec]:
@@ -53,13 +50,7 @@ def near_miss_problems(family: str, n: int = 12, seed: int = 15) -> list[str]:
     return problems
 
 
-def pending(family: str):
-    """The family, marked strict-xfail while its near-misses are still to be written."""
-    marks = [pytest.mark.xfail(strict=True, reason="near-misses not written yet")] if family in PENDING else []
-    return pytest.param(family, marks=marks)
-
-
-@pytest.mark.parametrize("family", [pending(f) for f in sorted(FAMILIES)])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_instance_ships_near_misses(family):
     problems = near_miss_problems(family)
     assert not problems, "\n".join(problems)
