@@ -6,7 +6,7 @@ import json
 import random
 
 from taskforge.forge import pools
-from taskforge.forge.base import Draft, Family
+from taskforge.forge.base import Draft, Family, bent
 from taskforge.forge.common import csv_text, pick, python_block, test_module
 
 EVENT_TYPES = ["click", "view", "purchase", "signup", "download", "share"]
@@ -363,8 +363,8 @@ class FormatConvert(Family):
                 json.dump(rows, open({out!r}, "w"), indent=2)
                 """)
             near_misses = {
-                "values_stay_strings": _bend(solution, "typed(row[k])", "row[k] or None"),
-                "keeps_all_columns": _bend(solution, f"for k in {selected!r}", "for k in row"),
+                "values_stay_strings": bent(solution, "typed(row[k])", "row[k] or None"),
+                "keeps_all_columns": bent(solution, f"for k in {selected!r}", "for k in row"),
             }
             expected = {"path": out, "records": want, "format": "json"}
         elif mode == "tsv2csv":
@@ -401,7 +401,7 @@ class FormatConvert(Family):
             picks = ", ".join(f"${fields.index(c) + 1}" for c in columns)
             near_misses = {
                 "unquoted_commas": f"mkdir -p {out_dir}\nawk -F'\\t' -v OFS=, '{{ print {picks} }}' {src} > {out}\n",
-                "keeps_all_columns": _bend(solution, f"[row[c] for c in {columns!r}]", "list(row.values())"),
+                "keeps_all_columns": bent(solution, f"[row[c] for c in {columns!r}]", "list(row.values())"),
             }
             expected = {"path": out, "records": want, "format": "csv", "columns": columns}
         elif mode == "json2csv":
@@ -431,15 +431,15 @@ class FormatConvert(Family):
                         w.writerow([cell(obj.get(c)) for c in cols])
                 """)
             near_misses = {
-                "missing_as_none_text": _bend(solution, "cell(obj.get(c))", "str(obj.get(c))"),
-                "skips_incomplete_objects": _bend(
+                "missing_as_none_text": bent(solution, "cell(obj.get(c))", "str(obj.get(c))"),
+                "skips_incomplete_objects": bent(
                     solution,
                     "w.writerow([cell(obj.get(c)) for c in cols])",
                     "if all(c in obj for c in cols):\n            w.writerow([cell(obj.get(c)) for c in cols])",
                 ),
             }
             if floats:
-                near_misses["default_float_format"] = _bend(solution, '"%.2f" % v if', "str(v) if")
+                near_misses["default_float_format"] = bent(solution, '"%.2f" % v if', "str(v) if")
             expected = {"path": out, "records": want, "format": "csv", "columns": columns}
         elif mode == "jsonl2json":
             sort_key = rng.choice(
@@ -545,8 +545,8 @@ class FormatConvert(Family):
                 """)
             joined = f'return {sep!r}.join(rec.get("tags") or [])'
             near_misses = {
-                "tags_as_list_text": _bend(solution, joined, 'return str(rec.get("tags") or [])'),
-                "tags_joined_with_commas": _bend(solution, joined, 'return ",".join(rec.get("tags") or [])'),
+                "tags_as_list_text": bent(solution, joined, 'return str(rec.get("tags") or [])'),
+                "tags_joined_with_commas": bent(solution, joined, 'return ",".join(rec.get("tags") or [])'),
             }
             expected = {"path": out, "records": want, "format": "csv", "columns": columns}
         body = """
@@ -589,13 +589,6 @@ class FormatConvert(Family):
             extra={"mode": mode},
             near_misses=near_misses,
         )
-
-
-def _bend(solution: str, old: str, new: str) -> str:
-    """A near-miss: the solution with one piece replaced (which must be there)."""
-    if old not in solution:
-        raise AssertionError(f"near-miss edit not applicable: {old!r}")
-    return solution.replace(old, new)
 
 
 def _yaml_list(records: list[dict]) -> str:

@@ -6,7 +6,7 @@ import random
 import re
 
 from taskforge.forge import pools
-from taskforge.forge.base import Draft, Family
+from taskforge.forge.base import Draft, Family, bent
 from taskforge.forge.common import bullets, pick, python_block, test_module
 
 MONTH_ABBR = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
@@ -285,8 +285,8 @@ class AccessLogReport(Family):
                     w.writerows(rows)
                 """)
             near_misses = {
-                "includes_health": _bend(solution, ' or url == "/health"', ""),
-                "end_hour_inclusive": _bend(solution, f"hour < {end_h}", f"hour <= {end_h}"),
+                "includes_health": bent(solution, ' or url == "/health"', ""),
+                "end_hour_inclusive": bent(solution, f"hour < {end_h}", f"hour <= {end_h}"),
             }
             body = """
                 def test_path_table():
@@ -866,13 +866,6 @@ def _items_by_file(
         lines.append(f"            result[os.path.relpath(path, src)] = {distinct}")
     lines.append(f'json.dump(result, open({out!r}, "w"), indent=2)')
     return python_block("\n".join(lines))
-
-
-def _bend(solution: str, old: str, new: str) -> str:
-    """A near-miss: the solution with one piece replaced (which must be there)."""
-    if old not in solution:
-        raise AssertionError(f"near-miss edit not applicable: {old!r}")
-    return solution.replace(old, new)
 
 
 def _shell_quote(text: str) -> str:
