@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -128,25 +129,57 @@ def sft(
 
     observation_transcripts: more episodes trained on for their observation tokens only (env CE,
     weighted by env_coef); their actions are not imitated. The study's control start uses it to
-    learn how the environment answers without changing what the policy does."""
+    learn how the environment answers without changing what the policy does.
+
+    Under torchrun (trainer.distributed) rank 0 collects the demonstrations, every rank trains on
+    its share of each batch with FSDP2 and the whole batch's token counts as loss denominators,
+    and rank 0 writes the final checkpoint."""
+    from trainer.distributed import init_distributed, shutdown
+
+    context, device = init_distributed(config.device)
+    try:
+        return _sft(
+            config,
+            run_dir,
+            context,
+            device,
+            log if context.is_main else (lambda *a, **k: None),
+            demonstrations,
+            observation_transcripts,
+        )
+    finally:
+        shutdown(context)
+
+
+def _sft(config, run_dir, context, device, log, demonstrations, observation_transcripts) -> Path:
     from transformers import get_cosine_with_min_lr_schedule_with_warmup_lr_rate
 
     from taskforge.runner import append_jsonl
     from taskforge.tasks import discover_task_dirs
-    from trainer.logprobs import sequence_logprobs
-    from trainer.loss import mean_sequence_ce
+    from trainer.distributed import (
+        empty_masks,
+        full_model_state,
+        padding_pass,
+        policy_logprobs,
+        shard_model,
+        whole_batch_normalizers,
+    )
+    from trainer.loss import per_sequence_ce
     from trainer.model import load_policy, resolve_device, save_checkpoint
 
-    resolve_device(config.device)  # an unavailable device fails before any demonstration runs
+    resolve_device(device)  # an unavailable device fails before any demonstration runs
     if not (config.action_coef or config.env_coef):
         raise ValueError("SFT with action_coef 0 and env_coef 0 trains nothing: set one of them above 0")
     from taskforge.runner import run_settings_mismatch
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # A finished run is reused only if it was trained with these settings (not a stale checkpoint).
-    changed = run_settings_mismatch(
-        run_dir, {**asdict(config), "steps": config.epochs, "mode": "sft"}, file="config.json"
-    )
+    changed = None
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # A finished run is reused only if it was trained with these settings (not a stale checkpoint).
+        changed = run_settings_mismatch(
+            run_dir, {**asdict(config), "steps": config.epochs, "mode": "sft"}, file="config.json"
+        )
+    changed = context.broadcast_object(changed)
     if changed:
         raise ValueError(
             f"{run_dir} was trained with other settings ({changed}); use a new --run, or the same settings to resume"
@@ -155,19 +188,32 @@ def sft(
     if final.is_dir():
         log(f"{final} exists: SFT already done")
         return final
-    if demonstrations:
+    episodes = None
+    if not context.is_main:
+        pass  # rank 0 reads or collects the demonstrations (in Docker) and sends them
+    elif demonstrations:
         episodes = [e for e in load_transcripts(demonstrations) if e.reward == 1.0]
     else:
         episodes = collect_demonstrations(discover_task_dirs([Path(config.tasks)]), run_dir / "demonstrations", config)
+    episodes = context.broadcast_object(episodes)
     if not episodes:
         raise RuntimeError("no demonstration scored 1.0: nothing to fine-tune on")
     log(f"{len(episodes)} demonstrations")
 
     torch.manual_seed(config.seed)
-    model, tokenizer = load_policy(config.policy, device=config.device, dtype=config.dtype)
+    if not context.is_main:
+        context.barrier()  # rank 0 loads first: it builds the tiny model's cache if needed
+    model, tokenizer = load_policy(config.policy, device=device, dtype=config.dtype)
+    if context.is_main:
+        context.barrier()
+    if context.enabled:
+        shard_model(model)
     rollouts = [rollout_from_episode(tokenizer, e) for e in episodes]
     if observation_transcripts:
-        observed = [e for e in load_transcripts(observation_transcripts) if e.reward == 1.0]
+        observed = (
+            [e for e in load_transcripts(observation_transcripts) if e.reward == 1.0] if context.is_main else None
+        )
+        observed = context.broadcast_object(observed)
         for episode in observed:
             rollout = rollout_from_episode(tokenizer, episode)
             rollouts.append(rollout.model_copy(update={"action_mask": [False] * len(rollout.action_mask)}))
@@ -181,43 +227,71 @@ def sft(
         optimizer, num_warmup_steps=10, num_training_steps=total_steps, min_lr_rate=0.1
     )
     metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
+    if context.is_main:
+        metrics_path.unlink(missing_ok=True)
     model.train()
     for epoch in range(1, config.epochs + 1):
         started = time.monotonic()
         losses, env_ces, tokens = [], [], 0
         for batch_indices in _length_bucketed_batches([len(r.token_ids) for r in rollouts], config.batch_size, rng):
-            batch = collate_rollouts([rollouts[i] for i in batch_indices], tokenizer.pad_token_id)
-            batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
-            logprobs = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"])
-            action = batch["action_mask"].float()
-            loss = -(logprobs * action).sum() / action.sum().clamp(min=1)
-            env_ce = mean_sequence_ce(logprobs, batch["observation_mask"])
-            # Terms with a zero coefficient are left out, not multiplied by 0: a batch without
-            # observation tokens has a NaN env CE, and 0 x NaN is NaN.
-            total = config.action_coef * loss if config.action_coef else 0.0
-            if config.env_coef:
-                total = total + config.env_coef * env_ce
+            mine = batch_indices[context.rank :: context.world_size]  # all of it in one process
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            if mine:
+                batch = collate_rollouts([rollouts[i] for i in mine], tokenizer.pad_token_id)
+                batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
+                logprobs = policy_logprobs(model, batch["input_ids"], batch["attention_mask"])
+                action = batch["action_mask"].float()
+                # Denominators of the whole batch (every rank's share): FSDP's gradient average
+                # is then the single-process gradient.
+                counts = whole_batch_normalizers(batch["action_mask"], batch["observation_mask"], context)
+                loss = -(logprobs * action).sum() / _positive(counts.action_tokens)
+                env_ce = per_sequence_ce(logprobs, batch["observation_mask"]).sum() / _positive(
+                    counts.observation_sequences
+                )
+                # Terms with a zero coefficient are left out, not multiplied by 0: a batch without
+                # observation tokens has a NaN env CE, and 0 x NaN is NaN.
+                total = config.action_coef * loss if config.action_coef else 0.0
+                if config.env_coef:
+                    total = total + config.env_coef * env_ce
+                total.backward()
+                losses.append(loss.item())
+                tokens += int(batch["attention_mask"].sum())
+                env_ces.append(env_ce.item())
+            else:  # a batch smaller than the world: this rank joins the collectives with nothing
+                whole_batch_normalizers(*empty_masks(model.device), context)
+                padding_pass(model, tokenizer.pad_token_id, model.device, backward=True)
+                losses.append(0.0)
+                env_ces.append(0.0)
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
-            losses.append(loss.item())
-            tokens += int(batch["attention_mask"].sum())
-            env_ces.append(env_ce.item())
+        # A rank's loss is its share x world size: the mean over ranks is the whole batch's.
+        world = context.world_size
         row = {
             "step": epoch,
             "mode": "sft",
-            "sft_loss": sum(losses) / len(losses),
-            "env_ce": sum(env_ces) / len(env_ces),
+            "sft_loss": context.sum_over_ranks(sum(losses)) / world / len(losses),
+            "env_ce": context.sum_over_ranks(sum(env_ces)) / world / len(env_ces),
             "n_demonstrations": len(rollouts),
-            "tokens": tokens,  # every token of the epoch, forward and backward
+            "tokens": int(context.sum_over_ranks(tokens)),  # every token of the epoch, forward and backward
             "seconds": round(time.monotonic() - started, 2),
         }
-        append_jsonl(metrics_path, row)
+        if context.is_main:
+            append_jsonl(metrics_path, row)
         log(f"epoch {epoch}/{config.epochs}: action CE {row['sft_loss']:.3f}, env CE {row['env_ce']:.3f}")
     tmp = final.with_name("final.tmp")
-    save_checkpoint(model, tokenizer, tmp)
-    os.replace(tmp, final)
+    weights = full_model_state(model, context)  # a collective under torchrun: rank 0 gets the weights
+    if context.enabled and context.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, state_dict=weights)
+        tokenizer.save_pretrained(tmp)
+    elif context.is_main:
+        save_checkpoint(model, tokenizer, tmp)
+    if context.is_main:
+        os.replace(tmp, final)
+    context.barrier()
     return final
+
+
+def _positive(count: float) -> float:
+    return count if count > 0 else 1.0

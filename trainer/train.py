@@ -14,6 +14,7 @@ is never used). A run killed at any point resumes from its last checkpoint with 
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -31,7 +32,22 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from taskforge.runner import append_jsonl, run_settings_mismatch
 from trainer.advantages import group_advantages
-from trainer.logprobs import sequence_logprobs
+from trainer.distributed import (
+    SINGLE_PROCESS,
+    DistContext,
+    copy_weights_to,
+    empty_masks,
+    full_model_state,
+    grad_norm_value,
+    init_distributed,
+    load_training_state,
+    padding_pass,
+    policy_logprobs,
+    save_training_state,
+    shard_model,
+    shutdown,
+    whole_batch_normalizers,
+)
 from trainer.loss import EchoLossConfig, LambdaSchedule, echo_loss
 from trainer.rollout import Rollout, collate_rollouts
 
@@ -260,13 +276,33 @@ def signal_group_share(rollouts: list[Rollout]) -> float:
 
 
 def update(
-    model, optimizer, scheduler, rollouts: list[Rollout], config: TrainConfig, env_coef: float, pad_token_id: int
+    model,
+    optimizer,
+    scheduler,
+    rollouts: list[Rollout],
+    config: TrainConfig,
+    env_coef: float,
+    pad_token_id: int,
+    dist_context: DistContext = SINGLE_PROCESS,
 ) -> dict[str, float]:
     """epochs_per_batch passes over the batch in micro-batches; one forward pass per micro-batch
-    feeds both loss terms. Returns metrics averaged over micro-batches."""
-    rewards = [r.reward for r in rollouts]
-    advantages = group_advantages(rewards, [r.group_id for r in rollouts], scale_by_std=config.scale_advantages_by_std)
-    advantages = advantages.to(model.device)
+    feeds both loss terms. Returns metrics averaged over micro-batches.
+
+    Under torchrun, `rollouts` is this rank's share (whole groups, so advantages are local), the
+    loss denominators count the whole batch of every rank, and a rank with fewer micro-batches
+    pads with zero-loss passes (trainer.distributed)."""
+    device = model.device
+    micro = [
+        list(range(i, min(i + config.micro_batch_size, len(rollouts))))
+        for i in range(0, len(rollouts), config.micro_batch_size)
+    ]
+    n_passes = dist_context.max_over_ranks(len(micro))
+    padding = n_passes - len(micro)
+    if rollouts:
+        rewards = [r.reward for r in rollouts]
+        advantages = group_advantages(
+            rewards, [r.group_id for r in rollouts], scale_by_std=config.scale_advantages_by_std
+        ).to(device)
     loss_config = EchoLossConfig(
         mode=config.mode,
         env_coef=None if config.mode == "grpo" else env_coef,
@@ -274,31 +310,30 @@ def update(
         clip_eps_high=config.clip_eps_high,
         kl_coef=config.kl_coef,
     )
-    micro = [
-        list(range(i, min(i + config.micro_batch_size, len(rollouts))))
-        for i in range(0, len(rollouts), config.micro_batch_size)
-    ]
-    batches = [_to_device(collate_rollouts([rollouts[i] for i in idx], pad_token_id), model.device) for idx in micro]
+    batches = [_to_device(collate_rollouts([rollouts[i] for i in idx], pad_token_id), device) for idx in micro]
 
     # The policy that sampled, re-scored by the training forward pass (no kernel mismatch).
     model.eval()
     with torch.no_grad():
         old = [
-            sequence_logprobs(model, b["input_ids"], b["attention_mask"], temperature=config.temperature)
-            for b in batches
+            policy_logprobs(model, b["input_ids"], b["attention_mask"], temperature=config.temperature) for b in batches
         ]
+        for _ in range(padding):
+            padding_pass(model, pad_token_id, device, backward=False, temperature=config.temperature)
     model.train()
 
-    from trainer.loss import LossNormalizers
-
-    totals = _to_device(collate_rollouts(rollouts, pad_token_id), model.device)
-    normalizers = LossNormalizers.from_masks(totals["action_mask"], totals["observation_mask"])
+    if rollouts:
+        totals = _to_device(collate_rollouts(rollouts, pad_token_id), device)
+        masks = totals["action_mask"], totals["observation_mask"]
+    else:
+        masks = empty_masks(device)
+    normalizers = whole_batch_normalizers(*masks, dist_context)
     sums: dict[str, float] = {}
     n = 0
     for _epoch in range(config.epochs_per_batch):
         optimizer.zero_grad(set_to_none=True)
         for idx, batch, old_logprobs in zip(micro, batches, old, strict=True):
-            logprobs = sequence_logprobs(
+            logprobs = policy_logprobs(
                 model, batch["input_ids"], batch["attention_mask"], temperature=config.temperature
             )
             loss, metrics = echo_loss(
@@ -318,11 +353,13 @@ def update(
                 weight = len(micro) if key == "loss" else 1
                 sums[key] = sums.get(key, 0.0) + float(value) * weight
             n += 1
+        for _ in range(padding):
+            padding_pass(model, pad_token_id, device, backward=True, temperature=config.temperature)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * len(micro)
+        sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm_value(grad_norm) * len(micro)
     scheduler.step()
-    return {k: v / n for k, v in sums.items() if not math.isnan(v)}
+    return {k: v / n for k, v in sums.items() if not math.isnan(v)} if n else {}
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -330,30 +367,70 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
 
 
 def _latest_checkpoint(run_dir: Path) -> Path | None:
-    checkpoints = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    # step-N only: a step-N.tmp left by a run killed while saving is not a checkpoint.
+    steps = [p for p in (run_dir / "checkpoints").glob("step-*") if p.name.split("-", 1)[1].isdigit()]
+    checkpoints = sorted(steps, key=lambda p: int(p.name.split("-")[1]))
     complete = [p for p in checkpoints if (p / "trainer_state.pt").is_file()]
     return complete[-1] if complete else None
 
 
-def _save(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler) -> Path:
+def _save(
+    run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, dist_context: DistContext = SINGLE_PROCESS
+) -> Path:
+    """checkpoints/step-N: the full weights as a Hugging Face directory (eval, serve, vLLM and the
+    next stage load it), dcp/ with model + optimizer state as torch.distributed.checkpoint shards
+    (one per rank; loads into any world size), and trainer_state.pt (step, scheduler, every
+    rank's RNG), written last: its presence marks a complete checkpoint."""
     from trainer.model import save_checkpoint
 
     final = run_dir / "checkpoints" / f"step-{step}"
     tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint(model, tokenizer, tmp)
-    torch.save(
-        {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.random.get_rng_state(),
-        },
-        tmp / "trainer_state.pt",
-    )
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)  # a checkpoint exists whole or not at all
+    if dist_context.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist_context.barrier()
+    weights = full_model_state(model, dist_context)  # a collective under torchrun: rank 0 gets them
+    if dist_context.is_main:
+        if dist_context.enabled:
+            model.save_pretrained(tmp, state_dict=weights)
+            tokenizer.save_pretrained(tmp)
+        else:
+            save_checkpoint(model, tokenizer, tmp)
+    save_training_state(tmp / "dcp", model, optimizer)
+    rng_states = dist_context.all_gather_object(torch.random.get_rng_state())
+    if dist_context.is_main:
+        torch.save(
+            {
+                "step": step,
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": rng_states[0],
+                "torch_rng_per_rank": rng_states,
+            },
+            tmp / "trainer_state.pt",
+        )
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)  # a checkpoint exists whole or not at all
+    dist_context.barrier()
     return final
+
+
+def _restore(latest: Path, model, optimizer, scheduler, dist_context: DistContext) -> int:
+    """Loads a checkpoint written by `_save` (by any number of ranks) and returns its step."""
+    state = torch.load(latest / "trainer_state.pt", weights_only=False)
+    if (latest / "dcp").is_dir():
+        load_training_state(latest / "dcp", model, optimizer)
+    elif dist_context.enabled:
+        raise ValueError(
+            f"{latest} predates sharded checkpoints (no dcp/ folder): resume it once in one process, "
+            "then under torchrun from its next checkpoint"
+        )
+    else:
+        optimizer.load_state_dict(state["optimizer"])  # a checkpoint from before DCP
+    scheduler.load_state_dict(state["scheduler"])
+    per_rank = state.get("torch_rng_per_rank") or []
+    same_ranks = len(per_rank) == dist_context.world_size
+    torch.random.set_rng_state(per_rank[dist_context.rank] if same_ranks else state["torch_rng"])
+    return state["step"]
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
@@ -370,26 +447,85 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def train(config: TrainConfig, run_dir: Path, *, log=print) -> Path:
-    """Trains and returns the final checkpoint's directory. Resumes from run_dir if it has one."""
+@dataclass
+class _RolloutStats:
+    """What the metrics row needs of a rollout, gathered from every rank instead of the token ids."""
+
+    group_id: str
+    reward: float
+    tokens: int
+    action_tokens: int
+    obs_tokens: int
+
+
+def _stats(rollout: Rollout) -> _RolloutStats:
+    return _RolloutStats(
+        rollout.group_id,
+        rollout.reward,
+        len(rollout.token_ids),
+        sum(rollout.action_mask),
+        sum(rollout.observation_mask),
+    )
+
+
+def _mean_over_ranks(metrics: list[dict[str, float]]) -> dict[str, float]:
+    """Each rank's update metrics averaged (a rank's "loss" is its share x world size, so the mean
+    is the whole batch's loss); ranks that held no rollout are left out."""
+    held = [m for m in metrics if m]
+    keys = dict.fromkeys(k for m in held for k in m)
+    return {k: sum(m[k] for m in held if k in m) / sum(1 for m in held if k in m) for k in keys}
+
+
+def train(config: TrainConfig, run_dir: Path, *, log=print, collect=None) -> Path:
+    """Trains and returns the final checkpoint's directory. Resumes from run_dir if it has one.
+
+    Under torchrun (trainer.distributed) each rank plays its share of every step's groups (tasks
+    rank, rank + world, ...) in its own sandboxes, the policy is sharded with FSDP2, rank 0 writes
+    the metrics and every rank its checkpoint shards. `collect` replaces `collect_rollouts` (same
+    arguments): the tests feed fixed rollouts through the real update and checkpoint path."""
+    context, device = init_distributed(config.device)
+    try:
+        return _train(config, run_dir, context, device, log if context.is_main else _quiet, collect or collect_rollouts)
+    finally:
+        shutdown(context)
+
+
+def _quiet(*_args, **_kwargs) -> None:
+    pass
+
+
+def _train(config: TrainConfig, run_dir: Path, context: DistContext, device: str, log, collect) -> Path:
     from transformers import get_cosine_with_min_lr_schedule_with_warmup_lr_rate
 
     from trainer.model import load_checkpoint, load_policy, resolve_device
 
-    resolve_device(config.device)  # an unavailable device fails before the run directory is made
-    run_dir.mkdir(parents=True, exist_ok=True)
-    changed = run_settings_mismatch(
-        run_dir, asdict(config), file="config.json", ignore=("steps", "device")
-    )  # more steps, or another device (a CPU run continued on a GPU): resume
+    resolve_device(device)  # an unavailable device fails before the run directory is made
+    changed = None
+    if context.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        changed = run_settings_mismatch(
+            run_dir, asdict(config), file="config.json", ignore=("steps", "device")
+        )  # more steps, or another device (a CPU run continued on a GPU): resume
+    changed = context.broadcast_object(changed)
     if changed:
         raise ValueError(
             f"{run_dir} was started with other settings ({changed}); use a new --run, or the same settings to resume"
         )
 
     torch.manual_seed(config.seed)
-    latest = _latest_checkpoint(run_dir)
-    placement = dict(device=config.device, dtype=config.dtype)
+    latest = context.broadcast_object(_latest_checkpoint(run_dir) if context.is_main else None)
+    placement = dict(device=device, dtype=config.dtype)
+    if not context.is_main:
+        context.barrier()  # rank 0 loads first: it builds the tiny model's cache if needed (HF writes on rank 0 only)
     model, tokenizer = load_checkpoint(latest, **placement) if latest else load_policy(config.policy, **placement)
+    if context.is_main:
+        context.barrier()
+    sampling_model = model
+    if context.enabled:
+        # In-process sampling needs the whole model on each rank (ranks play different numbers of
+        # turns, so they cannot share FSDP's collectives); a --sampler-url server needs none.
+        sampling_model = None if config.sampler_url else copy.deepcopy(model)
+        shard_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     # Linear warmup from lr/warmup_steps, then constant: a cosine whose floor is the peak (min_lr_rate=1.0).
     # Not get_constant_schedule_with_warmup: its warmup starts at lr 0, which would waste the first step's rollouts.
@@ -399,14 +535,12 @@ def train(config: TrainConfig, run_dir: Path, *, log=print) -> Path:
     start = 1
     metrics_path = run_dir / "metrics.jsonl"
     if latest is not None:
-        state = torch.load(latest / "trainer_state.pt", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.random.set_rng_state(state["torch_rng"])
-        start = state["step"] + 1
-        _truncate_metrics(metrics_path, state["step"])
-        log(f"resuming {run_dir} after step {state['step']} ({latest})")
-    else:
+        last_step = _restore(latest, model, optimizer, scheduler, context)
+        start = last_step + 1
+        if context.is_main:
+            _truncate_metrics(metrics_path, last_step)
+        log(f"resuming {run_dir} after step {last_step} ({latest})")
+    elif context.is_main:
         metrics_path.unlink(missing_ok=True)
 
     task_dirs = _task_dirs(config)
@@ -416,20 +550,28 @@ def train(config: TrainConfig, run_dir: Path, *, log=print) -> Path:
     for step in range(start, config.steps + 1):
         started = time.monotonic()
         env_coef = schedule.lambda_at(step - 1)
-        batch = collect_rollouts(
-            model,
-            tokenizer,
-            tasks_for_step(task_dirs, config, step),
-            config,
-            run_dir / "rollouts" / f"step-{step:05d}",
-            step,
-        )
+        my_tasks = tasks_for_step(task_dirs, config, step)[context.rank :: context.world_size]
+        batch = StepBatch()
+        if my_tasks:
+            batch = collect(
+                sampling_model,
+                tokenizer,
+                my_tasks,
+                config,
+                run_dir / "rollouts" / f"step-{step:05d}",
+                step,
+            )
         rollout_seconds = time.monotonic() - started
-        if not batch.rollouts:
+        if not context.sum_over_ranks(len(batch.rollouts)):
             raise RuntimeError(f"step {step}: no rollout was produced (see {run_dir / 'rollouts'})")
-        metrics = update(model, optimizer, scheduler, batch.rollouts, config, env_coef, pad_id)
-        records = batch.records
-        action_tokens = sum(sum(r.action_mask) for r in batch.rollouts)
+        metrics = update(model, optimizer, scheduler, batch.rollouts, config, env_coef, pad_id, context)
+        if sampling_model is not None and sampling_model is not model:
+            copy_weights_to(model, sampling_model)
+        gathered = context.all_gather_object((batch.records, [_stats(r) for r in batch.rollouts], metrics))
+        records = [record for part in gathered for record in part[0]]
+        rollouts = [stats for part in gathered for stats in part[1]]
+        metrics = _mean_over_ranks([part[2] for part in gathered])
+        action_tokens = sum(r.action_tokens for r in rollouts)
         row = {
             "step": step,
             "mode": config.mode,
@@ -438,20 +580,21 @@ def train(config: TrainConfig, run_dir: Path, *, log=print) -> Path:
             "pass_rate": sum(1 for r in records if (r.reward or 0.0) >= 1.0) / len(records),
             "timeout_rate": sum(1 for r in records if r.agent_timed_out) / len(records),
             "turns_mean": sum(r.n_turns or 0 for r in records) / len(records),
-            "tokens": sum(len(r.token_ids) for r in batch.rollouts),
+            "tokens": sum(r.tokens for r in rollouts),
             "action_tokens": action_tokens,
-            "obs_tokens": sum(sum(r.observation_mask) for r in batch.rollouts),
-            "n_rollouts": len(batch.rollouts),
+            "obs_tokens": sum(r.obs_tokens for r in rollouts),
+            "n_rollouts": len(rollouts),
             # The policy term only learns from groups whose rewards differ; 0 means GRPO had no signal.
-            "signal_group_share": signal_group_share(batch.rollouts),
-            "output_tokens_per_episode": action_tokens / len(batch.rollouts),
+            "signal_group_share": signal_group_share(rollouts),
+            "output_tokens_per_episode": action_tokens / len(rollouts),
             "rollout_seconds": round(rollout_seconds, 2),
             "seconds": round(time.monotonic() - started, 2),
             **{k: round(v, 6) for k, v in metrics.items()},
         }
         if not row["obs_tokens"]:
             row["env_ce"] = None  # no observation token in this batch: nothing was measured
-        append_jsonl(metrics_path, row)
+        if context.is_main:
+            append_jsonl(metrics_path, row)
         env_ce_text = f"{row['env_ce']:.3f}" if row["env_ce"] is not None else "- (no observation tokens)"
         log(
             f"step {step}/{config.steps}: reward {row['reward_mean']:.3f} pass {row['pass_rate']:.2f} "
@@ -459,7 +602,7 @@ def train(config: TrainConfig, run_dir: Path, *, log=print) -> Path:
             f"out tokens/episode {row['output_tokens_per_episode']:.0f} ({row['seconds']:.1f} s)"
         )
         if step % config.checkpoint_every == 0 or step == config.steps:
-            final = _save(run_dir, step, model, tokenizer, optimizer, scheduler)
+            final = _save(run_dir, step, model, tokenizer, optimizer, scheduler, context)
     if final is None:
-        final = _save(run_dir, 0, model, tokenizer, optimizer, scheduler)
+        final = _save(run_dir, 0, model, tokenizer, optimizer, scheduler, context)
     return final
