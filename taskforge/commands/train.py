@@ -7,6 +7,8 @@ commands, so `generate` and `filter` never load torch).
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -31,6 +33,37 @@ _TRAIN_HELP = (
     "come from flags, or from --config FILE (JSON or TOML with TrainConfig's field names, e.g. device, dtype, "
     "max_context_tokens)."
 )
+
+
+NprocOption = Annotated[
+    int,
+    typer.Option(
+        "--nproc",
+        help="Data-parallel ranks on this machine: re-runs the command under torchrun (FSDP2, sharded "
+        "checkpoints; one GPU per rank with --device cuda). "
+        "Same as `torchrun --nproc-per-node N -m taskforge.cli -- ...`.",
+    ),
+]
+
+
+def _under_torchrun(nproc: int) -> None:
+    """--nproc N > 1: replace this process by torchrun running the same command line without --nproc."""
+    if nproc < 1:
+        raise fail(f"--nproc must be at least 1, not {nproc}")
+    if nproc == 1:
+        return
+    from trainer.distributed import launched_by_torchrun, torchrun_command
+
+    if launched_by_torchrun():
+        raise fail("--nproc under torchrun: pass one or the other")
+    command = torchrun_command(nproc, sys.argv[1:])
+    console.print(f"running {nproc} ranks: {' '.join(command[1:6])} ...")
+    os.execv(command[0], command)
+
+
+def _main_rank() -> bool:
+    """Not a torchrun rank other than 0 (those stay quiet)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _make_rl_command(mode: str, what: str):
@@ -87,7 +120,9 @@ def _make_rl_command(mode: str, what: str):
             str | None, typer.Option(help="Run name (default derived from the settings); an existing run resumes.")
         ] = None,
         runs_dir: RunsDirOption = Path("runs"),
+        nproc: NprocOption = 1,
     ) -> None:
+        _under_torchrun(nproc)
         from trainer.train import TrainConfig, train
 
         overrides = dict(
@@ -132,9 +167,10 @@ def _make_rl_command(mode: str, what: str):
                 final = train(config, run_dir, log=console.print)
         except ValueError as exc:
             raise fail(str(exc)) from None
-        console.print(
-            f"done: {final}  (metrics: {run_dir / 'metrics.jsonl'}; compare runs with `taskforge report {run_dir}`)"
-        )
+        if _main_rank():
+            console.print(
+                f"done: {final}  (metrics: {run_dir / 'metrics.jsonl'}; compare runs with `taskforge report {run_dir}`)"
+            )
 
     command.__doc__ = _TRAIN_HELP.format(mode=mode, what=what)
     return command
@@ -214,12 +250,14 @@ def train_sft(
         str | None, typer.Option(help="Run name (default derived from the settings, so re-running resumes).")
     ] = None,
     runs_dir: RunsDirOption = Path("runs"),
+    nproc: NprocOption = 1,
 ) -> None:
     """Expert SFT (the paper's baseline) on the task set's own solutions.
 
     Runs every task's solution through the agent loop in Docker, keeps the transcripts the
     verifier scores 1.0, and fine-tunes on their action tokens.
     """
+    _under_torchrun(nproc)
     from trainer.sft import SFTConfig, sft
 
     if demonstrator not in ("oracle-text", "explorer"):
@@ -242,7 +280,8 @@ def train_sft(
         raise fail(str(exc)) from None
     except RuntimeError as exc:
         raise fail(str(exc), 1) from None
-    console.print(f"done: {final}  (start RL from it with --policy {final})")
+    if _main_rank():
+        console.print(f"done: {final}  (start RL from it with --policy {final})")
 
 
 def serve(
