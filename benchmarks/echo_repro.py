@@ -162,9 +162,10 @@ def run_plan(study: Study) -> list[dict]:
         | dict(seed=first, start=f"sft-s{first}", **{"lambda": sweep_lambda})
         for sweep_lambda in study.lambda_sweep
     ]
-    # The first seed's main runs, then its sweeps (the lowest learning rate first), then the other seeds.
+    # The first seed's main runs, then its sweeps, then the other seeds: a study stopped early has the
+    # comparison before the sweeps.
     first_runs = [run for run in plan if run["seed"] == first]
-    return first_runs[:1] + sweeps[:1] + first_runs[1:] + sweeps[1:] + [run for run in plan if run["seed"] != first]
+    return first_runs + sweeps + [run for run in plan if run["seed"] != first]
 
 
 def sft_curve(run_dir: Path) -> list[dict]:
@@ -237,16 +238,41 @@ def main() -> None:
     parser.add_argument(
         "--policy", default=None, help="the model to start from (default small; e.g. smollm2-135m after `model get`)"
     )
-    parser.add_argument("--seeds", default=None, help="run only these seeds, e.g. 1 or 1,2 (default: the study's)")
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="run only these seeds of the design, e.g. 1 or 2,3 (the sweeps belong to its first seed); "
+        "one process per seed in its own --out, then --combine",
+    )
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="merge DIR/results.json of runs of one study (e.g. one per seed) into --out, then render",
+    )
     args = parser.parse_args()
     if args.render:
         render_all(json.loads((args.render / "results.json").read_text()), args.render)
         return
+    if args.combine:
+        if args.out is None:
+            parser.error("--combine needs --out (the folder for the merged results.json)")
+        args.out.mkdir(parents=True, exist_ok=True)
+        merged = combine([json.loads((d / "results.json").read_text()) for d in args.combine], args.combine)
+        (args.out / "results.json").write_text(json.dumps(merged, indent=2))
+        print(render_all(merged, args.out))
+        return
     study = QUICK if args.quick else POLICY_SIZES.get(args.policy, FULL)
     if args.policy:
         study = replace(study, policy=args.policy)
+    run_seeds = study.seeds
     if args.seeds:
-        study = replace(study, seeds=tuple(int(seed) for seed in args.seeds.split(",")))
+        run_seeds = tuple(int(seed) for seed in args.seeds.split(","))
+        unknown = sorted(set(run_seeds) - set(study.seeds))
+        if unknown:
+            parser.error(f"--seeds {args.seeds}: seed(s) {unknown} are not in the study's design {study.seeds}")
     default_out = ("repro-quick" if args.quick else "repro") + (f"-{args.policy}" if args.policy else "")
     out = args.out or REPO / "runs" / default_out
     out.mkdir(parents=True, exist_ok=True)
@@ -261,7 +287,12 @@ def main() -> None:
 
     explorer_transcripts = demonstrations(study, train_dir, out, "explorer") if study.control else None
 
-    results: dict = {"study": asdict(study), "longest_demonstration_tokens": longest, "policies": {}}
+    results: dict = {
+        "study": asdict(study),
+        "seeds_run": list(run_seeds),
+        "longest_demonstration_tokens": longest,
+        "policies": {},
+    }
     starts: dict[str, Path] = {}
     earlier = out / "results.json"
     # Time counts the study's processes, summed over interruptions and resumes (a resume days later
@@ -304,7 +335,7 @@ def main() -> None:
             save(complete=False)
 
     # Seed by seed (its starts, then its runs), in run_plan's order: a stopped study has whole seeds.
-    for run in run_plan(study):
+    for run in (run for run in run_plan(study) if run["seed"] in run_seeds):
         ensure_starts(run["seed"])
         run_dir = out / run["name"]
         final = train_mode(
@@ -332,6 +363,37 @@ def main() -> None:
     runs = [out / name for name in results["policies"]]
     _, html_path = write_report([load_run(p) for p in runs], out / "report")
     log(f"done in {results['wall_seconds'] / 60:.1f} min; report: {html_path}")
+
+
+def combine(parts: list[dict], sources: list[Path]) -> dict:
+    """One results.json from runs of one study (same design, same corpus), e.g. a process per seed."""
+    first = parts[0]
+    for part, source in zip(parts[1:], sources[1:]):
+        if part["study"] != first["study"]:
+            differs = sorted(k for k in first["study"] if part["study"].get(k) != first["study"][k])
+            raise SystemExit(f"{source}/results.json is another study than {sources[0]} (differs in {differs})")
+    policies: dict = {}
+    held_out: dict[str, set] = {}
+    for part, source in zip(parts, sources):
+        for name, policy in part["policies"].items():
+            if name in policies:
+                raise SystemExit(f"{source}/results.json: policy {name} is in two of the combined runs")
+            policies[name] = policy
+            held_out[f"{source}:{name}"] = set(policy["heldout"])
+    if len({frozenset(tasks) for tasks in held_out.values()}) > 1:
+        raise SystemExit("the combined runs were evaluated on different held-out tasks (another corpus?)")
+    return {
+        "study": first["study"],
+        "seeds_run": sorted({seed for part in parts for seed in part.get("seeds_run", part["study"]["seeds"])}),
+        "longest_demonstration_tokens": first["longest_demonstration_tokens"],
+        "policies": policies,
+        "complete": all(part.get("complete") for part in parts),
+        # the parts ran side by side: the longest is the study's wall time, the sum its compute
+        "wall_seconds": max(part.get("wall_seconds", 0.0) for part in parts),
+        "process_seconds": sum(part.get("wall_seconds", 0.0) for part in parts),
+        "machine": first.get("machine"),
+        "torch_threads": first.get("torch_threads"),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,13 +515,19 @@ def render_all(results: dict, out: Path) -> str:
 
 def render_markdown(results: dict, rows: list[dict], effects: list[dict]) -> str:
     study = results["study"]
+    seeds = results.get("seeds_run", study["seeds"])
+    run_time = f"run time {results.get('wall_seconds', 0) / 60:.1f} min (summed over resumes)"
+    if "process_seconds" in results:
+        run_time = (
+            f"run time {results['wall_seconds'] / 60:.1f} min wall, processes side by side "
+            f"({results['process_seconds'] / 60:.1f} min summed over them and their resumes)"
+        )
     lines = [
         f"{study['n_train']} training and {study['n_val']} held-out tasks ({', '.join(study['families'])}; "
-        f"{', '.join(study['difficulties'])}); {len(study['seeds'])} seed(s); RL {study['rl_steps']} steps x "
+        f"{', '.join(study['difficulties'])}); {len(seeds)} seed(s); RL {study['rl_steps']} steps x "
         f"{study['tasks_per_step']} tasks x {study['group_size']} rollouts, lr {study['rl_lr']:g}; eval "
         f"{study['eval_attempts']} attempts per task on all held-out tasks and {study['eval_train_tasks']} "
-        f"training tasks; run time {results.get('wall_seconds', 0) / 60:.1f} min (summed over "
-        f"resumes) on {results.get('machine', '?')}.",
+        f"training tasks; {run_time} on {results.get('machine', '?')}.",
         "",
         "Throughput (tokens/s; policy {policy}, {threads} torch thread(s)): SFT {sft_tokens_per_s}; RL sampling "
         "{rl_sampling_action_tokens_per_s} action tokens/s of rollout time (Docker included); RL update "

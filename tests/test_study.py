@@ -93,6 +93,54 @@ def test_study_plan_has_every_comparison_the_claims_need():
     assert len({run["name"] for run in plan}) == len(plan)
 
 
+def test_sweeps_stay_at_the_designs_first_seed_and_run_after_its_comparison():
+    """`--seeds 2,3` in its own process must not move the sweeps to seed 2; and a study stopped
+    early has the first seed's comparison before its sweeps."""
+    plan = echo_repro.run_plan(echo_repro.FULL)
+    sweeps = [run for run in plan if " lr=" in run["group"] or run["group"] in ("SFT + ECHO l=0.01", "SFT + ECHO l=0.2")]
+    assert sweeps and {run["seed"] for run in sweeps} == {1}
+    first_seed = [run["group"] for run in plan if run["seed"] == 1]
+    assert first_seed.index("SFT(+env CE) + ECHO l=0.05") < first_seed.index(sweeps[0]["group"])
+
+
+def _seed_results(seed: int, held_out: float, study: dict) -> dict:
+    eval_row = {"timeout_rate": 0.0, "mean_turns": 2.0, "mean_output_tokens": 50.0, "error_rate": 0.0}
+    policy = lambda group, rate: {  # noqa: E731
+        "group": group, "seed": seed, "heldout": {"t1": rate, "t2": rate}, "train": {"a": rate},
+        "env_ce": 2.0, "heldout_eval": eval_row,
+    }
+    return {
+        "study": study,
+        "seeds_run": [seed],
+        "longest_demonstration_tokens": 70,
+        "policies": {f"sft-s{seed}": policy("SFT start", 0.25), f"grpo-s{seed}": policy("SFT + GRPO", held_out)},
+        "complete": True,
+        "wall_seconds": 60.0 * seed,
+    }
+
+
+def test_combined_seeds_give_one_table_with_intervals_over_seeds(tmp_path):
+    study = {"seeds": [1, 2, 3], "n_train": 300}
+    parts = [_seed_results(1, 0.5, study), _seed_results(2, 0.75, study)]
+    merged = echo_repro.combine(parts, [tmp_path / "s1", tmp_path / "s2"])
+    assert merged["seeds_run"] == [1, 2] and set(merged["policies"]) == {"sft-s1", "grpo-s1", "sft-s2", "grpo-s2"}
+    assert merged["wall_seconds"] == 120.0 and merged["process_seconds"] == 180.0
+    rows, effects = echo_repro.summarise(merged)
+    grpo = next(row for row in rows if row["group"] == "SFT + GRPO")
+    assert grpo["seeds"] == 2 and grpo["heldout"][0] == pytest.approx(0.625)
+    effect = next(e for e in effects if e["effect"] == "SFT + GRPO vs SFT start")
+    assert effect["seeds"] == 2 and effect["heldout"][0] == pytest.approx(0.375)
+    # Another design, a policy twice, or another held-out set: refused, not averaged together.
+    with pytest.raises(SystemExit, match="another study"):
+        echo_repro.combine([parts[0], _seed_results(2, 0.75, study | {"n_train": 100})], [tmp_path, tmp_path])
+    with pytest.raises(SystemExit, match="in two of the combined runs"):
+        echo_repro.combine([parts[0], parts[0]], [tmp_path, tmp_path])
+    other = _seed_results(2, 0.75, study)
+    other["policies"]["grpo-s2"]["heldout"] = {"t9": 1.0}
+    with pytest.raises(SystemExit, match="different held-out tasks"):
+        echo_repro.combine([parts[0], other], [tmp_path, tmp_path])
+
+
 def test_smollm2_study_is_the_sft_start_then_grpo_and_echo():
     study = echo_repro.POLICY_SIZES["smollm2-135m"]
     assert study.policy == "smollm2-135m" and study.group_size >= 8 and study.eval_attempts >= 4
