@@ -12,16 +12,20 @@ Actions use the loop's plain-text format (a ```bash block, or DONE): a tiny mode
 from __future__ import annotations
 
 import threading
+import time
+import weakref
+from collections import deque
 from typing import Any
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from taskforge.agent.episode import TokenUsage
 from taskforge.agent.policy import ContextLengthExceededError, PolicyReply
 from trainer.rollout import Rollout, RolloutBuilder
 
-# Generation on a shared model from several threads would interleave on 2 cores for no gain;
-# one lock keeps sampling serial while sandboxes run in parallel.
+# One forward pass on a model at a time: sample_tokens holds it for a whole reply (the one-at-a-time
+# path), the batch worker for each batched decode step.
 _GENERATE_LOCK = threading.Lock()
 
 
@@ -74,25 +78,363 @@ def sample_tokens(
             model.train(was_training)
 
 
-class InProcessSampler:
-    """Samples with the trainer's own model (CPU default)."""
+# -- batched in-process sampling ----------------------------------------------------------------
 
-    def __init__(self, model, tokenizer, *, temperature: float = 1.0, seed: int | None = None):
+DEFAULT_MAX_BATCH = 8
+DEFAULT_GATHER_WINDOW_SEC = 0.005
+# A worker with nothing to do exits after this long (and drops its reference to the model).
+_IDLE_EXIT_SEC = 5.0
+
+
+class SampleCancelledError(RuntimeError):
+    """The request was cancelled (its caller timed out or gave up) before it finished."""
+
+
+class SampleRequest:
+    """One caller's generation request to a BatchWorker: a future the worker completes.
+
+    `cancel()` is safe from any thread; the worker drops a cancelled request from the queue or its
+    row from the running batch at the next decode step, so a caller that gave up frees its slot."""
+
+    def __init__(self, prompt_ids, max_new_tokens, *, temperature, stop_ids, generator):
+        if not prompt_ids:
+            raise ValueError("sampling needs at least one prompt token")
+        self.prompt_ids = list(prompt_ids)
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.stop_ids = frozenset(stop_ids)
+        self.generator = generator
+        self.ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.stopped = False
+        self.cancelled = False
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> tuple[list[int], list[float], bool]:
+        """(ids, log-probs, stopped at a stop id), as sample_tokens returns them. On `timeout`
+        the request is cancelled (its slot released) and TimeoutError raised."""
+        if not self._done.wait(timeout):
+            self.cancel()
+            raise TimeoutError(f"sampling did not finish within {timeout} s; the request was cancelled")
+        if self.error is not None:
+            raise self.error
+        return self.ids, self.logprobs, self.stopped
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        self.error = error
+        self._done.set()
+
+
+def _choose(request: SampleRequest, logits: torch.Tensor) -> bool:
+    """Samples the request's next token from one row of logits exactly as sample_tokens does (float32,
+    on the CPU, its own generator); returns True when the request is finished."""
+    log_probs = torch.log_softmax(logits.float().cpu() / max(request.temperature, 1e-5), dim=-1)
+    token = (
+        int(torch.argmax(log_probs))
+        if request.temperature <= 0
+        else int(torch.multinomial(log_probs.exp(), 1, generator=request.generator))
+    )
+    request.ids.append(token)
+    request.logprobs.append(float(log_probs[token]))
+    if token in request.stop_ids:
+        request.stopped = True
+        return True
+    return len(request.ids) >= request.max_new_tokens
+
+
+class BatchWorker:
+    """One generation thread per model: concurrent callers `submit` requests, the worker decodes
+    every running request in one batched forward pass per token (continuous batching).
+
+    Rows are left-padded to a common length with a 2-D attention mask and per-row position ids
+    (each row's real tokens sit at positions 0..n-1, as they would alone), so a row's logits do
+    not depend on its neighbours: greedy outputs match sample_tokens token for token. A request
+    that arrives while a batch is running is prefilled on its own and its KV cache merged into the
+    batch's (both left-padded to the longer one) at the next step; a finished or cancelled row is
+    dropped from the cache. When nothing runs, the worker waits `gather_window_sec` after the first
+    request for others to arrive, so a burst starts as one batch."""
+
+    def __init__(
+        self, model, *, max_batch: int = DEFAULT_MAX_BATCH, gather_window_sec: float = DEFAULT_GATHER_WINDOW_SEC
+    ):
+        if max_batch < 1:
+            raise ValueError(f"max_batch={max_batch}: a batch holds at least one request")
+        self._model_ref = weakref.ref(model)
+        self.max_batch = max_batch
+        self.gather_window_sec = gather_window_sec
+        self._waiting: deque[SampleRequest] = deque()
+        self._cond = threading.Condition()
+        self._running = False
+        self.steps = 0  # batched decode steps run (for tests and benchmarks)
+        self.active_rows = 0  # rows in the running batch after the last step
+        self.max_rows_seen = 0
+
+    def submit(self, request: SampleRequest) -> SampleRequest:
+        if request.max_new_tokens <= 0:  # nothing to sample, as in sample_tokens
+            request._finish()
+            return request
+        with self._cond:
+            self._waiting.append(request)
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name="taskforge-sampler", daemon=True).start()
+            self._cond.notify()
+        return request
+
+    # -- the worker thread ----------------------------------------------------------------------
+
+    def _take(self, room: int, idle: bool) -> list[SampleRequest] | None:
+        """Waiting requests to admit (at most `room`); None when the worker should exit."""
+        with self._cond:
+            if idle:
+                if not self._cond.wait_for(lambda: self._waiting, timeout=_IDLE_EXIT_SEC):
+                    self._running = False
+                    return None
+                deadline = time.monotonic() + self.gather_window_sec
+                while len(self._waiting) < room and (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)
+            taken: list[SampleRequest] = []
+            while self._waiting and len(taken) < room:
+                request = self._waiting.popleft()
+                if request.cancelled:
+                    request._finish(SampleCancelledError("cancelled before it was sampled"))
+                else:
+                    taken.append(request)
+            return taken
+
+    def _run(self) -> None:
+        batch: _Batch | None = None
+        try:
+            with torch.no_grad():
+                while True:
+                    rows = len(batch.requests) if batch else 0
+                    new = self._take(self.max_batch - rows, idle=rows == 0)
+                    if new is None:
+                        return
+                    model = self._model_ref()
+                    if model is None:
+                        for request in new:
+                            request._finish(RuntimeError("the model was freed"))
+                        continue
+                    try:
+                        with _GENERATE_LOCK, _eval_mode(model):
+                            if new:
+                                batch = _Batch.prefill(model, new) if batch is None else batch.admit(model, new)
+                            self.max_rows_seen = max(self.max_rows_seen, len(batch.requests))
+                            batch = batch.sample_and_step(model)
+                            self.steps += 1
+                            self.active_rows = len(batch.requests) if batch else 0
+                    except Exception as error:  # noqa: BLE001 - handed to every caller of the batch
+                        for request in (batch.requests if batch else []) + new:
+                            if not request.done:
+                                request._finish(error)
+                        batch = None
+                        self.active_rows = 0
+                    del model
+        except BaseException as error:  # never leave a caller waiting on a dead worker
+            with self._cond:
+                self._running = False
+                stranded = list(self._waiting)
+                self._waiting.clear()
+            for request in stranded + (batch.requests if batch else []):
+                if not request.done:
+                    request._finish(RuntimeError(f"the sampling worker stopped: {error!r}"))
+            raise
+
+
+class _eval_mode:
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.was_training = self.model.training
+        if self.was_training:
+            self.model.eval()
+
+    def __exit__(self, *exc):
+        if self.was_training:
+            self.model.train(True)
+
+
+class _Batch:
+    """The running rows: their requests, the KV cache, the 2-D attention mask (B, T), each row's
+    next position and the logits its next token is sampled from."""
+
+    def __init__(self, requests, cache, mask, positions, logits):
+        self.requests, self.cache, self.mask, self.positions, self.logits = requests, cache, mask, positions, logits
+
+    @classmethod
+    def prefill(cls, model, requests: list[SampleRequest]) -> _Batch:
+        device = model.device
+        width = max(len(r.prompt_ids) for r in requests)
+        pad = [width - len(r.prompt_ids) for r in requests]
+        ids = torch.tensor(
+            [[0] * p + r.prompt_ids for p, r in zip(pad, requests, strict=True)], dtype=torch.long, device=device
+        )
+        mask = torch.tensor(
+            [[0] * p + [1] * len(r.prompt_ids) for p, r in zip(pad, requests, strict=True)],
+            dtype=torch.long,
+            device=device,
+        )
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        output = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+        positions = mask.sum(-1)
+        return cls(list(requests), output.cache, mask, positions, output.logits[:, -1])
+
+    def admit(self, model, requests: list[SampleRequest]) -> _Batch:
+        """This batch plus `requests`, prefilled apart and merged: both KV caches and masks are
+        left-padded (zeros, masked out) to the longer of the two."""
+        other = _Batch.prefill(model, requests)
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        layers, other_layers = _dynamic_layers(self.cache), _dynamic_layers(other.cache)
+        for layer, other_layer in zip(layers, other_layers, strict=True):
+            layer.keys = torch.cat([_left_pad(layer.keys, width, 2), _left_pad(other_layer.keys, width, 2)])
+            layer.values = torch.cat([_left_pad(layer.values, width, 2), _left_pad(other_layer.values, width, 2)])
+        self.mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(other.mask, width, 1)])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.logits = torch.cat([self.logits, other.logits])
+        self.requests += other.requests
+        return self
+
+    def sample_and_step(self, model) -> _Batch | None:
+        """Samples every row's next token, retires finished and cancelled rows, and runs one
+        forward pass over the rest; None when no row is left."""
+        keep, tokens = [], []
+        for row, request in enumerate(self.requests):
+            if request.cancelled:
+                request._finish(SampleCancelledError("cancelled while it was being sampled"))
+                continue
+            if _choose(request, self.logits[row]):
+                request._finish()
+                continue
+            keep.append(row)
+            tokens.append(request.ids[-1])
+        if not keep:
+            return None
+        if len(keep) < len(self.requests):
+            index = torch.tensor(keep, device=self.mask.device)
+            self.cache.batch_select_indices(index)
+            self.mask, self.positions = self.mask[index], self.positions[index]
+            self.requests = [self.requests[row] for row in keep]
+            # Columns that are padding in every remaining row (a long row left): cut them.
+            first = int(self.mask.any(0).nonzero()[0])
+            if first:
+                for layer in _dynamic_layers(self.cache):
+                    layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+                self.mask = self.mask[:, first:]
+        device = self.mask.device
+        self.mask = torch.cat([self.mask, torch.ones(len(keep), 1, dtype=self.mask.dtype, device=device)], dim=1)
+        output = model(
+            input_ids=torch.tensor(tokens, dtype=torch.long, device=device)[:, None],
+            attention_mask=self.mask,
+            position_ids=self.positions[:, None],
+            cache=self.cache,
+            use_cache=True,
+        )
+        self.positions = self.positions + 1
+        self.cache, self.logits = output.cache, output.logits[:, -1]
+        return self
+
+
+def _dynamic_layers(cache) -> list:
+    layers = getattr(cache, "layers", None)
+    if layers is None or any(type(layer) is not DynamicLayer for layer in layers):
+        raise TypeError(f"batched sampling needs a DynamicCache of full-attention layers, got {type(cache).__name__}")
+    return layers
+
+
+def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+_WORKERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_WORKERS_LOCK = threading.Lock()
+
+
+def batch_worker(
+    model, *, max_batch: int = DEFAULT_MAX_BATCH, gather_window_sec: float = DEFAULT_GATHER_WINDOW_SEC
+) -> BatchWorker:
+    """The shared worker of `model` for this batch size: every sampler of one model in the process
+    submits to the same queue, so concurrent episodes share decode steps."""
+    with _WORKERS_LOCK:
+        per_model = _WORKERS.setdefault(model, {})
+        key = (max_batch, gather_window_sec)
+        if key not in per_model:
+            per_model[key] = BatchWorker(model, max_batch=max_batch, gather_window_sec=gather_window_sec)
+        return per_model[key]
+
+
+class InProcessSampler:
+    """Samples with the trainer's own model (CPU default).
+
+    `max_batch` > 1 (the default): requests go to the model's shared BatchWorker, so samplers of
+    concurrent episodes on one model share one batched decode step per token. `max_batch=1`: the
+    one-at-a-time path, `sample_tokens` under the global lock (each reply in turn).
+
+    `cancel()` (from any thread) cancels the request in flight: the worker drops its row, the
+    waiting call raises SampleCancelledError. The agent loop calls it through
+    LocalModelPolicy.cancel when an episode's time runs out, so the slot is released."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        temperature: float = 1.0,
+        seed: int | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        gather_window_sec: float = DEFAULT_GATHER_WINDOW_SEC,
+    ):
         self.model, self.temperature = model, temperature
         self.stop_ids = stop_token_ids(tokenizer)
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.max_context_tokens = getattr(model.config, "max_position_embeddings", 32768)
-
-    def __call__(self, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], list[float]]:
-        ids, logprobs, _ = sample_tokens(
-            self.model,
-            prompt_ids,
-            max_new_tokens,
-            temperature=self.temperature,
-            stop_ids=self.stop_ids,
-            generator=self.generator,
+        self.max_batch = max_batch
+        self.worker = (
+            batch_worker(model, max_batch=max_batch, gather_window_sec=gather_window_sec) if max_batch > 1 else None
         )
+        self._request: SampleRequest | None = None
+
+    def __call__(
+        self, prompt_ids: list[int], max_new_tokens: int, *, timeout: float | None = None
+    ) -> tuple[list[int], list[float]]:
+        if self.worker is None:
+            ids, logprobs, _ = sample_tokens(
+                self.model,
+                prompt_ids,
+                max_new_tokens,
+                temperature=self.temperature,
+                stop_ids=self.stop_ids,
+                generator=self.generator,
+            )
+            return ids, logprobs
+        request = SampleRequest(
+            prompt_ids, max_new_tokens, temperature=self.temperature, stop_ids=self.stop_ids, generator=self.generator
+        )
+        self._request = request
+        try:
+            ids, logprobs, _ = self.worker.submit(request).result(timeout)
+        finally:
+            self._request = None
         return ids, logprobs
+
+    def cancel(self) -> None:
+        request = self._request
+        if request is not None:
+            request.cancel()
 
 
 class RemoteSampler:
@@ -177,9 +519,12 @@ class LocalModelPolicy:
         seed: int | None = None,
         name: str = "local",
         sampler=None,
+        max_batch: int = DEFAULT_MAX_BATCH,
     ):
         self.tokenizer = tokenizer
-        self.sampler = sampler or InProcessSampler(model, tokenizer, temperature=temperature, seed=seed)
+        self.sampler = sampler or InProcessSampler(
+            model, tokenizer, temperature=temperature, seed=seed, max_batch=max_batch
+        )
         self.max_new_tokens = max_new_tokens
         self.max_context_tokens = min(
             max_context_tokens or self.sampler.max_context_tokens, self.sampler.max_context_tokens
@@ -213,6 +558,12 @@ class LocalModelPolicy:
             usage=TokenUsage(input_tokens=len(prompt_ids), output_tokens=len(new_ids)),
             finish_reason="stop" if finished else "length",
         )
+
+    def cancel(self) -> None:
+        """Give up the reply being sampled (the loop's deadline passed): its batch slot is freed."""
+        cancel = getattr(self.sampler, "cancel", None)
+        if cancel is not None:
+            cancel()
 
     def _sync(self, messages: list[dict[str, Any]]) -> None:
         """Feeds the builder what happened since the last call: the prompt at first, then the

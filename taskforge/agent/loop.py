@@ -257,7 +257,8 @@ def _context_full(episode: Episode, config: EpisodeConfig) -> bool:
 
 
 def _ask_before(deadline: float, policy: Policy, messages: list[dict[str, Any]]) -> PolicyReply:
-    """policy.next_action(messages), given up on (left to finish in the background) at the deadline."""
+    """policy.next_action(messages), given up on at the deadline: left to finish in the background,
+    after policy.cancel() when the policy has one."""
     box: dict[str, Any] = {}
 
     def ask() -> None:
@@ -270,6 +271,9 @@ def _ask_before(deadline: float, policy: Policy, messages: list[dict[str, Any]])
     thread.start()
     thread.join(max(0.0, deadline - time.monotonic()))
     if thread.is_alive():
+        cancel = getattr(policy, "cancel", None)  # optional: frees what the abandoned reply holds (a batch slot)
+        if cancel is not None:
+            cancel()
         raise _OutOfTime
     if "error" in box:
         raise box["error"]
