@@ -498,6 +498,7 @@ def _train(config: TrainConfig, run_dir: Path, context: DistContext, device: str
     from transformers import get_cosine_with_min_lr_schedule_with_warmup_lr_rate
 
     from trainer.model import load_checkpoint, load_policy, resolve_device
+    from trainer.weight_sync import WeightPusher
 
     resolve_device(device)  # an unavailable device fails before the run directory is made
     changed = None
@@ -547,6 +548,10 @@ def _train(config: TrainConfig, run_dir: Path, context: DistContext, device: str
     schedule = config.schedule()
     pad_id = tokenizer.pad_token_id
     final = latest
+    # A --sampler-url server samples from the trainer's weights: pushed now (a resumed run's) and after each update.
+    pusher = WeightPusher(config.sampler_url, run_dir / "sampler_weights") if config.sampler_url else None
+    if pusher is not None:
+        pusher.push(model, start - 1, context)
     for step in range(start, config.steps + 1):
         started = time.monotonic()
         env_coef = schedule.lambda_at(step - 1)
@@ -565,6 +570,8 @@ def _train(config: TrainConfig, run_dir: Path, context: DistContext, device: str
         if not context.sum_over_ranks(len(batch.rollouts)):
             raise RuntimeError(f"step {step}: no rollout was produced (see {run_dir / 'rollouts'})")
         metrics = update(model, optimizer, scheduler, batch.rollouts, config, env_coef, pad_id, context)
+        if pusher is not None:
+            pusher.push(model, step, context)
         if sampling_model is not None and sampling_model is not model:
             copy_weights_to(model, sampling_model)
         gathered = context.all_gather_object((batch.records, [_stats(r) for r in batch.rollouts], metrics))
