@@ -56,7 +56,11 @@ def sample_tokens(
         was_training = model.training
         model.eval()
         try:
-            output = model(input_ids=torch.tensor([prompt_ids], dtype=torch.long, device=device), use_cache=True)
+            # logits_to_keep=1: only the last position's logits (the full prompt's would cost a
+            # vocabulary-sized projection per prompt token, most of a turn's time on the tiny model).
+            output = model(
+                input_ids=torch.tensor([prompt_ids], dtype=torch.long, device=device), use_cache=True, logits_to_keep=1
+            )
             cache, logits = output.cache, output.logits[0, -1]
             ids: list[int] = []
             logprobs: list[float] = []
@@ -285,7 +289,7 @@ class _Batch:
             device=device,
         )
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        output = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+        output = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
         positions = mask.sum(-1)
         return cls(list(requests), output.cache, mask, positions, output.logits[:, -1])
 
