@@ -32,7 +32,7 @@ from trainer.distributed import SINGLE_PROCESS, DistContext, full_model_state
 
 DEV_MODE_HINT = (
     "vLLM answers these routes only when started with VLLM_SERVER_DEV_MODE=1 and "
-    "--weight-transfer-config '{\"backend\": \"disk\"}'; `taskforge serve` answers them always"
+    '--weight-transfer-config \'{"backend": "disk"}\'; `taskforge serve` answers them always'
 )
 
 
@@ -120,7 +120,5 @@ class WeightPusher:
             if response.status_code in (404, 405):
                 hint = f" (the server has no weight-update route {route}: {DEV_MODE_HINT})"
             elif route == "/update_weights":
-                hint = f" (the server must read {self.weights_dir} at this same path: same machine or a shared filesystem)"
-            raise WeightSyncError(
-                f"pushing weights: POST {url} answered {response.status_code}: {detail}{hint}"
-            )
+                hint = f" (the server must read {self.weights_dir} at this path: same machine or shared filesystem)"
+            raise WeightSyncError(f"pushing weights: POST {url} answered {response.status_code}: {detail}{hint}")
