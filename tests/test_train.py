@@ -277,6 +277,8 @@ def test_rl_loop_in_bfloat16_on_cpu_trains_bfloat16_parameters(tmp_path, base_im
     from safetensors.torch import load_file
 
     start, tokenizer = load_policy("tiny", dtype="bfloat16")
+    # A copy: the served model takes the trainer's pushed weights (trainer.weight_sync).
+    start_weights = {name: tensor.clone() for name, tensor in start.state_dict().items()}
     run_dir = tmp_path / "runs" / "bf16"
     with _CommandServer(start, tokenizer, model_name="tiny") as server:
         command = _train_command(run_dir, 1) + ["--dtype", "bfloat16", "--device", "cpu", "--lr", "1e-3"]
@@ -286,15 +288,17 @@ def test_rl_loop_in_bfloat16_on_cpu_trains_bfloat16_parameters(tmp_path, base_im
         )
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         assert len(server.request_log) == 4  # 2 episodes x 2 turns
+        assert server.weight_version == "step-1"  # the trainer pushed its weights after the update
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["dtype"], config["device"]) == ("bfloat16", "cpu")
     (row,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert row["obs_tokens"] > 0 and row["grad_norm"] > 0  # the env term had command output to train on
     trained = load_file(run_dir / "checkpoints" / "step-1" / "model.safetensors")
-    start_weights = start.state_dict()
     assert trained and all(tensor.dtype == torch.bfloat16 for tensor in trained.values())
     changed = [name for name, tensor in trained.items() if not torch.equal(tensor, start_weights[name])]
     assert len(changed) > len(trained) // 2, changed
+    served = start.state_dict()  # after the push, the server samples from exactly the step-1 weights
+    assert all(torch.equal(served[name], tensor) for name, tensor in trained.items())
     resumed, _ = load_checkpoint(run_dir / "checkpoints" / "step-1", dtype="auto")
     assert next(resumed.parameters()).dtype == torch.bfloat16 and next(resumed.parameters()).device.type == "cpu"
 
