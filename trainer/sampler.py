@@ -35,6 +35,19 @@ def stop_token_ids(tokenizer) -> list[int]:
     return sorted(i for i in candidates if isinstance(i, int) and i >= 0)
 
 
+def draw_token(log_probs: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:
+    """One token from a 1-D distribution of log-probs: the argmax at temperature <= 0, else by
+    inverse CDF (one uniform from `generator` against the float64 cumulative sum). Same
+    distribution as torch.multinomial, which draws a whole vocabulary of exponentials per token
+    (about 0.4 ms for 8k ids on this machine: a quarter of a batched decode step)."""
+    if temperature <= 0:
+        return int(torch.argmax(log_probs))
+    cumulative = log_probs.double().exp().cumsum(0)
+    u = float(torch.rand((), generator=generator, dtype=torch.float64)) * float(cumulative[-1])
+    # The first id whose cumulative mass passes u: an id of zero probability is never drawn.
+    return min(int(torch.searchsorted(cumulative, u, right=True)), log_probs.numel() - 1)
+
+
 @torch.no_grad()
 def sample_tokens(
     model,
@@ -66,11 +79,7 @@ def sample_tokens(
             logprobs: list[float] = []
             for _ in range(max_new_tokens):
                 log_probs = torch.log_softmax(logits.float().cpu() / max(temperature, 1e-5), dim=-1)
-                token = (
-                    int(torch.argmax(log_probs))
-                    if temperature <= 0
-                    else int(torch.multinomial(log_probs.exp(), 1, generator=generator))
-                )
+                token = draw_token(log_probs, temperature, generator)
                 ids.append(token)
                 logprobs.append(float(log_probs[token]))
                 if token in stop_ids:
@@ -141,11 +150,7 @@ def _choose(request: SampleRequest, logits: torch.Tensor) -> bool:
     """Samples the request's next token from one row of logits exactly as sample_tokens does (float32,
     on the CPU, its own generator); returns True when the request is finished."""
     log_probs = torch.log_softmax(logits.float().cpu() / max(request.temperature, 1e-5), dim=-1)
-    token = (
-        int(torch.argmax(log_probs))
-        if request.temperature <= 0
-        else int(torch.multinomial(log_probs.exp(), 1, generator=request.generator))
-    )
+    token = draw_token(log_probs, request.temperature, request.generator)
     request.ids.append(token)
     request.logprobs.append(float(log_probs[token]))
     if token in request.stop_ids:
