@@ -22,8 +22,10 @@ ranks wrote it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -184,13 +186,23 @@ def grad_norm_value(norm: torch.Tensor) -> float:
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
+@contextlib.contextmanager
+def _single_process_is_intended():
+    """DCP warns on every save/load without a process group; one process is a supported layout
+    here (the same files, resharded on load), so the warning would only alarm the user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
 def save_training_state(directory: Path, model, optimizer) -> None:
     """Model and optimizer state as DCP files in `directory`; every rank writes its own shards."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_state, optimizer_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(directory))
+    with _single_process_is_intended():
+        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(directory))
 
 
 def load_training_state(directory: Path, model, optimizer) -> None:
@@ -200,7 +212,8 @@ def load_training_state(directory: Path, model, optimizer) -> None:
 
     model_state, optimizer_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}
-    dcp.load(state, checkpoint_id=str(directory))
+    with _single_process_is_intended():
+        dcp.load(state, checkpoint_id=str(directory))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
