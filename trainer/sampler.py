@@ -7,6 +7,10 @@ verbatim. So the rollout the trainer learns from is the token sequence the sampl
 re-tokenisation of the transcript. One instance serves one episode.
 
 Actions use the loop's plain-text format (a ```bash block, or DONE): a tiny model has no tools.
+
+Concurrent episodes on one model share a BatchWorker: one generation thread that decodes every
+waiting reply in one batched forward pass per token (rows join and leave between steps), instead
+of one reply at a time under a global lock.
 """
 
 from __future__ import annotations
@@ -225,7 +229,9 @@ class BatchWorker:
             with torch.no_grad():
                 while True:
                     rows = len(batch.requests) if batch else 0
-                    new = self._take(self.max_batch - rows, idle=rows == 0)
+                    # A cache whose layers cannot be merged (sliding-window ones) admits nobody mid-batch.
+                    room = self.max_batch - rows if batch is None or _mergeable(batch.cache) else 0
+                    new = self._take(room, idle=rows == 0)
                     if new is None:
                         return
                     model = self._model_ref()
@@ -335,8 +341,8 @@ class _Batch:
             self.requests = [self.requests[row] for row in keep]
             # Columns that are padding in every remaining row (a long row left): cut them.
             first = int(self.mask.any(0).nonzero()[0])
-            if first:
-                for layer in _dynamic_layers(self.cache):
+            if first and _mergeable(self.cache):
+                for layer in self.cache.layers:
                     layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
                 self.mask = self.mask[:, first:]
         device = self.mask.device
@@ -353,11 +359,16 @@ class _Batch:
         return self
 
 
-def _dynamic_layers(cache) -> list:
+def _mergeable(cache) -> bool:
+    """Full-attention DynamicCache layers: plain (B, H, T, D) tensors that can be padded and joined."""
     layers = getattr(cache, "layers", None)
-    if layers is None or any(type(layer) is not DynamicLayer for layer in layers):
+    return layers is not None and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def _dynamic_layers(cache) -> list:
+    if not _mergeable(cache):
         raise TypeError(f"batched sampling needs a DynamicCache of full-attention layers, got {type(cache).__name__}")
-    return layers
+    return cache.layers
 
 
 def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -513,6 +524,11 @@ class LocalModelPolicy:
     remote, is asked past the cap. If the observation that did not fit takes the prompt itself past
     the cap, the rollout drops it (it ends on the last action, at most cap + 2 template tokens);
     one that fits stays, so the env term still trains on it. Either way the ids are the sampler's.
+
+    In-process sampling is batched across episodes (`max_batch`, see InProcessSampler and
+    BatchWorker); `max_batch=1` is the one-at-a-time path. `cancel()` gives up the reply in flight:
+    the agent loop calls it when the episode's time runs out, so the abandoned reply frees its
+    batch slot and never lands in the rollout after the episode ended.
     """
 
     def __init__(
