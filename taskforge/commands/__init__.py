@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from taskforge.commands import demo, evaluate, filter, model, report, tasks, train
+from taskforge.commands import demo, evaluate, export, filter, model, report, tasks, train
 from taskforge.commands.common import console
 
 app = typer.Typer(
@@ -39,3 +39,4 @@ app.add_typer(train.train_app, name="train")
 app.command("serve")(train.serve)
 app.add_typer(model.model_app, name="model")
 app.command("demo")(demo.demo)
+app.command("export")(export.export_command)

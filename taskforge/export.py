@@ -1,0 +1,287 @@
+"""Hand a task set off to an engine that trains beyond one node: `taskforge export --engine skyrl SET`.
+
+Engines and what confirmed their format (read with the project's search/fetch tools; no code copied):
+
+- SkyRL's Harbor integration (NovaSky-AI/SkyRL @ a9564572, examples/train_integrations/harbor/):
+  `dataset.py: HarborTaskDataset` takes `data.train_data` / `data.val_data`, lists of folders, and
+  makes one row per immediate subdirectory holding `instruction.md`; a row is
+  {"prompt": <task dir>, "env_class": None, "env_extras": {"data_source": <task dir>}, "uid": <index>},
+  and Harbor runs the task (its tests/test.sh is the verifier) from that path
+  (`harbor_trial_config/default.yaml`: SkyRL sets `task.path` from the prompt). The launch flags are
+  those of `run_codecontest.sh` and the knobs of `harbor_trial_config/default.yaml`
+  (agent.kwargs.max_turns, agent.kwargs.model_info.max_input_tokens, agent.kwargs.temperature,
+  environment.type/override_cpus/override_memory_mb).
+- Not shipped: the ECHO term's own SkyRL flag. The paper authors' `echo_terminal` integration (SkyRL
+  PR 1716) is not in the snapshot we could read, so the exported launch runs SkyRL's GRPO with the
+  paper's other settings and the config records lambda for that integration to take. verl and
+  verl-recipe's `echo` recipe are not exported: the recipe's row fields and agent-loop keys could
+  not be read (only verl's generic RLHFDataset row, data_source/prompt/ability/reward_model/
+  extra_info, was), and we do not write a format we could not confirm.
+
+The exported folders hold copies of the tasks, so the export is self-contained and can be rsynced
+to a cluster; rows.jsonl names each row's Harbor task dir and verifier, split by split.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, Field
+
+from taskforge.tasks import Task, TaskLoadError, discover_task_dirs, load_task
+
+Engine = Literal["skyrl"]
+ENGINES: tuple[str, ...] = ("skyrl",)
+Split = Literal["train", "val"]
+CONFIG_FILE = "skyrl-echo.yaml"
+LAUNCH_FILE = "launch.sh"
+ROWS_FILE = "rows.jsonl"
+
+
+class ExportError(ValueError):
+    """A task set that cannot be exported; the message names the input and the fix."""
+
+
+class EchoHyperparameters(BaseModel):
+    """The paper's public settings (docs: shared/reference/echo.md), carried into the engine's config."""
+
+    n_samples_per_prompt: int = 16  # rollouts per prompt
+    echo_lambda: float = 0.05
+    max_turns: int = 16
+    max_model_len: int = 16_384  # context, tokens
+    lr: float = 1.0e-6
+    train_batch_size: int = 16  # prompts per step
+    update_epochs_per_batch: int = 2
+    use_kl_loss: bool = False
+    temperature: float = 0.8
+    cpus: int = 1
+    memory_mb: int = 1024
+
+
+class SkyRLRow(BaseModel):
+    """One row as SkyRL's HarborTaskDataset yields it (examples/train_integrations/harbor/dataset.py)."""
+
+    prompt: str  # the task directory
+    env_class: None = None
+    env_extras: dict[str, str]  # {"data_source": <task directory>}
+    uid: str
+
+
+class ExportRow(BaseModel):
+    """One exported task: its split, its Harbor task dir and verifier, and the engine's row."""
+
+    split: Split
+    task_name: str
+    task_dir: str  # the exported copy, absolute
+    verifier: str  # task_dir/tests/test.sh
+    source_dir: str  # where it was read from
+    skyrl: SkyRLRow
+
+
+class SkyRLExportConfig(BaseModel):
+    """skyrl-echo.yaml: what was exported, the hyperparameters and the SkyRL launch."""
+
+    engine: Engine = "skyrl"
+    source: str
+    train_data: list[str]
+    val_data: list[str]
+    n_train: int
+    n_val: int
+    model: str
+    hyperparameters: EchoHyperparameters
+    overrides: list[str] = Field(description="Hydra overrides for SkyRL's main_harbor entry point")
+    launch: str
+    notes: list[str]
+
+
+class ExportResult(BaseModel):
+    out_dir: str
+    config_path: str
+    launch_path: str
+    rows_path: str
+    config: SkyRLExportConfig
+
+
+def read_task_set(source: Path) -> list[tuple[Split, Task]]:
+    """(split, task) for every task of `source`: a filter run's kept.json (its kept tasks), a generate
+    output with train/ and val/ (the split as generate wrote it), or any folder of tasks (all train).
+    A task whose folder is named val (generate --val's held-out set) is val wherever it is read from."""
+    source = Path(source)
+    if source.is_file():
+        try:
+            kept = json.loads(source.read_text())["kept"]
+            dirs = [Path(entry["task_path"]) for entry in kept]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ExportError(f"{source}: not a filter run's kept.json (no 'kept' list of task_path): {exc}") from None
+        if not dirs:
+            raise ExportError(f"{source}: keeps no task; nothing to export")
+        missing = [str(d) for d in dirs if not (d / "task.toml").is_file()]
+        if missing:
+            raise ExportError(f"{source}: kept tasks not found on disk: {', '.join(missing[:3])}")
+    elif (source / "train").is_dir() and not (source / "task.toml").is_file():
+        dirs = discover_task_dirs([source / "train"])
+        if (source / "val").is_dir():
+            dirs += discover_task_dirs([source / "val"])
+    else:
+        try:
+            dirs = discover_task_dirs([source])
+        except TaskLoadError as exc:
+            raise ExportError(str(exc)) from None
+    out: list[tuple[Split, Task]] = []
+    for d in dirs:
+        try:
+            task = load_task(d)
+        except TaskLoadError as exc:
+            raise ExportError(str(exc)) from None
+        out.append(("val" if task.path.parent.name == "val" else "train", task))
+    return out
+
+
+def skyrl_overrides(train_dir: Path, val_dir: Path | None, model: str, hp: EchoHyperparameters) -> list[str]:
+    """Hydra overrides of SkyRL's main_harbor (keys as in its run_codecontest.sh and
+    harbor_trial_config/default.yaml)."""
+    served = model.rstrip("/").split("/")[-1]
+    overrides = [f"data.train_data=['{train_dir}']"]
+    if val_dir is not None:
+        overrides.append(f"data.val_data=['{val_dir}']")
+    overrides += [
+        f"trainer.policy.model.path={model}",
+        f"generator.served_model_name={served}",
+        "hydra.searchpath=['file://examples/train_integrations/harbor']",
+        "+harbor_trial_config=default",
+        # Harbor's docker environment runs the task containers; default.yaml's is daytona (a paid service).
+        "++harbor_trial_config.environment.type=docker",
+        f"++harbor_trial_config.environment.override_cpus={hp.cpus}",
+        f"++harbor_trial_config.environment.override_memory_mb={hp.memory_mb}",
+        f"++harbor_trial_config.agent.kwargs.max_turns={hp.max_turns}",
+        f"++harbor_trial_config.agent.kwargs.temperature={hp.temperature}",
+        f"++harbor_trial_config.agent.kwargs.model_info.max_input_tokens={hp.max_model_len}",
+        f"+generator.engine_init_kwargs.max_model_len={hp.max_model_len}",
+        f"generator.n_samples_per_prompt={hp.n_samples_per_prompt}",
+        "trainer.algorithm.advantage_estimator=grpo",
+        f"trainer.algorithm.use_kl_loss={str(hp.use_kl_loss).lower()}",
+        f"trainer.policy.optimizer_config.lr={hp.lr}",
+        f"trainer.train_batch_size={hp.train_batch_size}",
+        f"trainer.policy_mini_batch_size={hp.train_batch_size}",
+        f"trainer.update_epochs_per_batch={hp.update_epochs_per_batch}",
+    ]
+    if val_dir is None:
+        # main_harbor builds an eval set only when eval_interval > 0 and val_data is set.
+        overrides.append("trainer.eval_interval=-1")
+    return overrides
+
+
+def _shell_word(arg: str) -> str:
+    """arg as one shell word, readable: Hydra's list values keep their single quotes inside double ones."""
+    if not any(c in arg for c in '"$`\\!') and "'" in arg:
+        return f'"{arg}"'
+    return shlex.quote(arg)
+
+
+def skyrl_launch(overrides: list[str]) -> str:
+    """The command run from a SkyRL checkout (its Harbor example's entry point and extras)."""
+    args = " \\\n  ".join(_shell_word(o) for o in overrides)
+    return (
+        "uv run --isolated --extra fsdp --extra harbor "
+        f"-m examples.train_integrations.harbor.entrypoints.main_harbor \\\n  {args}"
+    )
+
+
+def export_skyrl(
+    source: Path, out_dir: Path, *, model: str = "Qwen/Qwen3-8B", hp: EchoHyperparameters | None = None
+) -> ExportResult:
+    """Writes out_dir/{train,val}/<task>/ (copies), rows.jsonl, skyrl-echo.yaml and launch.sh."""
+    hp = hp or EchoHyperparameters()
+    tasks = read_task_set(source)
+    out_dir = Path(out_dir).resolve()
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ExportError(f"{out_dir}: not empty; export into a new folder (or remove it)")
+    names: dict[tuple[str, str], Path] = {}
+    for split, task in tasks:
+        key = (split, task.path.name)
+        if key in names:
+            raise ExportError(f"two tasks would land in {split}/{task.path.name}: {names[key]} and {task.path}")
+        names[key] = task.path
+    rows: list[ExportRow] = []
+    counters = {"train": 0, "val": 0}
+    for split, task in tasks:
+        dest = out_dir / split / task.path.name
+        # Copy, do not link: SkyRL lists subdirectories of each data folder (is_dir follows links, but a
+        # cluster that receives the export by rsync would get dangling links).
+        shutil.copytree(task.path, dest, symlinks=False)
+        rows.append(
+            ExportRow(
+                split=split,
+                task_name=task.name,
+                task_dir=str(dest),
+                verifier=str(dest / "tests" / "test.sh"),
+                source_dir=str(task.path),
+                skyrl=SkyRLRow(prompt=str(dest), env_extras={"data_source": str(dest)}, uid=str(counters[split])),
+            )
+        )
+        counters[split] += 1
+    if not counters["train"]:
+        raise ExportError(f"{source}: no training task (only val/); export a set with training tasks")
+    train_dir = out_dir / "train"
+    val_dir = out_dir / "val" if counters["val"] else None
+    overrides = skyrl_overrides(train_dir, val_dir, model, hp)
+    launch = skyrl_launch(overrides)
+    config = SkyRLExportConfig(
+        source=str(Path(source).resolve()),
+        train_data=[str(train_dir)],
+        val_data=[str(val_dir)] if val_dir else [],
+        n_train=counters["train"],
+        n_val=counters["val"],
+        model=model,
+        hyperparameters=hp,
+        overrides=overrides,
+        launch=launch,
+        notes=[
+            "Run the launch from a SkyRL checkout (NovaSky-AI/SkyRL) with Harbor installed (--extra harbor).",
+            "uid is the row's index within its split, as SkyRL's HarborTaskDataset numbers rows "
+            "(in its own listing order).",
+            f"echo_lambda={hp.echo_lambda} is for the paper authors' echo_terminal integration (SkyRL PR 1716), "
+            "whose config key taskforge could not confirm: the launch as written trains SkyRL's GRPO with the "
+            "paper's other settings; add the ECHO term with that integration's own flag.",
+        ],
+    )
+    with (out_dir / ROWS_FILE).open("w") as f:
+        for row in rows:
+            f.write(row.model_dump_json() + "\n")
+    config_path = out_dir / CONFIG_FILE
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, width=120))
+    launch_path = out_dir / LAUNCH_FILE
+    launch_path.write_text(
+        "#!/usr/bin/env bash\n# Run from a SkyRL checkout: cd SkyRL && bash " + str(launch_path) + "\n"
+        "set -euo pipefail\n" + launch + "\n"
+    )
+    launch_path.chmod(0o755)
+    return ExportResult(
+        out_dir=str(out_dir),
+        config_path=str(config_path),
+        launch_path=str(launch_path),
+        rows_path=str(out_dir / ROWS_FILE),
+        config=config,
+    )
+
+
+def read_rows(out_dir: Path) -> list[ExportRow]:
+    return [ExportRow.model_validate_json(line) for line in (Path(out_dir) / ROWS_FILE).read_text().splitlines()]
+
+
+def read_config(out_dir: Path) -> SkyRLExportConfig:
+    return SkyRLExportConfig.model_validate(yaml.safe_load((Path(out_dir) / CONFIG_FILE).read_text()))
+
+
+def export(engine: str, source: Path, out_dir: Path, *, model: str = "Qwen/Qwen3-8B") -> ExportResult:
+    if engine != "skyrl":
+        raise ExportError(
+            f"--engine {engine}: taskforge exports only skyrl (the one engine whose Harbor dataset format "
+            "it could confirm; see docs/export.md)"
+        )
+    return export_skyrl(source, out_dir, model=model)
