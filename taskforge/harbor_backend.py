@@ -76,6 +76,39 @@ class HarborBackendError(ValueError):
     """A filter option the Harbor backend cannot honour."""
 
 
+class HarborEnvError(HarborBackendError):
+    """--harbor-env names no Harbor environment, or one this machine cannot use (credentials, SDK):
+    raised before any trial starts, so a run never begins only to fail in every sandbox."""
+
+
+def harbor_env_names() -> list[str]:
+    """Harbor's EnvironmentType values, as this Harbor release defines them."""
+    from harbor.models.environment_type import EnvironmentType
+
+    return [env.value for env in EnvironmentType]
+
+
+def check_harbor_env(name: str) -> None:
+    """Raises HarborEnvError unless `name` is a Harbor environment whose credentials (and SDK) are here.
+    The credential rules are Harbor's own: each environment class's `preflight` (DAYTONA_API_KEY or
+    DAYTONA_JWT_TOKEN+DAYTONA_ORGANIZATION_ID, MODAL_TOKEN_ID+MODAL_TOKEN_SECRET or ~/.modal.toml,
+    E2B_API_KEY, RUNLOOP_API_KEY, ...), which exits the process; here it becomes a named error."""
+    from harbor.environments.factory import EnvironmentFactory
+    from harbor.models.environment_type import EnvironmentType
+
+    if name not in harbor_env_names():
+        raise HarborEnvError(
+            f"harbor_env_unknown: --harbor-env {name!r} is not one of Harbor's environments "
+            f"({', '.join(harbor_env_names())})"
+        )
+    try:
+        EnvironmentFactory.run_preflight(EnvironmentType(name))
+    except SystemExit as exc:  # Harbor's preflight reports missing credentials by exiting
+        raise HarborEnvError(f"harbor_env_credentials_missing: --harbor-env {name}: {exc.code}") from None
+    except ImportError as exc:
+        raise HarborEnvError(f"harbor_env_unavailable: --harbor-env {name}: {exc}") from None
+
+
 def compose_overlay(network: bool) -> str:
     """The overlay's text. The owner labels are filled in by compose from this process's
     environment (see `_export_owner`): the file stays the same from run to resume, as Harbor's
@@ -96,10 +129,28 @@ def _export_owner() -> None:
     os.environ["TASKFORGE_OWNER_HOST"] = socket.gethostname()
 
 
-def job_config(tasks: list[Task], run_dir: Path, chat: ChatConfig, config: FilterConfig, overlay: Path):
+def environment_config(harbor_env: str, overlay: Path | None):
+    """Harbor's trial environment. The compose overlay (init, stop grace, no network, owner labels)
+    is for the docker environment only: cloud sandboxes are not compose projects on this machine."""
     from harbor.models.environment_type import EnvironmentType
+    from harbor.models.trial.config import EnvironmentConfig
+
+    env_type = EnvironmentType(harbor_env)
+    if env_type == EnvironmentType.DOCKER and overlay is not None:
+        return EnvironmentConfig(type=env_type, extra_docker_compose=[overlay])
+    return EnvironmentConfig(type=env_type)
+
+
+def job_config(
+    tasks: list[Task],
+    run_dir: Path,
+    chat: ChatConfig,
+    config: FilterConfig,
+    overlay: Path | None,
+    harbor_env: str = "docker",
+):
     from harbor.models.job.config import JobConfig
-    from harbor.models.trial.config import AgentConfig, EnvironmentConfig
+    from harbor.models.trial.config import AgentConfig
     from harbor.models.trial.config import TaskConfig as HarborTaskConfig
 
     kwargs = {
@@ -120,7 +171,7 @@ def job_config(tasks: list[Task], run_dir: Path, chat: ChatConfig, config: Filte
         n_concurrent_trials=config.concurrency,
         quiet=True,
         agents=[AgentConfig(name=AGENT, model_name=f"openai/{chat.model}", kwargs=kwargs)],
-        environment=EnvironmentConfig(type=EnvironmentType.DOCKER, extra_docker_compose=[overlay]),
+        environment=environment_config(harbor_env, overlay),
         tasks=[HarborTaskConfig(path=task.path) for task in tasks],
     )
 
@@ -235,27 +286,32 @@ def filter_tasks_harbor(
     *,
     out_dir: Path | None = None,
     dataset_name: str | None = None,
+    harbor_env: str = "docker",
 ) -> FilterReport:
-    """`filter_tasks`, with Harbor running the attempts (terminus-2 against chat's endpoint)."""
+    """`filter_tasks`, with Harbor running the attempts (terminus-2 against chat's endpoint) in the
+    Harbor environment `harbor_env` (docker here; daytona, modal, e2b, runloop, ... in the cloud)."""
     if config.stop_on_success:
         raise HarborBackendError(
             "--stop-on-success is not available with --backend harbor (Harbor plans every attempt up front)"
         )
+    check_harbor_env(harbor_env)
     os.environ.setdefault("HARBOR_TELEMETRY", "0")
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     os.environ["OPENAI_API_KEY"] = chat.api_key()  # litellm's openai provider reads it from here
-    docker_client()  # reaps the containers of killed taskforge runs (ours carry their labels)
     run_dir.mkdir(parents=True, exist_ok=True)
-    overlay = run_dir / "harbor-compose.yaml"
-    overlay.write_text(compose_overlay(network=any(task.wants_network for task in tasks)))
-    _export_owner()
+    overlay = None
+    if harbor_env == "docker":
+        docker_client()  # reaps the containers of killed taskforge runs (ours carry their labels)
+        overlay = run_dir / "harbor-compose.yaml"
+        overlay.write_text(compose_overlay(network=any(task.wants_network for task in tasks)))
+        _export_owner()
     ledger = Ledger(run_dir / "ledger.jsonl", TrialRecord)
     checksums = {str(task.path): task_checksum(task.path) for task in tasks}
     sync = _LedgerSync(ledger, tasks, config.episode.max_turns, checksums)
     job_dir = run_dir / JOB_NAME
     sync.sweep(job_dir, drop_unrecorded=True)
     if not _ledger_complete(ledger.load(), checksums, config.attempts):
-        _run_job(job_config(tasks, run_dir, chat, config, overlay), sync, job_dir)
+        _run_job(job_config(tasks, run_dir, chat, config, overlay, harbor_env), sync, job_dir)
     # else every attempt is recorded for the tasks' current content, and Harbor is not asked again: its
     # job lock hashes task.toml whole, so the measured block this run wrote would make it refuse to resume.
     if sync.config_error:

@@ -63,6 +63,13 @@ def filter_command(
     backend: Annotated[
         str, typer.Option(help="docker: taskforge's agent loop; harbor: Harbor's Job API with its terminus-2 agent.")
     ] = "docker",
+    harbor_env: Annotated[
+        str,
+        typer.Option(
+            help="With --backend harbor: Harbor's environment for the trials (docker, daytona, modal, e2b, "
+            "runloop, ... as Harbor's EnvironmentType names them); cloud ones need their credentials set."
+        ),
+    ] = "docker",
     price_input: Annotated[
         float | None, typer.Option(help="USD per million input tokens (adds a cost column).")
     ] = None,
@@ -100,9 +107,22 @@ def filter_command(
 
     if backend not in ("docker", "harbor"):
         raise fail(f"--backend must be docker or harbor, not {backend!r}")
+    if harbor_env != "docker" and backend != "harbor":
+        raise fail("--harbor-env needs --backend harbor")
+    if backend == "harbor":
+        from taskforge.harbor_backend import HarborEnvError, check_harbor_env, harbor_env_names
+
+        if harbor_env not in harbor_env_names():
+            raise fail(f"--harbor-env must be one of Harbor's environments ({', '.join(harbor_env_names())})")
+        try:  # before any run dir, trial or container: a cloud sandbox without credentials fails here
+            check_harbor_env(harbor_env)
+        except HarborEnvError as exc:
+            raise fail(str(exc), 1) from None
     task_dirs, loaded = load_tasks_or_exit(tasks)
     base_url = base_url or os.environ.get("OPENAI_BASE_URL")
     identity = {"tasks": sorted_resolved(task_dirs), "model": model, "base_url": base_url, "backend": backend}
+    if harbor_env != "docker":  # another sandbox is another run; docker runs keep the names they had
+        identity["harbor_env"] = harbor_env
     run_dir = run_dir_for(runs_dir, run, "filter", identity, fresh=fresh)
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -114,6 +134,8 @@ def filter_command(
         "max_tokens": max_tokens,
         "tools": tools,
     }
+    if harbor_env != "docker":  # absent for docker, so runs started before --harbor-env resume
+        settings["harbor_env"] = harbor_env
     changed = run_settings_mismatch(run_dir, settings, file=RUN_SETTINGS_FILE)
     if changed:
         raise fail(
@@ -147,7 +169,7 @@ def filter_command(
             from taskforge.harbor_backend import HarborBackendError, filter_tasks_harbor
 
             try:
-                report = filter_tasks_harbor(loaded, run_dir, chat, config, out_dir=out_dir)
+                report = filter_tasks_harbor(loaded, run_dir, chat, config, out_dir=out_dir, harbor_env=harbor_env)
             except HarborBackendError as exc:
                 raise fail(str(exc)) from None
         else:

@@ -1,0 +1,130 @@
+"""`--harbor-env` with `--backend harbor`: Harbor's environment type reaches the JobConfig, a cloud
+sandbox without its credentials is refused before any trial, and the docker environment runs for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from taskforge.agent.episode import EpisodeConfig
+from taskforge.agent.openai_policy import ChatConfig
+from taskforge.filter import FilterConfig
+from taskforge.harbor_backend import HarborEnvError, check_harbor_env, harbor_env_names, job_config
+from taskforge.runner import Ledger
+from taskforge.tasks import load_task
+from taskforge.testing.openai_server import ScriptedOpenAIServer
+from taskforge.testing.scripts import competent
+from taskforge.trial import TrialRecord
+
+from .conftest import FIXTURES, REPO_ROOT
+
+# Harbor's own credential variables (read from each environment's preflight), cleared for these tests.
+CLOUD_CREDENTIALS = (
+    "DAYTONA_API_KEY",
+    "DAYTONA_JWT_TOKEN",
+    "DAYTONA_ORGANIZATION_ID",
+    "MODAL_TOKEN_ID",
+    "MODAL_TOKEN_SECRET",
+    "E2B_API_KEY",
+    "RUNLOOP_API_KEY",
+)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in CLOUD_CREDENTIALS}
+    return {**env, "COLUMNS": "200", "OPENAI_API_KEY": "anything", **extra}
+
+
+def _filter(task_path: Path, runs: Path, *args: str, base_url: str = "http://127.0.0.1:9/v1", env=None):
+    command = [
+        sys.executable,
+        "-m",
+        "taskforge.cli",
+        "filter",
+        str(task_path),
+        "--backend",
+        "harbor",
+        "--model",
+        "test-model",
+        "--base-url",
+        base_url,
+        "--attempts",
+        "1",
+        "-n",
+        "1",
+        "--runs-dir",
+        str(runs),
+        "--no-write-measured",
+        *args,
+    ]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env or _env())
+
+
+def test_job_config_carries_the_harbor_env(tmp_path):
+    task = load_task(FIXTURES / "agent-tasks" / "count-lines")
+    chat = ChatConfig(model="m", base_url="http://127.0.0.1:9/v1")
+    config = FilterConfig(attempts=1, concurrency=1, episode=EpisodeConfig(max_turns=2))
+    overlay = tmp_path / "harbor-compose.yaml"
+    for name in ("daytona", "modal", "e2b", "runloop"):
+        job = job_config([task], tmp_path, chat, config, None, name)
+        assert job.environment.type.value == name and job.environment.extra_docker_compose == []
+    docker = job_config([task], tmp_path, chat, config, overlay, "docker")
+    assert docker.environment.type.value == "docker" and docker.environment.extra_docker_compose == [overlay]
+    # The names offered are Harbor's EnvironmentType values.
+    assert {"docker", "daytona", "modal", "e2b", "runloop"} <= set(harbor_env_names())
+
+
+@pytest.mark.parametrize(
+    ("name", "variable"),
+    [("daytona", "DAYTONA_API_KEY"), ("modal", "MODAL_TOKEN_ID"), ("e2b", "E2B_API_KEY"), ("runloop", "RUNLOOP_API_KEY")],
+)
+def test_missing_cloud_credentials_are_a_named_error(monkeypatch, tmp_path, name, variable):
+    for key in CLOUD_CREDENTIALS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.modal.toml
+    with pytest.raises(HarborEnvError) as caught:
+        check_harbor_env(name)
+    assert str(caught.value).startswith(f"harbor_env_credentials_missing: --harbor-env {name}: ")
+    assert variable in str(caught.value)
+
+
+def test_cloud_env_without_credentials_fails_before_any_trial(tmp_path):
+    runs = tmp_path / "runs"
+    completed = _filter(FIXTURES / "agent-tasks" / "count-lines", runs, "--harbor-env", "daytona")
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    assert "harbor_env_credentials_missing: --harbor-env daytona" in completed.stderr
+    assert "DAYTONA_API_KEY" in completed.stderr
+    assert not runs.exists()  # no run dir, so no trial and no container
+
+    unknown = _filter(FIXTURES / "agent-tasks" / "count-lines", runs, "--harbor-env", "nowhere")
+    assert unknown.returncode == 2 and "--harbor-env must be one of" in unknown.stderr and "daytona" in unknown.stderr
+    assert not runs.exists()
+
+
+@pytest.mark.harbor
+def test_docker_harbor_env_runs_for_real_and_another_env_does_not_resume_it(tmp_path, base_image):
+    task = tmp_path / "count-lines"
+    shutil.copytree(FIXTURES / "agent-tasks" / "count-lines", task)
+    runs = tmp_path / "runs"
+    with ScriptedOpenAIServer(competent([task])) as server:
+        completed = _filter(task, runs, "--harbor-env", "docker", "--run", "hb", base_url=server.base_url)
+        assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+        assert server.requests
+
+    run_dir = runs / "hb"
+    records = Ledger(run_dir / "ledger.jsonl", TrialRecord).load()
+    assert [(r.agent, r.reward) for r in records] == [("terminus-2", 1.0)]
+    # Harbor ran the job in its docker environment, as the job's own config.json says.
+    assert json.loads((run_dir / "trials" / "config.json").read_text())["environment"]["type"] == "docker"
+
+    # The same run in another sandbox is refused (credentials present, so the refusal is the run's settings).
+    other = _filter(task, runs, "--harbor-env", "e2b", "--run", "hb", env=_env(E2B_API_KEY="not-a-real-key"))
+    assert other.returncode == 2, other.stdout + other.stderr
+    assert "harbor_env: None -> 'e2b'" in other.stderr
+    assert len(Ledger(run_dir / "ledger.jsonl", TrialRecord).load()) == 1
