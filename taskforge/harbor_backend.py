@@ -357,3 +357,114 @@ def _run_job(config, sync: _LedgerSync, job_dir: Path) -> None:
             "Pass --fresh to start over or --run NAME for a new run."
         ) from None
     sync.sweep(job_dir, drop_unrecorded=False)
+
+
+VALIDATE_AGENTS = ("oracle", "nop")
+
+
+def validate_job_config(tasks: list[Task], run_dir: Path, jobs: int, overlay: Path | None, harbor_env: str):
+    """One Harbor job: Harbor's own oracle and nop agents, one attempt each, on every task."""
+    from harbor.models.job.config import JobConfig
+    from harbor.models.trial.config import AgentConfig
+    from harbor.models.trial.config import TaskConfig as HarborTaskConfig
+
+    return JobConfig(
+        job_name=JOB_NAME,
+        jobs_dir=run_dir,
+        n_attempts=1,
+        n_concurrent_trials=jobs,
+        quiet=True,
+        agents=[AgentConfig(name=name) for name in VALIDATE_AGENTS],
+        environment=environment_config(harbor_env, overlay),
+        tasks=[HarborTaskConfig(path=task.path) for task in tasks],
+    )
+
+
+def validate_tasks_harbor(task_dirs: list[Path], run_dir: Path, *, jobs: int = 2, harbor_env: str = "docker"):
+    """`validate_tasks` with Harbor running the oracle and nop trials in `harbor_env`; verdicts are
+    validate.classify's, records go to the same ledger type. Near-miss solutions are not run: Harbor
+    has no agent for them (the docker backend runs them)."""
+    from harbor.models.trial.result import TrialResult
+
+    from taskforge.runner import run_settings_mismatch
+    from taskforge.tasks import TaskLoadError, load_task
+    from taskforge.validate import TaskValidation, classify
+
+    check_harbor_env(harbor_env)
+    os.environ.setdefault("HARBOR_TELEMETRY", "0")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    changed = run_settings_mismatch(run_dir, {"backend": "harbor", "harbor_env": harbor_env}, file="validate-run.json")
+    if changed:  # a run's trials ran in one environment; --run NAME with another is refused
+        raise HarborBackendError(
+            f"{run_dir} was started with other settings ({changed}); pass --fresh or --run NAME for a new run"
+        )
+    results: dict[str, TaskValidation] = {}
+    tasks: list[Task] = []
+    for task_dir in task_dirs:
+        try:
+            tasks.append(load_task(task_dir))
+        except TaskLoadError as exc:
+            path = str(task_dir.resolve())
+            results[path] = TaskValidation(
+                task_name=task_dir.name, task_path=path, status="invalid_task", detail=str(exc)
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    overlay = None
+    if harbor_env == "docker":
+        docker_client()  # reaps the containers of killed taskforge runs (ours carry their labels)
+        overlay = run_dir / "harbor-compose.yaml"
+        overlay.write_text(compose_overlay(network=any(task.wants_network for task in tasks)))
+        _export_owner()
+    ledger = Ledger(run_dir / "ledger.jsonl", TrialRecord)
+    checksums = {str(task.path): task_checksum(task.path) for task in tasks}
+    by_path = {str(task.path): task for task in tasks}
+    job_dir = run_dir / JOB_NAME
+    if tasks:
+        try:  # Harbor resumes the job by itself: trials with a result.json are kept
+            asyncio.run(_run_validate_job(validate_job_config(tasks, run_dir, jobs, overlay, harbor_env)))
+        except FileExistsError as exc:
+            raise HarborBackendError(
+                f"{exc} Was a task edited or --jobs changed? Pass --fresh to start over or --run NAME for a new run."
+            ) from None
+    recorded = {r.trial_name for r in ledger.load()}
+    finished: dict[str, dict[str, TrialRecord]] = {}
+    for result_path in sorted(job_dir.glob("*/result.json")):
+        try:
+            result = TrialResult.model_validate_json(result_path.read_text())
+        except ValueError:
+            continue
+        task_path = str(Path(result.config.task.path).resolve())
+        agent = result.agent_info.name if result.agent_info else result.config.agent.name
+        if task_path not in by_path or agent not in VALIDATE_AGENTS:
+            continue
+        record = record_from_result(result, by_path[task_path], result_path.parent, 0, max_turns=0)
+        record.agent, record.stop_reason, record.task_checksum = agent, None, checksums[task_path]
+        finished.setdefault(task_path, {})[agent] = record
+        if record.trial_name not in recorded:
+            ledger.append(record)
+    for task in tasks:
+        records = finished.get(str(task.path), {})
+        oracle, nop = records.get("oracle"), records.get("nop")
+        if not (task.solution_dir / "solve.sh").is_file():
+            status, detail = "solution_missing", f"{task.solution_dir / 'solve.sh'} is missing"
+        elif oracle is None or nop is None:
+            status, detail = "verifier_error", "Harbor left no result for the oracle or nop trial"
+        else:
+            status, detail = classify(oracle, nop)
+        results[str(task.path)] = TaskValidation(
+            task_name=task.name,
+            task_path=str(task.path),
+            status=status,
+            detail=detail,
+            oracle_reward=oracle.reward if oracle else None,
+            nop_reward=nop.reward if nop else None,
+            seconds=sum(r.seconds for r in records.values()),
+        )
+    return [results[str(d.resolve())] for d in task_dirs if str(d.resolve()) in results]
+
+
+async def _run_validate_job(config) -> None:
+    from harbor.job import Job
+
+    job = await Job.create(config)
+    await job.run()

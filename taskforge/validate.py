@@ -166,12 +166,31 @@ def _run_and_record(task: Task, agent, trials_dir: Path, on_record) -> TrialReco
 
 
 def validate_tasks(
-    paths: list[Path], run_dir: Path, *, jobs: int = 2, near_misses: bool = True
+    paths: list[Path],
+    run_dir: Path,
+    *,
+    jobs: int = 2,
+    near_misses: bool = True,
+    backend: Literal["docker", "harbor"] = "docker",
+    harbor_env: str = "docker",
 ) -> list[TaskValidation]:
     """Validates every task under `paths`, resuming from run_dir/ledger.jsonl. Raises RunDirBusyError
-    when another process is validating into run_dir. `near_misses=False` skips the near-miss trials."""
+    when another process is validating into run_dir. `near_misses=False` skips the near-miss trials.
+    backend="harbor": Harbor's oracle and nop agents in Harbor's environment `harbor_env`
+    (taskforge.harbor_backend; no near-misses there)."""
     with hold_run_dir(run_dir):
+        if backend == "harbor":
+            from taskforge.harbor_backend import validate_tasks_harbor
+
+            return _written(
+                run_dir, validate_tasks_harbor(discover_task_dirs(paths), run_dir, jobs=jobs, harbor_env=harbor_env)
+            )
         return _validate_tasks(paths, run_dir, jobs=jobs, near_misses=near_misses)
+
+
+def _written(run_dir: Path, results: list[TaskValidation]) -> list[TaskValidation]:
+    write_json(run_dir / "validation.json", [r.model_dump() for r in results])
+    return results
 
 
 def _validate_tasks(paths: list[Path], run_dir: Path, *, jobs: int, near_misses: bool) -> list[TaskValidation]:

@@ -15,7 +15,13 @@ import pytest
 from taskforge.agent.episode import EpisodeConfig
 from taskforge.agent.openai_policy import ChatConfig
 from taskforge.filter import FilterConfig
-from taskforge.harbor_backend import HarborEnvError, check_harbor_env, harbor_env_names, job_config
+from taskforge.harbor_backend import (
+    HarborEnvError,
+    check_harbor_env,
+    harbor_env_names,
+    job_config,
+    validate_job_config,
+)
 from taskforge.runner import Ledger
 from taskforge.tasks import load_task
 from taskforge.testing.openai_server import ScriptedOpenAIServer
@@ -82,7 +88,12 @@ def test_job_config_carries_the_harbor_env(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "variable"),
-    [("daytona", "DAYTONA_API_KEY"), ("modal", "MODAL_TOKEN_ID"), ("e2b", "E2B_API_KEY"), ("runloop", "RUNLOOP_API_KEY")],
+    [
+        ("daytona", "DAYTONA_API_KEY"),
+        ("modal", "MODAL_TOKEN_ID"),
+        ("e2b", "E2B_API_KEY"),
+        ("runloop", "RUNLOOP_API_KEY"),
+    ],
 )
 def test_missing_cloud_credentials_are_a_named_error(monkeypatch, tmp_path, name, variable):
     for key in CLOUD_CREDENTIALS:
@@ -128,3 +139,47 @@ def test_docker_harbor_env_runs_for_real_and_another_env_does_not_resume_it(tmp_
     assert other.returncode == 2, other.stdout + other.stderr
     assert "harbor_env: None -> 'e2b'" in other.stderr
     assert len(Ledger(run_dir / "ledger.jsonl", TrialRecord).load()) == 1
+
+
+def _validate(task_path: Path, runs: Path, *args: str, env=None):
+    command = [sys.executable, "-m", "taskforge.cli", "validate", str(task_path), "--backend", "harbor"]
+    command += ["--runs-dir", str(runs), *args]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env or _env())
+
+
+def test_validate_job_config_carries_the_harbor_env(tmp_path):
+    task = load_task(FIXTURES / "agent-tasks" / "count-lines")
+    job = validate_job_config([task], tmp_path, 2, None, "modal")
+    assert job.environment.type.value == "modal"
+    assert [a.name for a in job.agents] == ["oracle", "nop"] and job.n_attempts == 1
+
+
+def test_validate_cloud_env_without_credentials_fails_before_any_trial(tmp_path):
+    runs = tmp_path / "runs"
+    completed = _validate(FIXTURES / "agent-tasks" / "count-lines", runs, "--harbor-env", "runloop")
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    assert "harbor_env_credentials_missing: --harbor-env runloop" in completed.stderr
+    assert "RUNLOOP_API_KEY" in completed.stderr
+    assert not runs.exists()
+
+
+@pytest.mark.harbor
+def test_validate_through_harbor_docker_for_real(tmp_path, base_image):
+    task = tmp_path / "count-lines"
+    shutil.copytree(FIXTURES / "agent-tasks" / "count-lines", task)
+    runs = tmp_path / "runs"
+    completed = _validate(task, runs, "--harbor-env", "docker", "--run", "hv")
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    run_dir = runs / "hv"
+    verdicts = json.loads((run_dir / "validation.json").read_text())
+    assert [(v["status"], v["oracle_reward"], v["nop_reward"]) for v in verdicts] == [("passed", 1.0, 0.0)]
+    records = Ledger(run_dir / "ledger.jsonl", TrialRecord).load()
+    assert sorted((r.agent, r.reward) for r in records) == [("nop", 0.0), ("oracle", 1.0)]
+    assert json.loads((run_dir / "trials" / "config.json").read_text())["environment"]["type"] == "docker"
+    # Resuming runs nothing again and records nothing twice.
+    again = _validate(task, runs, "--harbor-env", "docker", "--run", "hv")
+    assert again.returncode == 0 and len(Ledger(run_dir / "ledger.jsonl", TrialRecord).load()) == 2
+    # The same run in another environment is refused before any trial.
+    other = _validate(task, runs, "--harbor-env", "e2b", "--run", "hv", env=_env(E2B_API_KEY="not-a-real-key"))
+    assert other.returncode == 2 and "harbor_env: 'docker' -> 'e2b'" in other.stderr, other.stdout + other.stderr
+    assert len(Ledger(run_dir / "ledger.jsonl", TrialRecord).load()) == 2

@@ -59,6 +59,13 @@ def validate(
             "each must score 0. About doubles the trials per task."
         ),
     ] = True,
+    backend: Annotated[
+        str, typer.Option(help="docker: taskforge's sandbox; harbor: Harbor's Job API with its oracle and nop agents.")
+    ] = "docker",
+    harbor_env: Annotated[
+        str,
+        typer.Option(help="With --backend harbor: Harbor's environment (docker, daytona, modal, e2b, runloop, ...)."),
+    ] = "docker",
 ) -> None:
     """Per task: the environment builds, the oracle scores 1.0, the nop agent 0.0, and each near-miss
     solution (solution/near_miss/NAME.sh, right but for one stated requirement) 0.0.
@@ -68,10 +75,32 @@ def validate(
     """
     from taskforge.validate import validate_tasks
 
+    if backend not in ("docker", "harbor"):
+        raise fail(f"--backend must be docker or harbor, not {backend!r}")
+    if harbor_env != "docker" and backend != "harbor":
+        raise fail("--harbor-env needs --backend harbor")
+    if backend == "harbor":
+        from taskforge.harbor_backend import HarborBackendError, HarborEnvError, check_harbor_env, harbor_env_names
+
+        if harbor_env not in harbor_env_names():
+            raise fail(f"--harbor-env must be one of Harbor's environments ({', '.join(harbor_env_names())})")
+        try:  # before any run dir or trial
+            check_harbor_env(harbor_env)
+        except HarborEnvError as exc:
+            raise fail(str(exc), 1) from None
     task_dirs = task_dirs_or_exit(paths)
-    run_dir = run_dir_for(runs_dir, run, "validate", {"tasks": sorted_resolved(task_dirs)}, fresh=fresh)
+    identity: dict = {"tasks": sorted_resolved(task_dirs)}
+    if backend == "harbor":  # Harbor's trials live in their own run, per environment; docker runs keep their names
+        identity |= {"backend": backend, "harbor_env": harbor_env}
+    run_dir = run_dir_for(runs_dir, run, "validate", identity, fresh=fresh)
     with exits_on_failure():
-        results = validate_tasks(task_dirs, run_dir, jobs=jobs, near_misses=near_misses)
+        if backend == "harbor":
+            try:
+                results = validate_tasks(task_dirs, run_dir, jobs=jobs, backend="harbor", harbor_env=harbor_env)
+            except HarborBackendError as exc:
+                raise fail(str(exc)) from None
+        else:
+            results = validate_tasks(task_dirs, run_dir, jobs=jobs, near_misses=near_misses)
     print_validation(results, run_dir)
     if not all(r.passed for r in results):
         raise typer.Exit(1)
