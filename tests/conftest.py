@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -13,6 +14,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SAMPLE = REPO_ROOT / "tasks" / "sample"
 # Fixture task dirs hold tests/test_*.py that run inside task containers, not in this suite.
 collect_ignore = ["fixtures"]
 
@@ -34,6 +36,31 @@ def base_image(docker_engine) -> str:
     except Exception as exc:  # noqa: BLE001 - any failure here means setup was not run
         pytest.fail(f"base image {BASE_IMAGE} missing: run `bash setup.sh env` first ({exc})")
     return BASE_IMAGE
+
+
+def sample_task_dirs() -> dict[str, Path]:
+    """family -> the first task of that family in the committed sample (tasks/sample/manifest.jsonl)."""
+    first: dict[str, Path] = {}
+    for line in (SAMPLE / "manifest.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        first.setdefault(row["family"], SAMPLE / row["path"])
+    return first
+
+
+@pytest.fixture(scope="session")
+def family_validation(tmp_path_factory, base_image) -> dict:
+    """family -> TaskValidation: one `validate` call (oracle, nop, every near-miss) over one sample
+    task per family, once per session. test_forge_docker, test_services and test_diagnosis all read
+    it, so each family's image is built and its trials run once, not once per test file."""
+    from taskforge.forge.families import FAMILIES
+    from taskforge.tasks import load_task
+    from taskforge.validate import validate_tasks
+
+    dirs = sample_task_dirs()
+    # The service tasks mostly wait on their services' timers: started first, beside the CPU-bound rest.
+    order = sorted(FAMILIES, key=lambda name: not FAMILIES[name].__module__.endswith(".services"))
+    results = validate_tasks([dirs[name] for name in order], tmp_path_factory.mktemp("families") / "run", jobs=3)
+    return {load_task(Path(r.task_path)).metadata["family"]: r for r in results}
 
 
 def our_containers() -> list[str]:

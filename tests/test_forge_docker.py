@@ -19,7 +19,6 @@ from taskforge.agent.base import AgentOutcome
 from taskforge.forge.families import FAMILIES
 from taskforge.tasks import Task, load_task
 from taskforge.trial import run_trial
-from taskforge.validate import validate_tasks
 
 from .test_near_miss import MIN_NEAR_MISSES
 
@@ -148,16 +147,11 @@ class RewardDaemon:
         return AgentOutcome(metadata={"output": started.output.strip()})
 
 
-@pytest.fixture(scope="module")
-def validation(tmp_path_factory, base_image):
-    task_dirs = [SAMPLE / next(r["path"] for r in MANIFEST if r["family"] == family) for family in FAMILIES]
-    return validate_tasks(task_dirs, tmp_path_factory.mktemp("validate") / "run", jobs=2)
-
-
-def test_one_task_of_every_family_validates(validation):
-    """Oracle 1, nop 0, and every near-miss solution 0 (issue 15): one validate call over one task per family."""
-    families = {load_task(Path(r.task_path)).metadata["family"] for r in validation}
-    assert families == set(FAMILIES)
+def test_one_task_of_every_family_validates(family_validation):
+    """Oracle 1, nop 0, and every near-miss solution 0 (issue 15): one validate call over one task per
+    family (conftest.family_validation, shared with test_services and test_diagnosis)."""
+    validation = list(family_validation.values())
+    assert set(family_validation) == set(FAMILIES)
     failed = [f"{r.task_name}: {r.status} {r.detail}" for r in validation if not r.passed]
     assert not failed, "\n".join(failed)
     assert all(r.oracle_reward == 1.0 and r.nop_reward == 0.0 for r in validation)
@@ -182,9 +176,9 @@ def test_near_miss_answers_score_zero(family, tmp_path, base_image):
     assert "failed" in stdout and "does not exist" not in stdout, "the answer must fail on its values, not its absence"
 
 
-@pytest.mark.parametrize("family", ["csv_join", "git_merge_conflict"])
-def test_prewritten_reward_files_are_ignored(family, tmp_path, base_image):
-    task = sample_task(family)
+def test_prewritten_reward_files_are_ignored(tmp_path, base_image):
+    # Every generated task runs the same tests/test.sh template: one family proves it for all.
+    task = sample_task("csv_join")
     forged = run_trial(task, RewardForger(), tmp_path / "forged")
     assert forged.error_type is None and forged.reward == 0.0, f"a forged reward file counted: {forged.reward}"
     honest = run_trial(task, SolveThenForgeZero(), tmp_path / "honest")

@@ -1,10 +1,11 @@
 """The service families against the real Docker engine: a service started by the image's ENTRYPOINT
 runs in the task's container, survives the agent's session, and the tests probe it live.
 
-One generated instance per family, all in one `validate` call, side by side (their trials mostly
-wait on the services): the oracle scores 1, the nop agent 0, and so does each near-miss: a fix
-that is never loaded (the config edited but the service not restarted; the site deployed or the
-report built by hand, the service left broken).
+The sample task of each family (tasks/sample) is validated once per session, in the shared
+`family_validation` of tests/conftest.py (started first there: their trials mostly wait on the
+services): the oracle scores 1, the nop agent 0, and so does each near-miss: a fix that is never
+loaded (the config edited but the service not restarted; the site deployed or the report built by
+hand, the service left broken).
 """
 
 from __future__ import annotations
@@ -16,21 +17,19 @@ import pytest
 
 from taskforge.forge.families import FAMILIES
 from taskforge.forge.families.services import GitPushDeploy, SpoolWorker, TickScheduler, WebServiceRepair
-from taskforge.forge.generate import generate
 from taskforge.sandbox.docker import DockerSandbox, ensure_image
 from taskforge.tasks import lint_task, load_task
-from taskforge.validate import validate_tasks
+
+from .conftest import sample_task_dirs
 
 SERVICE_FAMILIES = [cls.name for cls in (WebServiceRepair, SpoolWorker, GitPushDeploy, TickScheduler)]
 
 
 @pytest.fixture(scope="module")
-def service_tasks(tmp_path_factory, docker_engine):
-    """One easy instance per service family (easy: each family's config-only cause, so every one
-    has a near-miss that edits the configuration without restarting the service)."""
-    out = tmp_path_factory.mktemp("services") / "set"
-    generate(len(SERVICE_FAMILIES), 7, out, families=SERVICE_FAMILIES, difficulties=["easy"], progress=False)
-    return sorted(p for p in out.iterdir() if p.is_dir())
+def service_tasks():
+    """The sample task of each service family (conftest.family_validation validates them with the rest)."""
+    dirs = sample_task_dirs()
+    return [dirs[name] for name in SERVICE_FAMILIES]
 
 
 def test_families_are_registered_and_start_a_service():
@@ -49,9 +48,8 @@ def test_service_tasks_lint_clean(service_tasks):
         assert lint_task(path) == [], path
 
 
-def test_validate_oracle_passes_nop_and_near_misses_fail(service_tasks, tmp_path):
-    results = validate_tasks(service_tasks, tmp_path / "run", jobs=4)  # trials mostly wait on the services
-    assert {r.task_name.split("/")[1].rsplit("-", 2)[0] for r in results} == set(SERVICE_FAMILIES)
+def test_validate_oracle_passes_nop_and_near_misses_fail(family_validation):
+    results = [family_validation[name] for name in SERVICE_FAMILIES]
     for result in results:
         assert result.status == "passed", f"{result.task_name}: {result.status} {result.detail}"
         assert result.oracle_reward == 1.0 and result.nop_reward == 0.0, result.task_name
