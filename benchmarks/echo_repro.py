@@ -368,13 +368,13 @@ def main() -> None:
 def combine(parts: list[dict], sources: list[Path]) -> dict:
     """One results.json from runs of one study (same design, same corpus), e.g. a process per seed."""
     first = parts[0]
-    for part, source in zip(parts[1:], sources[1:]):
+    for part, source in zip(parts[1:], sources[1:], strict=True):
         if part["study"] != first["study"]:
             differs = sorted(k for k in first["study"] if part["study"].get(k) != first["study"][k])
             raise SystemExit(f"{source}/results.json is another study than {sources[0]} (differs in {differs})")
     policies: dict = {}
     held_out: dict[str, set] = {}
-    for part, source in zip(parts, sources):
+    for part, source in zip(parts, sources, strict=True):
         for name, policy in part["policies"].items():
             if name in policies:
                 raise SystemExit(f"{source}/results.json: policy {name} is in two of the combined runs")

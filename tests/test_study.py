@@ -97,7 +97,8 @@ def test_sweeps_stay_at_the_designs_first_seed_and_run_after_its_comparison():
     """`--seeds 2,3` in its own process must not move the sweeps to seed 2; and a study stopped
     early has the first seed's comparison before its sweeps."""
     plan = echo_repro.run_plan(echo_repro.FULL)
-    sweeps = [run for run in plan if " lr=" in run["group"] or run["group"] in ("SFT + ECHO l=0.01", "SFT + ECHO l=0.2")]
+    sweep_groups = ("SFT + ECHO l=0.01", "SFT + ECHO l=0.2")
+    sweeps = [run for run in plan if " lr=" in run["group"] or run["group"] in sweep_groups]
     assert sweeps and {run["seed"] for run in sweeps} == {1}
     first_seed = [run["group"] for run in plan if run["seed"] == 1]
     assert first_seed.index("SFT(+env CE) + ECHO l=0.05") < first_seed.index(sweeps[0]["group"])
@@ -106,8 +107,12 @@ def test_sweeps_stay_at_the_designs_first_seed_and_run_after_its_comparison():
 def _seed_results(seed: int, held_out: float, study: dict) -> dict:
     eval_row = {"timeout_rate": 0.0, "mean_turns": 2.0, "mean_output_tokens": 50.0, "error_rate": 0.0}
     policy = lambda group, rate: {  # noqa: E731
-        "group": group, "seed": seed, "heldout": {"t1": rate, "t2": rate}, "train": {"a": rate},
-        "env_ce": 2.0, "heldout_eval": eval_row,
+        "group": group,
+        "seed": seed,
+        "heldout": {"t1": rate, "t2": rate},
+        "train": {"a": rate},
+        "env_ce": 2.0,
+        "heldout_eval": eval_row,
     }
     return {
         "study": study,
