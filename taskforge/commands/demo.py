@@ -15,11 +15,11 @@ def demo(
 ) -> None:
     """Run the whole pipeline, small, on the embedded default; resumes when run again.
 
-    Generates tasks of one study family (stale_file_cleanup, with a fair held-out split),
+    Generates tasks of one study family (archive_backup, with a fair held-out split),
     validates the held-out ones in Docker, runs expert SFT of the `small` model (~5 M parameters,
     built offline) on oracle demonstrations and a few ECHO steps (groups of 8), evaluates both
     checkpoints on held-out tasks (4 attempts each) with their env CE, and writes a report. About
-    10 min on 2 CPU cores.
+    15 min on 2 CPU cores.
     """
     from taskforge.commands.pipeline import run_demo
 
