@@ -352,12 +352,16 @@ def _first_errors(exc: ValidationError, limit: int = 3) -> str:
 
 
 def discover_task_dirs(paths: list[Path]) -> list[Path]:
-    """Task directories named by `paths`: a task dir itself, or any folder holding task dirs."""
+    """Task directories named by `paths`: a task dir itself, any folder holding task dirs, or a filter
+    run's kept.json (its kept tasks)."""
     found: list[Path] = []
     for root in paths:
         root = Path(root)
         if not root.exists():
             raise TaskLoadError(f"{root}: no such file or directory")
+        if root.is_file() and root.suffix == ".json":
+            found.extend(_kept_task_dirs(root))
+            continue
         if (root / "task.toml").is_file():
             found.append(root)
             continue
@@ -372,6 +376,19 @@ def discover_task_dirs(paths: list[Path]) -> list[Path]:
             seen.add(p.resolve())
             unique.append(p)
     return unique
+
+
+def _kept_task_dirs(kept_json: Path) -> list[Path]:
+    try:
+        dirs = [Path(entry["task_path"]) for entry in json.loads(kept_json.read_text())["kept"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TaskLoadError(f"{kept_json}: not a filter run's kept.json (no 'kept' list of task_path): {exc}") from None
+    missing = [str(d) for d in dirs if not (d / "task.toml").is_file()]
+    if missing:
+        raise TaskLoadError(f"{kept_json}: kept tasks not found on disk: {', '.join(missing[:3])}")
+    if not dirs:
+        raise TaskLoadError(f"{kept_json}: the filter kept no task")
+    return dirs
 
 
 # ---------------------------------------------------------------------------------------------

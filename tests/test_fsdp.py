@@ -219,6 +219,54 @@ def test_sft_on_two_ranks_equals_one_process(tmp_path):
         assert row["tokens"] == reference["tokens"]
 
 
+def test_mixed_precision_keeps_float32_masters_that_take_the_papers_small_updates(tmp_path):
+    """`fsdp_compute_dtype=bfloat16` (the Qwen3-8B recipe): layers compute in bf16 while the sharded
+    parameters stay float32, so one AdamW step at the paper's lr 1e-6 moves them; the same step on
+    a bf16 model rounds most updates away, which is why the recipe keeps float32 masters."""
+    import torch.distributed as dist
+
+    from trainer.distributed import policy_logprobs, shard_model
+    from trainer.model import load_policy
+
+    ids = torch.randint(0, 400, (2, 24), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+
+    def one_step(model) -> float:
+        """Share of parameter elements that one lr-1e-6 AdamW step changed."""
+        before = [p.detach().float().clone() for p in _full(model.parameters())]
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.0)
+        (-policy_logprobs(model, ids, mask).float().mean()).backward()
+        optimizer.step()
+        after = [p.detach().float() for p in _full(model.parameters())]
+        changed = sum(int((a != b).sum()) for a, b in zip(after, before, strict=True))
+        return changed / sum(b.numel() for b in before)
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        masters, _ = load_policy("tiny")
+        shard_model(masters, "bfloat16")
+        seen = []
+        hook = masters.get_decoder().layers[0].register_forward_hook(lambda _m, _i, out: seen.append(out))
+        moved_masters = one_step(masters)
+        hook.remove()
+        layer_output = seen[0][0] if isinstance(seen[0], tuple) else seen[0]
+        assert layer_output.dtype == torch.bfloat16  # computed in bf16
+        assert all(p.dtype == torch.float32 for p in masters.parameters())  # stored in fp32
+    finally:
+        dist.destroy_process_group()
+    bf16_model, _ = load_policy("tiny", dtype="bfloat16")
+    moved_bf16 = one_step(bf16_model)
+    print(f"share of parameters moved by one lr-1e-6 step: fp32 masters {moved_masters:.3f}, bf16 {moved_bf16:.3f}")
+    assert moved_masters > 0.9
+    assert moved_bf16 < 0.5
+
+
+def _full(parameters):
+    """Whole tensors of (possibly sharded) parameters."""
+    for parameter in parameters:
+        yield parameter.full_tensor() if hasattr(parameter, "full_tensor") else parameter
+
+
 if __name__ == "__main__":
     kind, run_dir, settings = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
     if kind == "sft":

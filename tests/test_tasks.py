@@ -107,3 +107,23 @@ def test_discover_finds_nested_task_dirs_and_rejects_empty(tmp_path, write_hello
         discover_task_dirs([tmp_path / "nothing"])
     with pytest.raises(TaskLoadError, match="no such file"):
         discover_task_dirs([tmp_path / "missing"])
+
+
+def test_discover_reads_a_filter_runs_kept_json(tmp_path, write_hello):
+    """`train --tasks kept.json` trains on the tasks a filter kept, not on the whole folder."""
+    import json
+
+    import pytest
+
+    from taskforge.tasks import TaskLoadError
+
+    a, _b = write_hello("set/a"), write_hello("set/b")
+    kept = tmp_path / "set" / "kept.json"
+    kept.write_text(json.dumps({"kept": [{"task_path": str(a), "pass_rate": 0.5}]}))
+    assert discover_task_dirs([kept]) == [a]
+    kept.write_text(json.dumps({"kept": [{"task_path": str(tmp_path / "gone")}]}))
+    with pytest.raises(TaskLoadError, match="kept tasks not found"):
+        discover_task_dirs([kept])
+    kept.write_text(json.dumps({"tasks": []}))
+    with pytest.raises(TaskLoadError, match="not a filter run's kept.json"):
+        discover_task_dirs([kept])

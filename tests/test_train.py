@@ -271,7 +271,8 @@ class _CommandServer(CheckpointServer):
 
 
 def test_rl_loop_in_bfloat16_on_cpu_trains_bfloat16_parameters(tmp_path, base_image):
-    """`--dtype bfloat16 --device cpu` reach model loading, the old-log-prob pass and the update: one real
+    """`--dtype bfloat16 --device cpu` (and gradient_checkpointing from a --config file) reach model
+    loading, the old-log-prob pass and the update: one real
     step (tiny model, Docker sandboxes, replies from a served command so the rollouts hold command output)
     leaves a checkpoint whose weights are bf16 and differ from the start's."""
     from safetensors.torch import load_file
@@ -282,7 +283,9 @@ def test_rl_loop_in_bfloat16_on_cpu_trains_bfloat16_parameters(tmp_path, base_im
     run_dir = tmp_path / "runs" / "bf16"
     with _CommandServer(start, tokenizer, model_name="tiny") as server:
         command = _train_command(run_dir, 1) + ["--dtype", "bfloat16", "--device", "cpu", "--lr", "1e-3"]
-        command += ["--sampler-url", server.base_url]
+        settings = tmp_path / "settings.json"  # the config-file route, with the 8B recipe's recompute on
+        settings.write_text(json.dumps({"gradient_checkpointing": True}))
+        command += ["--sampler-url", server.base_url, "--config", str(settings)]
         result = subprocess.run(
             command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"}
         )
@@ -290,7 +293,7 @@ def test_rl_loop_in_bfloat16_on_cpu_trains_bfloat16_parameters(tmp_path, base_im
         assert len(server.request_log) == 4  # 2 episodes x 2 turns
         assert server.weight_version == "step-1"  # the trainer pushed its weights after the update
     config = json.loads((run_dir / "config.json").read_text())
-    assert (config["dtype"], config["device"]) == ("bfloat16", "cpu")
+    assert (config["dtype"], config["device"], config["gradient_checkpointing"]) == ("bfloat16", "cpu", True)
     (row,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert row["obs_tokens"] > 0 and row["grad_norm"] > 0  # the env term had command output to train on
     trained = load_file(run_dir / "checkpoints" / "step-1" / "model.safetensors")

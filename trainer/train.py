@@ -107,6 +107,12 @@ class TrainConfig:
     # unavailable device is an error (trainer.model.resolve_device); float32 is the tiny CPU model's.
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    # Recompute each decoder layer in the backward pass: a 16k-token episode of an 8B model needs it
+    # (docs/gpu.md, memory); the tiny CPU model does not.
+    gradient_checkpointing: bool = False
+    # Under FSDP (--nproc / torchrun): compute in this dtype, keep float32 masters (dtype float32).
+    # None: compute in the parameters' dtype. Ignored in one process.
+    fsdp_compute_dtype: Literal["bfloat16", "float16"] | None = None
 
     @classmethod
     def paper(cls, **overrides) -> TrainConfig:
@@ -135,17 +141,31 @@ class TrainConfig:
         return cls(**values)
 
     @classmethod
-    def from_file(cls, path: Path, **overrides) -> TrainConfig:
+    def from_preset(cls, preset: str, config_file: Path | None = None, **overrides) -> TrainConfig:
+        """What `taskforge train` runs: the preset ("tiny": the defaults, "paper": `paper()`), then the
+        config file's keys over it, then the overrides (flags) that are not None."""
+        if preset not in ("tiny", "paper"):
+            raise ValueError(f"--preset must be tiny or paper, not {preset!r}")
+        if config_file is not None:
+            base = {k: v for k, v in asdict(cls.paper()).items() if k != "mode"} if preset == "paper" else {}
+            return cls.from_file(config_file, base=base, **overrides)
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        return cls.paper(**overrides) if preset == "paper" else cls(**overrides)
+
+    @classmethod
+    def from_file(cls, path: Path, base: dict | None = None, **overrides) -> TrainConfig:
         """A JSON or TOML file of TrainConfig fields, validated by pydantic (`__pydantic_config__`: extra
         keys forbidden), so a misspelt key or a wrong-typed value is an error naming the file and the key
-        instead of a silently ignored setting. Overrides that are not None (command-line flags) win."""
+        instead of a silently ignored setting. The file's keys override `base` (a preset's settings, e.g.
+        paper()'s system_prompt None, which TOML cannot write); overrides that are not None (command-line
+        flags) win over both."""
         import tomllib
 
         text = Path(path).read_text()
         data = tomllib.loads(text) if str(path).endswith(".toml") else json.loads(text)
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected an object of TrainConfig settings, got {type(data).__name__}")
-        data.update({k: v for k, v in overrides.items() if v is not None})
+        data = {**(base or {}), **data, **{k: v for k, v in overrides.items() if v is not None}}
         try:
             return TypeAdapter(cls).validate_python(data)
         except ValidationError as exc:
@@ -515,7 +535,7 @@ def _train(config: TrainConfig, run_dir: Path, context: DistContext, device: str
 
     torch.manual_seed(config.seed)
     latest = context.broadcast_object(_latest_checkpoint(run_dir) if context.is_main else None)
-    placement = dict(device=device, dtype=config.dtype)
+    placement = dict(device=device, dtype=config.dtype, gradient_checkpointing=config.gradient_checkpointing)
     if not context.is_main:
         context.barrier()  # rank 0 loads first: it builds the tiny model's cache if needed (HF writes on rank 0 only)
     model, tokenizer = load_checkpoint(latest, **placement) if latest else load_policy(config.policy, **placement)
@@ -526,7 +546,7 @@ def _train(config: TrainConfig, run_dir: Path, context: DistContext, device: str
         # In-process sampling needs the whole model on each rank (ranks play different numbers of
         # turns, so they cannot share FSDP's collectives); a --sampler-url server needs none.
         sampling_model = None if config.sampler_url else copy.deepcopy(model)
-        shard_model(model)
+        shard_model(model, config.fsdp_compute_dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     # Linear warmup from lr/warmup_steps, then constant: a cosine whose floor is the peak (min_lr_rate=1.0).
     # Not get_constant_schedule_with_warmup: its warmup starts at lr 0, which would waste the first step's rollouts.

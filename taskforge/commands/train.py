@@ -114,7 +114,8 @@ def _make_rl_command(mode: str, what: str):
             str, typer.Option(help="tiny (CPU defaults) or paper (the paper's hyperparameters).")
         ] = "tiny",
         config_file: Annotated[
-            Path | None, typer.Option("--config", help="JSON or TOML file of settings; flags override it.")
+            Path | None,
+            typer.Option("--config", help="JSON or TOML file of settings over --preset's; flags override both."),
         ] = None,
         run: Annotated[
             str | None, typer.Option(help="Run name (default derived from the settings); an existing run resumes.")
@@ -150,14 +151,7 @@ def _make_rl_command(mode: str, what: str):
             overrides["policy"] = str(_sft_start_or_exit(runs_dir, tasks))
             console.print(f"starting from the latest SFT checkpoint of {tasks}: {overrides['policy']}")
         try:
-            if config_file is not None:
-                config = TrainConfig.from_file(config_file, mode=mode, **overrides)
-            elif preset == "paper":
-                config = TrainConfig.paper(mode=mode, **overrides)
-            elif preset == "tiny":
-                config = TrainConfig(mode=mode, **overrides)
-            else:
-                raise ValueError(f"--preset must be tiny or paper, not {preset!r}")
+            config = TrainConfig.from_preset(preset, config_file, mode=mode, **overrides)
             config.loss_config()
         except (ValueError, OSError) as exc:
             raise fail(str(exc)) from None
