@@ -96,7 +96,7 @@ class TrainConfig:
     command_timeout_sec: float = 10.0
     max_output_chars: int = 2000
     system_prompt: str | None = TINY_SYSTEM_PROMPT  # None: the agent loop's full prompt
-    concurrency: int = 2  # sandboxes in parallel (generation itself is serial)
+    concurrency: int = 2  # episodes at once; in-process sampling batches their turns (trainer.sampler)
     # GPU route: sample from an OpenAI-compatible server with vLLM's token-id extension (vLLM,
     # `taskforge serve`) instead of in-process; None = in-process. See docs/gpu.md.
     sampler_url: str | None = None
