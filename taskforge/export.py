@@ -24,7 +24,6 @@ to a cluster; rows.jsonl names each row's Harbor task dir and verifier, split by
 
 from __future__ import annotations
 
-import json
 import shlex
 import shutil
 from pathlib import Path
@@ -114,15 +113,9 @@ def read_task_set(source: Path) -> list[tuple[Split, Task]]:
     source = Path(source)
     if source.is_file():
         try:
-            kept = json.loads(source.read_text())["kept"]
-            dirs = [Path(entry["task_path"]) for entry in kept]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ExportError(f"{source}: not a filter run's kept.json (no 'kept' list of task_path): {exc}") from None
-        if not dirs:
-            raise ExportError(f"{source}: keeps no task; nothing to export")
-        missing = [str(d) for d in dirs if not (d / "task.toml").is_file()]
-        if missing:
-            raise ExportError(f"{source}: kept tasks not found on disk: {', '.join(missing[:3])}")
+            dirs = discover_task_dirs([source])  # a filter run's kept.json
+        except TaskLoadError as exc:
+            raise ExportError(str(exc)) from None
     elif (source / "train").is_dir() and not (source / "task.toml").is_file():
         dirs = discover_task_dirs([source / "train"])
         if (source / "val").is_dir():

@@ -387,7 +387,7 @@ def _kept_task_dirs(kept_json: Path) -> list[Path]:
     if missing:
         raise TaskLoadError(f"{kept_json}: kept tasks not found on disk: {', '.join(missing[:3])}")
     if not dirs:
-        raise TaskLoadError(f"{kept_json}: the filter kept no task")
+        raise TaskLoadError(f"{kept_json}: the filter kept no task; nothing to train on or export")
     return dirs
 
 
