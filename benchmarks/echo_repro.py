@@ -162,10 +162,9 @@ def run_plan(study: Study) -> list[dict]:
         | dict(seed=first, start=f"sft-s{first}", **{"lambda": sweep_lambda})
         for sweep_lambda in study.lambda_sweep
     ]
-    # The first seed's main runs, then its sweeps, then the other seeds: a study stopped early has the
-    # comparison before the sweeps.
-    first_runs = [run for run in plan if run["seed"] == first]
-    return first_runs + sweeps + [run for run in plan if run["seed"] != first]
+    # Every seed's main runs, then the sweeps: a study stopped early has the comparison over seeds
+    # (what its intervals need) before the sweeps.
+    return plan + sweeps
 
 
 def sft_curve(run_dir: Path) -> list[dict]:
