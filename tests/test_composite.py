@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
 from taskforge.forge.base import DIFFICULTIES
 from taskforge.forge.families import FAMILIES
-from taskforge.forge.families.composite import CompositeFamily, Menu, compose
+from taskforge.forge.families.composite import SYMPTOM_SHARE, CompositeFamily, Menu, compose
+from taskforge.forge.families.diagnosis import HARD_MAX_TURNS
 from taskforge.forge.skeleton import instruction_skeleton, solution_skeleton
 from taskforge.tasks import write_task
 from taskforge.validate import validate_tasks
@@ -57,6 +59,43 @@ def test_the_stated_order_changes_the_expected_checksums():
         assert ("sha256sum" in listed[0]) == (stages == "checksums junk")
 
 
+@pytest.mark.parametrize("name", COMPOSITE)
+def test_goal_style_tasks_hide_what_a_look_around_shows_and_hold_a_decoy(name):
+    """Medium and hard tasks are mostly goal-style: no archive name, junk pattern, measure column or
+    "CRLF" in the text; a decoy copy the tests check is left alone; hard ones get more turns."""
+    styles = {difficulty: [] for difficulty in DIFFICULTIES}
+    for difficulty in DIFFICULTIES:
+        for seed in range(60):
+            spec = FAMILIES[name].sample(random.Random(seed), difficulty, seed=seed)
+            extra, text = spec.metadata.extra, spec.instruction
+            styles[difficulty].append(extra["style"])
+            expected = _expected(spec.tests["test_outputs.py"])
+            if extra["style"] == "spec":
+                assert "untouched" not in expected and "max_turns" not in extra
+                continue
+            decoy = next(iter(expected["untouched"])).rsplit("/", 1)[0]
+            assert f"`{decoy}`" in text and "test_decoy_copy_left_alone" in spec.tests["test_outputs.py"]
+            assert extra.get("max_turns") == (HARD_MAX_TURNS if difficulty == "hard" else None)
+            assert "CRLF" not in text and ".csv.gz" not in text, spec.name  # the agent finds them
+            assert not re.search(r"backups?/[^`]*\.(tar|zip)", text), spec.name  # which backup: the newest
+            for pattern in expected.get("junk_patterns", []):
+                assert f"`{pattern}`" not in text, spec.name
+            for want in expected.get("aggregates", []):
+                value = want["header"][1]
+                assert value in ("rows", "total", "mean", "max", "min"), want["header"]
+    assert set(styles["easy"]) == {"spec"}
+    for difficulty in ("medium", "hard"):
+        share = styles[difficulty].count("symptom") / len(styles[difficulty])
+        assert share >= SYMPTOM_SHARE[difficulty] - 0.15, (difficulty, share)
+
+
+def _expected(tests: str) -> dict:
+    import json
+    import re
+
+    return json.loads(json.loads(re.search(r"EXPECTED = json.loads\((.*)\)\n", tests).group(1)))
+
+
 def _digests(draft) -> dict:
     import json
     import re
@@ -74,6 +113,9 @@ def test_one_task_per_composite_family_and_difficulty_validates(tmp_path, base_i
             write_task(spec, tmp_path / "tasks" / spec.name.split("/", 1)[1])
     results = validate_tasks([tmp_path / "tasks"], tmp_path / "run", jobs=2)
     assert len(results) == 3 * len(COMPOSITE)
+    # The goal-style draws are among them, with the near-misses only they have (older backup, decoy).
+    near_miss_names = {name for r in results for name in r.near_miss_rewards}
+    assert {"restores_an_older_backup", "cleans_the_decoy_too"} <= near_miss_names
     failed = [f"{r.task_name}: {r.status} {r.detail}" for r in results if not r.passed]
     assert not failed, "\n".join(failed)
     assert all(r.oracle_reward == 1.0 and r.nop_reward == 0.0 for r in results)

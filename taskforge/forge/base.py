@@ -16,7 +16,7 @@ from typing import ClassVar
 from taskforge.tasks import NEAR_MISS_SLUG, Difficulty, Domain, TaskMetadata, TaskSpec
 
 # Bump when a change to any family alters the tasks a given seed produces.
-GENERATOR_VERSION = "1.2"
+GENERATOR_VERSION = "1.3"
 DIFFICULTIES: tuple[Difficulty, ...] = ("easy", "medium", "hard")
 DOMAINS: tuple[Domain, ...] = ("data_processing", "system_operations", "development_tooling")
 

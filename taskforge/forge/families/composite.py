@@ -14,6 +14,12 @@ reports on the data), `tidy_and_verify` (the bundle is in place; fixes interleav
 lists, archives and counts, whose results depend on the order), `restore_and_ship` (restore, fix,
 summarise, then checksum and package). They are drawn `schedule_weight` times per round of
 `generate`'s schedule because each composes many different programs (see skeleton.py).
+
+Most medium and hard tasks are goal-style ([metadata] style = "symptom"): the instruction says what
+went wrong and what must hold afterwards, and hides what a look around shows: which backup to
+restore (several sit in the store; the newest is meant), the junk files' names, that the loader
+chokes on carriage returns, the measure column's name. Each such task also holds a decoy, last
+year's copy of the data beside the real folder, which must be left as it is.
 """
 
 from __future__ import annotations
@@ -29,8 +35,14 @@ from typing import ClassVar
 from taskforge.forge import pools
 from taskforge.forge.base import Draft, Family
 from taskforge.forge.common import add_group, add_user, python_block, test_module
+from taskforge.forge.families.diagnosis import HARD_MAX_TURNS
+
+# The share of tasks per difficulty that are goal-style (see the module docstring); easy tasks stay
+# step-by-step specs.
+SYMPTOM_SHARE = {"easy": 0.0, "medium": 0.8, "hard": 0.9}
 
 STAGE_DIR = "/tmp/forge-stage"
+OLD_STAGE_DIR = "/tmp/forge-stage-old"  # an older backup's files, packed at build time
 # key column, its values, value column, (low, high), integer values?
 THEMES = [
     ("region", pools.REGIONS, "amount", (5, 400), False),
@@ -48,6 +60,13 @@ ARCHIVE_FORMATS = {  # extension -> (how the setup packs names from the stage di
     "tar.bz2": ("tar -cjf {archive} {names}", "tar -xjf {archive} -C {dest}"),
     "tar.xz": ("tar -cJf {archive} {names}", "tar -xJf {archive} -C {dest}"),
     "zip": ("zip -q {archive} {names}", "unzip -q {archive} -d {dest}"),
+}
+SYMPTOM_PHRASES = {  # what a goal-style task says instead of naming the measure column
+    "sum": "the sum of the files' numeric measure",
+    "mean": "the mean of the files' numeric measure",
+    "max": "the largest value of the files' numeric measure",
+    "min": "the smallest value of the files' numeric measure",
+    "count": "the number of rows",
 }
 AGGREGATES = {  # name -> (column header prefix, phrase, python expression over vals)
     "sum": ("total", "the sum of `{value}`", "sum(vals)"),
@@ -88,6 +107,8 @@ class Bundle:
     setup: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     out_made: bool = False  # a solution line creating out_dir has been emitted
+    symptom: bool = False  # goal-style task: stages state outcomes and hide what exploring shows
+    image_files: dict[str, str] = field(default_factory=dict)  # more files for the image (path -> text)
 
     def csv_names(self) -> list[str]:
         return sorted(n for n in self.files if n.endswith(".csv"))
@@ -129,13 +150,15 @@ def stage_restore(rng: random.Random, b: Bundle) -> Step:
     fmt = rng.choice(sorted(ARCHIVE_FORMATS))
     store = rng.choice([f"/var/backups/{b.app}", f"/srv/backups/{b.app}", f"/backup/{b.app}"])
     archive = f"{store}/{b.app}-{rng.choice(['data', 'export', 'bundle'])}.{fmt}"
+    b.expected["restored"] = True
+    if b.symptom:
+        return restore_newest(rng, b, store, archive.removesuffix(f".{fmt}"), fmt)
     pack, unpack = ARCHIVE_FORMATS[fmt]
     names = " ".join(sorted(b.current()))
     b.setup += [
         f"mkdir -p {store} {STAGE_DIR}",
         f"cd {STAGE_DIR} && {pack.format(archive=archive, names=names)} && cd / && rm -rf {STAGE_DIR}",
     ]
-    b.expected["restored"] = True
     text = rng.choice(
         [
             f"restore the archive `{archive}` into `{b.data_dir}` (its files sit at the top of the archive)",
@@ -146,11 +169,64 @@ def stage_restore(rng: random.Random, b: Bundle) -> Step:
     return Step("restore", text, [f"mkdir -p {b.data_dir}", unpack.format(archive=archive, dest=b.data_dir)])
 
 
+BACKUP_DATES = [("2025-03-02", "2024-11-30"), ("2025-06-01", "2025-02-28"), ("2025-09-14", "2025-05-31")]
+
+
+def restore_newest(rng: random.Random, b: Bundle, store: str, stem: str, fmt: str) -> Step:
+    """The goal-style restore: `store` holds the newest backup and an older one whose CSVs lack their
+    last row (file names and modification times both date them); only the store is named."""
+    old_fmt = rng.choice(sorted(ARCHIVE_FORMATS))
+    new_date, old_date = rng.choice(BACKUP_DATES)
+    newest, older = f"{stem}-{new_date}.{fmt}", f"{stem}-{old_date}.{old_fmt}"
+    stale = {name: stale_text(text) if name.endswith(".csv") else text for name, text in b.files.items()}
+    stale.update({name: junk_text(name) for name in b.junk})
+    b.image_files.update({f"{OLD_STAGE_DIR}/{name}": text for name, text in stale.items()})
+    b.setup += [
+        f"mkdir -p {store} {STAGE_DIR}",
+        *([f"sed -i 's/$/\\r/' {OLD_STAGE_DIR}/*.csv"] if b.crlf else []),
+        pack_line(STAGE_DIR, newest, fmt, sorted(b.current())),
+        pack_line(OLD_STAGE_DIR, older, old_fmt, sorted(stale)),
+        f"touch -d '{old_date} 02:00' {older}",
+        f"touch -d '{new_date} 02:00' {newest}",
+    ]
+    text = rng.choice(
+        [
+            f"the data only survives as backups in `{store}`: restore the most recent one into `{b.data_dir}` "
+            "(its files at the top level of the folder)",
+            f"bring back the newest backup kept in `{store}`, its files directly in `{b.data_dir}`",
+        ]
+    )
+    restore = [f"mkdir -p {b.data_dir}", ARCHIVE_FORMATS[fmt][1].format(archive=newest, dest=b.data_dir)]
+    older_restore = [f"mkdir -p {b.data_dir}", ARCHIVE_FORMATS[old_fmt][1].format(archive=older, dest=b.data_dir)]
+    return Step("restore", text, [f"ls -lt {store}", *restore], {"restores_an_older_backup": older_restore})
+
+
+def pack_line(stage_dir: str, archive: str, fmt: str, names: list[str]) -> str:
+    """A setup line that packs `names` of stage_dir into archive, then removes stage_dir."""
+    pack = ARCHIVE_FORMATS[fmt][0].format(archive=archive, names=" ".join(names))
+    return f"cd {stage_dir} && {pack} && cd / && rm -rf {stage_dir}"
+
+
+def stale_text(csv_text: str) -> str:
+    """An older export of a CSV: its last data row not there yet."""
+    return "".join(csv_text.splitlines(keepends=True)[:-1])
+
+
 def stage_decompress(rng: random.Random, b: Bundle) -> Step:
     gz = [f"{n}.gz" for n in b.csv_names()]
     b.setup += [f"gzip -n {b.data_dir}/{n}" for n in b.csv_names()]
     b.expected["restored"] = True
     b.expected["no_gz"] = gz
+    if b.symptom:
+        text = rng.choice(
+            [
+                f"the loader only reads plain `*.csv` files, but the ones in `{b.data_dir}` arrived compressed: "
+                "make them plain CSV files again, with no compressed copies left",
+                f"the CSV exports in `{b.data_dir}` came in compressed; the import wants them uncompressed, "
+                "in place, and nothing compressed left over",
+            ]
+        )
+        return Step("decompress", text, [f"ls {b.data_dir}", f"gunzip {b.data_dir}/*.csv.gz"])
     text = rng.choice(
         [
             f"the CSV files in `{b.data_dir}` arrived gzip-compressed (`*.csv.gz`): decompress them in place, "
@@ -172,6 +248,21 @@ def stage_junk(rng: random.Random, b: Bundle) -> Step:
         ]
     )
     b.junk = []
+    if b.symptom:  # the names are for the agent to find: every junk file is something other than a *.csv
+        text = rng.choice(
+            [
+                f"the failed job left scratch and backup copies in `{b.data_dir}`: only the monthly `*.csv` "
+                "files may stay in that folder",
+                f"clear out the leftovers in `{b.data_dir}`; the monthly `*.csv` exports are all that belongs there",
+            ]
+        )
+        command = f"find {b.data_dir} -type f ! -name '*.csv' -delete"
+        # A sweep over the parent folder also empties the decoy copy beside the data (see decoy_copy).
+        parent = b.data_dir.rsplit("/", 1)[0]
+        bends = {"cleans_the_decoy_too": [f"find {parent} -type f ! -name '*.csv' -delete"]}
+        if len(patterns) > 1:
+            bends["deletes_one_pattern_only"] = [f"find {b.data_dir} -type f -name '{patterns[0]}' -delete"]
+        return Step("junk", text, [f"ls -la {b.data_dir}", command], bends)
     if len(patterns) == 1:
         return Step("junk", text, [f"find {b.data_dir} -type f -name '{patterns[0]}' -delete"])
     command = f"find {b.data_dir} -type f \\( -name '{patterns[0]}' -o -name '{patterns[1]}' \\) -delete"
@@ -189,6 +280,16 @@ def draw_junk(rng: random.Random, b: Bundle) -> None:
 def stage_crlf(rng: random.Random, b: Bundle) -> Step:
     b.crlf = False
     b.expected["lf_checked"] = True
+    if b.symptom:
+        text = rng.choice(
+            [
+                f"the loader rejects the CSV files in `{b.data_dir}` with `unexpected character at end of line`: "
+                "fix the files so that it accepts them, without changing any value",
+                f"every import of `{b.data_dir}/*.csv` fails with `malformed line ending`; repair the files "
+                "(their values must stay as they are)",
+            ]
+        )
+        return Step("crlf", text, [f"head -n 2 {b.data_dir}/*.csv | cat -A", f"sed -i 's/\r$//' {b.data_dir}/*.csv"])
     text = rng.choice(
         [
             f"the CSV files in `{b.data_dir}` have Windows (CRLF) line endings: convert them to Unix (LF) endings",
@@ -230,7 +331,8 @@ def stage_aggregate(rng: random.Random, b: Bundle) -> Step:
     only = rng.random() < 0.6
     fmt = rng.choice(["csv", "json"])
     by_value = fmt == "csv" and rng.random() < 0.5
-    column = f"{prefix}_{b.value}" if agg != "count" else "rows"
+    # A goal-style task does not name the measure column (the files' one numeric column besides id).
+    column = "rows" if agg == "count" else prefix if b.symptom else f"{prefix}_{b.value}"
     path = f"{b.out_dir}/{b.key}_{prefix}.{fmt}"
     groups: dict[str, list[float]] = {}
     for row in b.rows():
@@ -239,7 +341,7 @@ def stage_aggregate(rng: random.Random, b: Bundle) -> Step:
     result = {k: round(AGGREGATE_VALUES[agg](v), 2) for k, v in groups.items()}
     rows = sorted(result.items(), key=(lambda kv: (-kv[1], kv[0])) if by_value else (lambda kv: kv[0]))
     where = " (only rows whose `status` is `completed`)" if only else " (every row, whatever its `status`)"
-    what = phrase.format(value=b.value)
+    what = phrase.format(value=b.value) if not b.symptom else SYMPTOM_PHRASES[agg]
     rounding = "" if agg == "count" else ", rounded to 2 decimals"
     if fmt == "csv":
         order = "largest first, ties by key" if by_value else f"sorted by `{b.key}`"
@@ -263,6 +365,8 @@ def stage_aggregate(rng: random.Random, b: Bundle) -> Step:
         code += [f'json.dump(result, open("{path}", "w"), indent=2)']
     lines = [python_block("\n".join(code))]
     b.ensure_out_dir(lines)
+    if b.symptom:  # the measure column is not named: look at a file first
+        lines.insert(0, f"head -n 3 {b.data_dir}/{b.csv_names()[0]}")
     bends = {}
     if only:
         loose = aggregate_code(b, expr, False, "json" if fmt == "json" else "") + code[-4 if fmt == "csv" else -1 :]
@@ -457,6 +561,12 @@ def test_aggregates():
                 assert close(got[key], value), f"{want['path']}: {key} = {got[key]}, expected {value}"
                 two_decimals(got[key])
 """,
+    "untouched": """
+def test_decoy_copy_left_alone():
+    changed = [p for p, want in EXPECTED["untouched"].items()
+               if not os.path.isfile(p) or hashlib.sha256(pathlib.Path(p).read_bytes()).hexdigest() != want]
+    assert not changed, f"changed or deleted, though the task says to leave them: {changed}"
+""",
     "rowcount": """
 def test_row_counts():
     want = EXPECTED["rowcount"]
@@ -553,6 +663,20 @@ def make_bundle(rng: random.Random) -> Bundle:
     )
 
 
+# Goal-style openings: what went wrong, then the outcomes wanted (the stages), in order.
+SYMPTOM_INTROS = [
+    "The `{app}` dashboard has shown nothing since its nightly data job crashed halfway. Nobody wrote down "
+    "what the job does; this is what it must leave behind, in this order (later steps see the effect of "
+    "earlier ones):",
+    "{person} reports that the `{app}` reports are stale: the job that prepares their data stopped working "
+    "last week. Get the data into the state the reports need, step by step and in this order:",
+    "The `{app}` data hand-over is overdue and its script is gone. What the script used to achieve, in order "
+    "(each step sees the effect of the ones before it):",
+]
+DECOY_NOTES = [
+    "`{decoy}` is last year's copy of the data, kept for the auditors: leave it exactly as it is.",
+    "Do not touch `{decoy}`: it is an older copy that another team still reads.",
+]
 INTROS = [
     "The `{app}` team hands over a data bundle. Do these steps in this order:",
     "Prepare the `{app}` data bundle in `{data_dir}`. Work through the steps below, in order (later steps see "
@@ -573,24 +697,50 @@ def initial_setup(b: Bundle, plan: list[str], folder: str) -> tuple[dict[str, st
     return files, setup
 
 
+def decoy_copy(rng: random.Random, b: Bundle) -> tuple[str, dict[str, str], dict[str, str]]:
+    """Last year's copy of the data beside the real folder, in the state the task starts from (stale
+    rows, a junk file, CRLF endings when the real files have them): (folder, image files, final
+    bytes' digests)."""
+    folder = f"{b.data_dir}-{rng.choice(['2023', '2024', 'old', 'archive'])}"
+    texts = {name: stale_text(text) for name, text in b.files.items()}
+    texts[f"scratch{rng.randint(1, 9)}.tmp"] = junk_text("scratch")
+    final = {
+        f"{folder}/{name}": sha(text.replace("\n", "\r\n") if b.crlf and name.endswith(".csv") else text)
+        for name, text in texts.items()
+    }
+    return folder, {f"{folder}/{name}": text for name, text in texts.items()}, final
+
+
 def compose(rng: random.Random, menu: Menu, difficulty: str, family: str) -> Draft:
     b = make_bundle(rng)
     plan = draw_plan(rng, menu, difficulty)
+    b.symptom = difficulty != "easy" and rng.random() < SYMPTOM_SHARE[difficulty]
     # The initial state: junk present when a stage deletes it, CRLF endings when a stage fixes them.
     b.crlf = "crlf" in plan
     if "junk" in plan:
         draw_junk(rng, b)
     source = plan[0] if plan[0] in SOURCES else None
     files, setup = initial_setup(b, plan, STAGE_DIR if source == "restore" else b.data_dir)
+    if b.symptom:
+        decoy, decoy_files, b.expected["untouched"] = decoy_copy(rng, b)
+        files.update(decoy_files)
+        if b.crlf:
+            setup.append(f"sed -i 's/$/\\r/' {decoy}/*.csv")
     steps = [{**SOURCES, **FIXES, **REPORTS}[kind](rng, b) for kind in plan]
+    files.update(b.image_files)
     b.setup = setup + b.setup  # the stages' setup (archive packing, users) runs after the files are placed
     b.expected["data_dir"] = b.data_dir
     b.expected["final"] = {name: sha(text) for name, text in sorted(b.current().items())}
 
-    intro = rng.choice(INTROS).format(app=b.app, data_dir=b.data_dir)
+    if b.symptom:
+        intro = rng.choice(SYMPTOM_INTROS).format(app=b.app, person=rng.choice(pools.PEOPLE))
+    else:
+        intro = rng.choice(INTROS).format(app=b.app, data_dir=b.data_dir)
     numbered = rng.random() < 0.5
     lines = [f"{i}. {s.text}" if numbered else f"- {s.text}" for i, s in enumerate(steps, 1)]
     instruction = intro + "\n\n" + "\n".join(lines) + "\n"
+    if b.symptom:
+        instruction += "\n" + rng.choice(DECOY_NOTES).format(decoy=decoy) + "\n"
 
     snippets = [name for name in TEST_SNIPPETS if name in b.expected]
     helpers = ["base", "csv", "json", "stat"]
@@ -604,9 +754,17 @@ def compose(rng: random.Random, menu: Menu, difficulty: str, family: str) -> Dra
         outputs=b.outputs,
         files=files,
         setup=b.setup,
-        extra={"stages": " ".join(plan)},
+        extra=task_metadata(plan, difficulty, b.symptom),
         near_misses=near_misses(steps),
     )
+
+
+def task_metadata(plan: list[str], difficulty: str, symptom: bool) -> dict[str, str | int | float | bool]:
+    """[metadata] of a composite task: its stages, its style and (goal-style hard) its turn cap."""
+    extra: dict[str, str | int | float | bool] = {"stages": " ".join(plan), "style": "symptom" if symptom else "spec"}
+    if symptom and difficulty == "hard":
+        extra["max_turns"] = HARD_MAX_TURNS  # looking around before each step takes turns
+    return extra
 
 
 def near_misses(steps: list[Step], most: int = 3) -> dict[str, str]:

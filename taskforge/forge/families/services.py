@@ -22,6 +22,8 @@ from taskforge.forge.base import Draft, Family
 from taskforge.forge.common import add_user, bullets, heredoc, pick, test_module
 
 ENTRYPOINT = "/usr/local/sbin/svc-entrypoint"
+# Every service task reports what its user sees and leaves the cause to be found ([metadata] style).
+SYMPTOM_STYLE: dict[str, str | int | float | bool] = {"style": "symptom"}
 
 _ENTRYPOINT_SH = """#!/bin/bash
 # Starts the service supervisor in the background, then runs the container's command.
@@ -375,6 +377,7 @@ class WebServiceRepair(Family):
         # The whole fix, then the server stopped (to edit it, never started again): "running when you are done".
         near_misses["left_stopped"] = f"{solution}\nsvc stop {service}"
         return Draft(
+            extra=SYMPTOM_STYLE,
             instruction=instruction,
             tests=service_tests(self.name, expected, WEB_TEST + (WEB_USER_TEST if difficulty == "hard" else "")),
             solution=solution + "\n",
@@ -583,6 +586,7 @@ class SpoolWorker(Family):
         if config_causes:
             near_misses["config_not_reloaded"] = "\n".join([started(service), *fixes])
         return Draft(
+            extra=SYMPTOM_STYLE,
             instruction=instruction,
             tests=service_tests(self.name, expected, WORKER_TEST),
             solution=solution + "\n",
@@ -789,6 +793,7 @@ class GitPushDeploy(Family):
         solution = "\n".join([f"cat {repo}/hooks/post-receive /etc/svc/{service}/run", f"ls -ld {deploy}", *fixes])
         near_misses["left_stopped"] = f"{solution}\nsvc stop {service}"  # "running when you are done"
         return Draft(
+            extra=SYMPTOM_STYLE,
             instruction=instruction,
             tests=service_tests(self.name, expected, GIT_TEST),
             solution=solution + "\n",
@@ -969,6 +974,7 @@ class TickScheduler(Family):
             [started(service), *fixes[1:], f"setpriv --reuid={user} --regid={user} --init-groups {script}"]
         )
         return Draft(
+            extra=SYMPTOM_STYLE,
             instruction=instruction,
             tests=service_tests(self.name, expected, TICK_TEST),
             solution=solution,
