@@ -235,6 +235,17 @@ def test_rl_without_policy_starts_from_the_sft_checkpoint_of_the_same_tasks(tmp_
     assert json.loads((runs / "rl" / "config.json").read_text())["policy"] == str(checkpoint)
 
 
+def test_the_config_files_task_set_is_used_when_tasks_is_not_given(tmp_path):
+    """`--config` with a `tasks` key and no --tasks: the config's task set is trained on (the flag's
+    default no longer overrides it), so the SFT start is looked up for that set."""
+    config = tmp_path / "run.toml"
+    config.write_text(f'tasks = "{AGENT_TASKS}"\nsteps = 1\n')
+    refused = _cli("train", "echo", "--config", str(config), "--runs-dir", str(tmp_path / "runs"))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    message = " ".join((refused.stdout + refused.stderr).split())
+    assert f"taskforge train sft --tasks {AGENT_TASKS}" in message, message
+
+
 def test_without_reward_signal_adam_makes_the_echo_step_independent_of_lambda(demonstrations):
     """The regime behind ECHO drift when no group has a reward signal: the loss is lambda x env CE
     alone, and Adam divides each gradient by its own running scale, so the first step is about

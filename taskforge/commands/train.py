@@ -68,7 +68,12 @@ def _main_rank() -> bool:
 
 def _make_rl_command(mode: str, what: str):
     def command(
-        tasks: Annotated[Path, typer.Option(help="Task set to train on.")] = Path("tasks/sample"),
+        tasks: Annotated[
+            Path | None,
+            typer.Option(
+                help="Task set to train on: a folder or a filter's kept.json (default: --config's, else tasks/sample)."
+            ),
+        ] = None,
         steps: Annotated[int | None, typer.Option(help="Optimizer steps (rollout batches).")] = None,
         group_size: Annotated[
             int | None, typer.Option("--group-size", "-g", help="Rollouts per task per step (the GRPO group).")
@@ -127,7 +132,7 @@ def _make_rl_command(mode: str, what: str):
         from trainer.train import TrainConfig, train
 
         overrides = dict(
-            tasks=str(tasks),
+            tasks=str(tasks) if tasks is not None else None,  # None: the config file's (or the preset's)
             steps=steps,
             group_size=group_size,
             tasks_per_step=tasks_per_step,
@@ -147,11 +152,12 @@ def _make_rl_command(mode: str, what: str):
             seed=seed,
         )
         overrides = {k: v for k, v in overrides.items() if v is not None}
-        if policy is None and not _config_names_policy(config_file):
-            overrides["policy"] = str(_sft_start_or_exit(runs_dir, tasks))
-            console.print(f"starting from the latest SFT checkpoint of {tasks}: {overrides['policy']}")
         try:
             config = TrainConfig.from_preset(preset, config_file, mode=mode, **overrides)
+            if policy is None and not _config_names_policy(config_file):
+                start = _sft_start_or_exit(runs_dir, Path(config.tasks))
+                console.print(f"starting from the latest SFT checkpoint of {config.tasks}: {start}")
+                config = TrainConfig.from_preset(preset, config_file, mode=mode, **overrides, policy=str(start))
             config.loss_config()
         except (ValueError, OSError) as exc:
             raise fail(str(exc)) from None
