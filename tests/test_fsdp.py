@@ -219,6 +219,39 @@ def test_sft_on_two_ranks_equals_one_process(tmp_path):
         assert row["tokens"] == reference["tokens"]
 
 
+class _Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_sft_run_resumes_after_its_last_epoch(tmp_path):
+    """Stopped after epoch 2 of 3, the same call continues at epoch 3 (model, Adam moments, scheduler,
+    batch order restored) and ends with the weights of an uninterrupted run."""
+    transcripts = _write_transcripts(tmp_path / "demos", 5)
+    config = SFTConfig(epochs=3, batch_size=2, lr=1e-3, env_coef=0.5)
+    whole = tmp_path / "whole"
+    sft(config, whole, log=lambda *_: None, demonstrations=transcripts)
+
+    def stop_after_epoch_2(message: str, *_) -> None:
+        if message.startswith("epoch 2/3"):
+            raise _Interrupted
+
+    resumed = tmp_path / "resumed"
+    try:
+        sft(config, resumed, log=stop_after_epoch_2, demonstrations=transcripts)
+    except _Interrupted:
+        pass
+    assert (resumed / "checkpoints" / "epoch-state" / "sft_state.pt").is_file()
+    assert not (resumed / "checkpoints" / "final").exists()
+    said: list[str] = []
+    sft(config, resumed, log=said.append, demonstrations=transcripts)
+    assert any(line.startswith("resuming after epoch 2/3") for line in said), said
+    assert [line for line in said if line.startswith("epoch ")] == [next(x for x in said if x.startswith("epoch 3/3"))]
+    assert _max_abs_diff(_weights(resumed, "final"), _weights(whole, "final")) <= 1e-7
+    steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    assert not (resumed / "checkpoints" / "epoch-state").exists()  # the final weights replace it
+
+
 def test_mixed_precision_keeps_float32_masters_that_take_the_papers_small_updates(tmp_path):
     """`fsdp_compute_dtype=bfloat16` (the Qwen3-8B recipe): layers compute in bf16 while the sharded
     parameters stay float32, so one AdamW step at the paper's lr 1e-6 moves them; the same step on

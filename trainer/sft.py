@@ -24,7 +24,7 @@ import torch
 from taskforge.agent.episode import Episode
 from taskforge.agent.scripted import demonstrator_policy
 from trainer.rollout import collate_rollouts
-from trainer.train import TINY_SYSTEM_PROMPT
+from trainer.train import TINY_SYSTEM_PROMPT, truncate_metrics
 from trainer.transcripts import load_transcripts, rollout_from_episode
 
 
@@ -227,10 +227,18 @@ def _sft(config, run_dir, context, device, log, demonstrations, observation_tran
         optimizer, num_warmup_steps=10, num_training_steps=total_steps, min_lr_rate=0.1
     )
     metrics_path = run_dir / "metrics.jsonl"
+    epoch_state = run_dir / "checkpoints" / EPOCH_STATE
+    done = 0
+    if (epoch_state / "sft_state.pt").is_file():  # an interrupted run: continue after its last epoch
+        done = _restore_epoch_state(epoch_state, model, optimizer, scheduler, rng, context)
+        log(f"resuming after epoch {done}/{config.epochs} ({epoch_state})")
     if context.is_main:
-        metrics_path.unlink(missing_ok=True)
+        if done:
+            truncate_metrics(metrics_path, done)
+        else:
+            metrics_path.unlink(missing_ok=True)
     model.train()
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(done + 1, config.epochs + 1):
         started = time.monotonic()
         losses, env_ces, tokens = [], [], 0
         for batch_indices in _length_bucketed_batches([len(r.token_ids) for r in rollouts], config.batch_size, rng):
@@ -276,6 +284,8 @@ def _sft(config, run_dir, context, device, log, demonstrations, observation_tran
             "tokens": int(context.sum_over_ranks(tokens)),  # every token of the epoch, forward and backward
             "seconds": round(time.monotonic() - started, 2),
         }
+        if epoch < config.epochs:
+            _save_epoch_state(epoch_state, epoch, model, optimizer, scheduler, rng, context)
         if context.is_main:
             append_jsonl(metrics_path, row)
         log(f"epoch {epoch}/{config.epochs}: action CE {row['sft_loss']:.3f}, env CE {row['env_ce']:.3f}")
@@ -289,8 +299,46 @@ def _sft(config, run_dir, context, device, log, demonstrations, observation_tran
         save_checkpoint(model, tokenizer, tmp)
     if context.is_main:
         os.replace(tmp, final)
+        shutil.rmtree(epoch_state, ignore_errors=True)  # the final weights make it redundant
     context.barrier()
     return final
+
+
+# checkpoints/epoch-state: model + optimizer (DCP shards, any world size), scheduler, the batch order's
+# RNG and every rank's torch RNG after the last finished epoch; sft_state.pt, written last, marks it
+# complete. One is kept (each epoch replaces it), and the final checkpoint removes it.
+EPOCH_STATE = "epoch-state"
+
+
+def _save_epoch_state(directory: Path, epoch: int, model, optimizer, scheduler, rng: random.Random, context) -> None:
+    from trainer.distributed import save_training_state
+
+    tmp = directory.with_name(directory.name + ".tmp")
+    if context.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    context.barrier()
+    save_training_state(tmp / "dcp", model, optimizer)
+    torch_rngs = context.all_gather_object(torch.random.get_rng_state())
+    if context.is_main:
+        state = {"epoch": epoch, "scheduler": scheduler.state_dict(), "batch_rng": rng.getstate()}
+        torch.save({**state, "torch_rng_per_rank": torch_rngs}, tmp / "sft_state.pt")
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(tmp, directory)  # the state exists whole or not at all
+    context.barrier()
+
+
+def _restore_epoch_state(directory: Path, model, optimizer, scheduler, rng: random.Random, context) -> int:
+    """Loads `_save_epoch_state`'s files into this job's model, optimizer, scheduler and RNGs; the epoch."""
+    from trainer.distributed import load_training_state
+
+    state = torch.load(directory / "sft_state.pt", weights_only=False)
+    load_training_state(directory / "dcp", model, optimizer)
+    scheduler.load_state_dict(state["scheduler"])
+    rng.setstate(state["batch_rng"])
+    per_rank = state["torch_rng_per_rank"]
+    torch.random.set_rng_state(per_rank[context.rank] if len(per_rank) == context.world_size else per_rank[0])
+    return state["epoch"]
 
 
 def _positive(count: float) -> float:

@@ -453,7 +453,7 @@ def _restore(latest: Path, model, optimizer, scheduler, dist_context: DistContex
     return state["step"]
 
 
-def _truncate_metrics(path: Path, last_step: int) -> None:
+def truncate_metrics(path: Path, last_step: int) -> None:
     """Drops metric lines of steps after the checkpoint a resumed run restarts from."""
     if not path.exists():
         return
@@ -559,7 +559,7 @@ def _train(config: TrainConfig, run_dir: Path, context: DistContext, device: str
         last_step = _restore(latest, model, optimizer, scheduler, context)
         start = last_step + 1
         if context.is_main:
-            _truncate_metrics(metrics_path, last_step)
+            truncate_metrics(metrics_path, last_step)
         log(f"resuming {run_dir} after step {last_step} ({latest})")
     elif context.is_main:
         metrics_path.unlink(missing_ok=True)
