@@ -26,17 +26,22 @@ import socket
 import threading
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+from pydantic import BaseModel
 
 from taskforge.agent.openai_policy import ChatConfig
 from taskforge.agent.policy import PolicyConfigError
 from taskforge.filter import FilterConfig, FilterReport, dataset_name_for, filter_report, write_outputs
-from taskforge.runner import Ledger
+from taskforge.runner import Ledger, hold_run_dir, write_json
 from taskforge.sandbox.docker import LABEL, LABEL_OWNER_HOST, LABEL_OWNER_PID, docker_client
 from taskforge.tasks import Task, task_checksum
 from taskforge.trial import TrialRecord, error_kind
 from taskforge.verify import scalar_reward
+
+if TYPE_CHECKING:
+    from taskforge.report import RunSummary
 
 JOB_NAME = "trials"
 AGENT = "terminus-2"
@@ -145,7 +150,7 @@ def job_config(
     tasks: list[Task],
     run_dir: Path,
     chat: ChatConfig,
-    config: FilterConfig,
+    plan: AttemptPlan,
     overlay: Path | None,
     harbor_env: str = "docker",
 ):
@@ -155,7 +160,7 @@ def job_config(
 
     kwargs = {
         "api_base": chat.base_url,
-        "max_turns": config.episode.max_turns,
+        "max_turns": plan.max_turns,
         "suppress_max_turns_warning": True,
         "record_terminal_session": False,  # asciinema is not in the image and cannot be installed offline
         "enable_summarize": False,  # an episode ends at the context limit, as in taskforge's loop
@@ -167,8 +172,8 @@ def job_config(
     return JobConfig(
         job_name=JOB_NAME,
         jobs_dir=run_dir,
-        n_attempts=config.attempts,
-        n_concurrent_trials=config.concurrency,
+        n_attempts=plan.attempts,
+        n_concurrent_trials=plan.concurrency,
         quiet=True,
         agents=[AgentConfig(name=AGENT, model_name=f"openai/{chat.model}", kwargs=kwargs)],
         environment=environment_config(harbor_env, overlay),
@@ -278,6 +283,45 @@ def record_from_result(result, task: Task, trial_dir: Path, attempt: int, max_tu
     )
 
 
+class AttemptPlan(BaseModel):
+    """How many attempts of each task Harbor runs, how many at once, and terminus-2's turn cap."""
+
+    attempts: int
+    concurrency: int
+    max_turns: int
+
+
+def run_attempts_harbor(
+    tasks: list[Task], run_dir: Path, chat: ChatConfig, plan: AttemptPlan, harbor_env: str = "docker"
+) -> tuple[Ledger, _LedgerSync]:
+    """Harbor runs plan.attempts of every task (terminus-2 against chat's endpoint) in the Harbor
+    environment `harbor_env`, each trial recorded in run_dir/ledger.jsonl as it ends; a finished job
+    is not asked again (resume). Shared by `filter` and `eval` with --backend harbor."""
+    check_harbor_env(harbor_env)
+    os.environ.setdefault("HARBOR_TELEMETRY", "0")
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ["OPENAI_API_KEY"] = chat.api_key()  # litellm's openai provider reads it from here
+    run_dir.mkdir(parents=True, exist_ok=True)
+    overlay = None
+    if harbor_env == "docker":
+        docker_client()  # reaps the containers of killed taskforge runs (ours carry their labels)
+        overlay = run_dir / "harbor-compose.yaml"
+        overlay.write_text(compose_overlay(network=any(task.wants_network for task in tasks)))
+        _export_owner()
+    ledger = Ledger(run_dir / "ledger.jsonl", TrialRecord)
+    checksums = {str(task.path): task_checksum(task.path) for task in tasks}
+    sync = _LedgerSync(ledger, tasks, plan.max_turns, checksums)
+    job_dir = run_dir / JOB_NAME
+    sync.sweep(job_dir, drop_unrecorded=True)
+    if not _ledger_complete(ledger.load(), checksums, plan.attempts):
+        _run_job(job_config(tasks, run_dir, chat, plan, overlay, harbor_env), sync, job_dir)
+    # else every attempt is recorded for the tasks' current content, and Harbor is not asked again: its
+    # job lock hashes task.toml whole, so the measured block a filter run wrote would make it refuse to resume.
+    if sync.config_error:
+        raise PolicyConfigError(f"terminus-2 could not use {chat.model!r} at {chat.base_url}: {sync.config_error}")
+    return ledger, sync
+
+
 def filter_tasks_harbor(
     tasks: list[Task],
     run_dir: Path,
@@ -294,28 +338,8 @@ def filter_tasks_harbor(
         raise HarborBackendError(
             "--stop-on-success is not available with --backend harbor (Harbor plans every attempt up front)"
         )
-    check_harbor_env(harbor_env)
-    os.environ.setdefault("HARBOR_TELEMETRY", "0")
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    os.environ["OPENAI_API_KEY"] = chat.api_key()  # litellm's openai provider reads it from here
-    run_dir.mkdir(parents=True, exist_ok=True)
-    overlay = None
-    if harbor_env == "docker":
-        docker_client()  # reaps the containers of killed taskforge runs (ours carry their labels)
-        overlay = run_dir / "harbor-compose.yaml"
-        overlay.write_text(compose_overlay(network=any(task.wants_network for task in tasks)))
-        _export_owner()
-    ledger = Ledger(run_dir / "ledger.jsonl", TrialRecord)
-    checksums = {str(task.path): task_checksum(task.path) for task in tasks}
-    sync = _LedgerSync(ledger, tasks, config.episode.max_turns, checksums)
-    job_dir = run_dir / JOB_NAME
-    sync.sweep(job_dir, drop_unrecorded=True)
-    if not _ledger_complete(ledger.load(), checksums, config.attempts):
-        _run_job(job_config(tasks, run_dir, chat, config, overlay, harbor_env), sync, job_dir)
-    # else every attempt is recorded for the tasks' current content, and Harbor is not asked again: its
-    # job lock hashes task.toml whole, so the measured block this run wrote would make it refuse to resume.
-    if sync.config_error:
-        raise PolicyConfigError(f"terminus-2 could not use {chat.model!r} at {chat.base_url}: {sync.config_error}")
+    plan = AttemptPlan(attempts=config.attempts, concurrency=config.concurrency, max_turns=config.episode.max_turns)
+    ledger, sync = run_attempts_harbor(tasks, run_dir, chat, plan, harbor_env)
     report = filter_report(tasks, ledger.load(), config, run_dir=run_dir, backend="harbor", model=chat.model)
     report.n_not_recorded = len(sync.not_recorded)
     report.not_recorded_errors = list(sync.not_recorded.values())[:20]
@@ -324,6 +348,24 @@ def filter_tasks_harbor(
         report, destination, dataset_name or dataset_name_for(destination), write_measured=config.write_measured
     )
     return report
+
+
+def evaluate_harbor(
+    tasks: list[Task], run_dir: Path, chat: ChatConfig, plan: AttemptPlan, harbor_env: str = "docker"
+) -> RunSummary:
+    """`evaluate` with Harbor running the attempts: eval.json from the ledger (pass@1, pass@k, turns,
+    tokens, errored apart). Attempts Harbor could not record raise AttemptsNotRunError, and no
+    eval.json is written, as with the docker backend."""
+    from taskforge.attempts import AttemptsNotRunError
+    from taskforge.report import load_run
+
+    with hold_run_dir(run_dir):
+        _, sync = run_attempts_harbor(tasks, run_dir, chat, plan, harbor_env)
+        if sync.not_recorded:
+            raise AttemptsNotRunError(list(sync.not_recorded.values()))
+        summary = load_run(run_dir)
+        write_json(run_dir / "eval.json", summary.model_dump())
+    return summary
 
 
 def _ledger_complete(records: list[TrialRecord], checksums: dict[str, str], attempts: int) -> bool:

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from taskforge.agent.episode import EpisodeConfig
 from taskforge.agent.openai_policy import ChatConfig
-from taskforge.filter import FilterConfig
 from taskforge.harbor_backend import (
+    AttemptPlan,
     HarborEnvError,
     check_harbor_env,
     harbor_env_names,
@@ -72,14 +71,21 @@ def _filter(task_path: Path, runs: Path, *args: str, base_url: str = "http://127
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env or _env())
 
 
+def _eval(task_path: Path, runs: Path, *args: str, base_url: str = "http://127.0.0.1:9/v1", env=None):
+    command = [sys.executable, "-m", "taskforge.cli", "eval", str(task_path), "--backend", "harbor"]
+    command += ["--model", "test-model", "--base-url", base_url, "-k", "1", "-n", "1", "--runs-dir", str(runs), *args]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env or _env())
+
+
 def test_job_config_carries_the_harbor_env(tmp_path):
     task = load_task(FIXTURES / "agent-tasks" / "count-lines")
     chat = ChatConfig(model="m", base_url="http://127.0.0.1:9/v1")
-    config = FilterConfig(attempts=1, concurrency=1, episode=EpisodeConfig(max_turns=2))
+    config = AttemptPlan(attempts=1, concurrency=1, max_turns=2)
     overlay = tmp_path / "harbor-compose.yaml"
     for name in ("daytona", "modal", "e2b", "runloop"):
         job = job_config([task], tmp_path, chat, config, None, name)
         assert job.environment.type.value == name and job.environment.extra_docker_compose == []
+        assert job.n_attempts == 1 and job.agents[0].kwargs["max_turns"] == 2
     docker = job_config([task], tmp_path, chat, config, overlay, "docker")
     assert docker.environment.type.value == "docker" and docker.environment.extra_docker_compose == [overlay]
     # The names offered are Harbor's EnvironmentType values.
@@ -119,26 +125,50 @@ def test_cloud_env_without_credentials_fails_before_any_trial(tmp_path):
 
 
 @pytest.mark.harbor
-def test_docker_harbor_env_runs_for_real_and_another_env_does_not_resume_it(tmp_path, base_image):
+def test_eval_through_harbor_docker_for_real_and_another_env_does_not_resume_it(tmp_path, base_image):
+    """`eval --backend harbor --harbor-env docker`: terminus-2 against the endpoint, in Harbor's docker
+    environment, scored into eval.json. (filter's Harbor path runs for real in test_filter_harbor.py.)"""
     task = tmp_path / "count-lines"
     shutil.copytree(FIXTURES / "agent-tasks" / "count-lines", task)
     runs = tmp_path / "runs"
     with ScriptedOpenAIServer(competent([task])) as server:
-        completed = _filter(task, runs, "--harbor-env", "docker", "--run", "hb", base_url=server.base_url)
+        completed = _eval(task, runs, "--harbor-env", "docker", "--run", "he", base_url=server.base_url)
         assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-        assert server.requests
+        assert server.requests and all(not r.tools for r in server.requests)  # terminus-2's own protocol
 
-    run_dir = runs / "hb"
+    run_dir = runs / "he"
     records = Ledger(run_dir / "ledger.jsonl", TrialRecord).load()
     assert [(r.agent, r.reward) for r in records] == [("terminus-2", 1.0)]
+    summary = json.loads((run_dir / "eval.json").read_text())
+    assert summary["overall"]["pass_at_1"] == 1.0 and summary["overall"]["n_tasks"] == 1
     # Harbor ran the job in its docker environment, as the job's own config.json says.
     assert json.loads((run_dir / "trials" / "config.json").read_text())["environment"]["type"] == "docker"
 
     # The same run in another sandbox is refused (credentials present, so the refusal is the run's settings).
-    other = _filter(task, runs, "--harbor-env", "e2b", "--run", "hb", env=_env(E2B_API_KEY="not-a-real-key"))
+    other = _eval(task, runs, "--harbor-env", "e2b", "--run", "he", env=_env(E2B_API_KEY="not-a-real-key"))
     assert other.returncode == 2, other.stdout + other.stderr
-    assert "harbor_env: None -> 'e2b'" in other.stderr
+    assert "harbor_env: 'docker' -> 'e2b'" in other.stderr
     assert len(Ledger(run_dir / "ledger.jsonl", TrialRecord).load()) == 1
+
+
+def test_eval_cloud_env_without_credentials_or_with_a_checkpoint_fails_before_any_trial(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from taskforge.cli import app
+
+    for key in CLOUD_CREDENTIALS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.modal.toml
+    runs = tmp_path / "runs"
+    task = str(FIXTURES / "agent-tasks" / "count-lines")
+    common = ["eval", task, "--backend", "harbor", "--runs-dir", str(runs)]
+    missing = CliRunner().invoke(app, [*common, "--model", "m", "--harbor-env", "modal"])
+    said = "".join(missing.output.split())
+    assert missing.exit_code == 1 and "harbor_env_credentials_missing:--harbor-envmodal" in said, missing.output
+    assert "MODAL_TOKEN_ID" in said
+    checkpoint = CliRunner().invoke(app, [*common, "--policy", "tiny"])
+    assert checkpoint.exit_code == 2 and "taskforgeservetiny" in "".join(checkpoint.output.split()), checkpoint.output
+    assert not runs.exists()
 
 
 def _validate(task_path: Path, runs: Path, *args: str, env=None):

@@ -95,3 +95,27 @@ def task_dirs_or_exit(paths: list[Path]) -> list[Path]:
 
 def sorted_resolved(paths: list[Path]) -> list[str]:
     return sorted(str(p.resolve()) for p in paths)
+
+
+HARBOR_ENV_HELP = (
+    "With --backend harbor: Harbor's environment for the trials (docker, daytona, modal, e2b, runloop, ... as "
+    "Harbor's EnvironmentType names them); cloud ones need their credentials set."
+)
+
+
+def check_backend_or_exit(backend: str, harbor_env: str) -> None:
+    """--backend and --harbor-env as filter, eval and validate take them; a cloud environment without
+    its credentials fails here, before any run dir, trial or container."""
+    if backend not in ("docker", "harbor"):
+        raise fail(f"--backend must be docker or harbor, not {backend!r}")
+    if harbor_env != "docker" and backend != "harbor":
+        raise fail("--harbor-env needs --backend harbor")
+    if backend == "harbor":
+        from taskforge.harbor_backend import HarborEnvError, check_harbor_env, harbor_env_names
+
+        if harbor_env not in harbor_env_names():
+            raise fail(f"--harbor-env must be one of Harbor's environments ({', '.join(harbor_env_names())})")
+        try:
+            check_harbor_env(harbor_env)
+        except HarborEnvError as exc:
+            raise fail(str(exc), 1) from None

@@ -11,9 +11,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from taskforge.commands.common import (
+    HARBOR_ENV_HELP,
     PathsArg,
     RunOption,
     RunsDirOption,
+    check_backend_or_exit,
     console,
     exits_on_failure,
     fail,
@@ -59,6 +61,14 @@ def eval_command(
             help="Also measure --policy's environment-token CE on these stored transcripts (another policy's run)."
         ),
     ] = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="docker: taskforge's agent loop; harbor: Harbor's Job API with its terminus-2 agent (needs --model; "
+            "serve a checkpoint with `taskforge serve` first)."
+        ),
+    ] = "docker",
+    harbor_env: Annotated[str, typer.Option(help=HARBOR_ENV_HELP)] = "docker",
     run: RunOption = None,
     runs_dir: RunsDirOption = Path("runs"),
 ) -> None:
@@ -74,6 +84,12 @@ def eval_command(
         raise fail("pass exactly one of --policy CHECKPOINT or --model NAME")
     if env_ce_on and policy is None:
         raise fail("--env-ce-on needs --policy (the env CE is measured on a checkpoint)")
+    check_backend_or_exit(backend, harbor_env)
+    if backend == "harbor" and policy is not None:
+        raise fail(
+            "--backend harbor evaluates a model behind an endpoint (--model); serve the checkpoint first: "
+            f"taskforge serve {policy}, then --model NAME --base-url http://127.0.0.1:8000/v1"
+        )
     _, loaded = load_tasks_or_exit(tasks)
     episode = EpisodeConfig(max_turns=max_turns)
     if policy is not None:
@@ -94,15 +110,14 @@ def eval_command(
     else:
         from taskforge.agent.openai_policy import ChatConfig, OpenAIChatPolicy
 
-        chat_policy = OpenAIChatPolicy(
-            ChatConfig(
-                model=model,
-                base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
-                temperature=temperature,
-                max_tokens=max_tokens,
-                max_retries=max_retries,
-            )
+        chat = ChatConfig(
+            model=model,
+            base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
+            temperature=temperature,
+            max_tokens=max_tokens,
+            max_retries=max_retries,
         )
+        chat_policy = OpenAIChatPolicy(chat)
         factory = lambda: chat_policy  # noqa: E731 - one client shared by all attempts
     settings = {
         "tasks": sorted(str(t.path) for t in loaded),
@@ -115,6 +130,8 @@ def eval_command(
         "max_tokens": max_tokens,
         # Only when set: runs started before the cap existed keep their name and resume.
         **({"max_context_tokens": max_context_tokens} if max_context_tokens is not None else {}),
+        # Only with Harbor: docker runs keep the names they had; another sandbox is another run.
+        **({"backend": backend, "harbor_env": harbor_env} if backend == "harbor" else {}),
     }
     run_dir = run_dir_for(runs_dir, run, "eval", settings)
     # A run named with --run resumes only with the policy and sampling it started with (the same model
@@ -123,7 +140,16 @@ def eval_command(
     if changed:
         raise fail(f"{run_dir} was started with other settings ({changed}); pass --run NAME for a new run")
     with exits_on_failure("attempts"):  # attempts that could not run exit 1 with their cause, writing no verdict
-        summary, _ = evaluate(loaded, run_dir, factory, attempts=attempts, concurrency=concurrency, episode=episode)
+        if backend == "harbor":
+            from taskforge.harbor_backend import AttemptPlan, HarborBackendError, evaluate_harbor
+
+            plan = AttemptPlan(attempts=attempts, concurrency=concurrency, max_turns=max_turns)
+            try:
+                summary = evaluate_harbor(loaded, run_dir, chat, plan, harbor_env)
+            except HarborBackendError as exc:
+                raise fail(str(exc)) from None
+        else:
+            summary, _ = evaluate(loaded, run_dir, factory, attempts=attempts, concurrency=concurrency, episode=episode)
     if env_ce_on:
         from trainer.checkpoint_eval import env_ce_of_checkpoint, write_env_ce
 

@@ -12,9 +12,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from taskforge.commands.common import (
+    HARBOR_ENV_HELP,
     PathsArg,
     RunOption,
     RunsDirOption,
+    check_backend_or_exit,
     console,
     err,
     exits_on_failure,
@@ -65,10 +67,7 @@ def filter_command(
     ] = "docker",
     harbor_env: Annotated[
         str,
-        typer.Option(
-            help="With --backend harbor: Harbor's environment for the trials (docker, daytona, modal, e2b, "
-            "runloop, ... as Harbor's EnvironmentType names them); cloud ones need their credentials set."
-        ),
+        typer.Option(help=HARBOR_ENV_HELP),
     ] = "docker",
     price_input: Annotated[
         float | None, typer.Option(help="USD per million input tokens (adds a cost column).")
@@ -105,19 +104,7 @@ def filter_command(
     from taskforge.filter import filter_tasks
     from taskforge.runner import run_settings_mismatch
 
-    if backend not in ("docker", "harbor"):
-        raise fail(f"--backend must be docker or harbor, not {backend!r}")
-    if harbor_env != "docker" and backend != "harbor":
-        raise fail("--harbor-env needs --backend harbor")
-    if backend == "harbor":
-        from taskforge.harbor_backend import HarborEnvError, check_harbor_env, harbor_env_names
-
-        if harbor_env not in harbor_env_names():
-            raise fail(f"--harbor-env must be one of Harbor's environments ({', '.join(harbor_env_names())})")
-        try:  # before any run dir, trial or container: a cloud sandbox without credentials fails here
-            check_harbor_env(harbor_env)
-        except HarborEnvError as exc:
-            raise fail(str(exc), 1) from None
+    check_backend_or_exit(backend, harbor_env)
     task_dirs, loaded = load_tasks_or_exit(tasks)
     base_url = base_url or os.environ.get("OPENAI_BASE_URL")
     identity = {"tasks": sorted_resolved(task_dirs), "model": model, "base_url": base_url, "backend": backend}

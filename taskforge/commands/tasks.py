@@ -12,9 +12,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from taskforge.commands.common import (
+    HARBOR_ENV_HELP,
     PathsArg,
     RunOption,
     RunsDirOption,
+    check_backend_or_exit,
     console,
     exits_on_failure,
     fail,
@@ -64,7 +66,7 @@ def validate(
     ] = "docker",
     harbor_env: Annotated[
         str,
-        typer.Option(help="With --backend harbor: Harbor's environment (docker, daytona, modal, e2b, runloop, ...)."),
+        typer.Option(help=HARBOR_ENV_HELP),
     ] = "docker",
 ) -> None:
     """Per task: the environment builds, the oracle scores 1.0, the nop agent 0.0, and each near-miss
@@ -75,19 +77,7 @@ def validate(
     """
     from taskforge.validate import validate_tasks
 
-    if backend not in ("docker", "harbor"):
-        raise fail(f"--backend must be docker or harbor, not {backend!r}")
-    if harbor_env != "docker" and backend != "harbor":
-        raise fail("--harbor-env needs --backend harbor")
-    if backend == "harbor":
-        from taskforge.harbor_backend import HarborBackendError, HarborEnvError, check_harbor_env, harbor_env_names
-
-        if harbor_env not in harbor_env_names():
-            raise fail(f"--harbor-env must be one of Harbor's environments ({', '.join(harbor_env_names())})")
-        try:  # before any run dir or trial
-            check_harbor_env(harbor_env)
-        except HarborEnvError as exc:
-            raise fail(str(exc), 1) from None
+    check_backend_or_exit(backend, harbor_env)
     task_dirs = task_dirs_or_exit(paths)
     identity: dict = {"tasks": sorted_resolved(task_dirs)}
     if backend == "harbor":  # Harbor's trials live in their own run, per environment; docker runs keep their names
@@ -95,6 +85,8 @@ def validate(
     run_dir = run_dir_for(runs_dir, run, "validate", identity, fresh=fresh)
     with exits_on_failure():
         if backend == "harbor":
+            from taskforge.harbor_backend import HarborBackendError
+
             try:
                 results = validate_tasks(task_dirs, run_dir, jobs=jobs, backend="harbor", harbor_env=harbor_env)
             except HarborBackendError as exc:
