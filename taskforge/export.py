@@ -11,12 +11,18 @@ Engines and what confirmed their format (read with the project's search/fetch to
   those of `run_codecontest.sh` and the knobs of `harbor_trial_config/default.yaml`
   (agent.kwargs.max_turns, agent.kwargs.model_info.max_input_tokens, agent.kwargs.temperature,
   environment.type/override_cpus/override_memory_mb).
-- Not shipped: the ECHO term's own SkyRL flag. The paper authors' `echo_terminal` integration (SkyRL
-  PR 1716) is not in the snapshot we could read, so the exported launch runs SkyRL's GRPO with the
-  paper's other settings and the config records lambda for that integration to take. verl and
-  verl-recipe's `echo` recipe are not exported: the recipe's row fields and agent-loop keys could
-  not be read (only verl's generic RLHFDataset row, data_source/prompt/ability/reward_model/
-  extra_info, was), and we do not write a format we could not confirm.
+- Not shipped yet, formats now confirmed (helper research, 2026-12-03; no code copied):
+  * SkyRL's ECHO: the paper authors' `echo_terminal` integration (SkyRL PR 1716, open, commit efd864b9
+    on refs/pull/1716/head, not on main) takes lambda as `trainer.algorithm.world_model_coeff` (with
+    `world_loss_normalization: full_observation_tokens` and `generator.world_loss_target: env_only` in
+    its qwen3_8b_rl_wm05.yaml) and reads parquet rows {prompt: chat messages, path, task_binary:
+    gzipped tar of the Harbor task dir}. The launch below runs SkyRL main's Harbor GRPO, which has no
+    such key, so lambda is recorded in the config for that integration.
+  * verl-recipe's `echo` recipe (verl-project/verl-recipe PR 142, merged): `python3 -m
+    recipe.echo.main_ppo` with `+actor_rollout_ref.echo_aux_token_loss_coeff=0.05`, parquet rows
+    {prompt: [system, user = instruction.md], data_source, reward_model: {style: rule, ground_truth: ""},
+    extra_info: {split, index, id, task_binary}}, run in Modal sandboxes.
+  Both need parquet with a bytes column (pyarrow, not a dependency yet): the next step.
 
 The exported folders hold copies of the tasks, so the export is self-contained and can be rsynced
 to a cluster; rows.jsonl names each row's Harbor task dir and verifier, split by split.
@@ -238,9 +244,10 @@ def export_skyrl(
             "Run the launch from a SkyRL checkout (NovaSky-AI/SkyRL) with Harbor installed (--extra harbor).",
             "uid is the row's index within its split, as SkyRL's HarborTaskDataset numbers rows "
             "(in its own listing order).",
-            f"echo_lambda={hp.echo_lambda} is for the paper authors' echo_terminal integration (SkyRL PR 1716), "
-            "whose config key taskforge could not confirm: the launch as written trains SkyRL's GRPO with the "
-            "paper's other settings; add the ECHO term with that integration's own flag.",
+            f"echo_lambda={hp.echo_lambda} is for the paper authors' echo_terminal integration (SkyRL PR 1716, "
+            "not on SkyRL main), whose key is trainer.algorithm.world_model_coeff and whose rows are parquet "
+            "(prompt, path, task_binary): the launch as written trains SkyRL main's Harbor GRPO with the "
+            "paper's other settings.",
         ],
     )
     with (out_dir / ROWS_FILE).open("w") as f:
