@@ -1,4 +1,4 @@
-"""Hand a task set off to an engine that trains beyond one node: `taskforge export --engine skyrl SET`.
+"""Hand a task set off to an engine that trains beyond one node: `taskforge export --engine skyrl|verl SET`.
 
 Engines and what confirmed their format (read with the project's search/fetch tools; no code copied):
 
@@ -11,7 +11,7 @@ Engines and what confirmed their format (read with the project's search/fetch to
   those of `run_codecontest.sh` and the knobs of `harbor_trial_config/default.yaml`
   (agent.kwargs.max_turns, agent.kwargs.model_info.max_input_tokens, agent.kwargs.temperature,
   environment.type/override_cpus/override_memory_mb).
-- Not shipped yet, formats now confirmed (helper research, 2026-12-03; no code copied):
+- ECHO formats confirmed (helper research, 2026-12-03; no code copied):
   * SkyRL's ECHO: the paper authors' `echo_terminal` integration (SkyRL PR 1716, open, commit efd864b9
     on refs/pull/1716/head, not on main) takes lambda as `trainer.algorithm.world_model_coeff` (with
     `world_loss_normalization: full_observation_tokens` and `generator.world_loss_target: env_only` in
@@ -22,7 +22,7 @@ Engines and what confirmed their format (read with the project's search/fetch to
     recipe.echo.main_ppo` with `+actor_rollout_ref.echo_aux_token_loss_coeff=0.05`, parquet rows
     {prompt: [system, user = instruction.md], data_source, reward_model: {style: rule, ground_truth: ""},
     extra_info: {split, index, id, task_binary}}, run in Modal sandboxes.
-  Both need parquet with a bytes column (pyarrow, not a dependency yet): the next step.
+  `export --engine verl` writes those rows (export_verl); SkyRL's echo_terminal rows are not written yet.
 
 The exported folders hold copies of the tasks, so the export is self-contained and can be rsynced
 to a cluster; rows.jsonl names each row's Harbor task dir and verifier, split by split.
@@ -30,8 +30,11 @@ to a cluster; rows.jsonl names each row's Harbor task dir and verifier, split by
 
 from __future__ import annotations
 
+import gzip
+import io
 import shlex
 import shutil
+import tarfile
 from pathlib import Path
 from typing import Literal
 
@@ -40,8 +43,8 @@ from pydantic import BaseModel, Field
 
 from taskforge.tasks import Task, TaskLoadError, discover_task_dirs, load_task
 
-Engine = Literal["skyrl"]
-ENGINES: tuple[str, ...] = ("skyrl",)
+Engine = Literal["skyrl", "verl"]
+ENGINES: tuple[str, ...] = ("skyrl", "verl")
 Split = Literal["train", "val"]
 CONFIG_FILE = "skyrl-echo.yaml"
 LAUNCH_FILE = "launch.sh"
@@ -77,6 +80,14 @@ class SkyRLRow(BaseModel):
     uid: str
 
 
+class VerlRowRef(BaseModel):
+    """Where a task's verl row is: its parquet file and row index (extra_info.index), and its id."""
+
+    parquet: str
+    index: int
+    id: str
+
+
 class ExportRow(BaseModel):
     """One exported task: its split, its Harbor task dir and verifier, and the engine's row."""
 
@@ -85,7 +96,8 @@ class ExportRow(BaseModel):
     task_dir: str  # the exported copy, absolute
     verifier: str  # task_dir/tests/test.sh
     source_dir: str  # where it was read from
-    skyrl: SkyRLRow
+    skyrl: SkyRLRow | None = None
+    verl: VerlRowRef | None = None
 
 
 class SkyRLExportConfig(BaseModel):
@@ -104,12 +116,28 @@ class SkyRLExportConfig(BaseModel):
     notes: list[str]
 
 
+class VerlExportConfig(BaseModel):
+    """verl-echo.yaml: what was exported, the hyperparameters and the verl-recipe `echo` launch."""
+
+    engine: Engine = "verl"
+    source: str
+    train_files: list[str]
+    val_files: list[str]
+    n_train: int
+    n_val: int
+    model: str
+    hyperparameters: EchoHyperparameters
+    overrides: list[str] = Field(description="Hydra overrides appended to verl-recipe's echo/run_echo.sh")
+    launch: str
+    notes: list[str]
+
+
 class ExportResult(BaseModel):
     out_dir: str
     config_path: str
     launch_path: str
     rows_path: str
-    config: SkyRLExportConfig
+    config: SkyRLExportConfig | VerlExportConfig
 
 
 def read_task_set(source: Path) -> list[tuple[Split, Task]]:
@@ -191,13 +219,10 @@ def skyrl_launch(overrides: list[str]) -> str:
     )
 
 
-def export_skyrl(
-    source: Path, out_dir: Path, *, model: str = "Qwen/Qwen3-8B", hp: EchoHyperparameters | None = None
-) -> ExportResult:
-    """Writes out_dir/{train,val}/<task>/ (copies), rows.jsonl, skyrl-echo.yaml and launch.sh."""
-    hp = hp or EchoHyperparameters()
+def _copy_tasks(source: Path, out_dir: Path) -> tuple[list[tuple[Split, Task, Path]], dict[str, int]]:
+    """Copies every task of `source` to out_dir/<split>/<name> (refusing a non-empty out_dir and two
+    tasks of one name in a split): (split, task, copy) in order, and the count per split."""
     tasks = read_task_set(source)
-    out_dir = Path(out_dir).resolve()
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ExportError(f"{out_dir}: not empty; export into a new folder (or remove it)")
     names: dict[tuple[str, str], Path] = {}
@@ -206,13 +231,35 @@ def export_skyrl(
         if key in names:
             raise ExportError(f"two tasks would land in {split}/{task.path.name}: {names[key]} and {task.path}")
         names[key] = task.path
-    rows: list[ExportRow] = []
-    counters = {"train": 0, "val": 0}
+    copied = []
+    counts = {"train": 0, "val": 0}
     for split, task in tasks:
         dest = out_dir / split / task.path.name
-        # Copy, do not link: SkyRL lists subdirectories of each data folder (is_dir follows links, but a
+        # Copy, do not link: engines list subdirectories of each data folder (is_dir follows links, but a
         # cluster that receives the export by rsync would get dangling links).
         shutil.copytree(task.path, dest, symlinks=False)
+        copied.append((split, task, dest))
+        counts[split] += 1
+    if not counts["train"]:
+        raise ExportError(f"{source}: no training task (only val/); export a set with training tasks")
+    return copied, counts
+
+
+def _write_launch(path: Path, header: str, launch: str) -> None:
+    path.write_text("#!/usr/bin/env bash\n" + header + "set -euo pipefail\n" + launch + "\n")
+    path.chmod(0o755)
+
+
+def export_skyrl(
+    source: Path, out_dir: Path, *, model: str = "Qwen/Qwen3-8B", hp: EchoHyperparameters | None = None
+) -> ExportResult:
+    """Writes out_dir/{train,val}/<task>/ (copies), rows.jsonl, skyrl-echo.yaml and launch.sh."""
+    hp = hp or EchoHyperparameters()
+    out_dir = Path(out_dir).resolve()
+    copied, counters = _copy_tasks(source, out_dir)
+    rows: list[ExportRow] = []
+    uids = {"train": 0, "val": 0}
+    for split, task, dest in copied:
         rows.append(
             ExportRow(
                 split=split,
@@ -220,12 +267,10 @@ def export_skyrl(
                 task_dir=str(dest),
                 verifier=str(dest / "tests" / "test.sh"),
                 source_dir=str(task.path),
-                skyrl=SkyRLRow(prompt=str(dest), env_extras={"data_source": str(dest)}, uid=str(counters[split])),
+                skyrl=SkyRLRow(prompt=str(dest), env_extras={"data_source": str(dest)}, uid=str(uids[split])),
             )
         )
-        counters[split] += 1
-    if not counters["train"]:
-        raise ExportError(f"{source}: no training task (only val/); export a set with training tasks")
+        uids[split] += 1
     train_dir = out_dir / "train"
     val_dir = out_dir / "val" if counters["val"] else None
     overrides = skyrl_overrides(train_dir, val_dir, model, hp)
@@ -256,11 +301,7 @@ def export_skyrl(
     config_path = out_dir / CONFIG_FILE
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, width=120))
     launch_path = out_dir / LAUNCH_FILE
-    launch_path.write_text(
-        "#!/usr/bin/env bash\n# Run from a SkyRL checkout: cd SkyRL && bash " + str(launch_path) + "\n"
-        "set -euo pipefail\n" + launch + "\n"
-    )
-    launch_path.chmod(0o755)
+    _write_launch(launch_path, f"# Run from a SkyRL checkout: cd SkyRL && bash {launch_path}\n", launch)
     return ExportResult(
         out_dir=str(out_dir),
         config_path=str(config_path),
@@ -274,14 +315,153 @@ def read_rows(out_dir: Path) -> list[ExportRow]:
     return [ExportRow.model_validate_json(line) for line in (Path(out_dir) / ROWS_FILE).read_text().splitlines()]
 
 
-def read_config(out_dir: Path) -> SkyRLExportConfig:
-    return SkyRLExportConfig.model_validate(yaml.safe_load((Path(out_dir) / CONFIG_FILE).read_text()))
+def read_config(out_dir: Path) -> SkyRLExportConfig | VerlExportConfig:
+    out_dir = Path(out_dir)
+    if (out_dir / VERL_CONFIG_FILE).is_file():
+        return VerlExportConfig.model_validate(yaml.safe_load((out_dir / VERL_CONFIG_FILE).read_text()))
+    return SkyRLExportConfig.model_validate(yaml.safe_load((out_dir / CONFIG_FILE).read_text()))
+
+
+# verl-recipe's echo recipe (verl-project/verl-recipe echo/: run_echo.sh, prepare_data.py, modal_sandbox.py).
+VERL_CONFIG_FILE = "verl-echo.yaml"
+VERL_SYSTEM_PROMPT = (
+    "You are a Linux terminal agent. Run commands to complete the user's task, check the result, "
+    "and call done when the task is complete."
+)
+VERL_DATA_SOURCE = "taskforge"
+
+
+def task_binary(task_dir: Path) -> bytes:
+    """The task directory as a gzipped tar, members relative to it (task.toml, environment/, tests/,
+    ...), with fixed owners and times so the same task gives the same bytes."""
+
+    def normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mtime = 0
+        return info
+
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as compressed:
+        with tarfile.open(fileobj=compressed, mode="w", dereference=True) as archive:
+            for path in sorted(task_dir.iterdir()):
+                archive.add(path, arcname=path.name, recursive=True, filter=normalise)
+    return buffer.getvalue()
+
+
+def verl_row(task: Task, task_dir: Path, split: Split, index: int) -> dict:
+    """One row as verl's RLHFDataset reads it, with the fields the echo recipe's agent loop uses:
+    the chat prompt, data_source, reward_model, and extra_info carrying the task as task_binary."""
+    return {
+        "prompt": [
+            {"role": "system", "content": VERL_SYSTEM_PROMPT},
+            {"role": "user", "content": (task_dir / "instruction.md").read_text(encoding="utf-8").strip()},
+        ],
+        "data_source": VERL_DATA_SOURCE,
+        "reward_model": {"style": "rule", "ground_truth": ""},  # the task's own verifier scores it
+        "extra_info": {"split": split, "index": index, "id": task.name, "task_binary": task_binary(task_dir)},
+    }
+
+
+def verl_overrides(hp: EchoHyperparameters, has_val: bool) -> list[str]:
+    """Hydra overrides after run_echo.sh's own (the later override wins): the paper's settings, in the
+    recipe's keys (actor_rollout_ref.echo_aux_token_loss_coeff is lambda; the script adds it with +)."""
+    overrides = [
+        f"actor_rollout_ref.echo_aux_token_loss_coeff={hp.echo_lambda}",
+        f"actor_rollout_ref.rollout.n={hp.n_samples_per_prompt}",
+        f"actor_rollout_ref.rollout.multi_turn.max_assistant_turns={hp.max_turns}",
+        f"actor_rollout_ref.rollout.max_model_len={hp.max_model_len}",
+        f"actor_rollout_ref.rollout.temperature={hp.temperature}",
+        f"actor_rollout_ref.actor.optim.lr={hp.lr}",
+        f"actor_rollout_ref.actor.use_kl_loss={hp.use_kl_loss}",
+        f"actor_rollout_ref.actor.ppo_epochs={hp.update_epochs_per_batch}",
+        f"data.train_batch_size={hp.train_batch_size}",
+    ]
+    if not has_val:  # the script validates before training and every 20 steps
+        overrides += ["trainer.val_before_train=False", "trainer.test_freq=-1"]
+    return overrides
+
+
+def export_verl(
+    source: Path, out_dir: Path, *, model: str = "Qwen/Qwen3-8B", hp: EchoHyperparameters | None = None
+) -> ExportResult:
+    """Writes out_dir/{train,val}/<task>/ (copies), train.parquet and val.parquet in the echo recipe's
+    row format, rows.jsonl, verl-echo.yaml and launch.sh."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    hp = hp or EchoHyperparameters()
+    out_dir = Path(out_dir).resolve()
+    copied, counts = _copy_tasks(source, out_dir)
+    tables: dict[str, list[dict]] = {"train": [], "val": []}
+    rows: list[ExportRow] = []
+    for split, task, dest in copied:
+        index = len(tables[split])
+        tables[split].append(verl_row(task, dest, split, index))
+        rows.append(
+            ExportRow(
+                split=split,
+                task_name=task.name,
+                task_dir=str(dest),
+                verifier=str(dest / "tests" / "test.sh"),
+                source_dir=str(task.path),
+                verl=VerlRowRef(parquet=str(out_dir / f"{split}.parquet"), index=index, id=task.name),
+            )
+        )
+    files = {}
+    for split, split_rows in tables.items():
+        if split_rows:
+            files[split] = out_dir / f"{split}.parquet"
+            pq.write_table(pa.Table.from_pylist(split_rows), files[split])
+    overrides = verl_overrides(hp, "val" in files)
+    env = {
+        "MODEL_PATH": model,
+        "TRAIN_FILES": str(files["train"]),
+        "VAL_FILES": str(files.get("val", files["train"])),  # the script needs one; unused without val
+    }
+    launch = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " bash recipe/echo/run_echo.sh \\\n  "
+    launch += " \\\n  ".join(_shell_word(o) for o in overrides)
+    config = VerlExportConfig(
+        source=str(Path(source).resolve()),
+        train_files=[str(files["train"])],
+        val_files=[str(files["val"])] if "val" in files else [],
+        n_train=counts["train"],
+        n_val=counts["val"],
+        model=model,
+        hyperparameters=hp,
+        overrides=overrides,
+        launch=launch,
+        notes=[
+            "Run the launch from a verl checkout with verl-recipe at recipe/ (verl-recipe's echo README), with "
+            "MODAL_TOKEN_ID and MODAL_TOKEN_SECRET set: the recipe's agent loop runs each task in a Modal sandbox "
+            "built from the task_binary's environment/Dockerfile and scores it with tests/test.sh.",
+            "Each Dockerfile starts FROM taskforge's base image, built locally by `bash setup.sh env`: push it to "
+            "a registry Modal can pull from and point the FROM lines there before launching.",
+        ],
+    )
+    with (out_dir / ROWS_FILE).open("w") as f:
+        for row in rows:
+            f.write(row.model_dump_json() + "\n")
+    config_path = out_dir / VERL_CONFIG_FILE
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, width=120))
+    launch_path = out_dir / LAUNCH_FILE
+    _write_launch(
+        launch_path, "# Run from a verl checkout with verl-recipe at recipe/: cd verl && bash launch.sh\n", launch
+    )
+    return ExportResult(
+        out_dir=str(out_dir),
+        config_path=str(config_path),
+        launch_path=str(launch_path),
+        rows_path=str(out_dir / ROWS_FILE),
+        config=config,
+    )
 
 
 def export(engine: str, source: Path, out_dir: Path, *, model: str = "Qwen/Qwen3-8B") -> ExportResult:
-    if engine != "skyrl":
+    exporters = {"skyrl": export_skyrl, "verl": export_verl}
+    if engine not in exporters:
         raise ExportError(
-            f"--engine {engine}: taskforge exports only skyrl (the one engine whose Harbor dataset format "
-            "it could confirm; see docs/export.md)"
+            f"--engine {engine}: taskforge exports skyrl (SkyRL's Harbor integration) and verl (verl-recipe's "
+            "echo recipe), the engines whose dataset formats it could confirm; see docs/export.md"
         )
-    return export_skyrl(source, out_dir, model=model)
+    return exporters[engine](source, out_dir, model=model)

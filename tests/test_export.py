@@ -102,8 +102,8 @@ def test_export_of_a_kept_json_takes_only_the_kept_tasks(tmp_path):
 
 
 def test_export_refuses_what_it_cannot_write(tmp_path):
-    with pytest.raises(ExportError, match="only skyrl"):
-        export("verl", SAMPLE / SMALL_TASKS[0], tmp_path / "a")
+    with pytest.raises(ExportError, match="exports skyrl .* and verl"):
+        export("nemo-rl", SAMPLE / SMALL_TASKS[0], tmp_path / "a")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("")
     with pytest.raises(ExportError, match="not empty"):
@@ -128,12 +128,65 @@ def test_export_command_prints_the_launch_and_imports_no_torch(tmp_path):
     assert "generator.n_samples_per_prompt=16" in proc.stdout
 
 
+# The columns verl-recipe's echo/prepare_data.py writes and its agent loop and RLHFDataset read.
+VERL_COLUMNS = {"prompt", "data_source", "reward_model", "extra_info"}
+VERL_EXTRA_INFO = {"split", "index", "id", "task_binary"}
+
+
+def test_verl_export_writes_the_echo_recipes_rows_and_the_papers_settings(tmp_path):
+    generate(
+        n=6, seed=3, out_dir=tmp_path / "set", families=["csv_cleanup"], difficulties=["easy"], val=2, progress=False
+    )
+    import pyarrow.parquet as pq  # after generate's worker processes: pyarrow's thread pool and fork() do not mix
+
+    result = export("verl", tmp_path / "set", tmp_path / "out")
+    config = read_config(tmp_path / "out")
+    assert config.engine == "verl" and (config.n_train, config.n_val) == (4, 2)
+    for split, n in (("train", 4), ("val", 2)):
+        table = pq.read_table(tmp_path / "out" / f"{split}.parquet", use_threads=False)
+        assert set(table.column_names) == VERL_COLUMNS
+        assert str(table.schema.field("extra_info").type.field("task_binary").type) == "binary"
+        rows = table.to_pylist()
+        assert [r["extra_info"]["index"] for r in rows] == list(range(n))
+        for row in rows:
+            assert set(row["extra_info"]) == VERL_EXTRA_INFO and row["extra_info"]["split"] == split
+            assert [m["role"] for m in row["prompt"]] == ["system", "user"]
+            assert row["reward_model"] == {"style": "rule", "ground_truth": ""}
+            task_dir = tmp_path / "out" / split / row["extra_info"]["id"].split("/", 1)[1]
+            assert row["prompt"][1]["content"] == (task_dir / "instruction.md").read_text().strip()
+    # lambda and the paper's settings, in the recipe's keys, after its run_echo.sh's own
+    assert "actor_rollout_ref.echo_aux_token_loss_coeff=0.05" in config.overrides
+    assert {"actor_rollout_ref.rollout.n=16", "actor_rollout_ref.rollout.multi_turn.max_assistant_turns=16"} <= set(
+        config.overrides
+    )
+    assert "actor_rollout_ref.rollout.max_model_len=16384" in config.overrides
+    launch = Path(result.launch_path).read_text()
+    assert "bash recipe/echo/run_echo.sh" in launch and f"VAL_FILES={tmp_path / 'out' / 'val.parquet'}" in launch
+    assert "trainer.val_before_train=False" not in launch  # there is a val set to validate on
+    assert {r.split for r in read_rows(tmp_path / "out")} == {"train", "val"}
+
+
 @pytest.mark.docker
-def test_an_exported_rows_task_runs_through_our_sandbox(tmp_path, base_image):
-    export("skyrl", SAMPLE / SMALL_TASKS[0], tmp_path / "out")
+@pytest.mark.parametrize("engine", ["skyrl", "verl"])
+def test_an_exported_rows_task_runs_through_our_sandbox(tmp_path, base_image, engine):
+    export(engine, SAMPLE / SMALL_TASKS[0], tmp_path / "out")
     (row,) = read_rows(tmp_path / "out")
-    skyrl_row = SkyRLRow.model_validate(row.skyrl.model_dump())
-    task = load_task(Path(skyrl_row.prompt))  # what Harbor receives as task.path
+    if engine == "skyrl":
+        skyrl_row = SkyRLRow.model_validate(row.skyrl.model_dump())
+        task_dir = Path(skyrl_row.prompt)  # what Harbor receives as task.path
+    else:  # the row's task_binary, unpacked: what the echo recipe builds its sandbox from
+        import io
+        import tarfile
+
+        import pyarrow.parquet as pq
+
+        (verl_row,) = pq.read_table(row.verl.parquet, use_threads=False).to_pylist()
+        task_dir = tmp_path / "unpacked"
+        with tarfile.open(fileobj=io.BytesIO(verl_row["extra_info"]["task_binary"]), mode="r:gz") as archive:
+            names = set(archive.getnames())
+            archive.extractall(task_dir, filter="data")
+        assert {"task.toml", "environment/Dockerfile", "tests/test.sh"} <= names
+    task = load_task(task_dir)
     record = run_trial(task, OracleAgent(), tmp_path / "trial")
     assert record.error_type is None, record.error_message
     assert record.reward == 1.0

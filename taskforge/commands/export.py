@@ -18,8 +18,12 @@ def export_command(
             help="A filter run's kept.json, a generate output (train/ and val/), or a folder of task directories."
         ),
     ],
-    engine: Annotated[str, typer.Option(help="Target engine: skyrl (SkyRL's Harbor integration).")] = "skyrl",
-    out: Annotated[Path, typer.Option(help="Folder to write (must be new or empty).")] = Path("exports/skyrl"),
+    engine: Annotated[
+        str, typer.Option(help="Target engine: skyrl (SkyRL's Harbor integration) or verl (verl-recipe's echo).")
+    ] = "skyrl",
+    out: Annotated[
+        Path | None, typer.Option(help="Folder to write (must be new or empty; default exports/ENGINE).")
+    ] = None,
     model: Annotated[str, typer.Option(help="Policy model the launch trains.")] = "Qwen/Qwen3-8B",
 ) -> None:
     """Write a task set for a multi-node engine: the tasks per split, rows naming each Harbor task and
@@ -28,7 +32,7 @@ def export_command(
     from taskforge.export import ExportError, export
 
     try:
-        result = export(engine, task_set, out, model=model)
+        result = export(engine, task_set, out or Path("exports") / engine, model=model)
     except ExportError as exc:
         raise fail(str(exc)) from None
     cfg = result.config
@@ -38,5 +42,6 @@ def export_command(
     console.print(f"launch: {escape(result.launch_path)}")
     for note in cfg.notes:
         console.print(f"note: {escape(note)}", highlight=False)
-    console.print("run from a SkyRL checkout:")
+    where = "a SkyRL checkout" if cfg.engine == "skyrl" else "a verl checkout (verl-recipe at recipe/)"
+    console.print(f"run from {where}:")
     print(cfg.launch)  # plain print: a copyable command, no wrapping or markup
