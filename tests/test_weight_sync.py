@@ -140,6 +140,30 @@ def test_after_a_real_update_the_server_scores_fixed_ids_as_the_trainer_does(ser
     assert sorted(p.name for p in (tmp_path / "sampler_weights").iterdir()) == ["step-1"]
 
 
+def test_a_bfloat16_push_writes_half_the_bytes_keeps_ties_and_the_server_serves_it(served, start_checkpoint, tmp_path):
+    """sampler_dtype=bfloat16: float32 masters are written as bf16 (half the bytes; tied embeddings
+    once), and the server loads them: its log-probs are the bf16 copy's, near the trainer's."""
+    from safetensors import safe_open
+
+    model, tokenizer = load_checkpoint(start_checkpoint)
+    ids = _fixed_ids(tokenizer)
+    full = WeightPusher(served, tmp_path / "fp32")._write(model, model.state_dict(), 0)
+    half = WeightPusher(served, tmp_path / "bf16", dtype="bfloat16").push(model, 7)
+    with safe_open(str(half / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_tensor(name).dtype for name in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+        half_names = set(f.keys())  # noqa: SIM118
+    with safe_open(str(full / "model.safetensors"), "pt") as f:
+        assert half_names == set(f.keys())  # noqa: SIM118 - the same tensors (a tied head written once in both)
+    assert dtypes == {torch.bfloat16}
+    ratio = (half / "model.safetensors").stat().st_size / (full / "model.safetensors").stat().st_size
+    assert 0.45 < ratio < 0.55, ratio
+    assert httpx.get(served.removesuffix("/v1") + "/weight_info").json() == {"weight_version": "step-7"}
+    gap = (_server_logprobs(served, ids) - _trainer_logprobs(model, ids)).abs().max().item()
+    assert 0 < gap < 0.1, gap  # bf16 rounding of the weights, nothing else
+    with pytest.raises(ValueError, match="bfloat16, float16 or float32"):
+        WeightPusher(served, tmp_path / "x", dtype="int8")
+
+
 def test_a_checkpoint_that_does_not_fit_is_refused_whole_and_the_served_weights_stay(served, tmp_path):
     root = served.removesuffix("/v1")
     _, tokenizer = load_policy("tiny")

@@ -101,6 +101,9 @@ class TrainConfig:
     # `taskforge serve`) instead of in-process; None = in-process. See docs/gpu.md.
     sampler_url: str | None = None
     sampler_model: str | None = None
+    # The dtype pushed weights are written in for the --sampler-url server (None: the trainer's own);
+    # bfloat16 halves each push of float32 masters, and vLLM serves bf16.
+    sampler_dtype: Literal["float32", "bfloat16", "float16"] | None = None
     checkpoint_every: int = 5
     seed: int = 0
     # Where the policy lives and trains: sampling inputs and training batches go to its device. An
@@ -569,7 +572,11 @@ def _train(config: TrainConfig, run_dir: Path, context: DistContext, device: str
     pad_id = tokenizer.pad_token_id
     final = latest
     # A --sampler-url server samples from the trainer's weights: pushed now (a resumed run's) and after each update.
-    pusher = WeightPusher(config.sampler_url, run_dir / "sampler_weights") if config.sampler_url else None
+    pusher = (
+        WeightPusher(config.sampler_url, run_dir / "sampler_weights", dtype=config.sampler_dtype)
+        if config.sampler_url
+        else None
+    )
     if pusher is not None:
         pusher.push(model, start - 1, context)
     for step in range(start, config.steps + 1):

@@ -36,6 +36,23 @@ DEV_MODE_HINT = (
 )
 
 
+def cast_state(state: dict[str, Any], dtype) -> dict[str, Any]:
+    """Floating-point tensors cast to dtype, each distinct tensor once, so tied weights (one tensor
+    under two names) stay one tensor and save_pretrained still writes them once."""
+    cast: dict[tuple, Any] = {}
+    out = {}
+    for name, tensor in state.items():
+        if not tensor.is_floating_point():
+            out[name] = tensor
+            continue
+        # state_dict() detaches each entry, so a tied weight is two tensor objects over one storage.
+        view = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
+        if view not in cast:
+            cast[view] = tensor.to(dtype)
+        out[name] = cast[view]
+    return out
+
+
 class WeightSyncError(RuntimeError):
     """The sampling server did not take the new weights: rollouts would come from stale ones."""
 
@@ -53,8 +70,18 @@ class WeightPusher:
     server never reads half a checkpoint) and removes the previous push's directory once the
     server has loaded the new one."""
 
-    def __init__(self, sampler_url: str, weights_dir: str | Path, *, timeout_sec: float = 600.0):
+    def __init__(
+        self, sampler_url: str, weights_dir: str | Path, *, timeout_sec: float = 600.0, dtype: str | None = None
+    ):
+        """dtype: the serving dtype ("bfloat16", "float16", "float32") floating-point weights are cast
+        to before they are written; None writes the trainer's (an 8B model's float32 masters are 32.8
+        GB per push, its bfloat16 copy half that, and vLLM serves bf16 anyway)."""
+        import torch
+
         self.root = server_root(sampler_url)
+        if dtype is not None and dtype not in ("bfloat16", "float16", "float32"):
+            raise ValueError(f"sampler dtype must be bfloat16, float16 or float32, not {dtype!r}")
+        self.dtype = getattr(torch, dtype) if dtype is not None else None
         self.weights_dir = Path(weights_dir).absolute()
         self.timeout_sec = timeout_sec
         self._initialised = False
@@ -87,6 +114,8 @@ class WeightPusher:
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        if self.dtype is not None:
+            state = cast_state(state, self.dtype)
         # save_pretrained: Hugging Face tensor names (what vLLM's loader maps), tied weights written once.
         model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         shutil.rmtree(final, ignore_errors=True)
