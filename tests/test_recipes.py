@@ -33,6 +33,7 @@ def test_recipe_is_the_papers_run_with_float32_masters_and_recompute():
     assert config.system_prompt is None  # from the preset: TOML has no null
     assert (config.dtype, config.fsdp_compute_dtype, config.gradient_checkpointing) == ("float32", "bfloat16", True)
     assert (config.device, config.sampler_model, config.sampler_dtype) == ("cuda", "policy", "bfloat16")
+    assert config.keep_checkpoints == 2
     assert config.tasks_per_step % 4 == 0  # whole groups per rank on the doc's 4 training GPUs
 
 

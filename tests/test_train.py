@@ -135,6 +135,8 @@ def _train_command(run_dir: Path, steps: int) -> list[str]:
         "24",
         "--checkpoint-every",
         "1",
+        "--keep-checkpoints",
+        "2",
         "--run",
         run_dir.name,
         "--runs-dir",
@@ -196,8 +198,16 @@ def test_training_writes_metrics_and_checkpoints_and_resumes_after_kill_9(tmp_pa
     assert rows[-1]["n_rollouts"] == 2
     model, tokenizer = load_checkpoint(run_dir / "checkpoints" / "step-3")
     assert model.config.model_type == "qwen3" and tokenizer.chat_template
+    # --keep-checkpoints 2: the older ones were deleted as newer ones were written
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-2", "step-3"]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["mode"] == "echo" and config["steps"] == 3
+
+
+def test_keep_checkpoints_below_one_is_refused_when_the_config_is_made():
+    """Keeping no checkpoint would delete the one a run resumes from: refused before any step."""
+    with pytest.raises(ValueError, match="keep_checkpoints must be >= 1"):
+        TrainConfig(keep_checkpoints=0)
 
 
 def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -105,6 +105,9 @@ class TrainConfig:
     # bfloat16 halves each push of float32 masters, and vLLM serves bf16.
     sampler_dtype: Literal["float32", "bfloat16", "float16"] | None = None
     checkpoint_every: int = 5
+    # Complete checkpoints kept (the newest ones; older ones are deleted after each save); None keeps
+    # every one (an 8B checkpoint with its optimizer state is ~131 GB).
+    keep_checkpoints: int | None = None
     seed: int = 0
     # Where the policy lives and trains: sampling inputs and training batches go to its device. An
     # unavailable device is an error (trainer.model.resolve_device); float32 is the tiny CPU model's.
@@ -173,6 +176,13 @@ class TrainConfig:
             return TypeAdapter(cls).validate_python(data)
         except ValidationError as exc:
             raise ValueError(_settings_error(path, exc)) from None
+
+    def __post_init__(self) -> None:
+        if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
+            raise ValueError(
+                f"keep_checkpoints must be >= 1 (the newest checkpoint is what a run resumes from), "
+                f"not {self.keep_checkpoints}"
+            )
 
     def loss_config(self) -> EchoLossConfig:
         return EchoLossConfig(
@@ -389,12 +399,27 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
     return {name: tensor.to(device) for name, tensor in batch.items()}
 
 
-def _latest_checkpoint(run_dir: Path) -> Path | None:
-    # step-N only: a step-N.tmp left by a run killed while saving is not a checkpoint.
+def _complete_checkpoints(run_dir: Path) -> list[Path]:
+    """checkpoints/step-N with their trainer_state.pt, oldest first (a step-N.tmp left by a run
+    killed while saving is not a checkpoint)."""
     steps = [p for p in (run_dir / "checkpoints").glob("step-*") if p.name.split("-", 1)[1].isdigit()]
     checkpoints = sorted(steps, key=lambda p: int(p.name.split("-")[1]))
-    complete = [p for p in checkpoints if (p / "trainer_state.pt").is_file()]
+    return [p for p in checkpoints if (p / "trainer_state.pt").is_file()]
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    complete = _complete_checkpoints(run_dir)
     return complete[-1] if complete else None
+
+
+def prune_checkpoints(run_dir: Path, keep: int | None) -> list[Path]:
+    """Deletes all but the newest `keep` complete checkpoints (none when keep is None); the deleted."""
+    if keep is None:
+        return []
+    old = _complete_checkpoints(run_dir)[:-keep]
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return old
 
 
 def _save(
@@ -637,6 +662,8 @@ def _train(config: TrainConfig, run_dir: Path, context: DistContext, device: str
         )
         if step % config.checkpoint_every == 0 or step == config.steps:
             final = _save(run_dir, step, model, tokenizer, optimizer, scheduler, context)
+            if context.is_main:
+                prune_checkpoints(run_dir, config.keep_checkpoints)
     if final is None:
         final = _save(run_dir, 0, model, tokenizer, optimizer, scheduler, context)
     return final

@@ -96,6 +96,9 @@ def _make_rl_command(mode: str, what: str):
         max_new_tokens: Annotated[int | None, typer.Option(help="Tokens per reply.")] = None,
         temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
         checkpoint_every: Annotated[int | None, typer.Option(help="Save a checkpoint every N steps.")] = None,
+        keep_checkpoints: Annotated[
+            int | None, typer.Option(min=1, help="Keep only the newest N checkpoints (default: all).")
+        ] = None,
         concurrency: Annotated[int | None, typer.Option(help="Sandboxes running at once.")] = None,
         sampler_url: Annotated[
             str | None,
@@ -144,6 +147,7 @@ def _make_rl_command(mode: str, what: str):
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             checkpoint_every=checkpoint_every,
+            keep_checkpoints=keep_checkpoints,
             concurrency=concurrency,
             sampler_url=sampler_url,
             max_context_tokens=max_context_tokens,
