@@ -22,7 +22,7 @@ Engines and what confirmed their format (read with the project's search/fetch to
     recipe.echo.main_ppo` with `+actor_rollout_ref.echo_aux_token_loss_coeff=0.05`, parquet rows
     {prompt: [system, user = instruction.md], data_source, reward_model: {style: rule, ground_truth: ""},
     extra_info: {split, index, id, task_binary}}, run in Modal sandboxes.
-  `export --engine verl` writes those rows (export_verl); SkyRL's echo_terminal rows are not written yet.
+  `export --engine verl` and `--engine skyrl-echo` write those rows (_export_parquet).
 
 The exported folders hold copies of the tasks, so the export is self-contained and can be rsynced
 to a cluster; rows.jsonl names each row's Harbor task dir and verifier, split by split.
@@ -43,8 +43,8 @@ from pydantic import BaseModel, Field
 
 from taskforge.tasks import Task, TaskLoadError, discover_task_dirs, load_task
 
-Engine = Literal["skyrl", "verl"]
-ENGINES: tuple[str, ...] = ("skyrl", "verl")
+Engine = Literal["skyrl", "skyrl-echo", "verl"]
+ENGINES: tuple[str, ...] = ("skyrl", "skyrl-echo", "verl")
 Split = Literal["train", "val"]
 CONFIG_FILE = "skyrl-echo.yaml"
 LAUNCH_FILE = "launch.sh"
@@ -80,8 +80,8 @@ class SkyRLRow(BaseModel):
     uid: str
 
 
-class VerlRowRef(BaseModel):
-    """Where a task's verl row is: its parquet file and row index (extra_info.index), and its id."""
+class ParquetRowRef(BaseModel):
+    """Where a task's row is in a parquet export (verl, skyrl-echo): the file, the row index, its id."""
 
     parquet: str
     index: int
@@ -97,7 +97,7 @@ class ExportRow(BaseModel):
     verifier: str  # task_dir/tests/test.sh
     source_dir: str  # where it was read from
     skyrl: SkyRLRow | None = None
-    verl: VerlRowRef | None = None
+    parquet_row: ParquetRowRef | None = None
 
 
 class SkyRLExportConfig(BaseModel):
@@ -116,10 +116,11 @@ class SkyRLExportConfig(BaseModel):
     notes: list[str]
 
 
-class VerlExportConfig(BaseModel):
-    """verl-echo.yaml: what was exported, the hyperparameters and the verl-recipe `echo` launch."""
+class ParquetExportConfig(BaseModel):
+    """verl-echo.yaml / skyrl-echo-terminal.yaml: what was exported as parquet rows, the hyperparameters
+    and the engine's ECHO launch."""
 
-    engine: Engine = "verl"
+    engine: Engine
     source: str
     train_files: list[str]
     val_files: list[str]
@@ -127,7 +128,7 @@ class VerlExportConfig(BaseModel):
     n_val: int
     model: str
     hyperparameters: EchoHyperparameters
-    overrides: list[str] = Field(description="Hydra overrides appended to verl-recipe's echo/run_echo.sh")
+    overrides: list[str] = Field(description="overrides after the engine's own config (later ones win)")
     launch: str
     notes: list[str]
 
@@ -137,7 +138,7 @@ class ExportResult(BaseModel):
     config_path: str
     launch_path: str
     rows_path: str
-    config: SkyRLExportConfig | VerlExportConfig
+    config: SkyRLExportConfig | ParquetExportConfig
 
 
 def read_task_set(source: Path) -> list[tuple[Split, Task]]:
@@ -315,16 +316,17 @@ def read_rows(out_dir: Path) -> list[ExportRow]:
     return [ExportRow.model_validate_json(line) for line in (Path(out_dir) / ROWS_FILE).read_text().splitlines()]
 
 
-def read_config(out_dir: Path) -> SkyRLExportConfig | VerlExportConfig:
+def read_config(out_dir: Path) -> SkyRLExportConfig | ParquetExportConfig:
     out_dir = Path(out_dir)
-    if (out_dir / VERL_CONFIG_FILE).is_file():
-        return VerlExportConfig.model_validate(yaml.safe_load((out_dir / VERL_CONFIG_FILE).read_text()))
+    for name in PARQUET_CONFIG_FILES.values():
+        if (out_dir / name).is_file():
+            return ParquetExportConfig.model_validate(yaml.safe_load((out_dir / name).read_text()))
     return SkyRLExportConfig.model_validate(yaml.safe_load((out_dir / CONFIG_FILE).read_text()))
 
 
 # verl-recipe's echo recipe (verl-project/verl-recipe echo/: run_echo.sh, prepare_data.py, modal_sandbox.py).
-VERL_CONFIG_FILE = "verl-echo.yaml"
-VERL_SYSTEM_PROMPT = (
+PARQUET_CONFIG_FILES = {"verl": "verl-echo.yaml", "skyrl-echo": "skyrl-echo-terminal.yaml"}
+AGENT_SYSTEM_PROMPT = (
     "You are a Linux terminal agent. Run commands to complete the user's task, check the result, "
     "and call done when the task is complete."
 )
@@ -349,14 +351,17 @@ def task_binary(task_dir: Path) -> bytes:
     return buffer.getvalue()
 
 
+def chat_prompt(task_dir: Path) -> list[dict[str, str]]:
+    """The episode's opening messages: the agent's system prompt, then the task's instruction.md."""
+    instruction = (task_dir / "instruction.md").read_text(encoding="utf-8").strip()
+    return [{"role": "system", "content": AGENT_SYSTEM_PROMPT}, {"role": "user", "content": instruction}]
+
+
 def verl_row(task: Task, task_dir: Path, split: Split, index: int) -> dict:
     """One row as verl's RLHFDataset reads it, with the fields the echo recipe's agent loop uses:
     the chat prompt, data_source, reward_model, and extra_info carrying the task as task_binary."""
     return {
-        "prompt": [
-            {"role": "system", "content": VERL_SYSTEM_PROMPT},
-            {"role": "user", "content": (task_dir / "instruction.md").read_text(encoding="utf-8").strip()},
-        ],
+        "prompt": chat_prompt(task_dir),
         "data_source": VERL_DATA_SOURCE,
         "reward_model": {"style": "rule", "ground_truth": ""},  # the task's own verifier scores it
         "extra_info": {"split": split, "index": index, "id": task.name, "task_binary": task_binary(task_dir)},
@@ -382,22 +387,58 @@ def verl_overrides(hp: EchoHyperparameters, has_val: bool) -> list[str]:
     return overrides
 
 
-def export_verl(
-    source: Path, out_dir: Path, *, model: str = "Qwen/Qwen3-8B", hp: EchoHyperparameters | None = None
-) -> ExportResult:
-    """Writes out_dir/{train,val}/<task>/ (copies), train.parquet and val.parquet in the echo recipe's
-    row format, rows.jsonl, verl-echo.yaml and launch.sh."""
+def skyrl_echo_row(task: Task, task_dir: Path, split: Split, index: int) -> dict:
+    """One row as SkyRL's echo_terminal TerminalAgentTaskDataset reads it (its dataset.py: prompt =
+    chat messages, path = the task's id, task_binary = the Harbor task dir as a gzipped tar)."""
+    return {
+        "prompt": chat_prompt(task_dir),
+        "path": task.name,
+        "task_binary": task_binary(task_dir),
+    }
+
+
+def skyrl_echo_overrides(files: dict[str, Path], model: str, hp: EchoHyperparameters) -> list[str]:
+    """OmegaConf dotlist overrides over the integration's example config (its entrypoint merges them
+    into --config), in its keys (configs/qwen3_8b_rl_wm05.yaml): lambda is trainer.algorithm.world_model_coeff."""
+    overrides = [f"data.train_data=['{files['train']}']"]
+    overrides.append(f"data.val_data=['{files['val']}']" if "val" in files else "data.val_data=[]")
+    overrides += [
+        f"tokenizer_path={model}",
+        f"trainer.policy.model.path={model}",
+        f"trainer.algorithm.world_model_coeff={hp.echo_lambda}",
+        "trainer.algorithm.world_loss_normalization=full_observation_tokens",
+        f"trainer.algorithm.use_kl_loss={str(hp.use_kl_loss).lower()}",
+        f"trainer.policy.optimizer_config.lr={hp.lr}",
+        f"trainer.train_batch_size={hp.train_batch_size}",
+        f"trainer.policy_mini_batch_size={hp.train_batch_size}",
+        f"trainer.update_epochs_per_batch={hp.update_epochs_per_batch}",
+        f"generator.n_samples_per_prompt={hp.n_samples_per_prompt}",
+        f"generator.max_turns={hp.max_turns}",
+        f"generator.max_context_tokens={hp.max_model_len}",
+        f"generator.sampling_params.temperature={hp.temperature}",
+        f"generator.docker_cpus={hp.cpus}",
+        f"generator.docker_memory_mb={hp.memory_mb}",
+        "generator.world_loss_target=env_only",
+    ]
+    if "val" not in files:
+        overrides.append("trainer.eval_interval=-1")
+    return overrides
+
+
+def _export_parquet(engine: str, source: Path, out_dir: Path, model: str, hp: EchoHyperparameters) -> ExportResult:
+    """Task copies, train.parquet / val.parquet (one row per task in the engine's format), rows.jsonl,
+    the engine's config YAML and launch.sh."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    hp = hp or EchoHyperparameters()
+    make_row = {"verl": verl_row, "skyrl-echo": skyrl_echo_row}[engine]
     out_dir = Path(out_dir).resolve()
     copied, counts = _copy_tasks(source, out_dir)
     tables: dict[str, list[dict]] = {"train": [], "val": []}
     rows: list[ExportRow] = []
     for split, task, dest in copied:
         index = len(tables[split])
-        tables[split].append(verl_row(task, dest, split, index))
+        tables[split].append(make_row(task, dest, split, index))
         rows.append(
             ExportRow(
                 split=split,
@@ -405,7 +446,7 @@ def export_verl(
                 task_dir=str(dest),
                 verifier=str(dest / "tests" / "test.sh"),
                 source_dir=str(task.path),
-                verl=VerlRowRef(parquet=str(out_dir / f"{split}.parquet"), index=index, id=task.name),
+                parquet_row=ParquetRowRef(parquet=str(out_dir / f"{split}.parquet"), index=index, id=task.name),
             )
         )
     files = {}
@@ -413,15 +454,44 @@ def export_verl(
         if split_rows:
             files[split] = out_dir / f"{split}.parquet"
             pq.write_table(pa.Table.from_pylist(split_rows), files[split])
-    overrides = verl_overrides(hp, "val" in files)
-    env = {
-        "MODEL_PATH": model,
-        "TRAIN_FILES": str(files["train"]),
-        "VAL_FILES": str(files.get("val", files["train"])),  # the script needs one; unused without val
-    }
-    launch = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " bash recipe/echo/run_echo.sh \\\n  "
+    base_image_note = (
+        "Each Dockerfile starts FROM taskforge's base image, built locally by `bash setup.sh env`: build it on "
+        "every machine that runs the task containers, or push it to a registry they pull from and point the FROM "
+        "lines there."
+    )
+    if engine == "verl":
+        overrides = verl_overrides(hp, "val" in files)
+        env = {
+            "MODEL_PATH": model,
+            "TRAIN_FILES": str(files["train"]),
+            "VAL_FILES": str(files.get("val", files["train"])),  # the script needs one; unused without val
+        }
+        command = "bash recipe/echo/run_echo.sh"
+        header = "# Run from a verl checkout with verl-recipe at recipe/: cd verl && bash launch.sh\n"
+        notes = [
+            "Run the launch from a verl checkout with verl-recipe at recipe/ (verl-recipe's echo README), with "
+            "MODAL_TOKEN_ID and MODAL_TOKEN_SECRET set: the recipe's agent loop runs each task in a Modal sandbox "
+            "built from the task_binary's environment/Dockerfile and scores it with tests/test.sh.",
+            base_image_note,
+        ]
+    else:
+        overrides = skyrl_echo_overrides(files, model, hp)
+        env = {"OUTPUT_DIR": str(out_dir / "skyrl-output"), "PYTHONPATH": "."}
+        command = (
+            "python -m examples.train_integrations.echo_terminal.entrypoint "
+            "--config examples/train_integrations/echo_terminal/configs/qwen3_8b_rl_wm05.yaml"
+        )
+        header = "# Run from a SkyRL checkout of PR 1716 (echo_terminal): cd SkyRL && bash launch.sh\n"
+        notes = [
+            "The echo_terminal integration is SkyRL PR 1716 (open; refs/pull/1716/head, commit efd864b9), not SkyRL "
+            "main: check it out first. Its example config supplies placement and engine settings (8 GPUs); the "
+            "overrides carry this export's data and the paper's settings.",
+            base_image_note,
+        ]
+    launch = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + f" {command} \\\n  "
     launch += " \\\n  ".join(_shell_word(o) for o in overrides)
-    config = VerlExportConfig(
+    config = ParquetExportConfig(
+        engine=engine,
         source=str(Path(source).resolve()),
         train_files=[str(files["train"])],
         val_files=[str(files["val"])] if "val" in files else [],
@@ -431,23 +501,15 @@ def export_verl(
         hyperparameters=hp,
         overrides=overrides,
         launch=launch,
-        notes=[
-            "Run the launch from a verl checkout with verl-recipe at recipe/ (verl-recipe's echo README), with "
-            "MODAL_TOKEN_ID and MODAL_TOKEN_SECRET set: the recipe's agent loop runs each task in a Modal sandbox "
-            "built from the task_binary's environment/Dockerfile and scores it with tests/test.sh.",
-            "Each Dockerfile starts FROM taskforge's base image, built locally by `bash setup.sh env`: push it to "
-            "a registry Modal can pull from and point the FROM lines there before launching.",
-        ],
+        notes=notes,
     )
     with (out_dir / ROWS_FILE).open("w") as f:
         for row in rows:
             f.write(row.model_dump_json() + "\n")
-    config_path = out_dir / VERL_CONFIG_FILE
+    config_path = out_dir / PARQUET_CONFIG_FILES[engine]
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, width=120))
     launch_path = out_dir / LAUNCH_FILE
-    _write_launch(
-        launch_path, "# Run from a verl checkout with verl-recipe at recipe/: cd verl && bash launch.sh\n", launch
-    )
+    _write_launch(launch_path, header, launch)
     return ExportResult(
         out_dir=str(out_dir),
         config_path=str(config_path),
@@ -458,10 +520,12 @@ def export_verl(
 
 
 def export(engine: str, source: Path, out_dir: Path, *, model: str = "Qwen/Qwen3-8B") -> ExportResult:
-    exporters = {"skyrl": export_skyrl, "verl": export_verl}
-    if engine not in exporters:
+    if engine not in ENGINES:
         raise ExportError(
-            f"--engine {engine}: taskforge exports skyrl (SkyRL's Harbor integration) and verl (verl-recipe's "
-            "echo recipe), the engines whose dataset formats it could confirm; see docs/export.md"
+            f"--engine {engine}: taskforge exports skyrl (SkyRL's Harbor integration), skyrl-echo (its echo_terminal "
+            "integration) and verl (verl-recipe's echo recipe), the engines whose dataset formats it could "
+            "confirm; see docs/export.md"
         )
-    return exporters[engine](source, out_dir, model=model)
+    if engine == "skyrl":
+        return export_skyrl(source, out_dir, model=model)
+    return _export_parquet(engine, source, out_dir, model, EchoHyperparameters())

@@ -166,23 +166,49 @@ def test_verl_export_writes_the_echo_recipes_rows_and_the_papers_settings(tmp_pa
     assert {r.split for r in read_rows(tmp_path / "out")} == {"train", "val"}
 
 
+def test_skyrl_echo_export_writes_echo_terminals_rows_and_lambda_as_world_model_coeff(tmp_path):
+    generate(
+        n=6, seed=3, out_dir=tmp_path / "set", families=["csv_cleanup"], difficulties=["easy"], val=2, progress=False
+    )
+    import pyarrow.parquet as pq  # after generate's worker processes: pyarrow's thread pool and fork() do not mix
+
+    result = export("skyrl-echo", tmp_path / "set", tmp_path / "out")
+    config = read_config(tmp_path / "out")
+    assert config.engine == "skyrl-echo" and (config.n_train, config.n_val) == (4, 2)
+    for split in ("train", "val"):
+        table = pq.read_table(tmp_path / "out" / f"{split}.parquet", use_threads=False)
+        # TerminalAgentTaskDataset's required columns (its dataset.py)
+        assert set(table.column_names) == {"prompt", "path", "task_binary"}
+        assert str(table.schema.field("task_binary").type) == "binary"
+        for row in table.to_pylist():
+            assert [m["role"] for m in row["prompt"]] == ["system", "user"] and row["path"].startswith("taskforge/")
+    assert "trainer.algorithm.world_model_coeff=0.05" in config.overrides
+    assert f"data.val_data=['{tmp_path / 'out' / 'val.parquet'}']" in config.overrides
+    assert {"generator.n_samples_per_prompt=16", "generator.max_turns=16", "generator.max_context_tokens=16384"} <= set(
+        config.overrides
+    )
+    launch = Path(result.launch_path).read_text()
+    assert "examples.train_integrations.echo_terminal.entrypoint --config" in launch and "OUTPUT_DIR=" in launch
+
+
 @pytest.mark.docker
-@pytest.mark.parametrize("engine", ["skyrl", "verl"])
+@pytest.mark.parametrize("engine", ["skyrl", "verl", "skyrl-echo"])
 def test_an_exported_rows_task_runs_through_our_sandbox(tmp_path, base_image, engine):
     export(engine, SAMPLE / SMALL_TASKS[0], tmp_path / "out")
     (row,) = read_rows(tmp_path / "out")
     if engine == "skyrl":
         skyrl_row = SkyRLRow.model_validate(row.skyrl.model_dump())
         task_dir = Path(skyrl_row.prompt)  # what Harbor receives as task.path
-    else:  # the row's task_binary, unpacked: what the echo recipe builds its sandbox from
+    else:  # the row's task_binary, unpacked: what the echo recipe / echo_terminal build the sandbox from
         import io
         import tarfile
 
         import pyarrow.parquet as pq
 
-        (verl_row,) = pq.read_table(row.verl.parquet, use_threads=False).to_pylist()
+        (parquet_row,) = pq.read_table(row.parquet_row.parquet, use_threads=False).to_pylist()
+        binary = parquet_row["extra_info"]["task_binary"] if engine == "verl" else parquet_row["task_binary"]
         task_dir = tmp_path / "unpacked"
-        with tarfile.open(fileobj=io.BytesIO(verl_row["extra_info"]["task_binary"]), mode="r:gz") as archive:
+        with tarfile.open(fileobj=io.BytesIO(binary), mode="r:gz") as archive:
             names = set(archive.getnames())
             archive.extractall(task_dir, filter="data")
         assert {"task.toml", "environment/Dockerfile", "tests/test.sh"} <= names

@@ -19,7 +19,11 @@ def export_command(
         ),
     ],
     engine: Annotated[
-        str, typer.Option(help="Target engine: skyrl (SkyRL's Harbor integration) or verl (verl-recipe's echo).")
+        str,
+        typer.Option(
+            help="Target engine: skyrl (SkyRL's Harbor integration, GRPO), skyrl-echo (SkyRL's echo_terminal "
+            "integration, PR 1716) or verl (verl-recipe's echo)."
+        ),
     ] = "skyrl",
     out: Annotated[
         Path | None, typer.Option(help="Folder to write (must be new or empty; default exports/ENGINE).")
@@ -42,6 +46,10 @@ def export_command(
     console.print(f"launch: {escape(result.launch_path)}")
     for note in cfg.notes:
         console.print(f"note: {escape(note)}", highlight=False)
-    where = "a SkyRL checkout" if cfg.engine == "skyrl" else "a verl checkout (verl-recipe at recipe/)"
+    where = {
+        "skyrl": "a SkyRL checkout",
+        "skyrl-echo": "a SkyRL checkout of PR 1716",
+        "verl": "a verl checkout (verl-recipe at recipe/)",
+    }[cfg.engine]
     console.print(f"run from {where}:")
     print(cfg.launch)  # plain print: a copyable command, no wrapping or markup

@@ -200,8 +200,17 @@ def _pool(jobs: int):
     if jobs <= 1:
         return None
     # fork is fast and safe while this process has a single thread; otherwise spawn.
-    method = "fork" if threading.active_count() == 1 else "spawn"
+    method = "fork" if _os_thread_count() == 1 else "spawn"
     return multiprocessing.get_context(method).Pool(jobs)
+
+
+def _os_thread_count() -> int:
+    """Threads of this process, native ones included (torch's or pyarrow's pools are not Python
+    threads, and fork() with them running can deadlock the child)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
 
 
 def dataset_version(seed: int) -> str:
