@@ -199,8 +199,9 @@ def build(job: Job) -> tuple[Written, TaskSpec]:
 def _pool(jobs: int):
     if jobs <= 1:
         return None
-    # fork is fast and safe while this process has a single thread; otherwise spawn.
-    method = "fork" if _os_thread_count() == 1 else "spawn"
+    # fork is fast and safe while this process has a single thread; otherwise forkserver (workers
+    # forked from a clean single-threaded server process, started once per process).
+    method = "fork" if _os_thread_count() == 1 else "forkserver"
     return multiprocessing.get_context(method).Pool(jobs)
 
 
