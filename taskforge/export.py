@@ -1,4 +1,4 @@
-"""Hand a task set off to an engine that trains beyond one node: `taskforge export --engine skyrl|verl SET`.
+"""Hand a task set to an engine that trains beyond one node: `taskforge export --engine E SET`.
 
 Engines and what confirmed their format (read with the project's search/fetch tools; no code copied):
 
@@ -16,8 +16,8 @@ Engines and what confirmed their format (read with the project's search/fetch to
     on refs/pull/1716/head, not on main) takes lambda as `trainer.algorithm.world_model_coeff` (with
     `world_loss_normalization: full_observation_tokens` and `generator.world_loss_target: env_only` in
     its qwen3_8b_rl_wm05.yaml) and reads parquet rows {prompt: chat messages, path, task_binary:
-    gzipped tar of the Harbor task dir}. The launch below runs SkyRL main's Harbor GRPO, which has no
-    such key, so lambda is recorded in the config for that integration.
+    gzipped tar of the Harbor task dir}, over an example config its entrypoint merges overrides into
+    (`--engine skyrl-echo`). `--engine skyrl` runs SkyRL main's Harbor GRPO, which has no such key.
   * verl-recipe's `echo` recipe (verl-project/verl-recipe PR 142, merged): `python3 -m
     recipe.echo.main_ppo` with `+actor_rollout_ref.echo_aux_token_loss_coeff=0.05`, parquet rows
     {prompt: [system, user = instruction.md], data_source, reward_model: {style: rule, ground_truth: ""},
