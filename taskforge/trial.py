@@ -40,6 +40,7 @@ from taskforge.verify import (
     RewardFileEmptyError,
     RewardFileNotFoundError,
     VerifierError,
+    VerifierShellBrokenError,
     VerifierTimeoutError,
     run_verifier,
     scalar_reward,
@@ -64,6 +65,7 @@ _ERROR_KINDS: dict[str, ErrorKind] = {
             RewardFileEmptyError,
             InvalidRewardError,
             GradingToolchainChangedError,
+            VerifierShellBrokenError,
         )
     },
 }

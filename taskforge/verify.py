@@ -63,6 +63,12 @@ class VerifierTimeoutError(VerifierError):
     pass
 
 
+class VerifierShellBrokenError(VerifierError):
+    """After the agent, the container's shell no longer runs (e.g. the agent deleted a library bash
+    loads): the verifier cannot run there, so the trial is recorded as not scored instead of being
+    retried as a harness failure (a rerun of the same episode would break it again)."""
+
+
 class GradingToolchainChangedError(VerifierError):
     """The agent changed what the verifier runs through (its interpreter, test runner, loader or
     Python's start-up hooks): the tests' verdict cannot be trusted, so the trial is not scored."""
@@ -160,7 +166,14 @@ def run_verifier(sandbox, tests_dir: Path, timeout_sec: float, workdir: str | No
     started = time.monotonic()
     prepared = _prepare(sandbox)
     if not _is_prepared(prepared):
-        raise SandboxError(f"could not prepare /tests and /logs/verifier: {prepared[-500:]!r}")
+        if not prepared.strip():  # no answer at all: the harness failed, not the agent; the attempt is retried
+            raise SandboxError(f"could not prepare /tests and /logs/verifier: {prepared[-500:]!r}")
+        # The container answered, but its shell could not run our preparation: the agent broke it.
+        error = VerifierShellBrokenError(
+            "the container's shell failed after the agent ran, so the verifier could not run: "
+            + prepared[-300:].decode(errors="replace").strip()
+        )
+        return VerifierOutcome(None, error, b"", time.monotonic() - started, {})
     changed_paths = getattr(sandbox, "changed_paths", None)
     tampered = toolchain_changes(changed_paths()) if changed_paths else []
     if tampered:

@@ -25,3 +25,44 @@ def test_a_solution_that_installs_its_own_command_still_passes(write_hello, base
     solution = "echo forged > /app/out.txt && " + EXIT_0.format(path="/usr/local/bin/mytool")
     (result,) = validate_tasks([write_hello("tool", solution=solution)], tmp_path / "run", jobs=1)
     assert result.passed, result
+
+
+class BreaksTheShell:
+    """Deletes the library bash loads, then says DONE."""
+
+    name = "breaks-the-shell"
+
+    def __init__(self):
+        self.turn = 0
+
+    def next_action(self, messages):
+        from taskforge.agent.policy import PolicyReply
+
+        self.turn += 1
+        if self.turn == 1:
+            return PolicyReply(text="```bash\nrm -f /usr/lib/x86_64-linux-gnu/libtinfo.so.6*\n```")
+        return PolicyReply(text="DONE")
+
+
+def test_an_agent_that_breaks_the_shell_is_recorded_not_scored_and_does_not_stop_the_eval(
+    write_hello, base_image, tmp_path
+):
+    """Deleting a library bash loads leaves a container whose shell cannot run the verifier: the
+    attempt is recorded as a verifier error (not scored, counted failed), and the eval ends with its
+    summary, instead of a harness failure that stops the whole eval or study (a rerun of the same
+    episode would break it again)."""
+    from taskforge.agent.episode import EpisodeConfig
+    from taskforge.evaluate import evaluate
+    from taskforge.runner import Ledger
+    from taskforge.tasks import load_task
+    from taskforge.trial import TrialRecord
+
+    task = load_task(write_hello("breaks-bash"))
+    run_dir = tmp_path / "eval"
+    summary, not_run = evaluate(
+        [task], run_dir, BreaksTheShell, attempts=1, concurrency=1, episode=EpisodeConfig(max_turns=2)
+    )
+    assert not_run == [] and (run_dir / "eval.json").is_file()
+    (record,) = Ledger(run_dir / "ledger.jsonl", TrialRecord).load()
+    assert record.error_type == "VerifierShellBrokenError" and "libtinfo" in record.error_message, record
+    assert summary.overall.pass_at_1 == 0.0 and summary.overall.error_rate == 1.0
