@@ -246,9 +246,33 @@ def _copy_tasks(source: Path, out_dir: Path) -> tuple[list[tuple[Split, Task, Pa
     return copied, counts
 
 
-def _write_launch(path: Path, header: str, launch: str) -> None:
-    path.write_text("#!/usr/bin/env bash\n" + header + "set -euo pipefail\n" + launch + "\n")
-    path.chmod(0o755)
+def _export_row(split: Split, task: Task, dest: Path, **engine_row) -> ExportRow:
+    """The rows.jsonl line of one exported task; engine_row is skyrl= or parquet_row=."""
+    verifier = str(dest / "tests" / "test.sh")
+    return ExportRow(
+        split=split, task_name=task.name, task_dir=str(dest), verifier=verifier, source_dir=str(task.path), **engine_row
+    )
+
+
+def _write_export(
+    out_dir: Path, rows: list[ExportRow], config: SkyRLExportConfig | ParquetExportConfig, config_name: str, header: str
+) -> ExportResult:
+    """rows.jsonl, the config YAML and launch.sh (header, then config.launch) of an export."""
+    with (out_dir / ROWS_FILE).open("w") as f:
+        for row in rows:
+            f.write(row.model_dump_json() + "\n")
+    config_path = out_dir / config_name
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, width=120))
+    launch_path = out_dir / LAUNCH_FILE
+    launch_path.write_text("#!/usr/bin/env bash\n" + header + "set -euo pipefail\n" + config.launch + "\n")
+    launch_path.chmod(0o755)
+    return ExportResult(
+        out_dir=str(out_dir),
+        config_path=str(config_path),
+        launch_path=str(launch_path),
+        rows_path=str(out_dir / ROWS_FILE),
+        config=config,
+    )
 
 
 def export_skyrl(
@@ -261,16 +285,8 @@ def export_skyrl(
     rows: list[ExportRow] = []
     uids = {"train": 0, "val": 0}
     for split, task, dest in copied:
-        rows.append(
-            ExportRow(
-                split=split,
-                task_name=task.name,
-                task_dir=str(dest),
-                verifier=str(dest / "tests" / "test.sh"),
-                source_dir=str(task.path),
-                skyrl=SkyRLRow(prompt=str(dest), env_extras={"data_source": str(dest)}, uid=str(uids[split])),
-            )
-        )
+        skyrl = SkyRLRow(prompt=str(dest), env_extras={"data_source": str(dest)}, uid=str(uids[split]))
+        rows.append(_export_row(split, task, dest, skyrl=skyrl))
         uids[split] += 1
     train_dir = out_dir / "train"
     val_dir = out_dir / "val" if counters["val"] else None
@@ -296,20 +312,8 @@ def export_skyrl(
             "paper's other settings.",
         ],
     )
-    with (out_dir / ROWS_FILE).open("w") as f:
-        for row in rows:
-            f.write(row.model_dump_json() + "\n")
-    config_path = out_dir / CONFIG_FILE
-    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, width=120))
-    launch_path = out_dir / LAUNCH_FILE
-    _write_launch(launch_path, f"# Run from a SkyRL checkout: cd SkyRL && bash {launch_path}\n", launch)
-    return ExportResult(
-        out_dir=str(out_dir),
-        config_path=str(config_path),
-        launch_path=str(launch_path),
-        rows_path=str(out_dir / ROWS_FILE),
-        config=config,
-    )
+    header = f"# Run from a SkyRL checkout: cd SkyRL && bash {out_dir / LAUNCH_FILE}\n"
+    return _write_export(out_dir, rows, config, CONFIG_FILE, header)
 
 
 def read_rows(out_dir: Path) -> list[ExportRow]:
@@ -439,16 +443,8 @@ def _export_parquet(engine: str, source: Path, out_dir: Path, model: str, hp: Ec
     for split, task, dest in copied:
         index = len(tables[split])
         tables[split].append(make_row(task, dest, split, index))
-        rows.append(
-            ExportRow(
-                split=split,
-                task_name=task.name,
-                task_dir=str(dest),
-                verifier=str(dest / "tests" / "test.sh"),
-                source_dir=str(task.path),
-                parquet_row=ParquetRowRef(parquet=str(out_dir / f"{split}.parquet"), index=index, id=task.name),
-            )
-        )
+        ref = ParquetRowRef(parquet=str(out_dir / f"{split}.parquet"), index=index, id=task.name)
+        rows.append(_export_row(split, task, dest, parquet_row=ref))
     files = {}
     for split, split_rows in tables.items():
         if split_rows:
@@ -503,20 +499,7 @@ def _export_parquet(engine: str, source: Path, out_dir: Path, model: str, hp: Ec
         launch=launch,
         notes=notes,
     )
-    with (out_dir / ROWS_FILE).open("w") as f:
-        for row in rows:
-            f.write(row.model_dump_json() + "\n")
-    config_path = out_dir / PARQUET_CONFIG_FILES[engine]
-    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, width=120))
-    launch_path = out_dir / LAUNCH_FILE
-    _write_launch(launch_path, header, launch)
-    return ExportResult(
-        out_dir=str(out_dir),
-        config_path=str(config_path),
-        launch_path=str(launch_path),
-        rows_path=str(out_dir / ROWS_FILE),
-        config=config,
-    )
+    return _write_export(out_dir, rows, config, PARQUET_CONFIG_FILES[engine], header)
 
 
 def export(engine: str, source: Path, out_dir: Path, *, model: str = "Qwen/Qwen3-8B") -> ExportResult:
