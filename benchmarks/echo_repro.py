@@ -164,7 +164,7 @@ def run_plan(study: Study) -> list[dict]:
     ]
     # Every seed's main runs, then the sweeps: a study stopped early has the comparison over seeds
     # (what its intervals need) before the sweeps.
-    return plan + sweeps
+    return [run | {"part": "main"} for run in plan] + [run | {"part": "sweeps"} for run in sweeps]
 
 
 def sft_curve(run_dir: Path) -> list[dict]:
@@ -244,6 +244,14 @@ def main() -> None:
         "one process per seed in its own --out, then --combine",
     )
     parser.add_argument(
+        "--part",
+        choices=("all", "main", "sweeps"),
+        default="all",
+        help="run only the main comparison or only the sweeps (with the starts they need), e.g. as two "
+        "processes on one --out; a part writes DIR/results-PART.json, then --combine DIR/results-main.json "
+        "DIR/results-sweeps.json --out DIR",
+    )
+    parser.add_argument(
         "--combine",
         nargs="+",
         type=Path,
@@ -259,7 +267,8 @@ def main() -> None:
         if args.out is None:
             parser.error("--combine needs --out (the folder for the merged results.json)")
         args.out.mkdir(parents=True, exist_ok=True)
-        merged = combine([json.loads((d / "results.json").read_text()) for d in args.combine], args.combine)
+        files = [path if path.suffix == ".json" else path / "results.json" for path in args.combine]
+        merged = combine([json.loads(path.read_text()) for path in files], files)
         (args.out / "results.json").write_text(json.dumps(merged, indent=2))
         print(render_all(merged, args.out))
         return
@@ -293,7 +302,8 @@ def main() -> None:
         "policies": {},
     }
     starts: dict[str, Path] = {}
-    earlier = out / "results.json"
+    results_file = out / ("results.json" if args.part == "all" else f"results-{args.part}.json")
+    earlier = results_file
     # Time counts the study's processes, summed over interruptions and resumes (a resume days later
     # adds its own run time, not the gap).
     earlier_seconds = json.loads(earlier.read_text()).get("wall_seconds", 0.0) if earlier.is_file() else 0.0
@@ -304,7 +314,7 @@ def main() -> None:
         results["wall_seconds"] = earlier_seconds + time.monotonic() - started
         results["machine"] = machine()
         results["torch_threads"] = torch_threads()
-        (out / "results.json").write_text(json.dumps(results, indent=2))
+        results_file.write_text(json.dumps(results, indent=2))
 
     def ensure_starts(seed: int) -> None:
         """The seed's SFT start and control start, trained and evaluated once."""
@@ -334,7 +344,8 @@ def main() -> None:
             save(complete=False)
 
     # Seed by seed (its starts, then its runs), in run_plan's order: a stopped study has whole seeds.
-    for run in (run for run in run_plan(study) if run["seed"] in run_seeds):
+    planned = [run for run in run_plan(study) if run["seed"] in run_seeds and args.part in ("all", run["part"])]
+    for run in planned:
         ensure_starts(run["seed"])
         run_dir = out / run["name"]
         final = train_mode(
@@ -370,13 +381,14 @@ def combine(parts: list[dict], sources: list[Path]) -> dict:
     for part, source in zip(parts[1:], sources[1:], strict=True):
         if part["study"] != first["study"]:
             differs = sorted(k for k in first["study"] if part["study"].get(k) != first["study"][k])
-            raise SystemExit(f"{source}/results.json is another study than {sources[0]} (differs in {differs})")
+            raise SystemExit(f"{source} is another study than {sources[0]} (differs in {differs})")
     policies: dict = {}
     held_out: dict[str, set] = {}
     for part, source in zip(parts, sources, strict=True):
         for name, policy in part["policies"].items():
-            if name in policies:
-                raise SystemExit(f"{source}/results.json: policy {name} is in two of the combined runs")
+            # a start both parts evaluated (the sweeps' SFT start) is the same result, kept once
+            if name in policies and policies[name] != policy:
+                raise SystemExit(f"{source}: policy {name} is in two of the combined runs, with different results")
             policies[name] = policy
             held_out[f"{source}:{name}"] = set(policy["heldout"])
     if len({frozenset(tasks) for tasks in held_out.values()}) > 1:

@@ -104,6 +104,8 @@ def test_sweeps_stay_at_the_designs_first_seed_and_run_after_every_seeds_compari
     first_sweep = is_sweep.index(True)
     assert all(is_sweep[first_sweep:]), "a main run comes after a sweep"
     assert {run["seed"] for run in plan[:first_sweep]} == set(echo_repro.FULL.seeds)
+    # `--part sweeps` selects exactly these, `--part main` the rest
+    assert [run["part"] == "sweeps" for run in plan] == is_sweep
 
 
 def _seed_results(seed: int, held_out: float, study: dict) -> dict:
@@ -140,8 +142,18 @@ def test_combined_seeds_give_one_table_with_intervals_over_seeds(tmp_path):
     # Another design, a policy twice, or another held-out set: refused, not averaged together.
     with pytest.raises(SystemExit, match="another study"):
         echo_repro.combine([parts[0], _seed_results(2, 0.75, study | {"n_train": 100})], [tmp_path, tmp_path])
-    with pytest.raises(SystemExit, match="in two of the combined runs"):
-        echo_repro.combine([parts[0], parts[0]], [tmp_path, tmp_path])
+    # A start both parts evaluated (a main part and a sweeps part at seed 1) is one policy; a policy
+    # with two different results is refused.
+    sweeps = _seed_results(1, 0.5, study)
+    sweeps["policies"]["grpo-lr0.001-s1"] = sweeps["policies"].pop("grpo-s1") | {"group": "SFT + GRPO lr=0.001"}
+    assert set(echo_repro.combine([parts[0], sweeps], [tmp_path, tmp_path])["policies"]) == {
+        "sft-s1",
+        "grpo-s1",
+        "grpo-lr0.001-s1",
+    }
+    sweeps["policies"]["sft-s1"] = sweeps["policies"]["sft-s1"] | {"env_ce": 3.0}
+    with pytest.raises(SystemExit, match="in two of the combined runs, with different results"):
+        echo_repro.combine([parts[0], sweeps], [tmp_path, tmp_path])
     other = _seed_results(2, 0.75, study)
     other["policies"]["grpo-s2"]["heldout"] = {"t9": 1.0}
     with pytest.raises(SystemExit, match="different held-out tasks"):
