@@ -102,7 +102,8 @@ case "${1:-demo}" in
     "$VENV/bin/ruff" check --quiet . || die "ruff found problems (above); \`.venv/bin/ruff check --fix .\` fixes many"
     "$VENV/bin/ruff" format --check --quiet . || die "files are not formatted (above); run \`.venv/bin/ruff format .\`"
     say "running the test suite"
-    exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "${@:2}" ;;
+    # --durations: every run lists its slowest tests, where trimming the suite starts
+    exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=20 "${@:2}" ;;
   model)
     [ -n "${2:-}" ] || die "name the model: bash setup.sh model smollm2-135m (the list: taskforge model list)"
     ensure_venv
