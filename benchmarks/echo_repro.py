@@ -526,7 +526,11 @@ def render_all(results: dict, out: Path) -> str:
 
 def render_markdown(results: dict, rows: list[dict], effects: list[dict]) -> str:
     study = results["study"]
-    seeds = results.get("seeds_run", study["seeds"])
+    # the seeds with results, not the ones asked for: a stopped study says how far it got
+    seeds = sorted({policy["seed"] for policy in results["policies"].values()})
+    seeds_text = f"{len(seeds)} seed(s)" + (
+        f" of the {len(study['seeds'])} in the design" if len(seeds) < len(study["seeds"]) else ""
+    )
     run_time = f"run time {results.get('wall_seconds', 0) / 60:.1f} min (summed over resumes)"
     if "process_seconds" in results:
         run_time = (
@@ -535,7 +539,7 @@ def render_markdown(results: dict, rows: list[dict], effects: list[dict]) -> str
         )
     lines = [
         f"{study['n_train']} training and {study['n_val']} held-out tasks ({', '.join(study['families'])}; "
-        f"{', '.join(study['difficulties'])}); {len(seeds)} seed(s); RL {study['rl_steps']} steps x "
+        f"{', '.join(study['difficulties'])}); {seeds_text}; RL {study['rl_steps']} steps x "
         f"{study['tasks_per_step']} tasks x {study['group_size']} rollouts, lr {study['rl_lr']:g}; eval "
         f"{study['eval_attempts']} attempts per task on all held-out tasks and {study['eval_train_tasks']} "
         f"training tasks; {run_time} on {results.get('machine', '?')}.",

@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 
@@ -139,6 +139,9 @@ def test_combined_seeds_give_one_table_with_intervals_over_seeds(tmp_path):
     assert grpo["seeds"] == 2 and grpo["heldout"][0] == pytest.approx(0.625)
     effect = next(e for e in effects if e["effect"] == "SFT + GRPO vs SFT start")
     assert effect["seeds"] == 2 and effect["heldout"][0] == pytest.approx(0.375)
+    # The header counts the seeds that have results, against the design's 3.
+    with_design = merged | {"study": asdict(echo_repro.FULL)}
+    assert "; 2 seed(s) of the 3 in the design;" in echo_repro.render_markdown(with_design, rows, effects)
     # Another design, a policy twice, or another held-out set: refused, not averaged together.
     with pytest.raises(SystemExit, match="another study"):
         echo_repro.combine([parts[0], _seed_results(2, 0.75, study | {"n_train": 100})], [tmp_path, tmp_path])
