@@ -303,10 +303,9 @@ def main() -> None:
     }
     starts: dict[str, Path] = {}
     results_file = out / ("results.json" if args.part == "all" else f"results-{args.part}.json")
-    earlier = results_file
     # Time counts the study's processes, summed over interruptions and resumes (a resume days later
     # adds its own run time, not the gap).
-    earlier_seconds = json.loads(earlier.read_text()).get("wall_seconds", 0.0) if earlier.is_file() else 0.0
+    earlier_seconds = json.loads(results_file.read_text()).get("wall_seconds", 0.0) if results_file.is_file() else 0.0
 
     def save(complete: bool) -> None:
         """results.json after every policy, so an interrupted study still has what it measured."""
