@@ -24,7 +24,9 @@ explicitly (`--threads`, default 1) and the load average is printed before and a
 After each round the same sampling runs without sandboxes (`--episodes` threads, `--max-turns`
 replies of `--max-new-tokens` each, prompts as long as the round's mean prompt): the sampler's
 own batched / one-at-a-time ratio, apart from the Docker time (sandbox start, commands, verifier)
-that both modes pay alike and that caps the episodes/min ratio.
+that both modes pay alike and that caps the episodes/min ratio. Each round also prints its slowest
+sandbox start and slowest verifier (from the trials' result.json timings): the part of the round
+in which no episode samples.
 """
 
 from __future__ import annotations
@@ -46,6 +48,26 @@ MODES = {"one-at-a-time": 1, "batched": 8}
 def load_average() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} on {os.cpu_count()} cores"
+
+
+def phase_seconds(out_dir: Path) -> dict[str, float]:
+    """The round's sandbox phases from each trial's Harbor result.json: per phase, the mean over
+    episodes and the longest (the round waits for its slowest episode). Shows what part of a
+    round is Docker time that both sampling modes pay."""
+    from harbor.models.trial.result import TrialResult
+
+    spans: dict[str, list[float]] = {"environment_setup": [], "verifier": []}
+    for result_file in sorted(out_dir.rglob("result.json")):
+        result = TrialResult.model_validate_json(result_file.read_text())
+        for phase, seconds in spans.items():
+            timing = getattr(result, phase)
+            if timing is not None and timing.started_at and timing.finished_at:
+                seconds.append((timing.finished_at - timing.started_at).total_seconds())
+    shown = {}
+    for phase, seconds in spans.items():
+        shown[f"{phase}_mean"] = statistics.mean(seconds) if seconds else 0.0
+        shown[f"{phase}_max"] = max(seconds, default=0.0)
+    return shown
 
 
 def play_round(model, tokenizer, tasks, *, max_batch: int, args, out_dir: Path) -> dict:
@@ -82,7 +104,7 @@ def play_round(model, tokenizer, tasks, *, max_batch: int, args, out_dir: Path) 
     episodes = run_concurrently(list(enumerate(tasks)), play, jobs=len(tasks), description=f"max_batch={max_batch}")
     seconds = time.perf_counter() - started
     worker = policies[0].sampler.worker if policies else None
-    return {
+    return phase_seconds(out_dir) | {
         "seconds": seconds,
         "episodes_per_min": len(tasks) / seconds * 60,
         "turns": sum(len(e.turns) for e in episodes if e is not None),
@@ -183,7 +205,10 @@ def main() -> None:
                 print(
                     f"round {round_index + 1} {mode:>13}: {result['episodes_per_min']:6.1f} episodes/min "
                     f"({result['seconds']:.1f} s, {result['turns']} turns, {result['output_tokens']} tokens, "
-                    f"largest batch {result['largest_batch']}, load {result['load_1min']:.2f})"
+                    f"largest batch {result['largest_batch']}, load {result['load_1min']:.2f}; "
+                    f"sandbox start {result['environment_setup_mean']:.1f} s mean / "
+                    f"{result['environment_setup_max']:.1f} s max, verifier {result['verifier_mean']:.1f} / "
+                    f"{result['verifier_max']:.1f} s)"
                 )
             ratios.append(results["batched"][-1]["episodes_per_min"] / results["one-at-a-time"][-1]["episodes_per_min"])
             prompt_tokens = max(1, round(statistics.mean(r["mean_prompt_tokens"] for r in results["batched"])))
@@ -201,8 +226,20 @@ def main() -> None:
     summary = {}
     for mode in MODES:
         rates = [r["episodes_per_min"] for r in results[mode]]
-        summary[mode] = {"min": min(rates), "median": statistics.median(rates)}
-        print(f"{mode:>13}: episodes/min min {min(rates):.1f}, median {statistics.median(rates):.1f}")
+        starts = statistics.median(r["environment_setup_max"] for r in results[mode])
+        verifiers = statistics.median(r["verifier_max"] for r in results[mode])
+        summary[mode] = {
+            "min": min(rates),
+            "median": statistics.median(rates),
+            "round_seconds_median": statistics.median(r["seconds"] for r in results[mode]),
+            "sandbox_start_max_median": starts,
+            "verifier_max_median": verifiers,
+        }
+        print(
+            f"{mode:>13}: episodes/min min {min(rates):.1f}, median {statistics.median(rates):.1f}; "
+            f"per round (median) {summary[mode]['round_seconds_median']:.1f} s, of which the slowest "
+            f"sandbox start {starts:.1f} s and the slowest verifier {verifiers:.1f} s"
+        )
     summary["ratio"] = {"min": min(ratios), "median": statistics.median(ratios)}
     print(
         f"batched / one-at-a-time at {len(tasks)} concurrent episodes: "

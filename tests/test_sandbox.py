@@ -98,6 +98,42 @@ def test_upload_and_read_files(sandbox):
     assert files == {"/srv/up/data.bin": b"\x00\x01", "/srv/up/missing": None}
 
 
+def test_changed_paths_read_on_the_host_equal_the_engines_diff(sandbox):
+    """The verifier's tamper check reads the writable layer's directory on this host instead of
+    asking the engine for its diff (1-2.5 s per call here): both must name the same paths, for
+    added, modified, deleted and replaced files and a symlink. A directory deleted and made again
+    (opaque) hides image entries the layer does not list: then the engine's diff is used."""
+    from taskforge.sandbox.docker import _engine_diffs_upper_dir, _readable_upper_dir, _walk_upper_dir
+
+    if os.geteuid() != 0 or not _engine_diffs_upper_dir():
+        pytest.skip("the engine's layer cannot be read here (not root, or no native overlay2 diff): diff used")
+
+    def engine_diff() -> list[str]:
+        return sorted(change["Path"] for change in sandbox.container.diff())
+
+    changes = (
+        "mkdir -p /srv/new/deep && echo a > /srv/new/deep/file",  # added, in new directories
+        "echo changed >> /etc/debian_version",  # modified: copied up
+        "rm /etc/issue.net",  # deleted: a whiteout
+        "ln -s /srv/new /srv/link",
+        "printf '#!/bin/sh\\nexit 0\\n' > /usr/local/bin/python3",  # what the tamper check looks for
+    )
+    for command in changes:
+        assert sandbox.exec(command, 10).exit_code == 0, command
+    upper = _readable_upper_dir(sandbox.container)
+    assert upper is not None
+    assert sorted(_walk_upper_dir(upper)) == sorted(sandbox.changed_paths()) == engine_diff()
+    assert {"/srv/new/deep/file", "/etc/debian_version", "/etc/issue.net", "/srv/link"} <= set(engine_diff())
+    assert "/usr/local/bin/python3" in engine_diff()
+
+    remade = "rm -rf /usr/share/doc/bash && mkdir /usr/share/doc/bash && echo x > /usr/share/doc/bash/only"
+    assert sandbox.exec(remade, 10).exit_code == 0
+    assert _walk_upper_dir(upper) is None  # opaque: the layer alone does not say what it hides
+    paths = sandbox.changed_paths()
+    assert sorted(paths) == engine_diff() and "/usr/share/doc/bash/only" in paths
+    assert any(path.startswith("/usr/share/doc/bash/") and path != "/usr/share/doc/bash/only" for path in paths)
+
+
 def test_container_is_removed_when_the_block_raises(base_image):
     before = set(our_containers())
     with pytest.raises(RuntimeError):

@@ -927,10 +927,23 @@ class DockerSandbox(Sandbox):
         return output
 
     def changed_paths(self) -> list[str]:
-        """Every path added, changed or deleted in the container since its image (the engine's
-        diff of the writable layer); the verifier checks them for a tampered toolchain."""
+        """Every path added, changed or deleted in the container since its image; the verifier
+        checks them for a tampered toolchain. Read from the writable layer's directory on this host
+        when the engine's overlay2 diff is that directory (its native diff, and the directory is
+        readable here, no directory deleted and made again): the same paths as the engine's diff at
+        ~1 ms instead of the 1-2.5 s the engine takes per call on this machine's Docker 20.10
+        (most of a verifier's time). Else the engine's diff."""
+        container = self._require()
+        upper = _readable_upper_dir(container)
+        if upper is not None:
+            try:
+                paths = _walk_upper_dir(upper)
+            except OSError:
+                paths = None  # the layer went away or turned unreadable: ask the engine
+            if paths is not None:
+                return paths
         try:
-            return [change["Path"] for change in self._require().diff() or []]
+            return [change["Path"] for change in container.diff() or []]
         except docker.errors.APIError as exc:
             raise SandboxError(f"could not list the container's file changes: {exc.explanation or exc}") from exc
 
@@ -947,6 +960,67 @@ class DockerSandbox(Sandbox):
         future.add_done_callback(lambda f: _discard_pending(f))
         if wait:
             future.result()
+
+
+# Whether the engine's overlay2 diff is its upper directory as is ("Native Overlay Diff: true":
+# no redirect_dir, whiteouts as 0/0 character devices); None until asked.
+_native_overlay_diff: bool | None = None
+
+
+def _engine_diffs_upper_dir() -> bool:
+    global _native_overlay_diff
+    if _native_overlay_diff is None:
+        try:
+            info = docker_client().info()
+        except docker.errors.DockerException:
+            return False
+        status = {key: value for key, value in info.get("DriverStatus") or []}
+        _native_overlay_diff = info.get("Driver") == "overlay2" and status.get("Native Overlay Diff") == "true"
+    return _native_overlay_diff
+
+
+def _readable_upper_dir(container: Container) -> Path | None:
+    """The container's overlay2 upper directory when this process can read it (a local engine in
+    this mount namespace, run as root) and the engine's own diff is that directory; else None."""
+    driver = (container.attrs or {}).get("GraphDriver") or {}
+    upper = (driver.get("Data") or {}).get("UpperDir")
+    if driver.get("Name") != "overlay2" or not upper or not _engine_diffs_upper_dir():
+        return None
+    path = Path(upper)
+    return path if path.is_dir() and os.access(path, os.R_OK | os.X_OK) else None
+
+
+_OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+
+
+def _is_opaque(directory: str) -> bool:
+    for name in _OPAQUE_XATTRS:
+        try:
+            if os.getxattr(directory, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            pass  # no such attribute (or not readable under that name)
+    return False
+
+
+def _walk_upper_dir(upper: Path) -> list[str] | None:
+    """Every entry of an overlay2 upper directory as a container path: an added or changed file,
+    a directory with a change inside it, or a whiteout (a deleted file): what the engine's native
+    diff reports. None when a directory in it is opaque (deleted and made again: the engine then
+    also names the image's entries it hides, which are not in this directory). Raises OSError when
+    a directory cannot be read (never a silent partial list)."""
+
+    def fail(error: OSError) -> None:
+        raise error
+
+    paths = []
+    for root, dirs, files in os.walk(upper, onerror=fail):
+        relative = os.path.relpath(root, upper)
+        if relative != "." and _is_opaque(root):
+            return None
+        prefix = "/" if relative == "." else f"/{relative}/"
+        paths.extend(prefix + name for name in dirs + files)
+    return paths
 
 
 def _refuses_storage_opt(exc: docker.errors.APIError) -> bool:
