@@ -153,6 +153,9 @@ def job_config(
     plan: AttemptPlan,
     overlay: Path | None,
     harbor_env: str = "docker",
+    *,
+    max_turns: int | None = None,
+    job_name: str = JOB_NAME,
 ):
     from harbor.models.job.config import JobConfig
     from harbor.models.trial.config import AgentConfig
@@ -160,7 +163,7 @@ def job_config(
 
     kwargs = {
         "api_base": chat.base_url,
-        "max_turns": plan.max_turns,
+        "max_turns": max_turns or plan.max_turns,
         "suppress_max_turns_warning": True,
         "record_terminal_session": False,  # asciinema is not in the image and cannot be installed offline
         "enable_summarize": False,  # an episode ends at the context limit, as in taskforge's loop
@@ -170,7 +173,7 @@ def job_config(
     if chat.max_tokens is not None:
         kwargs["llm_call_kwargs"] = {"max_tokens": chat.max_tokens}
     return JobConfig(
-        job_name=JOB_NAME,
+        job_name=job_name,
         jobs_dir=run_dir,
         n_attempts=plan.attempts,
         n_concurrent_trials=plan.concurrency,
@@ -184,11 +187,11 @@ def job_config(
 class _LedgerSync:
     """Appends Harbor trial results to the ledger, each trial once, numbering attempts per task."""
 
-    def __init__(self, ledger: Ledger, tasks: list[Task], max_turns: int, checksums: dict[str, str]):
+    def __init__(self, ledger: Ledger, tasks: list[Task], turn_caps: dict[str, int], checksums: dict[str, str]):
         self.ledger = ledger
         self.by_path = {str(task.path): task for task in tasks}
         self.checksums = checksums  # task path -> tasks.task_checksum when the job started
-        self.max_turns = max_turns
+        self.turn_caps = turn_caps  # task path -> the turn cap terminus-2 ran it with
         self.lock = threading.Lock()
         records = ledger.load()
         self.recorded = {r.trial_name for r in records}
@@ -218,7 +221,7 @@ class _LedgerSync:
             if task_path not in self.by_path:
                 return  # not one of this run's tasks
             attempt = self.next_attempt.get(task_path, 0)
-            record = record_from_result(result, self.by_path[task_path], trial_dir, attempt, self.max_turns)
+            record = record_from_result(result, self.by_path[task_path], trial_dir, attempt, self.turn_caps[task_path])
             record.task_checksum = self.checksums.get(task_path)
             self.ledger.append(record)
             self.recorded.add(result.trial_name)
@@ -284,11 +287,32 @@ def record_from_result(result, task: Task, trial_dir: Path, attempt: int, max_tu
 
 
 class AttemptPlan(BaseModel):
-    """How many attempts of each task Harbor runs, how many at once, and terminus-2's turn cap."""
+    """How many attempts of each task Harbor runs, how many at once, and terminus-2's turn cap (a
+    task's own [metadata] max_turns replaces it when task_max_turns, as in the docker backend)."""
 
     attempts: int
     concurrency: int
     max_turns: int
+    task_max_turns: bool = True
+
+    def turn_cap(self, task: Task) -> int:
+        from taskforge.agent.episode import EpisodeConfig
+        from taskforge.agent.loop import config_for_task
+
+        episode = EpisodeConfig(max_turns=self.max_turns, task_max_turns=self.task_max_turns)
+        return config_for_task(episode, task).max_turns
+
+
+def turn_cap_jobs(tasks: list[Task], plan: AttemptPlan) -> dict[tuple[str, int], list[Task]]:
+    """The Harbor jobs a run needs: (job name, turn cap) -> its tasks. A Harbor job gives every task
+    one agent config, so tasks with their own turn cap run in a job of their own; the plan's cap
+    keeps the job name "trials", so runs started before per-task caps resume."""
+    jobs: dict[tuple[str, int], list[Task]] = {}
+    for task in tasks:
+        cap = plan.turn_cap(task)
+        name = JOB_NAME if cap == plan.max_turns else f"{JOB_NAME}-turns{cap}"
+        jobs.setdefault((name, cap), []).append(task)
+    return dict(sorted(jobs.items()))
 
 
 def run_attempts_harbor(
@@ -310,13 +334,20 @@ def run_attempts_harbor(
         _export_owner()
     ledger = Ledger(run_dir / "ledger.jsonl", TrialRecord)
     checksums = {str(task.path): task_checksum(task.path) for task in tasks}
-    sync = _LedgerSync(ledger, tasks, plan.max_turns, checksums)
-    job_dir = run_dir / JOB_NAME
-    sync.sweep(job_dir, drop_unrecorded=True)
-    if not _ledger_complete(ledger.load(), checksums, plan.attempts):
-        _run_job(job_config(tasks, run_dir, chat, plan, overlay, harbor_env), sync, job_dir)
-    # else every attempt is recorded for the tasks' current content, and Harbor is not asked again: its
-    # job lock hashes task.toml whole, so the measured block a filter run wrote would make it refuse to resume.
+    jobs = turn_cap_jobs(tasks, plan)
+    turn_caps = {str(task.path): cap for (_, cap), members in jobs.items() for task in members}
+    sync = _LedgerSync(ledger, tasks, turn_caps, checksums)
+    for (job_name, cap), members in jobs.items():
+        job_dir = run_dir / job_name
+        sync.sweep(job_dir, drop_unrecorded=True)
+        job_checksums = {str(task.path): checksums[str(task.path)] for task in members}
+        if not _ledger_complete(ledger.load(), job_checksums, plan.attempts):
+            config = job_config(members, run_dir, chat, plan, overlay, harbor_env, max_turns=cap, job_name=job_name)
+            _run_job(config, sync, job_dir)
+            if sync.config_error:
+                break  # the model cannot be used: the other jobs would fail the same way
+        # else every attempt is recorded for the tasks' current content, and Harbor is not asked again: its job
+        # lock hashes task.toml whole, so the measured block a filter run wrote would make it refuse to resume.
     if sync.config_error:
         raise PolicyConfigError(f"terminus-2 could not use {chat.model!r} at {chat.base_url}: {sync.config_error}")
     return ledger, sync
@@ -338,7 +369,12 @@ def filter_tasks_harbor(
         raise HarborBackendError(
             "--stop-on-success is not available with --backend harbor (Harbor plans every attempt up front)"
         )
-    plan = AttemptPlan(attempts=config.attempts, concurrency=config.concurrency, max_turns=config.episode.max_turns)
+    plan = AttemptPlan(
+        attempts=config.attempts,
+        concurrency=config.concurrency,
+        max_turns=config.episode.max_turns,
+        task_max_turns=config.episode.task_max_turns,
+    )
     ledger, sync = run_attempts_harbor(tasks, run_dir, chat, plan, harbor_env)
     report = filter_report(tasks, ledger.load(), config, run_dir=run_dir, backend="harbor", model=chat.model)
     report.n_not_recorded = len(sync.not_recorded)

@@ -389,8 +389,8 @@ def _read_jsonl(path: Path, missing: list[str]) -> list[dict]:
 
 
 def _check_trials_run(path: Path, missing: list[str]) -> None:
-    trials = path / "trials"
-    if trials.is_dir():
+    # "trials", and with --backend harbor one "trials-turnsN" per task turn cap
+    for trials in sorted(p for p in path.glob("trials*") if p.is_dir()):
         unfinished = [p.name for p in trials.iterdir() if p.is_dir() and not (p / "result.json").is_file()]
         if unfinished:
             missing.append(

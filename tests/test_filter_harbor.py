@@ -26,6 +26,11 @@ from .conftest import FIXTURES, REPO_ROOT
 def test_harbor_backend_filters_with_terminus_2(tmp_path, base_image):
     task_set = tmp_path / "set"
     shutil.copytree(FIXTURES / "agent-tasks", task_set)
+    # count-lines asks for its own turn cap: Harbor gives one agent config to a job, so it runs in a job of its own
+    toml = task_set / "count-lines" / "task.toml"
+    toml.write_text(
+        toml.read_text().replace('generator_version = "fixture"', 'generator_version = "fixture"\nmax_turns = 6')
+    )
     runs = tmp_path / "runs"
     # terminus-2 gets count-lines' solution; service-config gets a command that fails.
     with ScriptedOpenAIServer(competent([task_set / "count-lines"])) as server:
@@ -73,8 +78,11 @@ def test_harbor_backend_filters_with_terminus_2(tmp_path, base_image):
         rewards[r.task_name].append(r.reward)
         assert r.agent == "terminus-2" and r.n_input_tokens > 0 and r.n_output_tokens > 0 and r.n_turns >= 2
         trial_dir = Path(r.trial_dir)
-        assert trial_dir.parent == run_dir / "trials"
-        assert json.loads((trial_dir / "result.json").read_text())["agent_result"]["n_input_tokens"] == r.n_input_tokens
+        own_cap = r.task_name == "taskforge-fixtures/count-lines"
+        assert trial_dir.parent == run_dir / ("trials-turns6" if own_cap else "trials")
+        result = json.loads((trial_dir / "result.json").read_text())
+        assert result["agent_result"]["n_input_tokens"] == r.n_input_tokens
+        assert result["config"]["agent"]["kwargs"]["max_turns"] == (6 if own_cap else 16)
         assert (trial_dir / "agent" / "trajectory.json").is_file()
     assert rewards == {"taskforge-fixtures/count-lines": [1.0, 1.0], "taskforge-fixtures/service-config": [0.0, 0.0]}
 
