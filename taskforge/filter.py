@@ -94,6 +94,7 @@ class TaskFilterResult(BaseModel):
 class FilterReport(BaseModel):
     run_dir: str
     backend: str
+    harbor_env: str | None = None  # with --backend harbor: the Harbor environment the attempts ran in
     model: str | None
     attempts: int
     min_success: int
@@ -253,6 +254,7 @@ def write_outputs(report: FilterReport, out_dir: Path, dataset_name: str, *, wri
         {
             "run": str(run_dir),
             "backend": report.backend,
+            "harbor_env": report.harbor_env,
             "model": report.model,
             "attempts": report.attempts,
             "min_success": report.min_success,

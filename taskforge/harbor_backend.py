@@ -377,6 +377,7 @@ def filter_tasks_harbor(
     )
     ledger, sync = run_attempts_harbor(tasks, run_dir, chat, plan, harbor_env)
     report = filter_report(tasks, ledger.load(), config, run_dir=run_dir, backend="harbor", model=chat.model)
+    report.harbor_env = harbor_env
     report.n_not_recorded = len(sync.not_recorded)
     report.not_recorded_errors = list(sync.not_recorded.values())[:20]
     destination = out_dir or run_dir

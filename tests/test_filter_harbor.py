@@ -88,6 +88,7 @@ def test_harbor_backend_filters_with_terminus_2(tmp_path, base_image):
 
     kept = json.loads((task_set / "kept.json").read_text())
     assert [t["task_name"] for t in kept["kept"]] == ["taskforge-fixtures/count-lines"] and kept["backend"] == "harbor"
+    assert kept["harbor_env"] == "docker"
     # The same feedback as the docker backend: the measured block, which the rerun above did not trip over.
     measured = tomllib.loads((task_set / "count-lines" / "task.toml").read_text())["metadata"]["measured"]
     assert (measured["difficulty"], measured["n_passed"], measured["n_attempts"]) == ("easy", 2, 2)
