@@ -188,6 +188,46 @@ def test_container_is_removed_after_ctrl_c_or_sigterm(base_image, signum):
     assert not container_exists(container_id)
 
 
+_CHILD_SIGNALLED_ON_THE_READER_THREAD = textwrap.dedent(
+    """
+    import signal, sys, threading, time
+    from taskforge.sandbox.docker import DockerSandbox
+    sb = DockerSandbox(sys.argv[1]); sb.start()
+
+    def ctrl_c_on_the_reader_thread():
+        # the kernel may hand a process's SIGINT to any thread: here, the one reading the exec
+        while not (readers := [t for t in threading.enumerate() if t.name == "taskforge-exec"]):
+            time.sleep(0.05)
+        time.sleep(0.5)
+        signal.pthread_kill(readers[0].ident, signal.SIGINT)
+
+    threading.Thread(target=ctrl_c_on_the_reader_thread, daemon=True).start()
+    print(sb.container.id, flush=True)
+    try:
+        sb.exec("sleep 600", 700)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    finally:
+        sb.stop(wait=True)
+    """
+)
+
+
+def test_ctrl_c_delivered_to_the_exec_reader_thread_stops_a_running_command(base_image):
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD_SIGNALLED_ON_THE_READER_THREAD, base_image],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    container_id = child.stdout.readline().strip()
+    assert container_id, "child did not start a container"
+    # The command runs 600 s: the child ends long before unless Ctrl-C reached it while it ran.
+    child.wait(timeout=300)
+    assert child.stdout.read().strip() == "interrupted"
+    assert not container_exists(container_id)
+
+
 def test_containers_of_a_killed_process_are_reaped_by_the_next_run(base_image):
     child, container_id = _start_child(base_image)
     os.kill(child.pid, signal.SIGKILL)

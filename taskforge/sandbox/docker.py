@@ -462,6 +462,9 @@ def _tar_of(files: dict[str, tuple[bytes, int]]) -> bytes:
     return buffer.getvalue()
 
 
+SIGNAL_CHECK_SEC = 0.2  # how soon a waiting exec notices Ctrl-C / SIGTERM delivered to another thread
+
+
 class _ExecStart:
     """One exec's output, read in a daemon thread: the docker client reads exec streams with no
     socket timeout, so only a thread the caller can stop waiting for bounds an exec."""
@@ -479,8 +482,12 @@ class _ExecStart:
             self._error = exc
 
     def wait(self, seconds: float) -> bool:
-        """True once the exec has returned; False when it has not within `seconds`."""
-        self._thread.join(seconds)
+        """True once the exec has returned; False when it has not within `seconds`. Waits in short
+        slices: a Ctrl-C the kernel delivers to the reader thread only interrupts the main thread's
+        wait when that wait returns, so one long join would hold it until the command ended."""
+        deadline = time.monotonic() + seconds
+        while self._thread.is_alive() and (left := deadline - time.monotonic()) > 0:
+            self._thread.join(min(left, SIGNAL_CHECK_SEC))
         return not self._thread.is_alive()
 
     def result(self) -> bytes:
