@@ -195,11 +195,15 @@ _CHILD_SIGNALLED_ON_THE_READER_THREAD = textwrap.dedent(
     sb = DockerSandbox(sys.argv[1]); sb.start()
 
     def ctrl_c_on_the_reader_thread():
-        # the kernel may hand a process's SIGINT to any thread: here, the one reading the exec
-        while not (readers := [t for t in threading.enumerate() if t.name == "taskforge-exec"]):
-            time.sleep(0.05)
-        time.sleep(0.5)
-        signal.pthread_kill(readers[0].ident, signal.SIGINT)
+        # the kernel may hand a process's SIGINT to any thread: here, the one reading `sleep 600`
+        # (a reader alive for 2 s; shorter execs come and go before it)
+        first_seen = {}
+        while True:
+            for reader in [t for t in threading.enumerate() if t.name == "taskforge-exec" and t.is_alive()]:
+                if time.monotonic() - first_seen.setdefault(reader.ident, time.monotonic()) > 2:
+                    signal.pthread_kill(reader.ident, signal.SIGINT)
+                    return
+            time.sleep(0.1)
 
     threading.Thread(target=ctrl_c_on_the_reader_thread, daemon=True).start()
     print(sb.container.id, flush=True)
@@ -223,7 +227,10 @@ def test_ctrl_c_delivered_to_the_exec_reader_thread_stops_a_running_command(base
     container_id = child.stdout.readline().strip()
     assert container_id, "child did not start a container"
     # The command runs 600 s: the child ends long before unless Ctrl-C reached it while it ran.
-    child.wait(timeout=300)
+    try:
+        child.wait(timeout=300)
+    finally:
+        child.kill()  # a child that did not stop is not left running
     assert child.stdout.read().strip() == "interrupted"
     assert not container_exists(container_id)
 
