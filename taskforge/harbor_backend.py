@@ -163,7 +163,7 @@ def job_config(
 
     kwargs = {
         "api_base": chat.base_url,
-        "max_turns": max_turns or plan.max_turns,
+        "max_turns": max_turns or plan.max_turns,  # a job of tasks with their own cap
         "suppress_max_turns_warning": True,
         "record_terminal_session": False,  # asciinema is not in the image and cannot be installed offline
         "enable_summarize": False,  # an episode ends at the context limit, as in taskforge's loop
@@ -337,9 +337,11 @@ def run_attempts_harbor(
     jobs = turn_cap_jobs(tasks, plan)
     turn_caps = {str(task.path): cap for (_, cap), members in jobs.items() for task in members}
     sync = _LedgerSync(ledger, tasks, turn_caps, checksums)
+    # every job's leftovers first: a later sweep would clear what the earlier jobs failed to record
+    for job_name, _ in jobs:
+        sync.sweep(run_dir / job_name, drop_unrecorded=True)
     for (job_name, cap), members in jobs.items():
         job_dir = run_dir / job_name
-        sync.sweep(job_dir, drop_unrecorded=True)
         job_checksums = {str(task.path): checksums[str(task.path)] for task in members}
         if not _ledger_complete(ledger.load(), job_checksums, plan.attempts):
             config = job_config(members, run_dir, chat, plan, overlay, harbor_env, max_turns=cap, job_name=job_name)
