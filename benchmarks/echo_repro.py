@@ -5,6 +5,10 @@ pass@1, and does the environment-token term (ECHO) change that or the policy's w
     .venv/bin/python benchmarks/echo_repro.py --quick    # CI-sized: checks the stages, not the outcome
     .venv/bin/python benchmarks/echo_repro.py --render runs/repro   # table + plots again from results.json
 
+On two or more cores, one process per seed: --part prep once (what they share), then
+--seeds N --part main for each seed and --seeds 1 --part sweeps side by side on the same --out, then
+--combine DIR/results-main-s1.json ... DIR/results-sweeps-s1.json --out DIR.
+
 Stages (each resumes from its files; run the same command again after an interruption):
   1. a procedural corpus of the study's families with a fair held-out split (every held-out
      (family, difficulty) cell also has training tasks); every demonstration reply must fit the
@@ -74,7 +78,9 @@ FULL = Study(
     n_train=600,
     n_val=20,
     seeds=(1, 2, 3),
-    lambda_sweep=(0.01, 0.2),
+    # 0.001: at 0.01-0.2 the env term's gradient was 5-100x GRPO's on the same first batch (pre-clip
+    # norms 0.46-8.7 vs 0.08), and Adam, being scale-free, took about the same env-CE step at each.
+    lambda_sweep=(0.001, 0.01, 0.2),
     lr_sweep=(1e-4, 1e-3),
     sft_epochs=20,
     sft_lr=2e-3,
@@ -248,11 +254,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--part",
-        choices=("all", "main", "sweeps"),
+        choices=("all", "prep", "main", "sweeps"),
         default="all",
-        help="run only the main comparison or only the sweeps (with the starts they need), e.g. as two "
-        "processes on one --out; a part writes DIR/results-PART.json, then --combine DIR/results-main.json "
-        "DIR/results-sweeps.json --out DIR",
+        help="prep: only the corpus, held-out transcripts and demonstrations (what every other process "
+        "shares), then exit; main or sweeps: only the main comparison or only the sweeps (with the starts "
+        "they need), e.g. as processes side by side on one --out; a part writes DIR/results-PART.json, "
+        "then --combine DIR/results-main.json DIR/results-sweeps.json --out DIR",
     )
     parser.add_argument(
         "--combine",
@@ -297,6 +304,9 @@ def main() -> None:
     demos = demonstrations(study, train_dir, out)
 
     explorer_transcripts = demonstrations(study, train_dir, out, "explorer") if study.control else None
+    if args.part == "prep":
+        log(f"prep done in {(time.monotonic() - started) / 60:.1f} min: now --seeds N --part main per seed")
+        return
 
     results: dict = {
         "study": asdict(study),
@@ -384,10 +394,18 @@ def main() -> None:
 def combine(parts: list[dict], sources: list[Path]) -> dict:
     """One results.json from runs of one study (same design, same corpus), e.g. a process per seed."""
     first = parts[0]
+    # The sweeps' values name extra runs and change no other run: a sweeps part that ran with a value
+    # more than the main parts is the same study; the merged one lists every value run.
+    sweep_fields = ("lambda_sweep", "lr_sweep")
     for part, source in zip(parts[1:], sources[1:], strict=True):
-        if part["study"] != first["study"]:
-            differs = sorted(k for k in first["study"] if part["study"].get(k) != first["study"][k])
+        differs = sorted(
+            k for k in first["study"] if k not in sweep_fields and part["study"].get(k) != first["study"][k]
+        )
+        if differs:
             raise SystemExit(f"{source} is another study than {sources[0]} (differs in {differs})")
+    study = first["study"] | {
+        field: sorted({value for part in parts for value in part["study"].get(field, ())}) for field in sweep_fields
+    }
     policies: dict = {}
     held_out: dict[str, set] = {}
     for part, source in zip(parts, sources, strict=True):
@@ -400,7 +418,7 @@ def combine(parts: list[dict], sources: list[Path]) -> dict:
     if len({frozenset(tasks) for tasks in held_out.values()}) > 1:
         raise SystemExit("the combined runs were evaluated on different held-out tasks (another corpus?)")
     return {
-        "study": first["study"],
+        "study": study,
         "seeds_run": sorted({seed for part in parts for seed in part.get("seeds_run", part["study"]["seeds"])}),
         "longest_demonstration_tokens": first["longest_demonstration_tokens"],
         "policies": policies,

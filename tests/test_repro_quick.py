@@ -14,6 +14,19 @@ from .conftest import REPO_ROOT
 
 def test_quick_study_runs_end_to_end(tmp_path, base_image):
     out = tmp_path / "repro"
+    # --part prep writes what the seeds' processes share (corpus, transcripts, demonstrations) and
+    # stops before any training; the run below reuses it.
+    prep = subprocess.run(
+        [sys.executable, "benchmarks/echo_repro.py", "--quick", "--part", "prep", "--out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert prep.returncode == 0, prep.stdout[-3000:] + prep.stderr[-3000:]
+    for shared in ("demonstrations-oracle-text", "demonstrations-explorer", "heldout-transcripts"):
+        assert any((out / shared).iterdir()), shared
+    assert not list(out.glob("results*.json")) and not (out / "sft-s1").exists()
     completed = subprocess.run(
         [sys.executable, "benchmarks/echo_repro.py", "--quick", "--out", str(out)],
         cwd=REPO_ROOT,

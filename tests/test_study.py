@@ -97,7 +97,7 @@ def test_sweeps_stay_at_the_designs_first_seed_and_run_after_every_seeds_compari
     """`--seeds 2,3` in its own process must not move the sweeps to seed 2; and a study stopped
     early has every seed's comparison before the sweeps."""
     plan = echo_repro.run_plan(echo_repro.FULL)
-    sweep_groups = ("SFT + ECHO l=0.01", "SFT + ECHO l=0.2")
+    sweep_groups = ("SFT + ECHO l=0.001", "SFT + ECHO l=0.01", "SFT + ECHO l=0.2")
     is_sweep = [" lr=" in run["group"] or run["group"] in sweep_groups for run in plan]
     sweeps = [run for run, sweep in zip(plan, is_sweep, strict=True) if sweep]
     assert sweeps and {run["seed"] for run in sweeps} == {1}
@@ -145,6 +145,12 @@ def test_combined_seeds_give_one_table_with_intervals_over_seeds(tmp_path):
     # Another design, a policy twice, or another held-out set: refused, not averaged together.
     with pytest.raises(SystemExit, match="another study"):
         echo_repro.combine([parts[0], _seed_results(2, 0.75, study | {"n_train": 100})], [tmp_path, tmp_path])
+    # A sweeps part run with one value more (its design grew after the main parts ran) is the same
+    # study; the merged design lists every value.
+    grown = _seed_results(1, 0.5, study | {"lambda_sweep": [0.001, 0.01]})
+    grown["policies"] = {"echo0.001-s1": grown["policies"]["grpo-s1"] | {"group": "SFT + ECHO l=0.001"}}
+    merged = echo_repro.combine([parts[0] | {"study": study | {"lambda_sweep": [0.01]}}, grown], [tmp_path, tmp_path])
+    assert merged["study"]["lambda_sweep"] == [0.001, 0.01] and merged["study"]["n_train"] == 300
     # A start both parts evaluated (a main part and a sweeps part at seed 1) is one policy; a policy
     # with two different results is refused.
     sweeps = _seed_results(1, 0.5, study)
