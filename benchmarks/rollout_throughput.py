@@ -111,16 +111,40 @@ def play_round(model, tokenizer, tasks, *, max_batch: int, args, out_dir: Path) 
         "output_tokens": sum(t.usage.output_tokens for e in episodes if e is not None for t in e.turns),
         "stop_reasons": sorted((e.stop_reason or "none") for e in episodes if e is not None),
         "largest_batch": worker.max_rows_seen if worker else 1,
+        # Per episode, seconds waiting for replies and seconds in commands (means over episodes).
+        "policy_seconds_mean": statistics.mean(
+            [sum(t.policy_seconds or 0.0 for t in e.turns) for e in episodes if e is not None] or [0.0]
+        ),
+        "exec_seconds_mean": statistics.mean(
+            [sum(t.exec_seconds or 0.0 for t in e.turns) for e in episodes if e is not None] or [0.0]
+        ),
         "mean_prompt_tokens": statistics.mean(
             [t.usage.input_tokens for e in episodes if e is not None for t in e.turns] or [1]
+        ),
+        # The first prompt, and what each later prompt adds beyond the previous prompt and reply
+        # (the observation and template): what sampling_only replays.
+        "first_prompt_tokens": statistics.mean(
+            [e.turns[0].usage.input_tokens for e in episodes if e and e.turns] or [1]
+        ),
+        "observation_tokens": statistics.mean(
+            [
+                later.usage.input_tokens - earlier.usage.input_tokens - earlier.usage.output_tokens
+                for e in episodes
+                if e is not None
+                for earlier, later in zip(e.turns, e.turns[1:], strict=False)
+            ]
+            or [0]
         ),
     }
 
 
-def sampling_only(model, tokenizer, *, max_batch: int, args, prompt_tokens: int) -> dict:
+def sampling_only(
+    model, tokenizer, *, max_batch: int, args, prompt_tokens: int, observation_tokens: int, prefix_cache: bool = True
+) -> dict:
     """The rounds' sampling without sandboxes: `--episodes` threads each sample `--max-turns` replies
-    of `--max-new-tokens` (no stop id) from a `prompt_tokens`-long prompt. Separates the sampler's
-    own speed-up from the Docker time both modes share."""
+    of `--max-new-tokens` (no stop id), the first from a `prompt_tokens`-long prompt, each later one
+    from the previous prompt + reply + `observation_tokens` new ids (as an episode's prompts grow).
+    Separates the sampler's own speed-up from the Docker time both modes share."""
     import threading
 
     import torch
@@ -130,11 +154,17 @@ def sampling_only(model, tokenizer, *, max_batch: int, args, prompt_tokens: int)
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, model.config.vocab_size, (prompt_tokens,), generator=generator).tolist()
 
+    observation = torch.randint(0, model.config.vocab_size, (observation_tokens,), generator=generator).tolist()
+
     def play(index: int) -> None:
-        sampler = InProcessSampler(model, tokenizer, temperature=1.0, seed=index, max_batch=max_batch)
+        sampler = InProcessSampler(
+            model, tokenizer, temperature=1.0, seed=index, max_batch=max_batch, prefix_cache=prefix_cache
+        )
         sampler.stop_ids = []  # every reply runs to its budget, so both modes sample the same count
+        conversation = list(prompt)
         for _ in range(args.max_turns):
-            sampler(prompt, args.max_new_tokens)
+            reply, _ = sampler(conversation, args.max_new_tokens)
+            conversation += reply + observation
 
     threads = [threading.Thread(target=play, args=(i,)) for i in range(args.episodes)]
     started = time.perf_counter()
@@ -163,6 +193,7 @@ def main() -> None:
         help="trainer: the RL trainer's short prompt (TINY_SYSTEM_PROMPT); full: the agent loop's own",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (set explicitly, not inherited)")
+    parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16: the policy's dtype (load_policy)")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
 
@@ -178,13 +209,13 @@ def main() -> None:
         args.system_prompt_text = TINY_SYSTEM_PROMPT
     else:
         args.system_prompt_text = None
-    model, tokenizer = load_policy(args.policy, threads=args.threads)
+    model, tokenizer = load_policy(args.policy, threads=args.threads, dtype=args.dtype)
     task_dirs = sorted(discover_task_dirs([Path(args.tasks)]))[: args.episodes]
     tasks = [load_task(d) for d in task_dirs]
     for task in tasks:  # build images up front: not part of any measurement
         image_for(task)
     print(
-        f"policy {args.policy} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters), "
+        f"policy {args.policy} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, {model.dtype}), "
         f"torch threads {torch.get_num_threads()}, {len(tasks)} concurrent episodes of {args.tasks}, "
         f"max_turns {args.max_turns}, max_new_tokens {args.max_new_tokens}, {args.system_prompt} system prompt"
     )
@@ -194,6 +225,7 @@ def main() -> None:
     ratios: list[float] = []
     sampling: dict[str, list[dict]] = {mode: [] for mode in MODES}
     sampling_ratios: list[float] = []
+    prefix_ratios: list[float] = []
     with tempfile.TemporaryDirectory(prefix="rollout-throughput-") as scratch:
         for round_index in range(args.rounds):
             order = list(MODES) if round_index % 2 == 0 else list(reversed(MODES))
@@ -208,19 +240,45 @@ def main() -> None:
                     f"largest batch {result['largest_batch']}, load {result['load_1min']:.2f}; "
                     f"sandbox start {result['environment_setup_mean']:.1f} s mean / "
                     f"{result['environment_setup_max']:.1f} s max, verifier {result['verifier_mean']:.1f} / "
-                    f"{result['verifier_max']:.1f} s)"
+                    f"{result['verifier_max']:.1f} s; per episode {result['policy_seconds_mean']:.1f} s "
+                    f"sampling, {result['exec_seconds_mean']:.1f} s in commands)"
                 )
             ratios.append(results["batched"][-1]["episodes_per_min"] / results["one-at-a-time"][-1]["episodes_per_min"])
-            prompt_tokens = max(1, round(statistics.mean(r["mean_prompt_tokens"] for r in results["batched"])))
+            prompt_tokens = max(1, round(statistics.mean(r["first_prompt_tokens"] for r in results["batched"])))
+            observation_tokens = max(1, round(statistics.mean(r["observation_tokens"] for r in results["batched"])))
             for mode in order:
-                result = sampling_only(model, tokenizer, max_batch=MODES[mode], args=args, prompt_tokens=prompt_tokens)
+                result = sampling_only(
+                    model,
+                    tokenizer,
+                    max_batch=MODES[mode],
+                    args=args,
+                    prompt_tokens=prompt_tokens,
+                    observation_tokens=observation_tokens,
+                )
                 sampling[mode].append(result)
                 print(
                     f"round {round_index + 1} {mode:>13}: sampling only {result['tokens_per_s']:6.0f} tokens/s "
-                    f"({result['seconds']:.1f} s, {prompt_tokens}-token prompts)"
+                    f"({result['seconds']:.1f} s, {prompt_tokens}-token first prompts, "
+                    f"{observation_tokens} tokens added per turn)"
                 )
             sampling_ratios.append(
                 sampling["batched"][-1]["tokens_per_s"] / sampling["one-at-a-time"][-1]["tokens_per_s"]
+            )
+            # The same batched sampling with every prompt prefilled in full: what the kept cache saves.
+            uncached = sampling_only(
+                model,
+                tokenizer,
+                max_batch=MODES["batched"],
+                args=args,
+                prompt_tokens=prompt_tokens,
+                observation_tokens=observation_tokens,
+                prefix_cache=False,
+            )
+            sampling["batched, no prefix cache"] = sampling.get("batched, no prefix cache", []) + [uncached]
+            prefix_ratios.append(sampling["batched"][-1]["tokens_per_s"] / uncached["tokens_per_s"])
+            print(
+                f"round {round_index + 1} batched, every prompt prefilled in full: "
+                f"{uncached['tokens_per_s']:6.0f} tokens/s ({uncached['seconds']:.1f} s)"
             )
     print(f"after: {load_average()}")
     summary = {}
@@ -250,6 +308,11 @@ def main() -> None:
         f"sampling only (no sandboxes), batched / one-at-a-time tokens/s: "
         f"min {min(sampling_ratios):.2f}x, median {statistics.median(sampling_ratios):.2f}x"
     )
+    summary["prefix_cache_ratio"] = {"min": min(prefix_ratios), "median": statistics.median(prefix_ratios)}
+    print(
+        f"sampling only, batched, kept cache / every prompt prefilled in full: "
+        f"min {min(prefix_ratios):.2f}x, median {statistics.median(prefix_ratios):.2f}x"
+    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(
@@ -260,6 +323,7 @@ def main() -> None:
                     "sampling_only": sampling,
                     "ratios": ratios,
                     "sampling_only_ratios": sampling_ratios,
+                    "prefix_cache_ratios": prefix_ratios,
                     "summary": summary,
                 },
                 indent=2,

@@ -182,3 +182,113 @@ def test_max_batch_1_is_the_one_at_a_time_path_and_concurrent_callers_agree():
     for t in threads:
         t.join()
     assert [r[0] for r in results] == [e[0] for e in expected]
+
+
+# -- the KV cache kept between an episode's turns ----------------------------------------------
+
+
+def play_turns(sampler, seed: int, turns: int = 3, observation: int = 7) -> list[tuple[list[int], list[float]]]:
+    """An episode's prompts: each is the previous prompt + the reply + a few new ids."""
+    rng = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(4, 96, (11 + seed,), generator=rng).tolist()
+    replies = []
+    for _ in range(turns):
+        ids, logprobs = sampler(prompt, 9 + seed)
+        replies.append((ids, logprobs))
+        prompt = prompt + ids + torch.randint(4, 96, (observation,), generator=rng).tolist()
+    return replies
+
+
+def tokenizer_stub():
+    class Stub:  # the sampler only asks a tokenizer for its stop ids
+        eos_token_id, pad_token_id = 3, 0
+
+        def convert_tokens_to_ids(self, token):
+            return None
+
+    return Stub()
+
+
+@pytest.mark.parametrize("max_batch", [1, 8])
+def test_later_turns_prefill_only_what_the_episode_added_and_sample_the_same(model, max_batch):
+    def run(prefix_cache: bool):
+        samplers = [
+            InProcessSampler(
+                model, tokenizer_stub(), temperature=1.0, seed=k, max_batch=max_batch, prefix_cache=prefix_cache
+            )
+            for k in range(4)
+        ]
+        replies: list = [None] * 4
+
+        def episode(k):
+            replies[k] = play_turns(samplers[k], seed=k)
+
+        threads = [threading.Thread(target=episode, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return samplers, replies
+
+    plain_samplers, plain = run(prefix_cache=False)
+    cached_samplers, cached = run(prefix_cache=True)
+    assert all(s.reused_tokens == 0 for s in plain_samplers)
+    for k in range(4):
+        assert [ids for ids, _ in cached[k]] == [ids for ids, _ in plain[k]]
+        for (_, with_prefix), (_, without) in zip(cached[k], plain[k], strict=True):
+            assert with_prefix == pytest.approx(without, abs=1e-4)
+        # Turns 2 and 3 reuse everything of the turn before but its reply's last id (never fed back).
+        first_prompt, first_reply = 11 + k, len(cached[k][0][0])
+        second_prompt = first_prompt + first_reply + 7
+        expected_reuse = (first_prompt + first_reply - 1) + (second_prompt + len(cached[k][1][0]) - 1)
+        assert cached_samplers[k].reused_tokens == expected_reuse
+        assert cached_samplers[k].prompt_tokens == plain_samplers[k].prompt_tokens
+
+
+@pytest.mark.parametrize("max_batch", [1, 8])
+def test_changed_weights_or_a_prompt_that_does_not_extend_the_last_one_prefill_everything(max_batch):
+    torch.manual_seed(1)
+    config = Qwen3Config(
+        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, tie_word_embeddings=True, pad_token_id=0, eos_token_id=3,
+    )  # fmt: skip
+    local = Qwen3ForCausalLM(config).eval()
+    sampler = InProcessSampler(local, tokenizer_stub(), temperature=0.0, max_batch=max_batch)
+    sampler.stop_ids = []
+    prompt = list(range(10, 30))
+    reply, _ = sampler(prompt, 5)
+    # A prompt that is not the last prompt + reply (the agent loop rewrote the history): no reuse.
+    sampler([*prompt[:-1], 50, *reply, 60], 5)
+    assert sampler.reused_tokens == 0
+    # The same weights, a prompt that extends the last: reused.
+    again, _ = sampler(prompt, 5)
+    sampler([*prompt, *again, 60], 5)
+    assert sampler.reused_tokens == len(prompt) + len(again) - 1
+    # An optimizer-like in-place step on one weight: the kept cache is stale and not used.
+    reused_before = sampler.reused_tokens
+    third, _ = sampler(prompt, 5)
+    with torch.no_grad():
+        local.model.layers[0].self_attn.q_proj.weight.mul_(3.0)
+    after_step, _ = sampler([*prompt, *third, 60], 5)
+    assert sampler.reused_tokens == reused_before
+    fresh = InProcessSampler(local, tokenizer_stub(), temperature=0.0, max_batch=1, prefix_cache=False)
+    fresh.stop_ids = []
+    assert after_step == fresh([*prompt, *third, 60], 5)[0]
+
+
+def test_a_preallocated_layer_holds_what_concatenation_would_through_growth_and_row_selection():
+    from trainer.sampler import PreallocatedLayer
+
+    rng = torch.Generator().manual_seed(0)
+    keys, values = torch.randn(3, 2, 4, 8, generator=rng), torch.randn(3, 2, 4, 8, generator=rng)
+    layer = PreallocatedLayer(keys, values, room=2)
+    for step in range(9):  # outgrows its room several times
+        new_keys, new_values = torch.randn(3, 2, 1, 8, generator=rng), torch.randn(3, 2, 1, 8, generator=rng)
+        returned = layer.update(new_keys, new_values)
+        keys, values = torch.cat([keys, new_keys], 2), torch.cat([values, new_values], 2)
+        assert torch.equal(returned[0], keys) and torch.equal(returned[1], values)
+        assert layer.get_seq_length() == 5 + step
+    layer.batch_select_indices(torch.tensor([2, 0]))
+    assert torch.equal(layer.keys, keys[[2, 0]]) and torch.equal(layer.values, values[[2, 0]])
+    layer.update(keys[:2, :, :1], values[:2, :, :1])
+    assert torch.equal(layer.keys[:, :, -1:], keys[:2, :, :1])
