@@ -523,7 +523,7 @@ class _Batch:
                 continue
             if _choose(request, self.logits[row]):
                 if request.keep:
-                        # The row's real tokens are its last `mask.sum()` columns: the prompt and every
+                    # The row's real tokens are its last `mask.sum()` columns: the prompt and every
                     # sampled id but the last, which was never fed back.
                     request.kept = KeptPrefix.of_layers(
                         model,
