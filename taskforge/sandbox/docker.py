@@ -151,17 +151,21 @@ _tf_under_keep() {  # is process $1 the keep-alive or one of its descendants?
   done
   return 1
 }
-for pass in 1 2 3 4 5; do
-  killed=0
+# Each pass stops every process it finds before killing any, so none forks while the pass runs
+# (a fork bomb out-forked five kill-only passes on a loaded machine); what was forked before its
+# parent stopped is found by the next pass.
+for pass in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+  found=""
   for d in /proc/[0-9]*; do
     p=${d#/proc/}
     if [ "$p" = 1 ] || [ "$p" = $$ ]; then continue; fi
     read -r stat <"$d/stat" 2>/dev/null || continue
     rest=${stat##*) }; rest=${rest#* }; ppid=${rest%% *}
     if [ "$ppid" = 0 ] || _tf_under_keep "$p"; then continue; fi
-    kill -9 "$p" 2>/dev/null && killed=1
+    kill -STOP "$p" 2>/dev/null && found="$found $p"
   done
-  [ "$killed" = 0 ] && break
+  [ -z "$found" ] && break
+  kill -9 $found 2>/dev/null
 done
 true
 """
