@@ -7,7 +7,9 @@ The defaults are the RL trainer's rollout settings (trainer.train.TrainConfig: t
 prompt, 2,000 output characters, 10 s commands, 4 turns) with 128 new tokens per turn. Each round
 plays the same `--episodes` tasks of `--tasks` (the first N in name order), all at once (one thread
 and one real Docker sandbox per episode, verifier included: `taskforge.trial.run_episode_trial`,
-what `trainer.train.collect_rollouts` runs), once per sampling mode:
+what `trainer.train.collect_rollouts` runs), once per sampling mode. With `--per-round M` (M >
+`--episodes`) a round plays the first M tasks on `--episodes` threads, a new episode starting when
+one ends, as a training step plays its group x tasks rollouts over `concurrency` threads:
 
 - one-at-a-time: `LocalModelPolicy(max_batch=1)`, i.e. `sample_tokens` under the global lock, each
   reply generated alone while the other episodes wait (the sampler before batching);
@@ -100,13 +102,19 @@ def play_round(model, tokenizer, tasks, *, max_batch: int, args, out_dir: Path) 
         record, episode = run_episode_trial(task, policy, out_dir / f"{index:02d}-{task.name}", config)
         return episode
 
+    # A round plays `per_round` episodes on `episodes` threads: with more episodes than threads, a
+    # finished episode's slot goes to the next one at once (as the trainer's step does with its
+    # group x tasks rollouts over `concurrency` threads), so one episode's sandbox start and
+    # verifier overlap the others' sampling instead of ending the round.
+    per_round = args.per_round or args.episodes
+    jobs = list(enumerate(tasks[:per_round]))
     started = time.perf_counter()
-    episodes = run_concurrently(list(enumerate(tasks)), play, jobs=len(tasks), description=f"max_batch={max_batch}")
+    episodes = run_concurrently(jobs, play, jobs=args.episodes, description=f"max_batch={max_batch}")
     seconds = time.perf_counter() - started
     worker = policies[0].sampler.worker if policies else None
     return phase_seconds(out_dir) | {
         "seconds": seconds,
-        "episodes_per_min": len(tasks) / seconds * 60,
+        "episodes_per_min": per_round / seconds * 60,
         "turns": sum(len(e.turns) for e in episodes if e is not None),
         "output_tokens": sum(t.usage.output_tokens for e in episodes if e is not None for t in e.turns),
         "stop_reasons": sorted((e.stop_reason or "none") for e in episodes if e is not None),
@@ -181,6 +189,13 @@ def main() -> None:
     parser.add_argument("--policy", default="tiny", help="tiny, small, or a checkpoint directory")
     parser.add_argument("--tasks", default="tasks/sample")
     parser.add_argument("--episodes", type=int, default=8, help="episodes running at once")
+    parser.add_argument(
+        "--per-round",
+        type=int,
+        default=None,
+        help="episodes per round (default: --episodes, all starting together); more than --episodes keeps "
+        "--episodes running at once, a new one starting when one ends, as the trainer's rollouts do",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-turns", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -210,13 +225,14 @@ def main() -> None:
     else:
         args.system_prompt_text = None
     model, tokenizer = load_policy(args.policy, threads=args.threads, dtype=args.dtype)
-    task_dirs = sorted(discover_task_dirs([Path(args.tasks)]))[: args.episodes]
+    task_dirs = sorted(discover_task_dirs([Path(args.tasks)]))[: max(args.episodes, args.per_round or 0)]
     tasks = [load_task(d) for d in task_dirs]
     for task in tasks:  # build images up front: not part of any measurement
         image_for(task)
     print(
         f"policy {args.policy} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, {model.dtype}), "
-        f"torch threads {torch.get_num_threads()}, {len(tasks)} concurrent episodes of {args.tasks}, "
+        f"torch threads {torch.get_num_threads()}, {args.episodes} concurrent episodes of {args.tasks} "
+        f"({args.per_round or args.episodes} per round), "
         f"max_turns {args.max_turns}, max_new_tokens {args.max_new_tokens}, {args.system_prompt} system prompt"
     )
     print(f"before: {load_average()}")
@@ -300,7 +316,7 @@ def main() -> None:
         )
     summary["ratio"] = {"min": min(ratios), "median": statistics.median(ratios)}
     print(
-        f"batched / one-at-a-time at {len(tasks)} concurrent episodes: "
+        f"batched / one-at-a-time at {args.episodes} concurrent episodes: "
         f"min {min(ratios):.2f}x, median {statistics.median(ratios):.2f}x (target >= 3x)"
     )
     summary["sampling_only_ratio"] = {"min": min(sampling_ratios), "median": statistics.median(sampling_ratios)}
